@@ -1,0 +1,115 @@
+"""What toneserve serves: every model described once, from the export manifests.
+
+The names below are the contract between the model repository and the
+gateway; the gateway imports them from here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .spec import Batching, Ensemble, OnnxModel, PythonModel, Step, Tensor
+
+RUNNERS = Path(__file__).parent / "runners"
+EXPORT = Path(__file__).resolve().parent.parent / "export"
+
+# Ensembles the gateway calls, and their tensors.
+EMOTION = "emotion"
+ASR = "asr"
+WAV, WAV_LENS = "WAV", "WAV_LENS"
+LANGUAGE, TEXTNORM = "LANGUAGE", "TEXTNORM"
+PROBS, EMBEDDING = "PROBS", "EMBEDDING"
+TEXT = "TEXT"
+# SenseVoice's four query frames, in output order: distribution name -> output tensor.
+ASR_DISTRIBUTIONS = {"language": "LANGUAGE_PROBS", "emotion": "EMOTION_PROBS",
+                     "event": "EVENT_PROBS", "itn": "ITN_PROBS"}
+
+# Foundation defaults; the model_repository issue replaces them with measured ones.
+BATCHING = Batching(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
+
+
+def load_manifest(models_root: Path, family: str) -> dict:
+    path = Path(models_root) / family / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no exported {family} model at {path.parent}; run `toneserve export` first")
+    return json.loads(path.read_text())
+
+
+def _provenance(manifest: dict) -> dict[str, str]:
+    return {"family": manifest["model"], "preset": manifest["preset"],
+            "weights_origin": manifest["weights_origin"]}
+
+
+def emotion_models(models_root: Path) -> list:
+    manifest = load_manifest(models_root, "emotion2vec")
+    folder = Path(models_root) / "emotion2vec"
+    classes, dim = len(manifest["labels"]), manifest["embedding_dim"]
+    encoder = OnnxModel(
+        name="emotion2vec", onnx_file=folder / "model.onnx", batching=BATCHING,
+        inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
+        outputs=(Tensor("logits", "float32", (classes,)), Tensor("embedding", "float32", (dim,))))
+    softmax = OnnxModel(
+        name="emotion_softmax", onnx_file=folder / "softmax.onnx", batching=BATCHING,
+        inputs=(Tensor("logits", "float32", (classes,)),),
+        outputs=(Tensor("probs", "float32", (classes,)),))
+    ensemble = Ensemble(
+        name=EMOTION, max_batch_size=BATCHING.max_batch_size,
+        inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,))),
+        outputs=(Tensor(PROBS, "float32", (classes,)), Tensor(EMBEDDING, "float32", (dim,))),
+        steps=(Step("emotion2vec", {"wav": WAV, "wav_lens": WAV_LENS},
+                    {"logits": "_logits", "embedding": EMBEDDING}),
+               Step("emotion_softmax", {"logits": "_logits"}, {"probs": PROBS})),
+        parameters={**_provenance(manifest), "labels": json.dumps(manifest["labels"])})
+    return [encoder, softmax, ensemble]
+
+
+def asr_models(models_root: Path) -> list:
+    manifest = load_manifest(models_root, "sensevoice")
+    folder = Path(models_root) / "sensevoice"
+    assets = json.loads((folder / "decode_assets.json").read_text())
+    feat_dim = manifest["frontend"]["outputs"][0]["shape"][-1]
+    vocab = manifest["vocab_size"]
+    frontend = OnnxModel(
+        name="sensevoice_frontend", onnx_file=folder / "frontend.onnx", batching=BATCHING,
+        inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
+        outputs=(Tensor("feats", "float32", (-1, feat_dim)), Tensor("feat_lens", "int64", (1,), is_length=True)),
+        trim={"feats": ("feat_lens", 1)})
+    encoder = OnnxModel(
+        name="sensevoice_encoder", onnx_file=folder / "encoder.onnx", batching=BATCHING,
+        inputs=(Tensor("speech", "float32", (-1, feat_dim), ragged=True),
+                Tensor("speech_lengths", "int64", (1,), is_length=True),
+                Tensor("language", "int64", (1,), is_length=True),
+                Tensor("textnorm", "int64", (1,), is_length=True)),
+        outputs=(Tensor("ctc_logits", "float32", (-1, vocab)),
+                 Tensor("encoder_out_lens", "int64", (1,), is_length=True)),
+        trim={"ctc_logits": ("encoder_out_lens", 1)})
+    decoder = PythonModel(
+        name="sensevoice_decoder", source=RUNNERS / "sensevoice_decoder.py", batching=BATCHING,
+        files=(EXPORT / "sensevoice_decode.py", folder / "decode_assets.json", folder / "bpe.model"),
+        inputs=(Tensor("ctc_logits", "float32", (-1, vocab), ragged=True),
+                Tensor("encoder_out_lens", "int64", (1,))),
+        outputs=(Tensor(TEXT, "bytes", (1,)),
+                 *(Tensor(out, "float32", (len(assets[name]),)) for name, out in ASR_DISTRIBUTIONS.items())),
+        parameters={"ctc_output": manifest["encoder"]["ctc_output"]})
+    ensemble = Ensemble(
+        name=ASR, max_batch_size=BATCHING.max_batch_size,
+        inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,)),
+                Tensor(LANGUAGE, "int64", (1,)), Tensor(TEXTNORM, "int64", (1,))),
+        outputs=decoder.outputs,
+        steps=(Step("sensevoice_frontend", {"wav": WAV, "wav_lens": WAV_LENS},
+                    {"feats": "_feats", "feat_lens": "_feat_lens"}),
+               Step("sensevoice_encoder", {"speech": "_feats", "speech_lengths": "_feat_lens",
+                                           "language": LANGUAGE, "textnorm": TEXTNORM},
+                    {"ctc_logits": "_ctc_logits", "encoder_out_lens": "_encoder_out_lens"}),
+               Step("sensevoice_decoder", {"ctc_logits": "_ctc_logits", "encoder_out_lens": "_encoder_out_lens"},
+                    {name: name for name in (TEXT, *ASR_DISTRIBUTIONS.values())})),
+        parameters={**_provenance(manifest),
+                    **{f"labels_{name}": json.dumps(list(assets[name])) for name in ASR_DISTRIBUTIONS},
+                    "language_query_ids": json.dumps(assets["language_query_ids"]),
+                    "textnorm_query_ids": json.dumps(assets["textnorm_query_ids"])})
+    return [frontend, encoder, decoder, ensemble]
+
+
+def describe(models_root: Path) -> list:
+    """All models of the repository, built from the manifests under `models_root`."""
+    return emotion_models(models_root) + asr_models(models_root)

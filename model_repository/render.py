@@ -1,0 +1,163 @@
+"""Render model descriptions (spec.py) into a Triton model repository.
+
+Each config is built as a `ModelConfig` protobuf (the schema Triton itself
+parses) and written with protobuf's text format, so a rendered config is valid
+by construction and there is no template text to patch. One description gives
+both profiles:
+
+- ``cpu``: the embedded tritonserver from the nvidia-pytriton wheel, which has
+  only the Python backend. ONNX graphs run in ONNX Runtime inside one generic
+  Python-backend runner (runners/onnx_runner.py) that pads ragged batches.
+- ``gpu``: the NGC tritonserver container; ONNX graphs run on its
+  ``onnxruntime`` backend on the GPU. That backend cannot pad, so variable
+  length inputs batch only when their shapes are equal (the gateway buckets).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from .spec import Ensemble, Model, OnnxModel, PythonModel, Tensor
+
+PROFILES = ("cpu", "gpu")
+RUNNERS = Path(__file__).parent / "runners"
+ONNX_RUNNER = RUNNERS / "onnx_runner.py"
+VERSION = "1"
+
+_DTYPES = {
+    "float32": mc.TYPE_FP32,
+    "float16": mc.TYPE_FP16,
+    "int64": mc.TYPE_INT64,
+    "int32": mc.TYPE_INT32,
+    "bool": mc.TYPE_BOOL,
+    "bytes": mc.TYPE_STRING,
+}
+
+
+def _io(message_type, tensor: Tensor, ragged_ok: bool):
+    io = message_type(name=tensor.name, data_type=_DTYPES[tensor.dtype], dims=list(tensor.dims))
+    if tensor.is_length:
+        io.reshape.shape[:] = []  # [B, 1] on the wire, [B] in the graph
+        io.reshape.SetInParent()
+    if ragged_ok and tensor.ragged and message_type is mc.ModelInput:
+        io.allow_ragged_batch = True
+    return io
+
+
+def _parameters(config: mc.ModelConfig, parameters: dict[str, str]) -> None:
+    for key, value in sorted(parameters.items()):
+        config.parameters[key].string_value = value
+
+
+def model_config(model: Model, profile: str) -> mc.ModelConfig:
+    """The Triton configuration of one model for one profile."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; expected one of {PROFILES}")
+    config = mc.ModelConfig(name=model.name)
+    if isinstance(model, Ensemble):
+        config.platform = "ensemble"
+        config.max_batch_size = model.max_batch_size
+        config.input.extend(_io(mc.ModelInput, t, False) for t in model.inputs)
+        config.output.extend(_io(mc.ModelOutput, t, False) for t in model.outputs)
+        for step in model.steps:
+            config.ensemble_scheduling.step.add(
+                model_name=step.model, model_version=-1,
+                input_map=step.input_map, output_map=step.output_map)
+        _parameters(config, model.parameters)
+        return config
+
+    python_backend = isinstance(model, PythonModel) or profile == "cpu"
+    config.backend = "python" if python_backend else "onnxruntime"
+    config.max_batch_size = model.batching.max_batch_size
+    config.input.extend(_io(mc.ModelInput, t, python_backend) for t in model.inputs)
+    config.output.extend(_io(mc.ModelOutput, t, python_backend) for t in model.outputs)
+    batching = config.dynamic_batching
+    batching.preferred_batch_size.extend(model.batching.preferred_batch_sizes)
+    batching.max_queue_delay_microseconds = model.batching.max_queue_delay_us
+    on_gpu = profile == "gpu" and isinstance(model, OnnxModel)
+    config.instance_group.add(count=model.instances,
+                              kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU)
+    parameters = dict(model.parameters)
+    if isinstance(model, OnnxModel):
+        if python_backend:
+            parameters["onnx_file"] = "model.onnx"
+            parameters["trim"] = json.dumps({k: list(v) for k, v in model.trim.items()}, sort_keys=True)
+        else:
+            config.default_model_filename = "model.onnx"
+    _parameters(config, parameters)
+    return config
+
+
+def validate(models: list[Model]) -> None:
+    """Checks that need the whole set: names unique, ensemble steps exist and batch consistently."""
+    by_name: dict[str, Model] = {}
+    for model in models:
+        if model.name in by_name:
+            raise ValueError(f"model {model.name!r} described twice")
+        by_name[model.name] = model
+    for model in models:
+        if not isinstance(model, Ensemble):
+            continue
+        for step in model.steps:
+            target = by_name.get(step.model)
+            if target is None:
+                raise ValueError(f"ensemble {model.name!r} uses unknown model {step.model!r}")
+            names_in = {t.name for t in target.inputs}
+            names_out = {t.name for t in target.outputs}
+            if not set(step.input_map) <= names_in or not set(step.output_map) <= names_out:
+                raise ValueError(f"ensemble {model.name!r}: step {step.model!r} maps tensors the model lacks")
+            limit = target.max_batch_size if isinstance(target, Ensemble) else target.batching.max_batch_size
+            if limit < model.max_batch_size:
+                raise ValueError(
+                    f"ensemble {model.name!r} max_batch_size {model.max_batch_size} exceeds "
+                    f"{step.model!r}'s {limit}")
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link when possible (big ONNX files), copy otherwise; never a symlink."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def render_repository(models: list[Model], profile: str, out_dir: Path) -> Path:
+    """Write the whole repository for `profile` to `out_dir`, replacing it atomically."""
+    validate(models)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for model in models:
+            model_dir = staging / model.name
+            version_dir = model_dir / VERSION
+            version_dir.mkdir(parents=True)
+            config = model_config(model, profile)
+            (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+            if isinstance(model, OnnxModel):
+                _place(model.onnx_file, version_dir / "model.onnx")
+                if profile == "cpu":
+                    shutil.copy2(ONNX_RUNNER, version_dir / "model.py")
+            elif isinstance(model, PythonModel):
+                shutil.copy2(model.source, version_dir / "model.py")
+                for extra in model.files:
+                    _place(extra, version_dir / extra.name)
+            # An ensemble keeps its empty version folder: Triton requires one.
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,80 @@
+"""Generic Triton Python-backend model that runs one ONNX graph in ONNX Runtime.
+
+Copied verbatim as ``model.py`` into every ONNX model of the cpu profile. It
+depends on numpy and onnxruntime only, so the rendered repository is
+self-contained.
+
+Why it pads: with ``allow_ragged_batch`` the dynamic batcher hands us requests
+whose variable dimensions differ. Every toneserve graph takes explicit
+lengths, so zero-padding each input to the batch maximum and running once is
+exact; outputs listed in the ``trim`` parameter are cut back to each item's own
+length, so a request sees the same tensor whether or not it was batched.
+"""
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+def pad_concat(arrays):
+    """Zero-pad arrays of equal rank to a common shape and join them on axis 0."""
+    shape = np.max([a.shape for a in arrays], axis=0)
+    padded = [np.pad(a, [(0, 0)] + [(0, int(m - s)) for m, s in zip(shape[1:], a.shape[1:])])
+              for a in arrays]
+    return np.concatenate(padded, axis=0)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
+        options = ort.SessionOptions()
+        # One Triton instance = one ORT session; parallelism comes from instances
+        # and batching, so each session stays on few threads unless told otherwise.
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.inputs = [(i.name, len(i.shape)) for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.wire_rank = {o["name"]: 1 + len(o["dims"]) for o in config["output"]}
+        self.trim = {k: tuple(v) for k, v in json.loads(params.get("trim", "{}")).items()}
+
+    def _request_inputs(self, request):
+        arrays = {}
+        for name, rank in self.inputs:
+            array = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            if array.ndim == rank + 1 and array.shape[-1] == 1:
+                array = array[..., 0]  # lengths: [B, 1] on the wire, [B] in the graph
+            arrays[name] = array
+        return arrays
+
+    def execute(self, requests):
+        try:
+            per_request = [self._request_inputs(r) for r in requests]
+            sizes = [len(next(iter(a.values()))) for a in per_request]
+            feed = {name: pad_concat([a[name] for a in per_request]) for name, _ in self.inputs}
+            results = dict(zip(self.outputs, self.session.run(self.outputs, feed)))
+        except Exception as exc:  # answer every request, never crash the instance
+            error = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+
+        responses = []
+        start = 0
+        for size in sizes:
+            rows = slice(start, start + size)
+            start += size
+            tensors = []
+            for name in self.outputs:
+                value = results[name][rows]
+                if name in self.trim:
+                    lengths_name, axis = self.trim[name]
+                    keep = int(np.max(results[lengths_name][rows]))
+                    value = np.take(value, np.arange(keep), axis=axis)
+                if value.ndim < self.wire_rank[name]:
+                    value = value.reshape(value.shape + (1,) * (self.wire_rank[name] - value.ndim))
+                tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(value)))
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses

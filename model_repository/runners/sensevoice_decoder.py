@@ -1,0 +1,45 @@
+"""Triton Python-backend model: batch-safe greedy CTC decoding of SenseVoice output.
+
+Each item is decoded on its own, up to its own `encoder_out_lens`: nothing is
+collapsed across the batch and padding frames are never read. The four query
+frames give the language / emotion / event / ITN distributions over the token
+ids named in decode_assets.json (derived from the tokenizer at export time);
+they are returned in that file's order, which is also the order of the labels
+the ensemble publishes.
+"""
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from sensevoice_decode import ctc_greedy_decode, load_decode_assets  # copied next to this file
+
+DISTRIBUTIONS = {"language": "LANGUAGE_PROBS", "emotion": "EMOTION_PROBS", "event": "EVENT_PROBS",
+                 "itn": "ITN_PROBS"}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = os.path.join(args["model_repository"], args["model_version"])
+        self.assets = load_decode_assets(os.path.join(here, "decode_assets.json"))
+
+    def _decode(self, request):
+        logits = pb_utils.get_input_tensor_by_name(request, "ctc_logits").as_numpy()
+        lengths = pb_utils.get_input_tensor_by_name(request, "encoder_out_lens").as_numpy().reshape(-1)
+        items = [ctc_greedy_decode(logits[i], int(lengths[i]), self.assets) for i in range(len(lengths))]
+        tensors = [pb_utils.Tensor("TEXT", np.array([[item["text"].encode("utf-8")] for item in items],
+                                                    dtype=np.object_))]
+        for family, name in DISTRIBUTIONS.items():
+            order = list(self.assets[family])
+            probs = np.array([[item[family][label] for label in order] for item in items], dtype=np.float32)
+            tensors.append(pb_utils.Tensor(name, probs))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._decode(request))
+            except Exception as exc:  # one bad item fails its own request only
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
+        return responses

@@ -1,0 +1,80 @@
+"""The description of a served model: written once, rendered per profile.
+
+A description says what a model computes and how it is batched; it knows
+nothing about Triton's config syntax. `render.py` turns it into a
+`ModelConfig` protobuf for the `cpu` or the `gpu` profile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # numpy dtype name ("float32", "int64") or "bytes"
+    dims: tuple[int, ...]  # without the batch dimension; -1 = variable
+    # Variable-length input the dynamic batcher may merge across requests
+    # (the cpu runner pads it; see runners/onnx_runner.py).
+    ragged: bool = False
+    # Lengths travel as [B, 1] on the wire but the ONNX graph takes [B].
+    is_length: bool = False
+
+
+@dataclass(frozen=True)
+class Batching:
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """One ONNX graph, served by ONNX Runtime."""
+
+    name: str
+    onnx_file: Path
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    batching: Batching
+    instances: int = 1
+    # output name -> (lengths output name, axis): a variable-length output is
+    # cut back to each item's own length before it is returned, so batching
+    # never changes what a request sees.
+    trim: dict[str, tuple[str, int]] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PythonModel:
+    """A model whose logic is Python code (numpy) run by Triton's Python backend."""
+
+    name: str
+    source: Path  # becomes <version>/model.py
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    batching: Batching
+    instances: int = 1
+    files: tuple[Path, ...] = ()  # copied next to model.py
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    model: str
+    input_map: dict[str, str]  # step model input -> ensemble tensor
+    output_map: dict[str, str]  # step model output -> ensemble tensor
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    steps: tuple[Step, ...]
+    max_batch_size: int
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+Model = OnnxModel | PythonModel | Ensemble

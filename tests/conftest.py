@@ -1,0 +1,127 @@
+"""Shared fixtures: tiny models exported once, a real tritonserver and a real gateway per session."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SHARED_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (base-size models)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: needs base-size models; runs with --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def toneserve_home(tmp_path_factory) -> Path:
+    """Everything the suite builds lives here, never in the user's cache."""
+    home = tmp_path_factory.mktemp("toneserve-home")
+    os.environ["TONESERVE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def models_root(toneserve_home) -> Path:
+    from toneserve.export.build import export_models
+    return export_models(toneserve_home / "models" / "tiny", size="tiny")
+
+
+@pytest.fixture(scope="session")
+def repository(models_root, toneserve_home) -> Path:
+    from toneserve.model_repository.catalog import describe
+    from toneserve.model_repository.render import render_repository
+    return render_repository(describe(models_root), "cpu", toneserve_home / "repository" / "tiny-cpu")
+
+
+@dataclass
+class Stack:
+    gateway: str
+    triton_grpc: str
+    triton_http: str
+    process: subprocess.Popen
+    log: Path
+
+
+def wait_for_health(address: str, process: subprocess.Popen, log: Path, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"toneserve serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)
+    raise TimeoutError(f"gateway at {address} not healthy after {timeout} s:\n{log.read_text()}")
+
+
+def stop_stack(process: subprocess.Popen, timeout: float = 60.0) -> int:
+    """Ctrl-C, as a user would; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that mention `path` (orphan detection)."""
+    found = subprocess.run(["pgrep", "-af", str(path)], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in found if "pgrep" not in line]
+
+
+@pytest.fixture(scope="session")
+def stack(repository, toneserve_home) -> Stack:
+    from toneserve.triton import free_port
+
+    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
+    log = toneserve_home / "serve.log"
+    command = [sys.executable, "-m", "toneserve.cli", "serve", "--repository", str(repository),
+               "--port", str(ports["gateway"]), "--triton-http-port", str(ports["http"]),
+               "--triton-grpc-port", str(ports["grpc"]), "--triton-metrics-port", str(ports["metrics"])]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    stack = Stack(f"127.0.0.1:{ports['gateway']}", f"127.0.0.1:{ports['grpc']}",
+                  f"127.0.0.1:{ports['http']}", process, log)
+    try:
+        wait_for_health(stack.gateway, process, log)
+        yield stack
+    finally:
+        code = stop_stack(process)
+        leftovers = processes_using(repository)
+        assert code == 0, f"serve exited with {code} on Ctrl-C:\n{log.read_text()}"
+        assert not leftovers, f"processes outlived the stack: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+def shared_speech() -> Path:
+    if not (SHARED_SPEECH / "MANIFEST.tsv").is_file():
+        pytest.skip("../shared/data/speech is not present (fresh clone)")
+    return SHARED_SPEECH

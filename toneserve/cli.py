@@ -1,0 +1,218 @@
+"""The `toneserve` command."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import paths
+
+
+def _repository(args) -> Path:
+    return Path(args.repository) if args.repository else paths.repository_dir(args.size, args.profile)
+
+
+def _models(args) -> Path:
+    return Path(args.models_dir) if args.models_dir else paths.models_dir(args.size)
+
+
+def cmd_export(args) -> int:
+    from .export.build import export_models
+    from .model_repository.catalog import describe
+    from .model_repository.render import render_repository
+
+    models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force)
+    for profile in args.profiles:
+        out = paths.repository_dir(args.size, profile) if not args.repository else Path(args.repository) / profile
+        render_repository(describe(models), profile, out)
+        print(f"[export] rendered the {profile} model repository -> {out}", flush=True)
+    return 0
+
+
+def _triton_ports(args):
+    """Ports from the flags; 0 means any free port."""
+    from .triton import TritonPorts, free_port
+    chosen = [port or free_port() for port in (args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port)]
+    return TritonPorts(*chosen)
+
+
+async def _run_gateway(triton_url: str, host: str, port: int, ready_message: str | None = None) -> None:
+    from .gateway.server import Gateway
+
+    gateway = Gateway(triton_url, host=host, port=port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+        print(ready_message or f"toneserve gateway listening on {host}:{port}", flush=True)
+        await stop.wait()
+    finally:
+        await gateway.stop()
+
+
+def cmd_serve(args) -> int:
+    from .triton import EmbeddedTriton
+
+    repository = _repository(args)
+    with EmbeddedTriton(repository, _triton_ports(args), host=args.host) as triton:
+        print(f"tritonserver ready on {triton.grpc_url} (repository {repository}, log {triton.log_path})",
+              flush=True)
+        asyncio.run(_run_gateway(triton.grpc_url, args.host, args.port))
+    print("stopped", flush=True)
+    return 0
+
+
+def cmd_gateway(args) -> int:
+    asyncio.run(_run_gateway(args.triton_url, args.host, args.port))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .client.sdk import AnalyzeError, Client, to_dict
+
+    with Client(args.address) as client:
+        try:
+            response = client.analyze(args.file, language=args.language, window_seconds=args.window_seconds,
+                                      use_itn=args.itn, timeout=args.timeout)
+        except AnalyzeError as exc:
+            print(f"error: {args.file}: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(to_dict(response), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The README's main job: export, start Triton and the gateway, analyse a sample, stop."""
+    import threading
+
+    from .client.sdk import Client, to_dict
+    from .samples import speechlike, wav_bytes
+    from .triton import EmbeddedTriton, free_port
+
+    args.profiles = ["cpu"]
+    args.repository = None
+    args.force = False
+    cmd_export(args)
+    if args.file:
+        audio, name = Path(args.file).read_bytes(), args.file
+    else:
+        sample = paths.home() / "samples" / "speechlike-8s.wav"
+        sample.parent.mkdir(parents=True, exist_ok=True)
+        sample.write_bytes(wav_bytes(speechlike(8.0), 16000))
+        audio, name = sample.read_bytes(), str(sample)
+    port = args.port or free_port()
+    with EmbeddedTriton(paths.repository_dir(args.size, "cpu"), _triton_ports(args)) as triton:
+        print(f"[demo] tritonserver ready on {triton.grpc_url}", flush=True)
+        from .gateway.server import Gateway
+
+        loop = asyncio.new_event_loop()
+        gateway = Gateway(triton.grpc_url, port=port)
+        loop.run_until_complete(gateway.start())
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        try:
+            print(f"[demo] gateway ready on 127.0.0.1:{port}; analysing {name}", flush=True)
+            with Client(f"127.0.0.1:{port}") as client:
+                result = to_dict(client.analyze(audio))
+        finally:
+            asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    meta = result["metadata"]
+    if meta["random_weights"]:
+        print("\n[demo] NOTE: served by RANDOM-WEIGHT models: the plumbing is real, the answers are not.",
+              file=sys.stderr)
+    print(f"[demo] {len(result['segments'])} segments for {meta['audio_seconds']:.1f} s of audio "
+          f"in {meta['processing_ms']:.0f} ms; everything stopped.", file=sys.stderr)
+    return 0
+
+
+def _add_size(p):
+    p.add_argument("--size", default="tiny", choices=["tiny", "base"],
+                   help="model sizes: tiny (tests) or base (real architectures); default tiny")
+
+
+def _add_triton_ports(p, defaults=(8000, 8001, 8002)):
+    for name, default in zip(("http", "grpc", "metrics"), defaults):
+        p.add_argument(f"--triton-{name}-port", type=int, default=default, help=f"default {default or 'any free port'}")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="toneserve", description="Speech emotion and sentiment service.")
+    root.add_argument("-v", "--verbose", action="store_true")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="build the models (ONNX) and render the Triton model repository")
+    _add_size(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models-dir", help=f"where exported models go (default {paths.home()}/models/SIZE)")
+    p.add_argument("--repository", help="where rendered repositories go, one folder per profile")
+    p.add_argument("--profiles", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
+    p.add_argument("--force", action="store_true", help="rebuild even when current exports exist")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="start the embedded tritonserver (cpu profile) and the gateway")
+    _add_size(p)
+    p.add_argument("--profile", default="cpu", choices=["cpu"])
+    p.add_argument("--repository", help="rendered model repository (default: the one `export` wrote)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051, help="gateway gRPC port")
+    _add_triton_ports(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("gateway", help="run only the gateway, against a Triton already running")
+    p.add_argument("--triton-url", default="127.0.0.1:8001")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051)
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("analyze", help="analyse an audio file and print the result as JSON")
+    p.add_argument("file")
+    p.add_argument("--address", default="127.0.0.1:50051", help="gateway address")
+    p.add_argument("--language", default="auto", help="auto, zh, en, yue, ja or ko")
+    p.add_argument("--window-seconds", type=float, default=0.0)
+    p.add_argument("--itn", action="store_true", help="inverse text normalisation in transcripts")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("demo", help="export, start everything, analyse a sample clip, print, stop")
+    _add_size(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models-dir")
+    p.add_argument("--file", help="analyse this file instead of the generated sample")
+    p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+    _add_triton_ports(p, defaults=(0, 0, 0))
+    p.set_defaults(func=cmd_demo)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .gateway.errors import ToneserveError
+    from .gateway.server import GatewayStartError
+    from .triton import TritonStartError
+
+    try:
+        return args.func(args)
+    except (TritonStartError, GatewayStartError, ToneserveError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; everything stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
