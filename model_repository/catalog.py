@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..export import sensevoice_decode
 from .spec import Batching, Ensemble, OnnxModel, PythonModel, Step, Tensor
 
 RUNNERS = Path(__file__).parent / "runners"
-EXPORT = Path(__file__).resolve().parent.parent / "export"
 
 # Ensembles the gateway calls, and their tensors.
 EMOTION = "emotion"
@@ -85,12 +85,12 @@ def asr_models(models_root: Path) -> list:
         trim={"ctc_logits": ("encoder_out_lens", 1)})
     decoder = PythonModel(
         name="sensevoice_decoder", source=RUNNERS / "sensevoice_decoder.py", batching=BATCHING,
-        files=(EXPORT / "sensevoice_decode.py", folder / "decode_assets.json", folder / "bpe.model"),
+        files=(Path(sensevoice_decode.__file__), folder / "decode_assets.json", folder / "bpe.model"),
         inputs=(Tensor("ctc_logits", "float32", (-1, vocab), ragged=True),
                 Tensor("encoder_out_lens", "int64", (1,))),
         outputs=(Tensor(TEXT, "bytes", (1,)),
                  *(Tensor(out, "float32", (len(assets[name]),)) for name, out in ASR_DISTRIBUTIONS.items())),
-        parameters={"ctc_output": manifest["encoder"]["ctc_output"]})
+        parameters={"distribution_outputs": json.dumps(ASR_DISTRIBUTIONS)})
     ensemble = Ensemble(
         name=ASR, max_batch_size=BATCHING.max_batch_size,
         inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,)),

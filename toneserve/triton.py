@@ -80,8 +80,12 @@ def prepare_backends(cache: Path | None = None) -> Path:
 
 def _server_env() -> dict[str, str]:
     env = dict(os.environ)
-    libs = _pytriton_dir().parent / "nvidia_pytriton.libs"
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in (env.get("LD_LIBRARY_PATH"), str(libs)) if p)
+    libs = [str(_pytriton_dir().parent / "nvidia_pytriton.libs")]
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        # The stub links libpython3.X: let it find this interpreter's own copy first
+        # (otherwise it needs the distribution's libpython3.X package).
+        libs.insert(0, sysconfig.get_config_var("LIBDIR"))
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in (*libs, env.get("LD_LIBRARY_PATH")) if p)
     # The stub embeds its own interpreter; give it this environment's packages
     # (numpy, onnxruntime, sentencepiece) so model code imports what we tested.
     site_dirs = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])

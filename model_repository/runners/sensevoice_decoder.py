@@ -7,20 +7,21 @@ ids named in decode_assets.json (derived from the tokenizer at export time);
 they are returned in that file's order, which is also the order of the labels
 the ensemble publishes.
 """
+import json
 import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from sensevoice_decode import ctc_greedy_decode, load_decode_assets  # copied next to this file
 
-DISTRIBUTIONS = {"language": "LANGUAGE_PROBS", "emotion": "EMOTION_PROBS", "event": "EVENT_PROBS",
-                 "itn": "ITN_PROBS"}
-
 
 class TritonPythonModel:
     def initialize(self, args):
         here = os.path.join(args["model_repository"], args["model_version"])
         self.assets = load_decode_assets(os.path.join(here, "decode_assets.json"))
+        parameters = json.loads(args["model_config"]).get("parameters", {})
+        # family (language / emotion / event / itn) -> output tensor name, from the model description.
+        self.outputs = json.loads(parameters["distribution_outputs"]["string_value"])
 
     def _decode(self, request):
         logits = pb_utils.get_input_tensor_by_name(request, "ctc_logits").as_numpy()
@@ -28,7 +29,7 @@ class TritonPythonModel:
         items = [ctc_greedy_decode(logits[i], int(lengths[i]), self.assets) for i in range(len(lengths))]
         tensors = [pb_utils.Tensor("TEXT", np.array([[item["text"].encode("utf-8")] for item in items],
                                                     dtype=np.object_))]
-        for family, name in DISTRIBUTIONS.items():
+        for family, name in self.outputs.items():
             order = list(self.assets[family])
             probs = np.array([[item[family][label] for label in order] for item in items], dtype=np.float32)
             tensors.append(pb_utils.Tensor(name, probs))
