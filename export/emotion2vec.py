@@ -1,0 +1,720 @@
+"""emotion2vec+ exporter: FunASR ``Emotion2vec`` -> lengths-aware ONNX (``toneserve.export.emotion2vec``).
+
+What is here
+------------
+* ``PRESETS`` / ``UNCONFIRMED``: the architecture configs (one place) and which of their values
+  no source available on the build machine confirms.
+* ``build_model(preset, seed)``: the real FunASR class (``tables.model_classes["Emotion2vec"]``,
+  what ``AutoModel`` instantiates for ``iic/emotion2vec_plus_*``) with random weights, eval mode.
+* ``Emotion2vecWrapper``: ``(wav[B,S] f32, wav_lens[B] i64) -> (logits[B,9] f32, embedding[B,D] f32)``
+  that gives a padded batch the same answer as unbatched FunASR inference.
+* ``funasr_reference(model, wav_1d)``: FunASR's own inference path for one unpadded utterance
+  (ground truth for tests and export-time parity gates).
+* ``export_onnx(out_dir, preset, seed)``: writes ``model.onnx``, ``tokens.txt``, ``manifest.json``
+  atomically and returns the manifest.
+
+Why a wrapper (see docs: DESIGN.md, "Models and their contracts")
+-----------------------------------------------------------------
+FunASR's own export takes no lengths and returns frame features; its ``padding_mask`` path lets
+padding leak into valid frames through the stack of position convolutions. Here every step that
+mixes information along time is made length-aware:
+
+1. per-utterance normalisation over valid samples only (FunASR: ``F.layer_norm(wav, wav.shape)``);
+2. conv front end (no padding, so valid frames only ever see valid samples), valid frame count
+   per item from the conv kernels/strides;
+3. padded frames zeroed before *each* position conv (equals the zero padding an unpadded
+   sequence sees at its end);
+4. padded keys masked out of attention (-inf before softmax);
+5. mean pool over valid frames, then ``proj``. Logits only: no softmax.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SAMPLE_RATE = 16000
+OPSET = 18
+
+# --------------------------------------------------------------------------------------------
+# Labels / tokens file
+# --------------------------------------------------------------------------------------------
+
+# The tokens file of iic/emotion2vec_plus_{seed,base,large}, line for line (checked against a
+# public copy of emotion2vec_plus_large/tokens.txt: 9 lines, no trailing newline). Written
+# next to the random-weight model so that it is read exactly the way a real model's file is.
+REAL_TOKENS: tuple[str, ...] = (
+    "生气/angry",
+    "厌恶/disgusted",
+    "恐惧/fearful",
+    "开心/happy",
+    "中立/neutral",
+    "其他/other",
+    "难过/sad",
+    "吃惊/surprised",
+    "<unk>",
+)
+# The contract (DESIGN.md): this order. Only used to *check* what a tokens file says.
+EXPECTED_LABELS: tuple[str, ...] = (
+    "angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown",
+)
+
+
+def read_tokens(path: str | os.PathLike) -> list[str]:
+    """Token lines as FunASR's ``BaseTokenizer`` reads a ``.txt`` token list (``line.rstrip()``)."""
+    with open(path, "r", encoding="utf-8") as f:
+        return [line.rstrip() for line in f]
+
+
+def token_to_label(token: str) -> str:
+    """``"生气/angry" -> "angry"``, ``"<unk>" -> "unknown"``; anything else is returned as is."""
+    if token == "<unk>":
+        return "unknown"
+    if "/" in token:
+        return token.rsplit("/", 1)[1]
+    return token
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """Plain English labels, in model output order, from a tokens file."""
+    labels = [token_to_label(t) for t in read_tokens(path)]
+    if not labels or any(not lab for lab in labels):
+        raise ValueError(f"{path}: empty tokens file or empty token line")
+    return labels
+
+
+def write_tokens(path: str | os.PathLike, tokens: Sequence[str] = REAL_TOKENS) -> None:
+    """Write a tokens file in the real format (atomically)."""
+    _atomic_write_bytes(Path(path), "\n".join(tokens).encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------
+# Architecture configs (the one place)
+# --------------------------------------------------------------------------------------------
+
+_FEATURE_ENCODER_512 = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]"
+
+_DECODER_BASE = dict(
+    decoder_dim=384, decoder_groups=16, decoder_kernel=7, decoder_layers=4, input_dropout=0.1,
+    add_positions_masked=False, add_positions_all=False, decoder_residual=True,
+    projection_layers=1, projection_ratio=2.0,
+)
+
+
+def _make_conf(
+    *, embed_dim: int, depth: int, num_heads: int, prenet_depth: int,
+    feature_encoder_spec: str = _FEATURE_ENCODER_512, num_extra_tokens: int = 10,
+    conv_pos_width: int = 95, conv_pos_depth: int = 5, conv_pos_groups: int = 16,
+    decoder: dict | None = None,
+) -> dict[str, Any]:
+    """A FunASR ``model_conf`` for ``Emotion2vec`` (keys as in emotion2vec config.yaml).
+
+    Dropout / layerdrop / masking values only matter in training; the model is used in eval.
+    """
+    audio = dict(
+        type="AUDIO",
+        prenet_depth=prenet_depth, prenet_layerdrop=0.05, prenet_dropout=0.1,
+        start_drop_path_rate=0.0, end_drop_path_rate=0.0,
+        num_extra_tokens=num_extra_tokens, init_extra_token_zero=True,
+        mask_noise_std=0.01, mask_prob_min=None, mask_prob=0.5, inverse_mask=False,
+        mask_prob_adjust=0.05, keep_masked_pct=0.0, mask_length=5, add_masks=False,
+        remove_masks=False, mask_dropout=0.0, encoder_zero_mask=True,
+        mask_channel_prob=0.0, mask_channel_length=64,
+        ema_local_encoder=False, local_grad_mult=1.0,
+        use_alibi_encoder=True, alibi_scale=1.0, learned_alibi=False, alibi_max_pos=None,
+        learned_alibi_scale=True, learned_alibi_scale_per_head=True,
+        learned_alibi_scale_per_layer=False, num_alibi_heads=num_heads,
+        model_depth=depth,
+        decoder=copy.deepcopy(decoder),
+        extractor_mode="layer_norm",
+        feature_encoder_spec=feature_encoder_spec,
+        conv_pos_width=conv_pos_width, conv_pos_groups=conv_pos_groups,
+        conv_pos_depth=conv_pos_depth, conv_pos_pre_ln=False,
+    )
+    return dict(
+        loss_beta=0.0, loss_scale=None,
+        depth=depth, start_drop_path_rate=0.0, end_drop_path_rate=0.0,
+        num_heads=num_heads, norm_eps=1e-05, norm_affine=True,
+        encoder_dropout=0.1, post_mlp_drop=0.1, attention_dropout=0.1,
+        activation_dropout=0.0, dropout_input=0.0, layerdrop=0.05,
+        embed_dim=embed_dim, mlp_ratio=4.0, layer_norm_first=False,
+        average_top_k_layers=depth, end_of_block_targets=False, clone_batch=8,
+        normalize=True,
+        modalities=dict(audio=audio),
+    )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tests only: same code path (layer_norm conv front end with the real kernels/strides, so
+    # 50 frames/s and the same frame-count arithmetic; 10 extra tokens; ALiBi with learned
+    # per-head scale; 5 grouped position convs; post-LN blocks), tiny widths.
+    "tiny": _make_conf(
+        embed_dim=64, depth=2, num_heads=4, prenet_depth=1,
+        feature_encoder_spec="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] + [(32,2,2)]",
+    ),
+    # iic/emotion2vec_plus_base (~93M).
+    "base": _make_conf(embed_dim=768, depth=8, num_heads=12, prenet_depth=4, decoder=_DECODER_BASE),
+    # iic/emotion2vec_plus_large (~313M). The pretraining decoder is left out (not used at
+    # inference, not exported); with it the count would be ~314M.
+    "large": _make_conf(embed_dim=1024, depth=16, num_heads=16, prenet_depth=8, decoder=None),
+}
+
+# Values no source visible from this build machine confirms for the *plus* checkpoints. Sources
+# that were visible: FunASR 1.4.16 code (class, key names, code path); a public copy of an
+# emotion2vec config.yaml (depth 8, num_heads 12, embed_dim 768, norm_eps 1e-5, mlp_ratio 4,
+# layer_norm_first false); a third-party port of the emotion2vec_base checkpoint (7-layer 512-ch
+# conv front end with per-layer LayerNorm, prenet_depth 4, 10 extra tokens, conv_pos
+# width/depth/groups 95/5/16 -> kernel 19 from the weight shape [768, 48, 19], ALiBi with learned
+# per-head scale, decoder 384/16/7/4); the emotion2vec_plus_large model card (~300M, 9 labels)
+# and its tokens.txt; a third-party extractor stating 1024-d embeddings for plus_large.
+UNCONFIRMED: dict[str, list[str]] = {
+    "tiny": ["all sizes are made up for tests (not a released model)"],
+    "base": [
+        "emotion2vec_plus_base is assumed to share emotion2vec_base's architecture; base values "
+        "(prenet_depth 4, num_extra_tokens 10, conv_pos 95/5/16, extractor_mode layer_norm, "
+        "normalize true, ALiBi per-head learned scale, decoder 384/16/7/4) come from a "
+        "third-party port of emotion2vec_base, not from the plus_base config.yaml",
+    ],
+    "large": [
+        "embed_dim 1024 from a third-party source; depth 16, num_heads 16, prenet_depth 8 are "
+        "data2vec 2.0 large audio values, chosen because they give ~313M parameters",
+        "num_extra_tokens 10, conv_pos 95/5/16, extractor_mode layer_norm, normalize true, "
+        "ALiBi per-head learned scale, 512-channel conv front end: assumed equal to base",
+        "pretraining decoder omitted (unknown in the plus_large config; not used at inference)",
+    ],
+}
+
+
+def preset_config(preset: str) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown emotion2vec preset {preset!r}; choose from {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[preset])
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+def _emotion2vec_class():
+    import funasr.models.emotion2vec.model  # noqa: F401  (registers the class)
+    from funasr.register import tables
+
+    cls = tables.model_classes.get("Emotion2vec")
+    if cls is None:  # pragma: no cover - depends on the funasr install
+        raise RuntimeError("funasr has no registered 'Emotion2vec' model class")
+    return cls
+
+
+@torch.no_grad()
+def _randomize_constants(model: nn.Module, gen: torch.Generator) -> None:
+    """Give constant-initialised parameters (LayerNorm weight=1/bias=0, zero extra tokens, ALiBi
+    scale=1, zero biases) seeded random values, so that a test would notice a wrapper that skips
+    one of them. ALiBi scales stay positive (FunASR clamps them at 0)."""
+    for name, p in model.named_parameters():
+        if p.numel() > 1 and float(p.detach().std()) > 0:
+            continue
+        noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        if name.endswith("alibi_scale"):
+            p.copy_(0.5 + torch.rand(p.shape, generator=gen, dtype=p.dtype))
+        else:
+            p.add_(0.1 * noise)
+
+
+def build_from_config(model_conf: dict, seed: int = 0, vocab_size: int = len(REAL_TOKENS)) -> nn.Module:
+    """FunASR ``Emotion2vec`` from a ``model_conf`` dict (e.g. a preset, or ``model_conf`` of a
+    local config.yaml) with seeded random weights, in eval mode; global RNG state untouched."""
+    cls = _emotion2vec_class()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # Same kwargs shape as AutoModel.build_model: model_conf nested + vocab_size from the
+        # tokenizer's token list.
+        model = cls(model_conf=copy.deepcopy(model_conf), vocab_size=vocab_size)
+    _randomize_constants(model, torch.Generator().manual_seed(seed + 1))
+    model.eval()
+    return model
+
+
+def build_model(preset: str, seed: int = 0, vocab_size: int | None = None) -> nn.Module:
+    """FunASR ``Emotion2vec`` (the class AutoModel builds for iic/emotion2vec_plus_*) with
+    random weights, in eval mode. Deterministic for a given ``(preset, seed)``; leaves the
+    global torch RNG state untouched."""
+    model = build_from_config(preset_config(preset), seed, vocab_size or len(REAL_TOKENS))
+    model.toneserve_preset = preset  # type: ignore[attr-defined]
+    return model
+
+
+def conv_frames(num_samples, spec: Sequence[Sequence[int]]):
+    """Frames the conv front end produces for ``num_samples`` (int or int64 tensor): FunASR's
+    ``get_feat_extract_output_lengths`` (``floor((n - k) / s + 1)`` per layer)."""
+    n = num_samples
+    for _, k, s in spec:
+        n = (n - k) // s + 1
+    return n
+
+
+def samples_for_frames(frames: int, spec: Sequence[Sequence[int]]) -> int:
+    """Fewest samples that give ``frames`` frames."""
+    n = frames
+    for _, k, s in reversed(list(spec)):
+        n = (n - 1) * s + k
+    return n
+
+
+def min_samples(spec: Sequence[Sequence[int]]) -> int:
+    """Fewest samples that give one frame (the front end's receptive field: 400 = 25 ms)."""
+    return samples_for_frames(1, spec)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference: FunASR's own inference for one unpadded utterance
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def funasr_reference(model: nn.Module, wav_1d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits[9], embedding[D])`` exactly as ``Emotion2vec.inference`` computes them for one
+    utterance, before its softmax: ``F.layer_norm`` over the whole waveform when
+    ``cfg.normalize``, ``extract_features(padding_mask=None)``, mean over frames (numpy, as
+    FunASR saves ``feats``), ``proj(x.mean(dim=1))``."""
+    source = torch.from_numpy(np.ascontiguousarray(wav_1d, dtype=np.float32))
+    if model.cfg.normalize:
+        source = F.layer_norm(source, source.shape)
+    source = source.view(1, -1)
+    x = model.extract_features(source, padding_mask=None)["x"]
+    embedding = np.mean(x.squeeze(0).cpu().numpy(), axis=0)
+    logits = model.proj(x.mean(dim=1))[0].cpu().numpy()
+    return logits, embedding
+
+
+# --------------------------------------------------------------------------------------------
+# Lengths-aware wrapper
+# --------------------------------------------------------------------------------------------
+
+
+class Emotion2vecWrapper(nn.Module):
+    """``forward(wav[B,S] f32, wav_lens[B] i64) -> (logits[B,C] f32, embedding[B,D] f32)``.
+
+    Runs the wrapped FunASR model's own submodules (conv front end, feature projection,
+    position-conv blocks, transformer blocks' linear/norm/MLP layers, ``proj``) and equals
+    ``funasr_reference`` on each unpadded item. Transformer blocks are re-stated here (same
+    operations, same order as ``AltBlock``/``AltAttention``) only to replace FunASR's
+    data-dependent ``if padding_mask.any()`` and per-item ALiBi copies by one additive bias and a
+    key mask, which both ONNX exporters handle. ``wav_lens`` is clamped to ``[0, S]``; an item
+    shorter than ``min_samples`` (400) is given one frame so the output stays finite, but such
+    input is not meaningful and should be rejected upstream.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if model.training:
+            raise ValueError("wrap a model in eval mode")
+        self.model = model
+        enc = model.modality_encoders["AUDIO"]
+        mcfg = enc.modality_cfg
+        if mcfg.extractor_mode != "layer_norm":
+            # 'default' puts a GroupNorm over time in the first conv layer: padding would leak.
+            raise NotImplementedError(f"extractor_mode {mcfg.extractor_mode!r} is not supported")
+        if enc.fixed_positional_encoder is not None:
+            raise NotImplementedError("fixed positional encoder is not supported")
+        for blk in self._all_blocks():
+            if blk.attn.cosine_attention:
+                raise NotImplementedError("cosine attention is not supported")
+        if model.proj is None:
+            raise ValueError("model has no proj head (vocab_size <= 0)")
+
+        self.spec = [tuple(int(v) for v in layer) for layer in enc.feature_enc_layers]
+        self.normalize = bool(model.cfg.get("normalize", False))
+        self.num_extra = int(mcfg.num_extra_tokens)
+        self.num_heads = int(model.blocks[0].attn.num_heads) if len(model.blocks) else int(
+            enc.context_encoder.blocks[0].attn.num_heads)
+        self.embed_dim = int(model.cfg.get("embed_dim"))
+        self.num_classes = int(model.proj.out_features)
+
+        self.use_alibi = enc.get_alibi_bias is not None
+        if self.use_alibi:
+            if mcfg.learned_alibi:
+                raise NotImplementedError("learned ALiBi tables are not supported")
+            from funasr.models.emotion2vec.base import get_alibi
+
+            heads_a = int(mcfg.num_alibi_heads)
+            if heads_a > self.num_heads:
+                raise ValueError("num_alibi_heads > num_heads")
+            # FunASR's own slopes: get_alibi(2, H)[h, 0, 1] == slope_h * (-1).
+            slopes = -get_alibi(2, heads_a)[:, 0, 1].to(torch.float32)
+            self.register_buffer("alibi_slopes", slopes.view(1, heads_a, 1, 1), persistent=False)
+            self.alibi_pad_heads = self.num_heads - heads_a
+
+    # -- pieces ---------------------------------------------------------------------------
+
+    def _all_blocks(self):
+        enc = self.model.modality_encoders["AUDIO"]
+        return list(enc.context_encoder.blocks) + list(self.model.blocks)
+
+    def _normalise(self, wav: torch.Tensor, smask: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros((), dtype=wav.dtype, device=wav.device)
+        x = torch.where(smask, wav, zero)
+        if not self.normalize:
+            return x
+        # F.layer_norm(wav, wav.shape) over valid samples only (biased variance, eps 1e-5).
+        n = lens.clamp(min=1).to(wav.dtype).unsqueeze(1)
+        mean = x.sum(dim=1, keepdim=True) / n
+        d = torch.where(smask, x - mean, zero)
+        var = (d * d).sum(dim=1, keepdim=True) / n
+        return d / torch.sqrt(var + 1e-5)
+
+    def _alibi(self, n_frames: torch.Tensor | int, device) -> torch.Tensor | None:
+        """[1, H, N, N] bias (extra-token rows/cols zero) with FunASR's values, scaled by the
+        clamped learned scale when that scale is shared by all layers (FunASR folds it in)."""
+        if not self.use_alibi:
+            return None
+        enc = self.model.modality_encoders["AUDIO"]
+        pos = torch.arange(n_frames, device=device)
+        pos_bias = torch.abs(pos.unsqueeze(0) - pos.unsqueeze(1)) * -1  # int64, as FunASR
+        bias = self.alibi_slopes * pos_bias.unsqueeze(0).to(torch.float32)
+        scale = enc.alibi_scale
+        if scale is not None and scale.size(0) == 1:
+            bias = bias * scale.clamp_min(0).squeeze(0).type_as(bias)
+        if self.num_extra > 0:
+            bias = F.pad(bias, (self.num_extra, 0, self.num_extra, 0))
+        if self.alibi_pad_heads:
+            bias = F.pad(bias, (0, 0, 0, 0, 0, self.alibi_pad_heads))
+        return bias
+
+    def _layer_scales(self) -> list[torch.Tensor | None]:
+        """Per-block ALiBi scale when the learned scale is per layer, else None per block."""
+        enc = self.model.modality_encoders["AUDIO"]
+        blocks = self._all_blocks()
+        scale = enc.alibi_scale
+        if not self.use_alibi or scale is None or scale.size(0) == 1:
+            return [None] * len(blocks)
+        scale = scale.clamp_min(0)
+        out = []
+        for i in range(len(blocks)):
+            s = scale[i]  # [1, Ha, 1, 1]
+            if self.alibi_pad_heads:
+                s = F.pad(s, (0, 0, 0, 0, 0, self.alibi_pad_heads))
+            out.append(s)
+        return out
+
+    @staticmethod
+    def _attention(attn: nn.Module, x: torch.Tensor, bias, key_valid: torch.Tensor) -> torch.Tensor:
+        # AltAttention.forward (non-cosine) with padding handled by key_valid [B,1,1,N].
+        B, N, C = x.shape
+        H = attn.num_heads
+        qkv = attn.qkv(x).reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * attn.scale
+        a = q @ k.transpose(-2, -1)
+        if bias is not None:
+            a = a + bias
+        a = a.masked_fill(~key_valid, float("-inf"))
+        a = a.softmax(dim=-1, dtype=torch.float32).to(dtype=q.dtype)
+        y = (a @ v).transpose(1, 2).reshape(B, N, C)
+        return attn.proj(y)
+
+    def _block(self, blk: nn.Module, x: torch.Tensor, bias, key_valid: torch.Tensor) -> torch.Tensor:
+        # AltBlock.forward in eval (drop_path / dropouts are identities).
+        if blk.layer_norm_first:
+            x = x + self._attention(blk.attn, blk.norm1(x), bias, key_valid)
+            r = x = blk.mlp(blk.norm2(x))
+            return r + x  # sic: FunASR/data2vec adds the MLP output to itself here
+        x = x + self._attention(blk.attn, x, bias, key_valid)
+        r = x = blk.norm1(x)
+        x = blk.mlp(x)
+        return blk.norm2(r + x)
+
+    def _position_convs(self, x: torch.Tensor, fvalid: torch.Tensor) -> torch.Tensor:
+        """relative_positional_encoder with padded frames zeroed before each conv."""
+        enc = self.model.modality_encoders["AUDIO"]
+        mods = list(enc.relative_positional_encoder)
+        if enc.modality_cfg.conv_pos_pre_ln:
+            x = mods[0](x)
+            mods = list(mods[1])
+        inner = mods[1:-1]  # drop the outer TransposeLast pair
+        h = x.transpose(1, 2)  # [B, D, T]
+        m = fvalid.unsqueeze(1)  # [B, 1, T]
+        zero = torch.zeros((), dtype=h.dtype, device=h.device)
+        for blk in inner:
+            h = torch.where(m, h, zero)
+            h = blk(h)
+        return h.transpose(1, 2)
+
+    # -- forward --------------------------------------------------------------------------
+
+    def forward(self, wav: torch.Tensor, wav_lens: torch.Tensor):
+        model = self.model
+        enc = model.modality_encoders["AUDIO"]
+        S = wav.shape[1]
+        lens = torch.clamp(wav_lens.to(torch.int64), min=0, max=S)
+        smask = torch.arange(S, device=wav.device).unsqueeze(0) < lens.unsqueeze(1)
+
+        x = self._normalise(wav, smask, lens)
+        x = enc.local_encoder(x)  # [B, C, T]
+        x = enc.project_features(x)  # [B, T, D]
+        T = x.shape[1]
+        n_frames = torch.clamp(conv_frames(lens, self.spec), min=1)
+        n_frames = torch.minimum(n_frames, torch.full_like(n_frames, T))
+        fvalid = torch.arange(T, device=x.device).unsqueeze(0) < n_frames.unsqueeze(1)  # [B, T]
+
+        x = x + self._position_convs(x, fvalid)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        x = torch.where(fvalid.unsqueeze(-1), x, zero)
+
+        B = x.shape[0]
+        if self.num_extra > 0:
+            x = torch.cat([enc.extra_tokens.expand(B, -1, -1), x], dim=1)
+            kvalid = torch.cat(
+                [torch.ones(B, self.num_extra, dtype=torch.bool, device=x.device), fvalid], dim=1)
+        else:
+            kvalid = fvalid
+        key_valid = kvalid.unsqueeze(1).unsqueeze(2)  # [B, 1, 1, N]
+        bias = self._alibi(T, x.device)
+        scales = self._layer_scales()
+
+        ce = enc.context_encoder
+        if ce.norm is not None and not ce.layer_norm_first:
+            x = ce.norm(x)
+        blocks = self._all_blocks()
+        n_pre = len(ce.blocks)
+        for i, blk in enumerate(blocks):
+            if i == n_pre and ce.norm is not None and ce.layer_norm_first:
+                x = ce.norm(x)
+            b = bias if (bias is None or scales[i] is None) else bias * scales[i].type_as(bias)
+            x = self._block(blk, x, b, key_valid)
+        if n_pre == len(blocks) and ce.norm is not None and ce.layer_norm_first:
+            x = ce.norm(x)
+        if model.norm is not None:
+            x = model.norm(x)
+
+        x = x[:, self.num_extra:]
+        x = torch.where(fvalid.unsqueeze(-1), x, zero)
+        embedding = x.sum(dim=1) / n_frames.to(x.dtype).unsqueeze(1)
+        logits = model.proj(embedding)
+        return logits, embedding
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the serving container may run as another user
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def example_batch(lengths: Sequence[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic padded batch of noise + sines (used for export tracing and parity)."""
+    rng = np.random.default_rng(seed)
+    S = max(lengths)
+    wav = np.zeros((len(lengths), S), dtype=np.float32)
+    for i, n in enumerate(lengths):
+        t = np.arange(n) / SAMPLE_RATE
+        f0 = 110.0 * (i + 1)
+        sig = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.1 * np.sin(2 * np.pi * 3.1 * f0 * t)
+        wav[i, :n] = sig + 0.05 * rng.standard_normal(n)
+    return torch.from_numpy(wav), torch.tensor(list(lengths), dtype=torch.int64)
+
+
+def _versions() -> dict[str, str]:
+    import funasr
+    import onnx
+    import onnxruntime
+
+    return {
+        "torch": torch.__version__,
+        "funasr": getattr(funasr, "__version__", "unknown"),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _export_to(wrapper: nn.Module, path: Path) -> None:
+    """Exporter choice: ``dynamo=True`` (torch.export + onnxscript), explicitly.
+
+    Both exporters were tried on torch 2.13 and both meet the parity gate (max abs error vs
+    the torch wrapper ~1e-6). dynamo=True is chosen because torch.export traces with symbolic
+    batch/sample sizes and checks its shape guards against the declared ranges, whereas the
+    TorchScript tracer (dynamo=False, legacy; no longer the default since torch 2.9) records one
+    concrete example and can silently bake in a shape-derived Python value; the wrapper derives
+    frame counts, ALiBi size and masks from the input shape, so the checked path is the safer
+    one. Cost: slower export (tiny ~11 s, base ~25 s here, vs < 1 s with TorchScript).
+    Weights are embedded (external_data=False) so the file can be renamed atomically; every
+    preset is < 2 GB."""
+    wav, lens = example_batch([SAMPLE_RATE, SAMPLE_RATE // 2 + 123])
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    # torch.export specialises size-1 dims, so the traced range starts at 2 frames (720
+    # samples); the ONNX graph has no guards and tests check 1-frame inputs (400..719) too.
+    samples = torch.export.Dim(
+        "samples", min=samples_for_frames(2, wrapper.spec), max=SAMPLE_RATE * 600)
+    prog = torch.onnx.export(
+        wrapper,
+        (wav, lens),
+        dynamo=True,
+        input_names=["wav", "wav_lens"],
+        output_names=["logits", "embedding"],
+        dynamic_shapes={"wav": {0: batch, 1: samples}, "wav_lens": {0: batch}},
+        opset_version=OPSET,
+        external_data=False,
+        optimize=True,
+        verbose=False,
+    )
+    prog.save(str(path), external_data=False)
+
+
+def _onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def desc(v):
+        tt = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name,
+                "shape": shape}
+
+    return [desc(v) for v in m.graph.input], [desc(v) for v in m.graph.output]
+
+
+def run_onnx(path: str | os.PathLike, wav: np.ndarray, wav_lens: np.ndarray, threads: int = 0):
+    """(logits, embedding) from an exported model with onnxruntime's CPU EP."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    logits, emb = sess.run(["logits", "embedding"], {"wav": wav, "wav_lens": wav_lens})
+    return logits, emb
+
+
+def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: bool = True) -> dict:
+    """Write ``model.onnx``, ``tokens.txt`` and ``manifest.json`` into ``out_dir``; return the
+    manifest.
+
+    Everything is first written under temporary names in ``out_dir``; only when the export, the
+    IO check and (with ``verify``) the parity gate (ONNX Runtime CPU vs the torch wrapper on a
+    padded batch, max abs error <= 1e-4) have passed are the three files renamed into place
+    (``os.replace``), model first, manifest last. A failure leaves earlier files untouched and
+    removes the temporaries."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tag = f"{os.getpid()}.{time.monotonic_ns()}"
+    tmp = {name: out_dir / f".{name}.{tag}.tmp" for name in ("model.onnx", "tokens.txt", "manifest.json")}
+    try:
+        # Labels come from the tokens file, read back the way a real model's file is read.
+        _atomic_write_bytes(tmp["tokens.txt"], "\n".join(REAL_TOKENS).encode("utf-8"))
+        labels = read_labels(tmp["tokens.txt"])
+        if labels != list(EXPECTED_LABELS):
+            raise ValueError(f"tokens file labels {labels} differ from the contract {EXPECTED_LABELS}")
+
+        model = build_model(preset, seed, vocab_size=len(labels))
+        wrapper = Emotion2vecWrapper(model).eval()
+        _export_to(wrapper, tmp["model.onnx"])
+        export_s = time.perf_counter() - t0
+
+        parity = None
+        if verify:
+            wav, lens = example_batch([SAMPLE_RATE, 9000, 12345], seed=seed + 7)
+            with torch.no_grad():
+                tl, te = wrapper(wav, lens)
+            ol, oe = run_onnx(tmp["model.onnx"], wav.numpy(), lens.numpy())
+            parity = {
+                "reference": "torch wrapper",
+                "lengths": lens.tolist(),
+                "max_abs_logits": float(np.abs(ol - tl.numpy()).max()),
+                "max_abs_embedding": float(np.abs(oe - te.numpy()).max()),
+            }
+            if not max(parity["max_abs_logits"], parity["max_abs_embedding"]) <= 1e-4:
+                raise RuntimeError(f"ONNX parity gate failed: {parity}")
+
+        D = wrapper.embed_dim
+        manifest = {
+            "model": "emotion2vec",
+            "preset": preset,
+            "weights_origin": "random",
+            "seed": seed,
+            "files": {name: _sha256(tmp[name]) for name in ("model.onnx", "tokens.txt")},
+            "inputs": [
+                {"name": "wav", "dtype": "float32", "shape": [-1, -1]},
+                {"name": "wav_lens", "dtype": "int64", "shape": [-1]},
+            ],
+            "outputs": [
+                {"name": "logits", "dtype": "float32", "shape": [-1, len(labels)]},
+                {"name": "embedding", "dtype": "float32", "shape": [-1, D]},
+            ],
+            "labels": labels,
+            "sample_rate": SAMPLE_RATE,
+            "embedding_dim": D,
+            "min_samples": min_samples(wrapper.spec),
+            "frames_per_second": SAMPLE_RATE / float(np.prod([s for _, _, s in wrapper.spec])),
+            "num_params": int(sum(p.numel() for p in model.parameters())),
+            "opset": OPSET,
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "export_seconds": round(export_s, 3),
+            "parity": parity,
+            "config": preset_config(preset),
+            "unconfirmed": list(UNCONFIRMED[preset]),
+            "versions": _versions(),
+        }
+        # Declared IO must be what the graph says (names, dtypes, ranks, static dims).
+        inputs, outputs = _onnx_io(tmp["model.onnx"])
+        for declared, actual in ((manifest["inputs"], inputs), (manifest["outputs"], outputs)):
+            if [d["name"] for d in declared] != [a["name"] for a in actual]:
+                raise RuntimeError(f"ONNX IO {actual} differs from manifest {declared}")
+            for d, a in zip(declared, actual):
+                if d["dtype"] != a["dtype"] or len(d["shape"]) != len(a["shape"]) or any(
+                        dd != ad for dd, ad in zip(d["shape"], a["shape"]) if dd != -1):
+                    raise RuntimeError(f"ONNX IO {a} differs from manifest {d}")
+        _atomic_write_bytes(
+            tmp["manifest.json"],
+            (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+        for name in ("model.onnx", "tokens.txt", "manifest.json"):
+            os.replace(tmp[name], out_dir / name)
+        return manifest
+    finally:
+        for p in tmp.values():
+            if p.exists():
+                p.unlink()
+
+
+__all__ = [
+    "PRESETS", "UNCONFIRMED", "REAL_TOKENS", "EXPECTED_LABELS", "SAMPLE_RATE",
+    "build_model", "build_from_config", "preset_config", "Emotion2vecWrapper", "funasr_reference", "export_onnx",
+    "read_tokens", "read_labels", "token_to_label", "write_tokens", "conv_frames", "min_samples",
+    "samples_for_frames",
+    "example_batch", "run_onnx",
+]
