@@ -16,21 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SHARED_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 
 
-def pytest_addoption(parser):
-    parser.addoption("--runslow", action="store_true", help="also run tests marked slow (base-size models)")
-
-
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: needs base-size models; runs with --runslow")
-
-
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("--runslow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --runslow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    config.addinivalue_line("markers", "slow: builds base-size models (about a minute); deselect with -m 'not slow'")
 
 
 @pytest.fixture(scope="session")
