@@ -8,9 +8,10 @@ Size presets map to one preset per model family:
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from .artifacts import atomic_write_bytes
 
 SIZE_PRESETS = {
     "tiny": {"emotion2vec": "tiny", "sensevoice": "tiny"},
@@ -44,9 +45,7 @@ def softmax_onnx(path: Path, classes: int) -> None:
     # IR 9 loads in every ONNX Runtime we serve with (the NGC container's may be older than ours).
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     onnx.checker.check_model(model)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, model.SerializeToString())
 
 
 def export_models(models_root: Path, size: str = "tiny", seed: int = 0, force: bool = False) -> Path:

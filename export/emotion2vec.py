@@ -31,10 +31,8 @@ mixes information along time is made length-aware:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .artifacts import atomic_write_bytes, sha256_file, versions
 
 SAMPLE_RATE = 16000
 OPSET = 18
@@ -96,7 +96,7 @@ def read_labels(path: str | os.PathLike) -> list[str]:
 
 def write_tokens(path: str | os.PathLike, tokens: Sequence[str] = REAL_TOKENS) -> None:
     """Write a tokens file in the real format (atomically)."""
-    _atomic_write_bytes(Path(path), "\n".join(tokens).encode("utf-8"))
+    atomic_write_bytes(Path(path), "\n".join(tokens).encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,30 +510,6 @@ class Emotion2vecWrapper(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the serving container may run as another user
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def example_batch(lengths: Sequence[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic padded batch of noise + sines (used for export tracing and parity)."""
     rng = np.random.default_rng(seed)
@@ -545,19 +521,6 @@ def example_batch(lengths: Sequence[int], seed: int = 0) -> tuple[torch.Tensor, 
         sig = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.1 * np.sin(2 * np.pi * 3.1 * f0 * t)
         wav[i, :n] = sig + 0.05 * rng.standard_normal(n)
     return torch.from_numpy(wav), torch.tensor(list(lengths), dtype=torch.int64)
-
-
-def _versions() -> dict[str, str]:
-    import funasr
-    import onnx
-    import onnxruntime
-
-    return {
-        "torch": torch.__version__,
-        "funasr": getattr(funasr, "__version__", "unknown"),
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
 
 
 def _export_to(wrapper: nn.Module, path: Path) -> None:
@@ -635,7 +598,7 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
     tmp = {name: out_dir / f".{name}.{tag}.tmp" for name in ("model.onnx", "tokens.txt", "manifest.json")}
     try:
         # Labels come from the tokens file, read back the way a real model's file is read.
-        _atomic_write_bytes(tmp["tokens.txt"], "\n".join(REAL_TOKENS).encode("utf-8"))
+        atomic_write_bytes(tmp["tokens.txt"], "\n".join(REAL_TOKENS).encode("utf-8"))
         labels = read_labels(tmp["tokens.txt"])
         if labels != list(EXPECTED_LABELS):
             raise ValueError(f"tokens file labels {labels} differ from the contract {EXPECTED_LABELS}")
@@ -666,7 +629,7 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
             "preset": preset,
             "weights_origin": "random",
             "seed": seed,
-            "files": {name: _sha256(tmp[name]) for name in ("model.onnx", "tokens.txt")},
+            "files": {name: sha256_file(tmp[name]) for name in ("model.onnx", "tokens.txt")},
             "inputs": [
                 {"name": "wav", "dtype": "float32", "shape": [-1, -1]},
                 {"name": "wav_lens", "dtype": "int64", "shape": [-1]},
@@ -687,7 +650,7 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
             "parity": parity,
             "config": preset_config(preset),
             "unconfirmed": list(UNCONFIRMED[preset]),
-            "versions": _versions(),
+            "versions": versions(),
         }
         # Declared IO must be what the graph says (names, dtypes, ranks, static dims).
         inputs, outputs = _onnx_io(tmp["model.onnx"])
@@ -698,7 +661,7 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
                 if d["dtype"] != a["dtype"] or len(d["shape"]) != len(a["shape"]) or any(
                         dd != ad for dd, ad in zip(d["shape"], a["shape"]) if dd != -1):
                     raise RuntimeError(f"ONNX IO {a} differs from manifest {d}")
-        _atomic_write_bytes(
+        atomic_write_bytes(
             tmp["manifest.json"],
             (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 

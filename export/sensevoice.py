@@ -21,8 +21,6 @@ Decode helpers live in the torch-free ``toneserve.export.sensevoice_decode``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .artifacts import atomic_write_json, sha256_file, versions
 from .sensevoice_decode import FRAME_SHIFT_MS, NUM_QUERY_FRAMES
 from .sensevoice_frontend import FEAT_DIM, FRONTEND_CONF, FRONTEND_INPUTS, FRONTEND_OUTPUTS
 from .sensevoice_tokenizer import CTC_BLANK_ID
@@ -207,26 +206,6 @@ def encoder_torch(model, speech, speech_lengths, language, textnorm):
     return logits.numpy(), lens.numpy()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for name in ("torch", "funasr", "onnx", "onnxruntime"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "missing"
-    return out
-
-
 def _parity(stage: Path, model, cmvn: np.ndarray, seed: int) -> dict[str, float]:
     """Padded batch of mixed lengths through both ONNX models vs references."""
     import onnxruntime as ort
@@ -260,22 +239,6 @@ def _parity(stage: Path, model, cmvn: np.ndarray, seed: int) -> dict[str, float]
         raise RuntimeError(f"encoder_out_lens differ: onnx {o_lens} torch {t_lens}")
     enc_err = max(float(np.abs(o_logits[i, :n] - t_logits[i, :n]).max()) for i, n in enumerate(o_lens))
     return {"frontend_vs_kaldi_native_fbank": fe_err, "encoder_onnx_vs_torch": enc_err}
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; serving containers run as other users
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def export_onnx(
@@ -340,7 +303,7 @@ def export_onnx(
         )
         assets.pop("bpe_model_path")  # absolute staging path; the json stays relocatable
         assets["bpe_model"] = "bpe.model"
-        _write_json_atomic(stage / "decode_assets.json", assets)
+        atomic_write_json(stage / "decode_assets.json", assets)
 
         parity = _parity(stage, model, cmvn, seed) if verify else None
 
@@ -384,12 +347,12 @@ def export_onnx(
             "exporter": {"torch.onnx.export": "dynamo=False", "opset": OPSET},
             "parity_max_abs_err": parity,
             "unconfirmed": unconfirmed,
-            "versions": _versions(),
+            "versions": versions(),
             "export_seconds": round(time.perf_counter() - t0, 3),
         }
         for n in names:
             os.replace(stage / n, out_dir / n)
-        _write_json_atomic(out_dir / "manifest.json", manifest)
+        atomic_write_json(out_dir / "manifest.json", manifest)
         return manifest
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -18,6 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 spm = pytest.importorskip("sentencepiece")
 
 from toneserve.export import sensevoice as sv  # noqa: E402
+from toneserve.export.artifacts import sha256_file  # noqa: E402
 from toneserve.export import sensevoice_decode as svd  # noqa: E402
 from toneserve.export import sensevoice_frontend as svf  # noqa: E402
 from toneserve.export import sensevoice_tokenizer as svt  # noqa: E402
@@ -318,7 +319,7 @@ def test_manifest_hashes_and_contract(exported):
     assert on_disk == json.loads(json.dumps(manifest))
     assert set(on_disk["files"]) == {"frontend.onnx", "encoder.onnx", "am.mvn", "bpe.model", "decode_assets.json"}
     for name, digest in on_disk["files"].items():
-        assert sv.sha256_file(out / name) == digest, name
+        assert sha256_file(out / name) == digest, name
     assert sorted(p.name for p in out.iterdir()) == sorted([*on_disk["files"], "manifest.json"])
     assert on_disk["model"] == "sensevoice" and on_disk["preset"] == "tiny"
     assert on_disk["weights_origin"] == "random" and on_disk["tokenizer_origin"] == "stand-in"

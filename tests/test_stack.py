@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from toneserve.client.sdk import AnalyzeError, Client
-from toneserve.gateway.audio import SAMPLE_RATE, decode, fixed_windows
+from toneserve.gateway.audio import decode, fixed_windows
 from toneserve.samples import speechlike, wav_bytes
 
 DISTRIBUTIONS = ("language", "asr_emotion", "event", "itn", "emotion")
