@@ -7,7 +7,11 @@ Size presets map to one preset per model family:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +24,7 @@ SIZE_PRESETS = {
 
 
 def _log(message: str) -> None:
-    print(f"[export] {message}", flush=True)
+    print(f"[export] {message}", file=sys.stderr, flush=True)
 
 
 def _current(folder: Path, preset: str, seed: int) -> bool:
@@ -50,6 +54,11 @@ def softmax_onnx(path: Path, classes: int) -> None:
 
 def export_models(models_root: Path, size: str = "tiny", seed: int = 0, force: bool = False) -> Path:
     """Export both model families under `models_root`; reuses exports that are already current."""
+    # FunASR prints an ffmpeg notice on import that does not apply (we never load audio
+    # through it), and torch's exporter warns about torchvision ops we do not use.
+    with contextlib.redirect_stdout(io.StringIO()):
+        import funasr  # noqa: F401
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     from . import emotion2vec, sensevoice
 
     if size not in SIZE_PRESETS:

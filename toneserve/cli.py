@@ -12,6 +12,11 @@ from pathlib import Path
 from . import paths
 
 
+def say(message: str) -> None:
+    """Progress for people goes to stderr; stdout carries only results (JSON)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _repository(args) -> Path:
     return Path(args.repository) if args.repository else paths.repository_dir(args.size, args.profile)
 
@@ -29,7 +34,7 @@ def cmd_export(args) -> int:
     for profile in args.profiles:
         out = paths.repository_dir(args.size, profile) if not args.repository else Path(args.repository) / profile
         render_repository(describe(models), profile, out)
-        print(f"[export] rendered the {profile} model repository -> {out}", flush=True)
+        say(f"[export] rendered the {profile} model repository -> {out}")
     return 0
 
 
@@ -50,7 +55,7 @@ async def _run_gateway(triton_url: str, host: str, port: int, ready_message: str
         loop.add_signal_handler(sig, stop.set)
     try:
         await gateway.start()
-        print(ready_message or f"toneserve gateway listening on {host}:{port}", flush=True)
+        say(ready_message or f"toneserve gateway listening on {host}:{port}")
         await stop.wait()
     finally:
         await gateway.stop()
@@ -61,10 +66,9 @@ def cmd_serve(args) -> int:
 
     repository = _repository(args)
     with EmbeddedTriton(repository, _triton_ports(args), host=args.host) as triton:
-        print(f"tritonserver ready on {triton.grpc_url} (repository {repository}, log {triton.log_path})",
-              flush=True)
+        say(f"tritonserver ready on {triton.grpc_url} (repository {repository}, log {triton.log_path})")
         asyncio.run(_run_gateway(triton.grpc_url, args.host, args.port))
-    print("stopped", flush=True)
+    say("stopped")
     return 0
 
 
@@ -111,7 +115,7 @@ def cmd_demo(args) -> int:
         audio, name = sample.read_bytes(), str(sample)
     port = args.port or free_port()
     with EmbeddedTriton(paths.repository_dir(args.size, "cpu"), _triton_ports(args)) as triton:
-        print(f"[demo] tritonserver ready on {triton.grpc_url}", flush=True)
+        say(f"[demo] tritonserver ready on {triton.grpc_url}")
         from .gateway.server import Gateway
 
         loop = asyncio.new_event_loop()
@@ -120,7 +124,7 @@ def cmd_demo(args) -> int:
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
         try:
-            print(f"[demo] gateway ready on 127.0.0.1:{port}; analysing {name}", flush=True)
+            say(f"[demo] gateway ready on 127.0.0.1:{port}; analysing {name}")
             with Client(f"127.0.0.1:{port}") as client:
                 result = to_dict(client.analyze(audio))
         finally:
@@ -128,13 +132,26 @@ def cmd_demo(args) -> int:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(10)
     print(json.dumps(result, indent=2, ensure_ascii=False))
-    meta = result["metadata"]
-    if meta["random_weights"]:
-        print("\n[demo] NOTE: served by RANDOM-WEIGHT models: the plumbing is real, the answers are not.",
-              file=sys.stderr)
-    print(f"[demo] {len(result['segments'])} segments for {meta['audio_seconds']:.1f} s of audio "
-          f"in {meta['processing_ms']:.0f} ms; everything stopped.", file=sys.stderr)
+    say(summary(result))
     return 0
+
+
+def summary(result: dict) -> str:
+    """A few lines a person can read: one per segment, top labels with their probabilities."""
+    def top(dist: dict) -> str:
+        return f"{dist['top']} {max(dist['probabilities']):.2f}"
+
+    meta = result["metadata"]
+    lines = ["", f"{'segment':>15}  {'emotion':<16}{'language':<14}{'event':<18}transcript"]
+    for seg in result["segments"]:
+        span = f"{seg['start_ms'] / 1000:.1f}-{seg['end_ms'] / 1000:.1f} s"
+        lines.append(f"{span:>15}  {top(seg['emotion']):<16}{top(seg['language']):<14}{top(seg['event']):<18}"
+                     f"{seg['transcript'][:40]}")
+    lines.append(f"{len(result['segments'])} segments, {meta['audio_seconds']:.1f} s of audio, "
+                 f"{meta['processing_ms']:.0f} ms; everything stopped.")
+    if meta["random_weights"]:
+        lines.append("NOTE: served by RANDOM-WEIGHT models: the plumbing is real, the answers are not.")
+    return "\n".join(lines)
 
 
 def _add_size(p):
