@@ -10,8 +10,9 @@ What is here
   that gives a padded batch the same answer as unbatched FunASR inference.
 * ``funasr_reference(model, wav_1d)``: FunASR's own inference path for one unpadded utterance
   (ground truth for tests and export-time parity gates).
-* ``export_onnx(out_dir, preset, seed)``: writes ``model.onnx``, ``tokens.txt``, ``manifest.json``
-  atomically and returns the manifest.
+* ``export_onnx(out_dir, preset, seed, model_dir=None, source=None)``: writes ``model.onnx``,
+  ``tokens.txt``, ``manifest.json`` atomically and returns the manifest; random weights of
+  ``preset``, or a FunASR model directory's own weights and tokens (``sources.py``).
 
 Why a wrapper (see docs: DESIGN.md, "Models and their contracts")
 -----------------------------------------------------------------
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .artifacts import atomic_write_bytes, sha256_file, versions
+from .sources import manifest_source
 
 SAMPLE_RATE = 16000
 OPSET = 18
@@ -582,9 +584,18 @@ def run_onnx(path: str | os.PathLike, wav: np.ndarray, wav_lens: np.ndarray, thr
     return logits, emb
 
 
-def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: bool = True) -> dict:
+def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: bool = True,
+                model_dir: Path | None = None, source: dict | None = None) -> dict:
     """Write ``model.onnx``, ``tokens.txt`` and ``manifest.json`` into ``out_dir``; return the
     manifest.
+
+    Weights: random of ``preset``'s architecture (seeded by ``seed``), or, with ``model_dir``, the
+    model directory's own (``config.yaml`` + ``model.pt`` + ``tokens.txt``, loaded by
+    ``sources.load_local_model`` the way FunASR's AutoModel loads them; ``preset`` is then
+    ignored and the manifest's ``preset`` says which preset's size the config has, or
+    "custom"). ``source`` (``{"kind", "ref"}``) is recorded in the manifest; by default
+    ``{"kind": "local", "ref": <absolute model_dir>}`` or ``{"kind": "random", "ref": preset}``.
+    ``weights_origin`` is the source kind: "hub", "local" or "random".
 
     Everything is first written under temporary names in ``out_dir``; only when the export, the
     IO check and (with ``verify``) the parity gate (ONNX Runtime CPU vs the torch wrapper on a
@@ -592,18 +603,36 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
     (``os.replace``), model first, manifest last. A failure leaves earlier files untouched and
     removes the temporaries."""
     out_dir = Path(out_dir)
+    source = manifest_source(source, model_dir, preset)
+    loaded = None
+    if model_dir is not None:
+        from .sources import load_local_model
+
+        loaded = load_local_model("emotion2vec", model_dir)
+        preset = loaded.preset
+        tokens_bytes = loaded.files.tokens.read_bytes()
+    else:
+        preset_config(preset)  # unknown preset -> ValueError before anything is written
+        tokens_bytes = "\n".join(REAL_TOKENS).encode("utf-8")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tag = f"{os.getpid()}.{time.monotonic_ns()}"
     tmp = {name: out_dir / f".{name}.{tag}.tmp" for name in ("model.onnx", "tokens.txt", "manifest.json")}
     try:
         # Labels come from the tokens file, read back the way a real model's file is read.
-        atomic_write_bytes(tmp["tokens.txt"], "\n".join(REAL_TOKENS).encode("utf-8"))
+        atomic_write_bytes(tmp["tokens.txt"], tokens_bytes)
         labels = read_labels(tmp["tokens.txt"])
         if labels != list(EXPECTED_LABELS):
             raise ValueError(f"tokens file labels {labels} differ from the contract {EXPECTED_LABELS}")
 
-        model = build_model(preset, seed, vocab_size=len(labels))
+        if loaded is None:
+            model = build_model(preset, seed, vocab_size=len(labels))
+        else:
+            model = loaded.model
+            if model.proj is None or model.proj.out_features != len(labels):
+                raise ValueError(f"{loaded.files.weights}: classifier has "
+                                 f"{None if model.proj is None else model.proj.out_features} outputs, "
+                                 f"tokens file {len(labels)} labels")
         wrapper = Emotion2vecWrapper(model).eval()
         _export_to(wrapper, tmp["model.onnx"])
         export_s = time.perf_counter() - t0
@@ -627,7 +656,8 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
         manifest = {
             "model": "emotion2vec",
             "preset": preset,
-            "weights_origin": "random",
+            "weights_origin": source["kind"],
+            "source": source,
             "seed": seed,
             "files": {name: sha256_file(tmp[name]) for name in ("model.onnx", "tokens.txt")},
             "inputs": [
@@ -648,8 +678,10 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
             "exporter": "torch.onnx.export(dynamo=True)",
             "export_seconds": round(export_s, 3),
             "parity": parity,
-            "config": preset_config(preset),
-            "unconfirmed": list(UNCONFIRMED[preset]),
+            "config": preset_config(preset) if loaded is None else loaded.arch_config,
+            "config_source": (f"preset {preset!r} (random weights)" if loaded is None
+                              else f"{loaded.files.config}"),
+            "unconfirmed": list(UNCONFIRMED[preset]) if loaded is None else [],
             "versions": versions(),
         }
         # Declared IO must be what the graph says (names, dtypes, ranks, static dims).
@@ -661,6 +693,9 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
                 if d["dtype"] != a["dtype"] or len(d["shape"]) != len(a["shape"]) or any(
                         dd != ad for dd, ad in zip(d["shape"], a["shape"]) if dd != -1):
                     raise RuntimeError(f"ONNX IO {a} differs from manifest {d}")
+        if loaded is not None:
+            manifest["weights"] = {"file": loaded.files.weights.name, "sha256": loaded.weights_sha256,
+                                   "model_dir": str(loaded.files.root), **loaded.load}
         atomic_write_bytes(
             tmp["manifest.json"],
             (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

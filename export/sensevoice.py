@@ -8,14 +8,16 @@ memory and the attention), and ``ctc.ctc_lo`` gives RAW LOGITS (FunASR's inferen
 applies log_softmax; argmax and the per-family softmax in ``sensevoice_decode`` do not
 care which).
 
-Weights are random (the build machine reaches no model hub); every artefact says so in
-manifest.json.  Exporter: TorchScript-based ``torch.onnx.export(dynamo=False)``, opset 17
+Weights are random (the build machine reaches no model hub) unless a FunASR model
+directory is given (``model_dir``: hub download or local copy, see sources.py); manifest.json
+says which (``weights_origin``, ``source``).  Exporter: TorchScript-based ``torch.onnx.export(dynamo=False)``, opset 17
 (the same path FunASR's own export uses; about 20x faster to export than dynamo=True on
 this model and the tests show padded-batch parity).
 
 Public API:
   PRESETS, build_model(preset, vocab_size, seed=0), export_onnx(out_dir, preset="tiny",
-  seed=0, bpe_model=None, cmvn_file=None) -> manifest dict.
+  seed=0, bpe_model=None, cmvn_file=None, model_dir=None, source=None) -> manifest dict
+  (``model_dir``: a FunASR model directory's own weights, tokenizer and am.mvn; sources.py).
 Decode helpers live in the torch-free ``toneserve.export.sensevoice_decode``.
 """
 
@@ -35,6 +37,7 @@ from .artifacts import atomic_write_json, sha256_file, versions
 from .sensevoice_decode import FRAME_SHIFT_MS, NUM_QUERY_FRAMES
 from .sensevoice_frontend import FEAT_DIM, FRONTEND_CONF, FRONTEND_INPUTS, FRONTEND_OUTPUTS
 from .sensevoice_tokenizer import CTC_BLANK_ID
+from .sources import manifest_source
 
 OPSET = 17
 SAMPLE_RATE = 16000
@@ -131,6 +134,9 @@ def build_model(preset: str, vocab_size: int, seed: int = 0):
         eos=2,
         ignore_id=-1,
     )
+    # What sources.save_local_layout writes into config.yaml for this model.
+    model.toneserve_encoder_conf = dict(cfg["encoder_conf"])
+    model.toneserve_preset = preset
     return model.eval()
 
 
@@ -248,6 +254,9 @@ def export_onnx(
     bpe_model: Path | None = None,
     cmvn_file: Path | None = None,
     verify: bool = True,
+    *,
+    model_dir: Path | None = None,
+    source: dict | None = None,
 ) -> dict:
     """Write frontend.onnx, encoder.onnx, am.mvn, bpe.model, decode_assets.json, manifest.json.
 
@@ -256,15 +265,35 @@ def export_onnx(
     manifest always describes complete files (its sha256s can be checked).
     ``bpe_model``: the real tokenizer (copied); without it a stand-in is trained.
     ``cmvn_file``: a real am.mvn (copied); without it a plausible one is generated.
+    ``model_dir``: a FunASR SenseVoiceSmall model directory (config.yaml, model.pt, am.mvn, the
+    bpe model; see ``sources.locate_files``): its weights, tokenizer and am.mvn replace the
+    random ones (``preset``, ``bpe_model`` and ``cmvn_file`` must then not be given / are
+    ignored: the manifest's ``preset`` says which preset's size config.yaml has, or "custom").
+    ``source``: ``{"kind", "ref"}`` recorded in the manifest (default: local ``model_dir`` or
+    random ``preset``); ``weights_origin`` is its kind.
     ``verify``: run a padded mixed-length batch through both ONNX models and record the
     max errors vs kaldi-native-fbank/FunASR and vs torch in the manifest.
     """
     from .sensevoice_frontend import export_frontend_onnx, load_cmvn, standin_cmvn_text
     from .sensevoice_tokenizer import decode_assets, train_standin_bpe
 
-    if preset not in PRESETS:
+    loaded = None
+    if model_dir is not None:
+        if bpe_model is not None or cmvn_file is not None:
+            raise ValueError("give either model_dir or bpe_model/cmvn_file: the model directory "
+                             "brings its own tokenizer and am.mvn")
+        from .sources import load_local_model
+
+        loaded = load_local_model("sensevoice", model_dir)
+        preset = loaded.preset
+        bpe_model, cmvn_file = loaded.files.bpe_model, loaded.files.cmvn
+        arch = {k: loaded.arch_config[k] for k in ("encoder", "encoder_conf", "input_size")}
+        cfg = {**arch, "source": f"{loaded.files.config}", "unconfirmed": []}
+    elif preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    cfg = PRESETS[preset]
+    else:
+        cfg = PRESETS[preset]
+    source = manifest_source(source, model_dir, preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -291,7 +320,13 @@ def export_onnx(
         cmvn = load_cmvn(stage / "am.mvn")
 
         # Models
-        model = build_model(preset, vocab_size, seed=seed)
+        if loaded is None:
+            model = build_model(preset, vocab_size, seed=seed)
+        else:
+            model = loaded.model
+            if int(model.ctc.ctc_lo.out_features) != vocab_size:
+                raise ValueError(f"{loaded.files.weights}: CTC head has {model.ctc.ctc_lo.out_features} "
+                                 f"outputs, tokenizer {loaded.files.bpe_model} {vocab_size} pieces")
         export_frontend_onnx(cmvn, stage / "frontend.onnx", opset=OPSET)
         export_encoder_onnx(model, stage / "encoder.onnx", opset=OPSET)
 
@@ -317,7 +352,8 @@ def export_onnx(
         manifest = {
             "model": "sensevoice",
             "preset": preset,
-            "weights_origin": "random",
+            "weights_origin": source["kind"],
+            "source": source,
             "tokenizer_origin": tokenizer_origin,
             "cmvn_origin": cmvn_origin,
             "seed": seed,
@@ -336,7 +372,7 @@ def export_onnx(
                 "query_order": ["language", "emotion", "event", "textnorm"],
                 "language_query_ids": assets["language_query_ids"],
                 "textnorm_query_ids": assets["textnorm_query_ids"],
-                "config": {"encoder": "SenseVoiceEncoderSmall", **cfg["encoder_conf"], "input_size": cfg["input_size"]},
+                "config": {"encoder": cfg.get("encoder", "SenseVoiceEncoderSmall"), **cfg["encoder_conf"], "input_size": cfg["input_size"]},
                 "config_source": cfg["source"],
                 "funasr_export": "funasr.models.sense_voice.export_meta.export_forward",
             },
@@ -350,6 +386,9 @@ def export_onnx(
             "versions": versions(),
             "export_seconds": round(time.perf_counter() - t0, 3),
         }
+        if loaded is not None:
+            manifest["weights"] = {"file": loaded.files.weights.name, "sha256": loaded.weights_sha256,
+                                   "model_dir": str(loaded.files.root), **loaded.load}
         for n in names:
             os.replace(stage / n, out_dir / n)
         atomic_write_json(out_dir / "manifest.json", manifest)
