@@ -26,6 +26,7 @@ class EnsembleInfo:
     family: str
     preset: str
     weights_origin: str
+    precision: str
     parameters: dict[str, str]
 
     def json(self, key: str):
@@ -73,7 +74,8 @@ class Inference:
             self.models[name] = EnsembleInfo(
                 name=name, version=str(max(versions.get("versions", ["1"]), key=int)),
                 family=parameters["family"], preset=parameters["preset"],
-                weights_origin=parameters["weights_origin"], parameters=parameters)
+                weights_origin=parameters["weights_origin"], precision=parameters["precision"],
+                parameters=parameters)
 
     @property
     def emotion_labels(self) -> list[str]:

@@ -124,7 +124,8 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
 
     def _metadata(self, request_id, audio, started) -> pb.Metadata:
         models = [pb.ModelInfo(name=m.name, version=m.version, family=m.family, preset=m.preset,
-                               weights_origin=m.weights_origin) for m in self.inference.models.values()]
+                               weights_origin=m.weights_origin, precision=m.precision)
+                  for m in self.inference.models.values()]
         random = any(m.weights_origin == "random" for m in models)
         return pb.Metadata(
             request_id=request_id, models=models, random_weights=random,

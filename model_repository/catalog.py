@@ -35,17 +35,32 @@ def load_manifest(models_root: Path, family: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _provenance(manifest: dict) -> dict[str, str]:
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+def _provenance(manifest: dict, precision: str) -> dict[str, str]:
     return {"family": manifest["model"], "preset": manifest["preset"],
-            "weights_origin": manifest["weights_origin"]}
+            "weights_origin": manifest["weights_origin"], "precision": precision}
 
 
-def emotion_models(models_root: Path) -> list:
+def _graph(folder: Path, manifest: dict, fp32_name: str, precision: str) -> Path:
+    """The graph to serve: the fp32 export, or the variant of it the manifest records."""
+    if precision == "fp32":
+        return folder / fp32_name
+    entry = manifest.get("variants", {}).get(precision)
+    if entry is None:
+        raise FileNotFoundError(f"no {precision} variant of {manifest['model']} in {folder}; "
+                                f"run `toneserve export --variants {precision}`")
+    (name,) = entry["files"]
+    return folder / name
+
+
+def emotion_models(models_root: Path, precision: str = "fp32") -> list:
     manifest = load_manifest(models_root, "emotion2vec")
     folder = Path(models_root) / "emotion2vec"
     classes, dim = len(manifest["labels"]), manifest["embedding_dim"]
     encoder = OnnxModel(
-        name="emotion2vec", onnx_file=folder / "model.onnx", batching=BATCHING,
+        name="emotion2vec", onnx_file=_graph(folder, manifest, "model.onnx", precision), batching=BATCHING,
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
         outputs=(Tensor("logits", "float32", (classes,)), Tensor("embedding", "float32", (dim,))))
     softmax = OnnxModel(
@@ -59,11 +74,11 @@ def emotion_models(models_root: Path) -> list:
         steps=(Step("emotion2vec", {"wav": WAV, "wav_lens": WAV_LENS},
                     {"logits": "_logits", "embedding": EMBEDDING}),
                Step("emotion_softmax", {"logits": "_logits"}, {"probs": PROBS})),
-        parameters={**_provenance(manifest), "labels": json.dumps(manifest["labels"])})
+        parameters={**_provenance(manifest, precision), "labels": json.dumps(manifest["labels"])})
     return [encoder, softmax, ensemble]
 
 
-def asr_models(models_root: Path) -> list:
+def asr_models(models_root: Path, precision: str = "fp32") -> list:
     manifest = load_manifest(models_root, "sensevoice")
     folder = Path(models_root) / "sensevoice"
     assets = json.loads((folder / "decode_assets.json").read_text())
@@ -75,7 +90,8 @@ def asr_models(models_root: Path) -> list:
         outputs=(Tensor("feats", "float32", (-1, feat_dim)), Tensor("feat_lens", "int64", (1,), is_length=True)),
         trim={"feats": ("feat_lens", 1)})
     encoder = OnnxModel(
-        name="sensevoice_encoder", onnx_file=folder / "encoder.onnx", batching=BATCHING,
+        name="sensevoice_encoder", onnx_file=_graph(folder, manifest, "encoder.onnx", precision),
+        batching=BATCHING,
         inputs=(Tensor("speech", "float32", (-1, feat_dim), ragged=True),
                 Tensor("speech_lengths", "int64", (1,), is_length=True),
                 Tensor("language", "int64", (1,), is_length=True),
@@ -103,13 +119,20 @@ def asr_models(models_root: Path) -> list:
                     {"ctc_logits": "_ctc_logits", "encoder_out_lens": "_encoder_out_lens"}),
                Step("sensevoice_decoder", {"ctc_logits": "_ctc_logits", "encoder_out_lens": "_encoder_out_lens"},
                     {name: name for name in (TEXT, *ASR_DISTRIBUTIONS.values())})),
-        parameters={**_provenance(manifest),
+        parameters={**_provenance(manifest, precision),
                     **{f"labels_{name}": json.dumps(list(assets[name])) for name in ASR_DISTRIBUTIONS},
                     "language_query_ids": json.dumps(assets["language_query_ids"]),
                     "textnorm_query_ids": json.dumps(assets["textnorm_query_ids"])})
     return [frontend, encoder, decoder, ensemble]
 
 
-def describe(models_root: Path) -> list:
-    """All models of the repository, built from the manifests under `models_root`."""
-    return emotion_models(models_root) + asr_models(models_root)
+def describe(models_root: Path, precision: str = "fp32") -> list:
+    """All models of the repository, built from the manifests under `models_root`.
+
+    `precision` picks the graph each model serves: fp32, or a variant recorded in its manifest
+    (int8 for the cpu profile, fp16 for the gpu profile). The SenseVoice frontend (fbank) always
+    stays fp32: it is cheap and precision-sensitive.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    return emotion_models(models_root, precision) + asr_models(models_root, precision)

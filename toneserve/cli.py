@@ -30,11 +30,14 @@ def cmd_export(args) -> int:
     from .model_repository.catalog import describe
     from .model_repository.render import render_repository
 
-    models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force)
+    models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
+                           sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice},
+                           variants=args.variants)
     for profile in args.profiles:
+        precision = args.precision if profile == "cpu" else ("fp16" if "fp16" in args.variants else "fp32")
         out = paths.repository_dir(args.size, profile) if not args.repository else Path(args.repository) / profile
-        render_repository(describe(models), profile, out)
-        say(f"[export] rendered the {profile} model repository -> {out}")
+        render_repository(describe(models, precision), profile, out)
+        say(f"[export] rendered the {profile} model repository ({precision}) -> {out}")
     return 0
 
 
@@ -102,9 +105,9 @@ def cmd_demo(args) -> int:
     from .samples import speechlike, wav_bytes
     from .triton import EmbeddedTriton, free_port
 
-    args.profiles = ["cpu"]
-    args.repository = None
-    args.force = False
+    # The demo serves fp32 on the cpu profile: the int8 / fp16 variants are `toneserve export`'s job.
+    args.profiles, args.repository, args.force, args.variants, args.precision = ["cpu"], None, False, [], "fp32"
+    args.emotion2vec = args.sensevoice = None
     cmd_export(args)
     if args.file:
         audio, name = Path(args.file).read_bytes(), args.file
@@ -154,9 +157,10 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _add_size(p):
-    p.add_argument("--size", default="tiny", choices=["tiny", "base"],
-                   help="model sizes: tiny (tests) or base (real architectures); default tiny")
+def _add_size(p, default="tiny"):
+    p.add_argument("--size", default=default, choices=["tiny", "base"],
+                   help="tiny: test-size random models; base: the real models from the hub, or random weights "
+                        f"of their real architectures where no hub is reachable (default {default})")
 
 
 def _add_triton_ports(p, defaults=(8000, 8001, 8002)):
@@ -169,9 +173,19 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("-v", "--verbose", action="store_true")
     sub = root.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("export", help="build the models (ONNX) and render the Triton model repository")
+    p = sub.add_parser("export", help="build the models (ONNX, int8, fp16) and render the Triton model repository")
     _add_size(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--emotion2vec", metavar="SOURCE",
+                   help="hub id (iic/emotion2vec_plus_base, iic/emotion2vec_plus_large), a local model folder "
+                        "(config.yaml, model.pt, tokens.txt) or random:PRESET (tiny, base, large)")
+    p.add_argument("--sensevoice", metavar="SOURCE",
+                   help="hub id (iic/SenseVoiceSmall), a local model folder (config.yaml, model.pt, am.mvn, "
+                        "chn_jpn_yue_eng_ko_spectok.bpe.model) or random:PRESET (tiny, small)")
+    p.add_argument("--variants", nargs="*", default=["int8", "fp16"], choices=["int8", "fp16"],
+                   help="derived graphs to build next to fp32 (default: int8 fp16)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="what the cpu profile serves (the gpu profile serves fp16 when it was built)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights")
     p.add_argument("--models-dir", help=f"where exported models go (default {paths.home()}/models/SIZE)")
     p.add_argument("--repository", help="where rendered repositories go, one folder per profile")
     p.add_argument("--profiles", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
@@ -203,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo", help="export, start everything, analyse a sample clip, print, stop")
-    _add_size(p)
+    _add_size(p, default="base")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models-dir")
     p.add_argument("--file", help="analyse this file instead of the generated sample")
@@ -217,13 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .export.sources import SourceUnavailable
     from .gateway.errors import ToneserveError
     from .gateway.server import GatewayStartError
     from .triton import TritonStartError
 
     try:
         return args.func(args)
-    except (TritonStartError, GatewayStartError, ToneserveError, FileNotFoundError) as exc:
+    except (TritonStartError, GatewayStartError, ToneserveError, SourceUnavailable, FileNotFoundError,
+            ValueError) as exc:
+        if args.verbose:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

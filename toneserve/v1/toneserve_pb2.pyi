@@ -53,18 +53,20 @@ class Segment(_message.Message):
     def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., channel: _Optional[int] = ..., transcript: _Optional[str] = ..., language: _Optional[_Union[Distribution, _Mapping]] = ..., asr_emotion: _Optional[_Union[Distribution, _Mapping]] = ..., event: _Optional[_Union[Distribution, _Mapping]] = ..., itn: _Optional[_Union[Distribution, _Mapping]] = ..., emotion: _Optional[_Union[Distribution, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "family", "preset", "weights_origin")
+    __slots__ = ("name", "version", "family", "preset", "weights_origin", "precision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     family: str
     preset: str
     weights_origin: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., family: _Optional[str] = ..., preset: _Optional[str] = ..., weights_origin: _Optional[str] = ...) -> None: ...
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., family: _Optional[str] = ..., preset: _Optional[str] = ..., weights_origin: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class Metadata(_message.Message):
     __slots__ = ("request_id", "models", "random_weights", "audio_seconds", "sample_rate_in", "channels_in", "processing_ms", "warnings", "emotion_labels")

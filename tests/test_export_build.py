@@ -1,0 +1,72 @@
+"""`toneserve export` orchestration: sources with fallback, reuse of current exports, variants in manifests."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from toneserve.export.build import FAMILY, export_family, export_models, is_current
+from toneserve.export.sources import Source, SourceUnavailable, parse_source
+from toneserve.model_repository.catalog import describe
+from toneserve.triton import free_port
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    # A closed local port: the hub probe fails at once, and never downloads on a machine that reaches the hub.
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MODELSCOPE_CACHE", "/nonexistent-toneserve-test-cache")
+
+
+def test_manifests_record_source_variants_and_parity(models_root):
+    for family in ("emotion2vec", "sensevoice"):
+        manifest = json.loads((models_root / family / "manifest.json").read_text())
+        assert manifest["source"] == {"kind": "random", "ref": "tiny"} and manifest["weights_origin"] == "random"
+        for variant in ("int8", "fp16"):
+            entry = manifest["variants"][variant]
+            (name,) = entry["files"]
+            assert name == FAMILY[family].variant_file(variant) and (models_root / family / name).is_file()
+            assert entry["from"] == manifest["files"][FAMILY[family].graph]
+            report = entry["parity_vs_fp32"]
+            assert all(v.get("finite", True) for v in report.values())
+            assert any("top1_agreement" in v for v in report.values())
+
+
+def test_current_exports_are_reused_and_tampered_ones_rebuilt(tmp_path):
+    root = export_models(tmp_path, size="tiny", variants=())
+    model = root / "emotion2vec" / "model.onnx"
+    first = model.stat().st_mtime_ns
+    export_models(tmp_path, size="tiny", variants=())
+    assert model.stat().st_mtime_ns == first  # reused
+    assert is_current(root / "emotion2vec", Source("random", "tiny"), seed=0)
+    assert not is_current(root / "emotion2vec", Source("random", "tiny"), seed=1)
+    model.write_bytes(model.read_bytes()[:-10])  # a damaged file is never trusted
+    assert not is_current(root / "emotion2vec", Source("random", "tiny"), seed=0)
+    export_models(tmp_path, size="tiny", variants=())
+    assert is_current(root / "emotion2vec", Source("random", "tiny"), seed=0)
+
+
+def test_unreachable_hub_fails_fast_or_falls_back_loudly(tmp_path, no_hub, capsys):
+    hub = parse_source("iic/emotion2vec_plus_base", "emotion2vec")
+    with pytest.raises(SourceUnavailable, match="iic/emotion2vec_plus_base"):
+        export_family("emotion2vec", tmp_path / "e", hub, None, seed=0, force=False)
+    assert not (tmp_path / "e" / "model.onnx").exists()
+    manifest = export_family("emotion2vec", tmp_path / "e", hub, Source("random", "tiny"), seed=0, force=False)
+    assert manifest["weights_origin"] == "random"
+    assert "FALLING BACK TO RANDOM WEIGHTS" in capsys.readouterr().err
+
+
+def test_variants_can_be_served(models_root):
+    graphs = {m.name: m.onnx_file.name for m in describe(models_root, "int8") if hasattr(m, "onnx_file")}
+    assert graphs["emotion2vec"] == "model.int8.onnx" and graphs["sensevoice_encoder"] == "encoder.int8.onnx"
+    assert graphs["sensevoice_frontend"] == "frontend.onnx"  # fbank stays fp32
+    ensembles = {m.name: m.parameters["precision"] for m in describe(models_root, "fp16") if hasattr(m, "steps")}
+    assert ensembles == {"emotion": "fp16", "asr": "fp16"}
+
+
+def test_bad_source_specs_fail_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        export_models(tmp_path, size="tiny", sources={"sensevoice": "./no/such/folder"})
+    with pytest.raises(ValueError, match="not a sensevoice"):
+        export_models(tmp_path, size="tiny", sources={"sensevoice": "iic/emotion2vec_plus_base"})
+    assert not any(tmp_path.iterdir())
