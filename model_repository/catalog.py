@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..export import sensevoice_decode
 from .spec import Batching, Ensemble, OnnxModel, PythonModel, Step, Tensor
 
@@ -20,12 +22,21 @@ WAV, WAV_LENS = "WAV", "WAV_LENS"
 LANGUAGE, TEXTNORM = "LANGUAGE", "TEXTNORM"
 PROBS, EMBEDDING = "PROBS", "EMBEDDING"
 TEXT = "TEXT"
+# Token pieces and their start times (ms from the window start); -1 / b"" pad a batch.
+TOKENS, TOKEN_MS = "TOKENS", "TOKEN_MS"
 # SenseVoice's four query frames, in output order: distribution name -> output tensor.
 ASR_DISTRIBUTIONS = {"language": "LANGUAGE_PROBS", "emotion": "EMOTION_PROBS",
                      "event": "EVENT_PROBS", "itn": "ITN_PROBS"}
 
 # Foundation defaults; the model_repository issue replaces them with measured ones.
 BATCHING = Batching(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
+
+
+def _audio(seconds: float = 1.0) -> dict[str, np.ndarray]:
+    """One clip as warm-up input for a model taking (wav, wav_lens)."""
+    from ..samples import speechlike
+    wav = speechlike(seconds)
+    return {"wav": wav, "wav_lens": np.array([len(wav)], np.int64)}
 
 
 def load_manifest(models_root: Path, family: str) -> dict:
@@ -62,15 +73,18 @@ def emotion_models(models_root: Path, precision: str = "fp32") -> list:
     encoder = OnnxModel(
         name="emotion2vec", onnx_file=_graph(folder, manifest, "model.onnx", precision), batching=BATCHING,
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
-        outputs=(Tensor("logits", "float32", (classes,)), Tensor("embedding", "float32", (dim,))))
+        outputs=(Tensor("logits", "float32", (classes,)), Tensor("embedding", "float32", (dim,))),
+        warmup=_audio())
+    labels = tuple(manifest["labels"])
     softmax = OnnxModel(
         name="emotion_softmax", onnx_file=folder / "softmax.onnx", batching=BATCHING,
         inputs=(Tensor("logits", "float32", (classes,)),),
-        outputs=(Tensor("probs", "float32", (classes,)),))
+        outputs=(Tensor("probs", "float32", (classes,), labels=labels),),
+        warmup={"logits": np.zeros(classes, np.float32)})
     ensemble = Ensemble(
         name=EMOTION, max_batch_size=BATCHING.max_batch_size,
         inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,))),
-        outputs=(Tensor(PROBS, "float32", (classes,)), Tensor(EMBEDDING, "float32", (dim,))),
+        outputs=(Tensor(PROBS, "float32", (classes,), labels=labels), Tensor(EMBEDDING, "float32", (dim,))),
         steps=(Step("emotion2vec", {"wav": WAV, "wav_lens": WAV_LENS},
                     {"logits": "_logits", "embedding": EMBEDDING}),
                Step("emotion_softmax", {"logits": "_logits"}, {"probs": PROBS})),
@@ -88,7 +102,8 @@ def asr_models(models_root: Path, precision: str = "fp32") -> list:
         name="sensevoice_frontend", onnx_file=folder / "frontend.onnx", batching=BATCHING,
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
         outputs=(Tensor("feats", "float32", (-1, feat_dim)), Tensor("feat_lens", "int64", (1,), is_length=True)),
-        trim={"feats": ("feat_lens", 1)})
+        trim={"feats": ("feat_lens", 1)}, warmup=_audio())
+    query = {"language": assets["language_query_ids"]["auto"], "textnorm": assets["textnorm_query_ids"]["woitn"]}
     encoder = OnnxModel(
         name="sensevoice_encoder", onnx_file=_graph(folder, manifest, "encoder.onnx", precision),
         batching=BATCHING,
@@ -98,15 +113,19 @@ def asr_models(models_root: Path, precision: str = "fp32") -> list:
                 Tensor("textnorm", "int64", (1,), is_length=True)),
         outputs=(Tensor("ctc_logits", "float32", (-1, vocab)),
                  Tensor("encoder_out_lens", "int64", (1,), is_length=True)),
-        trim={"ctc_logits": ("encoder_out_lens", 1)})
+        trim={"ctc_logits": ("encoder_out_lens", 1)},
+        warmup={"speech": np.zeros((16, feat_dim), np.float32), "speech_lengths": np.array([16], np.int64),
+                **{name: np.array([value], np.int64) for name, value in query.items()}})
     decoder = PythonModel(
         name="sensevoice_decoder", source=RUNNERS / "sensevoice_decoder.py", batching=BATCHING,
         files=(Path(sensevoice_decode.__file__), folder / "decode_assets.json", folder / "bpe.model"),
         inputs=(Tensor("ctc_logits", "float32", (-1, vocab), ragged=True),
                 Tensor("encoder_out_lens", "int64", (1,))),
-        outputs=(Tensor(TEXT, "bytes", (1,)),
-                 *(Tensor(out, "float32", (len(assets[name]),)) for name, out in ASR_DISTRIBUTIONS.items())),
-        parameters={"distribution_outputs": json.dumps(ASR_DISTRIBUTIONS)})
+        outputs=(Tensor(TEXT, "bytes", (1,)), Tensor(TOKENS, "bytes", (-1,)), Tensor(TOKEN_MS, "int32", (-1,)),
+                 *(Tensor(out, "float32", (len(assets[name]),), labels=tuple(assets[name]))
+                   for name, out in ASR_DISTRIBUTIONS.items())),
+        parameters={"distribution_outputs": json.dumps(ASR_DISTRIBUTIONS)},
+        warmup={"ctc_logits": np.zeros((20, vocab), np.float32), "encoder_out_lens": np.array([20], np.int64)})
     ensemble = Ensemble(
         name=ASR, max_batch_size=BATCHING.max_batch_size,
         inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,)),
@@ -118,7 +137,7 @@ def asr_models(models_root: Path, precision: str = "fp32") -> list:
                                            "language": LANGUAGE, "textnorm": TEXTNORM},
                     {"ctc_logits": "_ctc_logits", "encoder_out_lens": "_encoder_out_lens"}),
                Step("sensevoice_decoder", {"ctc_logits": "_ctc_logits", "encoder_out_lens": "_encoder_out_lens"},
-                    {name: name for name in (TEXT, *ASR_DISTRIBUTIONS.values())})),
+                    {t.name: t.name for t in decoder.outputs})),
         parameters={**_provenance(manifest, precision),
                     **{f"labels_{name}": json.dumps(list(assets[name])) for name in ASR_DISTRIBUTIONS},
                     "language_query_ids": json.dumps(assets["language_query_ids"]),

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -29,6 +30,8 @@ PROFILES = ("cpu", "gpu")
 RUNNERS = Path(__file__).parent / "runners"
 ONNX_RUNNER = RUNNERS / "onnx_runner.py"
 VERSION = "1"
+
+WARMUP_DIR = "warmup"
 
 _DTYPES = {
     "float32": mc.TYPE_FP32,
@@ -40,8 +43,14 @@ _DTYPES = {
 }
 
 
+def labels_file(tensor: Tensor) -> str:
+    return f"{tensor.name}.labels.txt"
+
+
 def _io(message_type, tensor: Tensor, ragged_ok: bool):
     io = message_type(name=tensor.name, data_type=_DTYPES[tensor.dtype], dims=list(tensor.dims))
+    if tensor.labels and message_type is mc.ModelOutput:
+        io.label_filename = labels_file(tensor)
     if tensor.is_length:
         io.reshape.shape[:] = []  # [B, 1] on the wire, [B] in the graph
         io.reshape.SetInParent()
@@ -80,6 +89,15 @@ def model_config(model: Model, profile: str) -> mc.ModelConfig:
     batching = config.dynamic_batching
     batching.preferred_batch_size.extend(model.batching.preferred_batch_sizes)
     batching.max_queue_delay_microseconds = model.batching.max_queue_delay_us
+    if model.warmup:
+        by_name = {t.name: t for t in model.inputs}
+        sample = config.model_warmup.add(name="one_request", batch_size=1)
+        for name, array in model.warmup.items():
+            if array.dtype != np.dtype(by_name[name].dtype):
+                raise ValueError(f"{model.name}: warmup {name} is {array.dtype}, the input is {by_name[name].dtype}")
+            sample.inputs[name].data_type = _DTYPES[by_name[name].dtype]
+            sample.inputs[name].dims.extend(array.shape)
+            sample.inputs[name].input_data_file = name
     on_gpu = profile == "gpu" and isinstance(model, OnnxModel)
     config.instance_group.add(count=model.instances,
                               kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU)
@@ -140,6 +158,14 @@ def render_repository(models: list[Model], profile: str, out_dir: Path) -> Path:
             version_dir.mkdir(parents=True)
             config = model_config(model, profile)
             (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+            for tensor in model.outputs:
+                if tensor.labels:
+                    (model_dir / labels_file(tensor)).write_text("\n".join(tensor.labels) + "\n")
+            warmup = getattr(model, "warmup", {})
+            if warmup:
+                (model_dir / WARMUP_DIR).mkdir()
+                for name, array in warmup.items():  # raw row-major bytes, as Triton reads them
+                    (model_dir / WARMUP_DIR / name).write_bytes(np.ascontiguousarray(array).tobytes())
             if isinstance(model, OnnxModel):
                 _place(model.onnx_file, version_dir / "model.onnx")
                 if profile == "cpu":

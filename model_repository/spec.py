@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Tensor:
@@ -20,6 +22,9 @@ class Tensor:
     ragged: bool = False
     # Lengths travel as [B, 1] on the wire but the ONNX graph takes [B].
     is_length: bool = False
+    # Class names of a classification output, in index order: Triton's classification
+    # extension (class_count on a request) then answers "score:index:label".
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class OnnxModel:
     # never changes what a request sees.
     trim: dict[str, tuple[str, int]] = field(default_factory=dict)
     parameters: dict[str, str] = field(default_factory=dict)
+    # One request's worth of inputs (no batch dimension) that Triton runs at load time,
+    # so the first real request does not pay for lazy initialisation.
+    warmup: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class PythonModel:
     instances: int = 1
     files: tuple[Path, ...] = ()  # copied next to model.py
     parameters: dict[str, str] = field(default_factory=dict)
+    warmup: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Rendered configs: valid ModelConfig protobufs for both profiles, consistent ensembles."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -46,3 +47,22 @@ def test_ensemble_consistency_is_checked():
                        steps=(Step("nope", {"x": "x"}, {"y": "y"}),))
     with pytest.raises(ValueError, match="unknown model"):
         validate([onnx, unknown])
+
+
+def test_warmup_samples_and_label_files_are_complete(models_root, tmp_path):
+    repo = render_repository(describe(models_root), "cpu", tmp_path / "cpu")
+    sizes = {mc.TYPE_FP32: 4, mc.TYPE_INT64: 8}
+    warmed = set()
+    for path in repo.glob("*/config.pbtxt"):
+        config = text_format.Parse(path.read_text(), mc.ModelConfig())
+        for sample in config.model_warmup:
+            for name, tensor in sample.inputs.items():
+                data = path.parent / "warmup" / tensor.input_data_file
+                assert data.stat().st_size == sizes[tensor.data_type] * int(np.prod(tensor.dims)), (config.name, name)
+            assert set(sample.inputs) == {i.name for i in config.input}
+            warmed.add(config.name)
+        for output in config.output:
+            if output.label_filename:
+                labels = (path.parent / output.label_filename).read_text().split()
+                assert len(labels) == output.dims[0], (config.name, output.name)
+    assert warmed == {"emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder"}

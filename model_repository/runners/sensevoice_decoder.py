@@ -5,7 +5,8 @@ collapsed across the batch and padding frames are never read. The four query
 frames give the language / emotion / event / ITN distributions over the token
 ids named in decode_assets.json (derived from the tokenizer at export time);
 they are returned in that file's order, which is also the order of the labels
-the ensemble publishes.
+the ensemble publishes. TOKENS / TOKEN_MS give each emitted piece and its start (ms from
+the start of the input; 60 ms per frame); -1 and b"" pad rows of a multi-item request.
 """
 import json
 import os
@@ -27,8 +28,16 @@ class TritonPythonModel:
         logits = pb_utils.get_input_tensor_by_name(request, "ctc_logits").as_numpy()
         lengths = pb_utils.get_input_tensor_by_name(request, "encoder_out_lens").as_numpy().reshape(-1)
         items = [ctc_greedy_decode(logits[i], int(lengths[i]), self.assets) for i in range(len(lengths))]
+        width = max(1, max(len(item["tokens"]) for item in items))
+        pieces = np.full((len(items), width), b"", dtype=np.object_)
+        starts = np.full((len(items), width), -1, dtype=np.int32)
+        for row, item in enumerate(items):
+            for col, token in enumerate(item["tokens"]):
+                pieces[row, col] = token["piece"].encode("utf-8")
+                starts[row, col] = token["start_ms"]
         tensors = [pb_utils.Tensor("TEXT", np.array([[item["text"].encode("utf-8")] for item in items],
-                                                    dtype=np.object_))]
+                                                    dtype=np.object_)),
+                   pb_utils.Tensor("TOKENS", pieces), pb_utils.Tensor("TOKEN_MS", starts)]
         for family, name in self.outputs.items():
             order = list(self.assets[family])
             probs = np.array([[item[family][label] for label in order] for item in items], dtype=np.float32)
