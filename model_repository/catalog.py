@@ -6,6 +6,7 @@ gateway; the gateway imports them from here.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,34 @@ WAV, WAV_LENS = "WAV", "WAV_LENS"
 LANGUAGE, TEXTNORM = "LANGUAGE", "TEXTNORM"
 PROBS, EMBEDDING = "PROBS", "EMBEDDING"
 TEXT = "TEXT"
+# The VAD model the gateway calls directly: speech probability per 32 ms frame.
+VAD = "vad"
+SPEECH_PROBS, FRAMES = "SPEECH_PROBS", "FRAMES"
 # Token pieces and their start times (ms from the window start); -1 / b"" pad a batch.
 TOKENS, TOKEN_MS = "TOKENS", "TOKEN_MS"
 # SenseVoice's four query frames, in output order: distribution name -> output tensor.
 ASR_DISTRIBUTIONS = {"language": "LANGUAGE_PROBS", "emotion": "EMOTION_PROBS",
                      "event": "EVENT_PROBS", "itn": "ITN_PROBS"}
 
-# Foundation defaults; the model_repository issue replaces them with measured ones.
-BATCHING = Batching(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How the models are scheduled. The defaults are chosen from measurement: see
+    docs/BENCHMARKS.md ("Choosing the batching settings") for the runs and the reasons."""
+
+    batching: Batching = Batching(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
+    # Instances and ONNX Runtime threads per instance of the heavy models (emotion2vec+, the
+    # SenseVoice encoder); the light steps (softmax, fbank, CTC decoding) keep one of each.
+    instances: int = 1
+    intra_op_threads: int = 1
+
+    def heavy(self) -> dict:
+        return {"batching": self.batching, "instances": self.instances,
+                "parameters": {"intra_op_threads": str(self.intra_op_threads)}}
+
+
+DEFAULT_TUNING = Tuning()
 
 
 def _audio(seconds: float = 1.0) -> dict[str, np.ndarray]:
@@ -66,23 +87,23 @@ def _graph(folder: Path, manifest: dict, fp32_name: str, precision: str) -> Path
     return folder / name
 
 
-def emotion_models(models_root: Path, precision: str = "fp32") -> list:
+def emotion_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING) -> list:
     manifest = load_manifest(models_root, "emotion2vec")
     folder = Path(models_root) / "emotion2vec"
     classes, dim = len(manifest["labels"]), manifest["embedding_dim"]
     encoder = OnnxModel(
-        name="emotion2vec", onnx_file=_graph(folder, manifest, "model.onnx", precision), batching=BATCHING,
+        name="emotion2vec", onnx_file=_graph(folder, manifest, "model.onnx", precision), **tuning.heavy(),
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
         outputs=(Tensor("logits", "float32", (classes,)), Tensor("embedding", "float32", (dim,))),
         warmup=_audio())
     labels = tuple(manifest["labels"])
     softmax = OnnxModel(
-        name="emotion_softmax", onnx_file=folder / "softmax.onnx", batching=BATCHING,
+        name="emotion_softmax", onnx_file=folder / "softmax.onnx", batching=tuning.batching,
         inputs=(Tensor("logits", "float32", (classes,)),),
         outputs=(Tensor("probs", "float32", (classes,), labels=labels),),
         warmup={"logits": np.zeros(classes, np.float32)})
     ensemble = Ensemble(
-        name=EMOTION, max_batch_size=BATCHING.max_batch_size,
+        name=EMOTION, max_batch_size=tuning.batching.max_batch_size,
         inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,))),
         outputs=(Tensor(PROBS, "float32", (classes,), labels=labels), Tensor(EMBEDDING, "float32", (dim,))),
         steps=(Step("emotion2vec", {"wav": WAV, "wav_lens": WAV_LENS},
@@ -92,21 +113,21 @@ def emotion_models(models_root: Path, precision: str = "fp32") -> list:
     return [encoder, softmax, ensemble]
 
 
-def asr_models(models_root: Path, precision: str = "fp32") -> list:
+def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING) -> list:
     manifest = load_manifest(models_root, "sensevoice")
     folder = Path(models_root) / "sensevoice"
     assets = json.loads((folder / "decode_assets.json").read_text())
     feat_dim = manifest["frontend"]["outputs"][0]["shape"][-1]
     vocab = manifest["vocab_size"]
     frontend = OnnxModel(
-        name="sensevoice_frontend", onnx_file=folder / "frontend.onnx", batching=BATCHING,
+        name="sensevoice_frontend", onnx_file=folder / "frontend.onnx", batching=tuning.batching,
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
         outputs=(Tensor("feats", "float32", (-1, feat_dim)), Tensor("feat_lens", "int64", (1,), is_length=True)),
         trim={"feats": ("feat_lens", 1)}, warmup=_audio())
     query = {"language": assets["language_query_ids"]["auto"], "textnorm": assets["textnorm_query_ids"]["woitn"]}
     encoder = OnnxModel(
         name="sensevoice_encoder", onnx_file=_graph(folder, manifest, "encoder.onnx", precision),
-        batching=BATCHING,
+        **tuning.heavy(),
         inputs=(Tensor("speech", "float32", (-1, feat_dim), ragged=True),
                 Tensor("speech_lengths", "int64", (1,), is_length=True),
                 Tensor("language", "int64", (1,), is_length=True),
@@ -117,7 +138,7 @@ def asr_models(models_root: Path, precision: str = "fp32") -> list:
         warmup={"speech": np.zeros((16, feat_dim), np.float32), "speech_lengths": np.array([16], np.int64),
                 **{name: np.array([value], np.int64) for name, value in query.items()}})
     decoder = PythonModel(
-        name="sensevoice_decoder", source=RUNNERS / "sensevoice_decoder.py", batching=BATCHING,
+        name="sensevoice_decoder", source=RUNNERS / "sensevoice_decoder.py", batching=tuning.batching,
         files=(Path(sensevoice_decode.__file__), folder / "decode_assets.json", folder / "bpe.model"),
         inputs=(Tensor("ctc_logits", "float32", (-1, vocab), ragged=True),
                 Tensor("encoder_out_lens", "int64", (1,))),
@@ -127,7 +148,7 @@ def asr_models(models_root: Path, precision: str = "fp32") -> list:
         parameters={"distribution_outputs": json.dumps(ASR_DISTRIBUTIONS)},
         warmup={"ctc_logits": np.zeros((20, vocab), np.float32), "encoder_out_lens": np.array([20], np.int64)})
     ensemble = Ensemble(
-        name=ASR, max_batch_size=BATCHING.max_batch_size,
+        name=ASR, max_batch_size=tuning.batching.max_batch_size,
         inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,)),
                 Tensor(LANGUAGE, "int64", (1,)), Tensor(TEXTNORM, "int64", (1,))),
         outputs=decoder.outputs,
@@ -145,7 +166,28 @@ def asr_models(models_root: Path, precision: str = "fp32") -> list:
     return [frontend, encoder, decoder, ensemble]
 
 
-def describe(models_root: Path, precision: str = "fp32") -> list:
+def silero_onnx() -> Path:
+    """The standard silero VAD graph that the silero-vad wheel ships (MIT), 8 and 16 kHz."""
+    import importlib.util
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the silero-vad package is not installed (pip install silero-vad==6.2.3)")
+    return Path(spec.origin).parent / "data" / "silero_vad.onnx"
+
+
+def vad_models(tuning: Tuning = DEFAULT_TUNING) -> list:
+    audio = _audio()
+    model = PythonModel(
+        name=VAD, source=RUNNERS / "vad_model.py", files=(RUNNERS / "vad_core.py", silero_onnx()),
+        batching=tuning.batching,
+        inputs=(Tensor(WAV, "float32", (-1,), ragged=True), Tensor(WAV_LENS, "int64", (1,))),
+        outputs=(Tensor(SPEECH_PROBS, "float32", (-1,)), Tensor(FRAMES, "int64", (1,))),
+        parameters={"family": "silero_vad", "weights_origin": "package", "onnx_file": "silero_vad.onnx"},
+        warmup={WAV: audio["wav"], WAV_LENS: audio["wav_lens"]})
+    return [model]
+
+
+def describe(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING) -> list:
     """All models of the repository, built from the manifests under `models_root`.
 
     `precision` picks the graph each model serves: fp32, or a variant recorded in its manifest
@@ -154,4 +196,5 @@ def describe(models_root: Path, precision: str = "fp32") -> list:
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    return emotion_models(models_root, precision) + asr_models(models_root, precision)
+    return (emotion_models(models_root, precision, tuning) + asr_models(models_root, precision, tuning)
+            + vad_models(tuning))

@@ -3,6 +3,7 @@ ensemble give what sequential local ONNX Runtime gives, and Triton did merge the
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -51,7 +52,12 @@ def clips():
 
 
 def _assert_batched(url: str, model: str, before, requests: int):
+    # Triton records a request's statistics when it releases it, which can trail the answer a little.
+    deadline = time.monotonic() + 10
     after = _batches(url, model)
+    while after[0] - before[0] < requests and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = _batches(url, model)
     inferences, executions = after[0] - before[0], after[1] - before[1]
     assert inferences == requests
     assert executions < requests, f"{model}: {requests} requests ran as {executions} executions (no batching)"
@@ -111,3 +117,23 @@ def test_emotion_probabilities_carry_tritons_classification_labels(stack, models
     assert len(entries) == 3 and all(labels[int(index)] == label for _, index, label in entries)
     scores = [float(score) for score, _, _ in entries]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_vad_batches_and_matches_local_silero(stack, clips):
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(catalog.RUNNERS))
+    try:
+        from vad_core import SileroVad
+    finally:
+        sys.path.pop(0)
+    before = _batches(stack.triton_grpc, catalog.VAD)
+    served = asyncio.run(_concurrently(stack.triton_grpc, catalog.VAD, clips, [catalog.SPEECH_PROBS, catalog.FRAMES]))
+    _assert_batched(stack.triton_grpc, catalog.VAD, before, len(clips))
+    assert importlib.util.find_spec("silero_vad") is not None
+    local = SileroVad(str(catalog.silero_onnx()))
+    for clip, result in zip(clips, served):
+        probs, frames = local.probabilities(clip[None, :], np.array([len(clip)]))
+        assert int(result[catalog.FRAMES][0, 0]) == int(frames[0])
+        np.testing.assert_allclose(result[catalog.SPEECH_PROBS][0, :frames[0]], probs[0, :frames[0]], atol=1e-5)

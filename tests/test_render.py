@@ -15,7 +15,7 @@ from toneserve.model_repository.spec import Batching, Ensemble, OnnxModel, Step,
 def test_every_rendered_config_parses_as_a_model_config(models_root, tmp_path, profile):
     repo = render_repository(describe(models_root), profile, tmp_path / profile)
     configs = sorted(repo.glob("*/config.pbtxt"))
-    assert {c.parent.name for c in configs} == {"emotion", "emotion2vec", "emotion_softmax", "asr",
+    assert {c.parent.name for c in configs} == {"emotion", "emotion2vec", "emotion_softmax", "asr", "vad",
                                                 "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder"}
     for path in configs:
         config = text_format.Parse(path.read_text(), mc.ModelConfig())
@@ -65,4 +65,5 @@ def test_warmup_samples_and_label_files_are_complete(models_root, tmp_path):
             if output.label_filename:
                 labels = (path.parent / output.label_filename).read_text().split()
                 assert len(labels) == output.dims[0], (config.name, output.name)
-    assert warmed == {"emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder"}
+    assert warmed == {"emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder",
+                      "vad"}
