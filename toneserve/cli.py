@@ -27,16 +27,23 @@ def _models(args) -> Path:
 
 def cmd_export(args) -> int:
     from .export.build import export_models
-    from .model_repository.catalog import describe
+    from .model_repository.catalog import DEFAULT_TUNING, Batching, Tuning, describe
     from .model_repository.render import render_repository
 
+    defaults = DEFAULT_TUNING
+    tuning = Tuning(
+        batching=Batching(max_batch_size=args.max_batch_size or defaults.batching.max_batch_size,
+                          preferred_batch_sizes=defaults.batching.preferred_batch_sizes,
+                          max_queue_delay_us=defaults.batching.max_queue_delay_us
+                          if args.queue_delay_us is None else args.queue_delay_us),
+        instances=args.instances or defaults.instances, intra_op_threads=args.threads or defaults.intra_op_threads)
     models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
                            sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice},
                            variants=args.variants)
     for profile in args.profiles:
         precision = args.precision if profile == "cpu" else ("fp16" if "fp16" in args.variants else "fp32")
         out = paths.repository_dir(args.size, profile) if not args.repository else Path(args.repository) / profile
-        render_repository(describe(models, precision), profile, out)
+        render_repository(describe(models, precision, tuning), profile, out)
         say(f"[export] rendered the {profile} model repository ({precision}) -> {out}")
     return 0
 
@@ -106,9 +113,8 @@ def cmd_demo(args) -> int:
     from .triton import EmbeddedTriton, free_port
 
     # The demo serves fp32 on the cpu profile: the int8 / fp16 variants are `toneserve export`'s job.
-    args.profiles, args.repository, args.force, args.variants, args.precision = ["cpu"], None, False, [], "fp32"
-    args.emotion2vec = args.sensevoice = None
-    cmd_export(args)
+    cmd_export(parser().parse_args(["export", "--size", args.size, "--seed", str(args.seed), "--profiles", "cpu",
+                                    "--variants", *(["--models-dir", args.models_dir] if args.models_dir else [])]))
     if args.file:
         audio, name = Path(args.file).read_bytes(), args.file
     else:
@@ -186,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                    help="what the cpu profile serves (the gpu profile serves fp16 when it was built)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    tuning = p.add_argument_group("scheduling (defaults measured: docs/BENCHMARKS.md)")
+    tuning.add_argument("--instances", type=int, help="instances of each heavy model")
+    tuning.add_argument("--threads", type=int, help="ONNX Runtime threads per instance (cpu profile)")
+    tuning.add_argument("--max-batch-size", type=int, help="largest batch Triton may form")
+    tuning.add_argument("--queue-delay-us", type=int, help="how long the dynamic batcher waits to fill a batch")
     p.add_argument("--models-dir", help=f"where exported models go (default {paths.home()}/models/SIZE)")
     p.add_argument("--repository", help="where rendered repositories go, one folder per profile")
     p.add_argument("--profiles", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
