@@ -18,6 +18,9 @@ class Limits:
     max_bytes: int = 64 * 1024 * 1024
     max_seconds: float = 4 * 3600.0
     max_channels: int = 8
+    # Below this there is not one analysis frame of the models (25 ms fbank window, 400-sample
+    # emotion2vec receptive field) with room to spare.
+    min_seconds: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,8 @@ def decode(data: bytes, limits: Limits = Limits()) -> Audio:
     if not chunks or total == 0:
         raise ToneserveError(Code.EMPTY_AUDIO)
     mono = np.concatenate(chunks)
+    if len(mono) < limits.min_seconds * rate:
+        raise ToneserveError(Code.AUDIO_TOO_SHORT, f"{len(mono) / rate:.3f} s; at least {limits.min_seconds} s needed")
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
     return Audio(samples=np.ascontiguousarray(mono, dtype=np.float32), source_rate=int(rate),

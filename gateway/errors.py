@@ -19,6 +19,7 @@ class Code(enum.Enum):
     EMPTY_AUDIO = (grpc.StatusCode.INVALID_ARGUMENT, "the audio holds no samples")
     AUDIO_TOO_LARGE = (grpc.StatusCode.INVALID_ARGUMENT, "the audio is larger than the server allows")
     AUDIO_TOO_LONG = (grpc.StatusCode.INVALID_ARGUMENT, "the audio is longer than the server allows")
+    AUDIO_TOO_SHORT = (grpc.StatusCode.INVALID_ARGUMENT, "the audio is too short to analyse")
     TOO_MANY_CHANNELS = (grpc.StatusCode.INVALID_ARGUMENT, "the audio has more channels than the server allows")
     INVALID_ARGUMENT = (grpc.StatusCode.INVALID_ARGUMENT, "a request field is out of range")
     TRITON_UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, "the inference server is unavailable")

@@ -52,6 +52,9 @@ def test_limits_are_enforced():
     with pytest.raises(ToneserveError) as error:
         decode(clip, Limits(max_seconds=1.0))
     assert error.value.code is Code.AUDIO_TOO_LONG
+    with pytest.raises(ToneserveError) as error:
+        decode(wav_bytes(speechlike(0.05), SAMPLE_RATE))
+    assert error.value.code is Code.AUDIO_TOO_SHORT
     stereo = wav_bytes(np.zeros((1600, 3), np.float32), SAMPLE_RATE)
     with pytest.raises(ToneserveError) as error:
         decode(stereo, Limits(max_channels=2))
