@@ -43,11 +43,14 @@ class Tuning:
     # Instances and ONNX Runtime threads per instance of the heavy models (emotion2vec+, the
     # SenseVoice encoder); the light steps (softmax, fbank, CTC decoding) keep one of each.
     instances: int = 1
-    intra_op_threads: int = 1
+    intra_op_threads: int = 2
+    # cpu runner: items whose padded size would exceed this multiple of their own run apart.
+    max_pad_ratio: float = 1.25
 
     def heavy(self) -> dict:
         return {"batching": self.batching, "instances": self.instances,
-                "parameters": {"intra_op_threads": str(self.intra_op_threads)}}
+                "parameters": {"intra_op_threads": str(self.intra_op_threads),
+                               "max_pad_ratio": str(self.max_pad_ratio)}}
 
 
 DEFAULT_TUNING = Tuning()

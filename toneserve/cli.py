@@ -31,12 +31,14 @@ def cmd_export(args) -> int:
     from .model_repository.render import render_repository
 
     defaults = DEFAULT_TUNING
+    max_batch = args.max_batch_size or defaults.batching.max_batch_size
     tuning = Tuning(
-        batching=Batching(max_batch_size=args.max_batch_size or defaults.batching.max_batch_size,
-                          preferred_batch_sizes=defaults.batching.preferred_batch_sizes,
+        batching=Batching(max_batch_size=max_batch,
+                          preferred_batch_sizes=tuple(b for b in defaults.batching.preferred_batch_sizes if b <= max_batch),
                           max_queue_delay_us=defaults.batching.max_queue_delay_us
                           if args.queue_delay_us is None else args.queue_delay_us),
-        instances=args.instances or defaults.instances, intra_op_threads=args.threads or defaults.intra_op_threads)
+        instances=args.instances or defaults.instances, intra_op_threads=args.threads or defaults.intra_op_threads,
+        max_pad_ratio=args.max_pad_ratio or defaults.max_pad_ratio)
     models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
                            sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice},
                            variants=args.variants)
@@ -197,6 +199,8 @@ def parser() -> argparse.ArgumentParser:
     tuning.add_argument("--threads", type=int, help="ONNX Runtime threads per instance (cpu profile)")
     tuning.add_argument("--max-batch-size", type=int, help="largest batch Triton may form")
     tuning.add_argument("--queue-delay-us", type=int, help="how long the dynamic batcher waits to fill a batch")
+    tuning.add_argument("--max-pad-ratio", type=float,
+                        help="cpu runner: requests whose padding would exceed this factor run apart (inf: never)")
     p.add_argument("--models-dir", help=f"where exported models go (default {paths.home()}/models/SIZE)")
     p.add_argument("--repository", help="where rendered repositories go, one folder per profile")
     p.add_argument("--profiles", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
