@@ -165,7 +165,7 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _add_size(p, default="tiny"):
+def _add_size(p, default):
     p.add_argument("--size", default=default, choices=["tiny", "base"],
                    help="tiny: test-size random models; base: the real models from the hub, or random weights "
                         f"of their real architectures where no hub is reachable (default {default})")
@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export", help="build the models (ONNX, int8, fp16) and render the Triton model repository")
-    _add_size(p)
+    _add_size(p, default="base")
     p.add_argument("--emotion2vec", metavar="SOURCE",
                    help="hub id (iic/emotion2vec_plus_base, iic/emotion2vec_plus_large), a local model folder "
                         "(config.yaml, model.pt, tokens.txt) or random:PRESET (tiny, base, large)")
@@ -208,7 +208,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="start the embedded tritonserver (cpu profile) and the gateway")
-    _add_size(p)
+    _add_size(p, default="base")
     p.add_argument("--profile", default="cpu", choices=["cpu"])
     p.add_argument("--repository", help="rendered model repository (default: the one `export` wrote)")
     p.add_argument("--host", default="127.0.0.1")
