@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 from conftest import processes_using
 
 
-def test_demo_exports_serves_analyses_and_stops(models_root, toneserve_home):
-    done = subprocess.run([sys.executable, "-m", "toneserve.cli", "demo", "--size", "tiny"],
-                          capture_output=True, text=True, timeout=600)
+def test_demo_exports_serves_analyses_and_stops(models_root, tmp_path):
+    # Its own home (repository, logs), never the one the session's stack is serving from;
+    # the session's tiny exports are reused.
+    env = {**os.environ, "TONESERVE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "toneserve.cli", "demo", "--size", "tiny",
+                           "--models-dir", str(models_root)], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)  # stdout is the JSON and nothing else
     assert len(result["segments"]) == 2 and result["metadata"]["audio_seconds"] == 8.0
     assert "RANDOM-WEIGHT" in done.stderr and "everything stopped" in done.stderr
-    assert not processes_using(toneserve_home / "repository")
+    assert (tmp_path / "repository" / "tiny-cpu" / "emotion" / "config.pbtxt").is_file()
+    assert not processes_using(tmp_path)
