@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import sys
 import time
@@ -45,7 +46,6 @@ def _log(message: str) -> None:
 
 
 def _read_manifest(folder: Path) -> dict | None:
-    import json
     try:
         return json.loads((folder / "manifest.json").read_text())
     except (FileNotFoundError, ValueError):
@@ -86,8 +86,6 @@ def _emotion2vec_parity(folder: Path) -> tuple[dict, dict]:
 
 
 def _sensevoice_parity(folder: Path) -> tuple[dict, dict]:
-    import json
-
     from .variants import run_onnx
     wav, lens = _padded_audio()
     front = run_onnx(folder / "frontend.onnx", {"wav": wav, "wav_lens": lens})
