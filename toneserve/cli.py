@@ -27,18 +27,10 @@ def _models(args) -> Path:
 
 def cmd_export(args) -> int:
     from .export.build import export_models
-    from .model_repository.catalog import DEFAULT_TUNING, Batching, Tuning, describe
+    from .model_repository.catalog import DEFAULT_TUNING, describe
     from .model_repository.render import render_repository
 
-    defaults = DEFAULT_TUNING
-    max_batch = args.max_batch_size or defaults.batching.max_batch_size
-    tuning = Tuning(
-        batching=Batching(max_batch_size=max_batch,
-                          preferred_batch_sizes=tuple(b for b in defaults.batching.preferred_batch_sizes if b <= max_batch),
-                          max_queue_delay_us=defaults.batching.max_queue_delay_us
-                          if args.queue_delay_us is None else args.queue_delay_us),
-        instances=args.instances or defaults.instances, intra_op_threads=args.threads or defaults.intra_op_threads,
-        max_pad_ratio=args.max_pad_ratio or defaults.max_pad_ratio)
+    tuning = _tuning(args, DEFAULT_TUNING)
     models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
                            sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice},
                            variants=args.variants)
@@ -50,6 +42,20 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _tuning(args, defaults):
+    """The measured defaults, with whatever scheduling flags were given."""
+    from dataclasses import replace
+
+    max_batch = args.max_batch_size or defaults.batching.max_batch_size
+    batching = replace(defaults.batching, max_batch_size=max_batch,
+                       preferred_batch_sizes=tuple(b for b in defaults.batching.preferred_batch_sizes if b <= max_batch),
+                       max_queue_delay_us=defaults.batching.max_queue_delay_us
+                       if args.queue_delay_us is None else args.queue_delay_us)
+    return replace(defaults, batching=batching, instances=args.instances or defaults.instances,
+                   intra_op_threads=args.threads or defaults.intra_op_threads,
+                   max_pad_ratio=args.max_pad_ratio or defaults.max_pad_ratio)
+
+
 def _triton_ports(args):
     """Ports from the flags; 0 means any free port."""
     from .triton import TritonPorts, free_port
@@ -57,7 +63,7 @@ def _triton_ports(args):
     return TritonPorts(*chosen)
 
 
-async def _run_gateway(triton_url: str, host: str, port: int, ready_message: str | None = None) -> None:
+async def _run_gateway(triton_url: str, host: str, port: int) -> None:
     from .gateway.server import Gateway
 
     gateway = Gateway(triton_url, host=host, port=port)
@@ -67,7 +73,7 @@ async def _run_gateway(triton_url: str, host: str, port: int, ready_message: str
         loop.add_signal_handler(sig, stop.set)
     try:
         await gateway.start()
-        say(ready_message or f"toneserve gateway listening on {host}:{port}")
+        say(f"toneserve gateway listening on {host}:{port}")
         await stop.wait()
     finally:
         await gateway.stop()
