@@ -24,25 +24,51 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctoneserve/v1/toneserve.proto\x12\x0ctoneserve.v1\"n\n\x0e\x41nalyzeRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x16\n\x0ewindow_seconds\x18\x03 \x01(\x02\x12\x0f\n\x07use_itn\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"B\n\x0c\x44istribution\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0b\n\x03top\x18\x03 \x01(\t\"\xb0\x02\n\x07Segment\x12\x10\n\x08start_ms\x18\x01 \x01(\x05\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x05\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\x05\x12\x12\n\ntranscript\x18\x04 \x01(\t\x12,\n\x08language\x18\x05 \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12/\n\x0b\x61sr_emotion\x18\x06 \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12)\n\x05\x65vent\x18\x07 \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12\'\n\x03itn\x18\x08 \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12+\n\x07\x65motion\x18\t \x01(\x0b\x32\x1a.toneserve.v1.Distribution\"u\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x16\n\x0eweights_origin\x18\x05 \x01(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\"\xe4\x01\n\x08Metadata\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06models\x18\x02 \x03(\x0b\x32\x17.toneserve.v1.ModelInfo\x12\x16\n\x0erandom_weights\x18\x03 \x01(\x08\x12\x15\n\raudio_seconds\x18\x04 \x01(\x01\x12\x16\n\x0esample_rate_in\x18\x05 \x01(\x05\x12\x13\n\x0b\x63hannels_in\x18\x06 \x01(\x05\x12\x15\n\rprocessing_ms\x18\x07 \x01(\x01\x12\x10\n\x08warnings\x18\x08 \x03(\t\x12\x16\n\x0e\x65motion_labels\x18\t \x03(\t\"d\n\x0f\x41nalyzeResponse\x12\'\n\x08segments\x18\x01 \x03(\x0b\x32\x15.toneserve.v1.Segment\x12(\n\x08metadata\x18\x02 \x01(\x0b\x32\x16.toneserve.v1.Metadata2R\n\x08\x41nalyzer\x12\x46\n\x07\x41nalyze\x12\x1c.toneserve.v1.AnalyzeRequest\x1a\x1d.toneserve.v1.AnalyzeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctoneserve/v1/toneserve.proto\x12\x0ctoneserve.v1\"\xae\x02\n\x0e\x41nalyzeRequest\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x16\n\x0ewindow_seconds\x18\x03 \x01(\x02\x12\x0f\n\x07use_itn\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x45\n\rchannel_roles\x18\x06 \x03(\x0b\x32..toneserve.v1.AnalyzeRequest.ChannelRolesEntry\x12,\n\nthresholds\x18\x07 \x01(\x0b\x32\x18.toneserve.v1.Thresholds\x12\x14\n\x0cmix_channels\x18\x08 \x01(\x08\x1a\x33\n\x11\x43hannelRolesEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\rUploadRequest\x12/\n\x07options\x18\x01 \x01(\x0b\x32\x1c.toneserve.v1.AnalyzeRequestH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xd4\x02\n\nThresholds\x12\x1a\n\rvad_threshold\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x1b\n\x0emin_silence_ms\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x1c\n\x0fsentiment_break\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x18\n\x0btext_weight\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x19\n\x0cmismatch_gap\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1b\n\x0emin_confidence\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1c\n\x0f\x65scalation_rise\x18\x07 \x01(\x02H\x06\x88\x01\x01\x42\x10\n\x0e_vad_thresholdB\x11\n\x0f_min_silence_msB\x12\n\x10_sentiment_breakB\x0e\n\x0c_text_weightB\x0f\n\r_mismatch_gapB\x11\n\x0f_min_confidenceB\x12\n\x10_escalation_rise\"B\n\x0c\x44istribution\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\x0b\n\x03top\x18\x03 \x01(\t\"\x92\x01\n\x07Prosody\x12\x10\n\x08pitch_hz\x18\x01 \x01(\x02\x12\x1b\n\x13pitch_std_semitones\x18\x02 \x01(\x02\x12\x15\n\rloudness_dbfs\x18\x03 \x01(\x02\x12\x19\n\x11speaking_rate_wpm\x18\x04 \x01(\x02\x12\x17\n\x0fvoiced_fraction\x18\x05 \x01(\x02\x12\r\n\x05words\x18\x06 \x01(\x05\"M\n\rTextSentiment\x12\x0e\n\x06scored\x18\x01 \x01(\x08\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\"\x88\x01\n\tJudgement\x12\x11\n\tsentiment\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x12\n\ntone_score\x18\x03 \x01(\x02\x12\x0f\n\x07\x61rousal\x18\x04 \x01(\x02\x12\x11\n\tagreement\x18\x05 \x01(\x02\x12!\n\x05\x66lags\x18\x06 \x03(\x0e\x32\x12.toneserve.v1.Flag\"\xe3\x03\n\x07Segment\x12\x10\n\x08start_ms\x18\x01 \x01(\x05\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x05\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\x05\x12\x12\n\ntranscript\x18\x04 \x01(\t\x12,\n\x08language\x18\x05 \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12/\n\x0b\x61sr_emotion\x18\x06 \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12)\n\x05\x65vent\x18\x07 \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12\'\n\x03itn\x18\x08 \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12+\n\x07\x65motion\x18\t \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12\x0f\n\x07speaker\x18\n \x01(\t\x12&\n\x07prosody\x18\x0b \x01(\x0b\x32\x15.toneserve.v1.Prosody\x12\x33\n\x0etext_sentiment\x18\x0c \x01(\x0b\x32\x1b.toneserve.v1.TextSentiment\x12*\n\tjudgement\x18\r \x01(\x0b\x32\x17.toneserve.v1.Judgement\x12\x17\n\x0f\x65motion_windows\x18\x0e \x01(\x05\"U\n\x07Quarter\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x12\n\nhas_speech\x18\x02 \x01(\x08\x12\x11\n\tsentiment\x18\x03 \x01(\x02\x12\x14\n\x0ctalk_seconds\x18\x04 \x01(\x01\"{\n\rTimelinePoint\x12\x0f\n\x07speaker\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x05\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x05\x12\x0f\n\x07\x65motion\x18\x04 \x01(\t\x12\x13\n\x0bprobability\x18\x05 \x01(\x02\x12\x11\n\tsentiment\x18\x06 \x01(\x02\"\xa7\x03\n\x0eSpeakerSummary\x12\x0f\n\x07speaker\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\x05\x12\x10\n\x08segments\x18\x03 \x01(\x05\x12\x14\n\x0ctalk_seconds\x18\x04 \x01(\x01\x12\x18\n\x10non_talk_seconds\x18\x05 \x01(\x01\x12\x19\n\x11\x61verage_sentiment\x18\x06 \x01(\x02\x12\'\n\x08quarters\x18\x07 \x03(\x0b\x32\x15.toneserve.v1.Quarter\x12\x35\n\x10\x65motion_timeline\x18\x08 \x03(\x0b\x32\x1b.toneserve.v1.TimelinePoint\x12+\n\x07\x65motion\x18\t \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12\x15\n\rloudness_dbfs\x18\n \x01(\x02\x12\x19\n\x11speaking_rate_wpm\x18\x0b \x01(\x02\x12\r\n\x05words\x18\x0c \x01(\x05\x12\x17\n\x0foverlap_seconds\x18\r \x01(\x01\x12\x15\n\rinterruptions\x18\x0e \x01(\x05\x12\x18\n\x10\x66lagged_segments\x18\x0f \x01(\x05\"\x8d\x03\n\x0b\x43\x61llSummary\x12\x18\n\x10\x64uration_seconds\x18\x01 \x01(\x01\x12\x14\n\x0ctalk_seconds\x18\x02 \x01(\x01\x12\x18\n\x10non_talk_seconds\x18\x03 \x01(\x01\x12\x17\n\x0foverlap_seconds\x18\x04 \x01(\x01\x12\x15\n\rinterruptions\x18\x05 \x01(\x05\x12\x19\n\x11\x61verage_sentiment\x18\x06 \x01(\x02\x12\'\n\x08quarters\x18\x07 \x03(\x0b\x32\x15.toneserve.v1.Quarter\x12\x35\n\x10\x65motion_timeline\x18\x08 \x03(\x0b\x32\x1b.toneserve.v1.TimelinePoint\x12+\n\x07\x65motion\x18\t \x01(\x0b\x32\x1a.toneserve.v1.Distribution\x12\x15\n\rloudness_dbfs\x18\n \x01(\x02\x12\x19\n\x11speaking_rate_wpm\x18\x0b \x01(\x02\x12\x10\n\x08segments\x18\x0c \x01(\x05\x12\x18\n\x10\x66lagged_segments\x18\r \x01(\x05\"u\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0e\n\x06preset\x18\x04 \x01(\t\x12\x16\n\x0eweights_origin\x18\x05 \x01(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\"(\n\x08LabelSet\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\"\xe0\x02\n\x08Metadata\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x06models\x18\x02 \x03(\x0b\x32\x17.toneserve.v1.ModelInfo\x12\x16\n\x0erandom_weights\x18\x03 \x01(\x08\x12\x15\n\raudio_seconds\x18\x04 \x01(\x01\x12\x16\n\x0esample_rate_in\x18\x05 \x01(\x05\x12\x13\n\x0b\x63hannels_in\x18\x06 \x01(\x05\x12\x15\n\rprocessing_ms\x18\x07 \x01(\x01\x12\x10\n\x08warnings\x18\x08 \x03(\t\x12\x16\n\x0e\x65motion_labels\x18\t \x03(\t\x12*\n\nlabel_sets\x18\n \x03(\x0b\x32\x16.toneserve.v1.LabelSet\x12,\n\nthresholds\x18\x0b \x01(\x0b\x32\x18.toneserve.v1.Thresholds\x12\x11\n\tcontainer\x18\x0c \x01(\t\x12\r\n\x05\x63odec\x18\r \x01(\t\"\xbd\x01\n\x0f\x41nalyzeResponse\x12\'\n\x08segments\x18\x01 \x03(\x0b\x32\x15.toneserve.v1.Segment\x12(\n\x08metadata\x18\x02 \x01(\x0b\x32\x16.toneserve.v1.Metadata\x12.\n\x08speakers\x18\x03 \x03(\x0b\x32\x1c.toneserve.v1.SpeakerSummary\x12\'\n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x19.toneserve.v1.CallSummary*S\n\x04\x46lag\x12\x14\n\x10\x46LAG_UNSPECIFIED\x10\x00\x12\x16\n\x12TONE_TEXT_MISMATCH\x10\x01\x12\x0e\n\nESCALATION\x10\x02\x12\r\n\tABSTAINED\x10\x03\x32\xa1\x01\n\x08\x41nalyzer\x12\x46\n\x07\x41nalyze\x12\x1c.toneserve.v1.AnalyzeRequest\x1a\x1d.toneserve.v1.AnalyzeResponse\x12M\n\rAnalyzeUpload\x12\x1b.toneserve.v1.UploadRequest\x1a\x1d.toneserve.v1.AnalyzeResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'toneserve.v1.toneserve_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ANALYZEREQUEST']._serialized_start=46
-  _globals['_ANALYZEREQUEST']._serialized_end=156
-  _globals['_DISTRIBUTION']._serialized_start=158
-  _globals['_DISTRIBUTION']._serialized_end=224
-  _globals['_SEGMENT']._serialized_start=227
-  _globals['_SEGMENT']._serialized_end=531
-  _globals['_MODELINFO']._serialized_start=533
-  _globals['_MODELINFO']._serialized_end=650
-  _globals['_METADATA']._serialized_start=653
-  _globals['_METADATA']._serialized_end=881
-  _globals['_ANALYZERESPONSE']._serialized_start=883
-  _globals['_ANALYZERESPONSE']._serialized_end=983
-  _globals['_ANALYZER']._serialized_start=985
-  _globals['_ANALYZER']._serialized_end=1067
+  _globals['_ANALYZEREQUEST_CHANNELROLESENTRY']._loaded_options = None
+  _globals['_ANALYZEREQUEST_CHANNELROLESENTRY']._serialized_options = b'8\001'
+  _globals['_FLAG']._serialized_start=3452
+  _globals['_FLAG']._serialized_end=3535
+  _globals['_ANALYZEREQUEST']._serialized_start=47
+  _globals['_ANALYZEREQUEST']._serialized_end=349
+  _globals['_ANALYZEREQUEST_CHANNELROLESENTRY']._serialized_start=298
+  _globals['_ANALYZEREQUEST_CHANNELROLESENTRY']._serialized_end=349
+  _globals['_UPLOADREQUEST']._serialized_start=351
+  _globals['_UPLOADREQUEST']._serialized_end=440
+  _globals['_THRESHOLDS']._serialized_start=443
+  _globals['_THRESHOLDS']._serialized_end=783
+  _globals['_DISTRIBUTION']._serialized_start=785
+  _globals['_DISTRIBUTION']._serialized_end=851
+  _globals['_PROSODY']._serialized_start=854
+  _globals['_PROSODY']._serialized_end=1000
+  _globals['_TEXTSENTIMENT']._serialized_start=1002
+  _globals['_TEXTSENTIMENT']._serialized_end=1079
+  _globals['_JUDGEMENT']._serialized_start=1082
+  _globals['_JUDGEMENT']._serialized_end=1218
+  _globals['_SEGMENT']._serialized_start=1221
+  _globals['_SEGMENT']._serialized_end=1704
+  _globals['_QUARTER']._serialized_start=1706
+  _globals['_QUARTER']._serialized_end=1791
+  _globals['_TIMELINEPOINT']._serialized_start=1793
+  _globals['_TIMELINEPOINT']._serialized_end=1916
+  _globals['_SPEAKERSUMMARY']._serialized_start=1919
+  _globals['_SPEAKERSUMMARY']._serialized_end=2342
+  _globals['_CALLSUMMARY']._serialized_start=2345
+  _globals['_CALLSUMMARY']._serialized_end=2742
+  _globals['_MODELINFO']._serialized_start=2744
+  _globals['_MODELINFO']._serialized_end=2861
+  _globals['_LABELSET']._serialized_start=2863
+  _globals['_LABELSET']._serialized_end=2903
+  _globals['_METADATA']._serialized_start=2906
+  _globals['_METADATA']._serialized_end=3258
+  _globals['_ANALYZERESPONSE']._serialized_start=3261
+  _globals['_ANALYZERESPONSE']._serialized_end=3450
+  _globals['_ANALYZER']._serialized_start=3538
+  _globals['_ANALYZER']._serialized_end=3699
 # @@protoc_insertion_point(module_scope)

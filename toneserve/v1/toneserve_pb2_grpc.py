@@ -39,13 +39,26 @@ class AnalyzerStub:
                 request_serializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeRequest.SerializeToString,
                 response_deserializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeResponse.FromString,
                 _registered_method=True)
+        self.AnalyzeUpload = channel.stream_unary(
+                '/toneserve.v1.Analyzer/AnalyzeUpload',
+                request_serializer=toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.SerializeToString,
+                response_deserializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyzerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Analyze(self, request, context):
-        """Analyse one recording sent whole in the request.
+        """Analyse one recording sent whole in the request (up to the gateway's message limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnalyzeUpload(self, request_iterator, context):
+        """Analyse a recording of any size: the first message carries the options (an
+        AnalyzeRequest with empty `audio`), every following message a piece of the audio bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +70,11 @@ def add_AnalyzerServicer_to_server(servicer, server):
             'Analyze': grpc.unary_unary_rpc_method_handler(
                     servicer.Analyze,
                     request_deserializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeRequest.FromString,
+                    response_serializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeResponse.SerializeToString,
+            ),
+            'AnalyzeUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.AnalyzeUpload,
+                    request_deserializer=toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.FromString,
                     response_serializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeResponse.SerializeToString,
             ),
     }
@@ -86,6 +104,33 @@ class Analyzer:
             target,
             '/toneserve.v1.Analyzer/Analyze',
             toneserve_dot_v1_dot_toneserve__pb2.AnalyzeRequest.SerializeToString,
+            toneserve_dot_v1_dot_toneserve__pb2.AnalyzeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyzeUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/toneserve.v1.Analyzer/AnalyzeUpload',
+            toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.SerializeToString,
             toneserve_dot_v1_dot_toneserve__pb2.AnalyzeResponse.FromString,
             options,
             channel_credentials,
