@@ -15,13 +15,16 @@ ERROR_CODE_METADATA = "toneserve-error-code"
 
 class Code(enum.Enum):
     INVALID_AUDIO = (grpc.StatusCode.INVALID_ARGUMENT, "the audio could not be decoded")
+    UNSUPPORTED_CODEC = (grpc.StatusCode.INVALID_ARGUMENT, "the audio codec is not supported")
     NO_AUDIO_STREAM = (grpc.StatusCode.INVALID_ARGUMENT, "the input contains no audio stream")
     EMPTY_AUDIO = (grpc.StatusCode.INVALID_ARGUMENT, "the audio holds no samples")
     AUDIO_TOO_LARGE = (grpc.StatusCode.INVALID_ARGUMENT, "the audio is larger than the server allows")
     AUDIO_TOO_LONG = (grpc.StatusCode.INVALID_ARGUMENT, "the audio is longer than the server allows")
     AUDIO_TOO_SHORT = (grpc.StatusCode.INVALID_ARGUMENT, "the audio is too short to analyse")
     TOO_MANY_CHANNELS = (grpc.StatusCode.INVALID_ARGUMENT, "the audio has more channels than the server allows")
+    NO_SPEECH = (grpc.StatusCode.FAILED_PRECONDITION, "no speech was found in the audio")
     INVALID_ARGUMENT = (grpc.StatusCode.INVALID_ARGUMENT, "a request field is out of range")
+    OVERLOADED = (grpc.StatusCode.RESOURCE_EXHAUSTED, "the gateway is at capacity; retry after the hinted delay")
     TRITON_UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, "the inference server is unavailable")
     DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, "the request ran out of time")
     INTERNAL = (grpc.StatusCode.INTERNAL, "internal error")
