@@ -1,4 +1,5 @@
-"""Silero VAD on numpy + ONNX Runtime (model_repository/runners/vad_core.py) and its Triton runner.
+"""Silero VAD on numpy + ONNX Runtime (model_repository/runners/vad_core.py), its Triton runner, and
+the gateway's port of silero's segmentation (gateway/vad_segments.py).
 
 The reference is silero-vad itself (the wheel, with torch): its OnnxWrapper run one
 chunk at a time for the probabilities, its get_speech_timestamps for the segments.
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from toneserve.gateway.vad_segments import speech_segments
 from toneserve.samples import speechlike
 
 # silero_vad.load_silero_vad uses importlib.resources.path, deprecated in Python 3.11+.
@@ -124,7 +126,7 @@ def test_funasr_sample_probs_and_segments_match_silero(vad, wrapper, silero, sha
     probs, frames = vad.probabilities(audio[None], np.array([len(audio)]))
     np.testing.assert_allclose(probs[0, :frames[0]], ref, atol=1e-5, rtol=0)
 
-    ours = vad_core.speech_segments(probs[0], frames[0], num_samples=len(audio))
+    ours = speech_segments(probs[0], frames[0], num_samples=len(audio))
     assert ours == reference_segments(silero, wrapper, audio)
     # MANIFEST: golden (FunASR fsmn-vad) speech span 770-5980 ms. Silero finds 1026-2270 and
     # 3650-6000 ms: the audio is silent (rms < 1e-3) until ~1050 ms and between 2.25 and 3.6 s,
@@ -158,7 +160,7 @@ def test_empty_items_and_bad_lengths(vad):
     assert frames.tolist() == [0, 2] and probs.shape == (2, 2) and not probs[0].any()
     with pytest.raises(ValueError, match="lengths"):
         vad.probabilities(np.zeros((1, 10), np.float32), np.array([11]))
-    assert vad_core.speech_segments(np.zeros(0, np.float32)) == []
+    assert speech_segments(np.zeros(0, np.float32)) == []
 
 
 SEGMENT_PARAMS = [
@@ -177,7 +179,7 @@ def test_speech_segments_equal_silero_get_speech_timestamps(vad, wrapper, silero
     probs, frames = vad.probabilities(audio[None], np.array([len(audio)]))
     for params in SEGMENT_PARAMS:
         expected = reference_segments(silero, wrapper, audio, **params)
-        assert vad_core.speech_segments(probs[0], frames[0], num_samples=len(audio), **_ours(**params)) == expected, params
+        assert speech_segments(probs[0], frames[0], num_samples=len(audio), **_ours(**params)) == expected, params
     assert reference_segments(silero, wrapper, audio)  # there is speech to find
 
 
@@ -192,9 +194,9 @@ def test_speech_segments_equal_silero_on_synthetic_probabilities(silero, seed):
     for params in SEGMENT_PARAMS + [{"max_speech_duration_s": 0.5, "min_silence_at_max_speech": 20}]:
         expected = [(s["start"], s["end"]) for s in silero.get_speech_timestamps_from_probs(
             probs.tolist(), audio_length_samples=num_samples, **params)]
-        assert vad_core.speech_segments(probs, num_samples=num_samples, **_ours(**params)) == expected, params
+        assert speech_segments(probs, num_samples=num_samples, **_ours(**params)) == expected, params
     padded = np.concatenate([probs, np.ones(30, np.float32)])  # a batch row: frames cuts the padding off
-    assert vad_core.speech_segments(padded, n) == vad_core.speech_segments(probs)
+    assert speech_segments(padded, n) == speech_segments(probs)
 
 
 # --- the Triton runner -------------------------------------------------------------------------

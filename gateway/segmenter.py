@@ -1,0 +1,104 @@
+"""Utterances from a channel's audio as it is decoded, in bounded memory.
+
+silero's segmentation (``vad_segments.speech_segments``) needs the probabilities
+of a whole recording; an hour-long call must not be held whole. ``Segmenter``
+runs the same hysteresis over a moving *region*: the frames since the end of the
+last finished utterance. After each block it re-segments the region and hands
+out every utterance that later audio can no longer change:
+
+* every segment but the region's last is closed (the hysteresis is causal);
+* the last one is closed once the silence after it is longer than
+  ``min_silence_ms`` (its padded end then lies at least ``min_silence - pad``
+  before the region's end), otherwise it may still grow.
+
+The region then restarts at a frame where silero's state is "not triggered", so
+re-segmenting from there gives what one pass over the whole recording gives
+(tests/test_segmenter.py checks it against ``speech_segments`` on the whole).
+Memory per channel: the open utterance (at most ``max_utterance_s``, silero's
+``max_speech_duration_s`` split) plus one block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .vad_segments import SAMPLE_RATE, speech_segments, window_samples
+
+FRAME = window_samples(SAMPLE_RATE)
+# silero's own defaults for what this module does not expose as a threshold.
+SPEECH_PAD_MS = 30
+MIN_SPEECH_MS = 250
+
+
+@dataclass(frozen=True)
+class Utterance:
+    channel: int
+    start: int  # first sample, in 16 kHz samples from the recording's start
+    samples: np.ndarray  # float32 [n]
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.samples)
+
+
+class Segmenter:
+    def __init__(self, channel: int, vad_threshold: float = 0.5, min_silence_ms: int = 300,
+                 max_utterance_s: float = 30.0):
+        self.channel = channel
+        self.options = dict(threshold=vad_threshold, min_silence_ms=min_silence_ms, min_speech_ms=MIN_SPEECH_MS,
+                            speech_pad_ms=SPEECH_PAD_MS, max_speech_s=max_utterance_s)
+        # A closed segment's padded end lies at least this far before the region's end.
+        self.closed_margin = (min_silence_ms - SPEECH_PAD_MS) * SAMPLE_RATE // 1000
+        # Without speech in sight the region keeps only this much (more than a starting utterance
+        # shorter than MIN_SPEECH_MS plus its padding needs).
+        self.idle_keep = SAMPLE_RATE
+        self.region = 0  # first sample of the region (a multiple of FRAME)
+        self.audio = np.zeros(0, np.float32)  # the region's samples
+        self.probs = np.zeros(0, np.float32)  # the region's frame probabilities
+        self.handed_out = 0  # end of the last utterance handed out, relative to the region
+
+    def feed(self, samples: np.ndarray, probs: np.ndarray) -> list[Utterance]:
+        """Append a block (a whole number of frames, except at the very end) and its frame
+        probabilities; return the utterances it finished."""
+        if len(probs) != -(-len(samples) // FRAME):
+            raise ValueError(f"{len(samples)} samples need {-(-len(samples) // FRAME)} probabilities, got {len(probs)}")
+        if len(self.audio) % FRAME:
+            raise ValueError("only the last block may end inside a frame")
+        self.audio = np.concatenate([self.audio, np.asarray(samples, np.float32)])
+        self.probs = np.concatenate([self.probs, np.asarray(probs, np.float32)])
+        return self._cut(final=False)
+
+    def finish(self) -> list[Utterance]:
+        """The recording ended: every remaining segment is finished."""
+        return self._cut(final=True)
+
+    def _cut(self, final: bool) -> list[Utterance]:
+        length = len(self.audio)
+        segments = speech_segments(self.probs, num_samples=length, **self.options)
+        if not final and segments and segments[-1][1] > length - self.closed_margin:
+            open_start = segments.pop()[0]
+        else:
+            open_start = None
+        # An utterance cut at max_utterance_s may be followed at once by the next one, which
+        # must not start before the region (hence before the audio handed out already).
+        segments = [(max(start, self.handed_out), end) for start, end in segments]
+        done = [Utterance(self.channel, self.region + start, self.audio[start:end].copy())
+                for start, end in segments if end > start]
+        if final:
+            restart = length
+        elif open_start is not None:
+            # At the open segment's padded start: silero is not triggered before its first speech frame.
+            restart = open_start
+        else:
+            restart = length - self.idle_keep
+        if segments:
+            restart = max(restart, segments[-1][1])
+        restart = min(max(restart, 0), length)
+        handed_out = segments[-1][1] if segments else self.handed_out
+        restart = restart // FRAME * FRAME  # the region starts on a frame
+        self.handed_out = max(handed_out - restart, 0)
+        self.region += restart
+        self.audio = self.audio[restart:]
+        self.probs = self.probs[restart // FRAME:]
+        return done
