@@ -19,6 +19,22 @@ class AnalyzeError(RuntimeError):
         super().__init__(f"{status.name}: {message}")
 
 
+# Files above this go through AnalyzeUpload in CHUNK_BYTES pieces (the gateway's Analyze takes 64 MiB by default).
+UPLOAD_ABOVE_BYTES = 32 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+
+
+def _chunks(options: pb.AnalyzeRequest, audio: bytes | str | Path):
+    yield pb.UploadRequest(options=options)
+    if isinstance(audio, bytes):
+        for start in range(0, len(audio), CHUNK_BYTES):
+            yield pb.UploadRequest(chunk=audio[start:start + CHUNK_BYTES])
+        return
+    with open(audio, "rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            yield pb.UploadRequest(chunk=chunk)
+
+
 class Client:
     def __init__(self, address: str = "127.0.0.1:50051", max_message_bytes: int = 80 * 1024 * 1024):
         self.address = address
@@ -28,12 +44,22 @@ class Client:
         self.stub = pb_grpc.AnalyzerStub(self.channel)
 
     def analyze(self, audio: bytes | str | Path, language: str = "auto", window_seconds: float = 0.0,
-                use_itn: bool = False, timeout: float | None = 300.0) -> pb.AnalyzeResponse:
-        data = Path(audio).read_bytes() if isinstance(audio, (str, Path)) else audio
-        request = pb.AnalyzeRequest(audio=data, language=language, window_seconds=window_seconds,
-                                    use_itn=use_itn)
+                use_itn: bool = False, timeout: float | None = 300.0, channel_roles: dict[int, str] | None = None,
+                mix_channels: bool = False, thresholds: dict[str, float] | None = None, request_id: str = "",
+                upload: bool | None = None) -> pb.AnalyzeResponse:
+        """Analyse a file (path) or encoded bytes. `upload` streams it through AnalyzeUpload; by default
+        only files above UPLOAD_ABOVE_BYTES are streamed."""
+        options = pb.AnalyzeRequest(language=language, window_seconds=window_seconds, use_itn=use_itn,
+                                    channel_roles=channel_roles or {}, mix_channels=mix_channels,
+                                    thresholds=pb.Thresholds(**(thresholds or {})), request_id=request_id)
+        size = len(audio) if isinstance(audio, bytes) else Path(audio).stat().st_size
+        if upload is None:
+            upload = size > UPLOAD_ABOVE_BYTES
         try:
-            return self.stub.Analyze(request, timeout=timeout)
+            if upload:
+                return self.stub.AnalyzeUpload(_chunks(options, audio), timeout=timeout)
+            options.audio = audio if isinstance(audio, bytes) else Path(audio).read_bytes()
+            return self.stub.Analyze(options, timeout=timeout)
         except grpc.RpcError as exc:
             trailing = dict(exc.trailing_metadata() or ())
             message = exc.details() or ""

@@ -18,6 +18,16 @@ from .errors import Code, ToneserveError
 
 Distribution = tuple[list[str], np.ndarray]
 
+# Lengths audio is zero-padded to (WAV_LENS keeps the true length) where a model's server
+# batches only identical shapes: the onnxruntime / TensorRT backends of the gpu profile.
+# Steps of at most 1.5x bound the padding; 32 s holds the longest utterance (30 s + pads).
+BUCKET_SECONDS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+
+
+def bucket_samples(n: int, rate: int = 16000) -> int:
+    """The bucket length for `n` samples (n itself past the largest bucket)."""
+    return next((int(b * rate) for b in BUCKET_SECONDS if b * rate >= n), n)
+
 
 @dataclass(frozen=True)
 class EnsembleInfo:
@@ -28,6 +38,10 @@ class EnsembleInfo:
     weights_origin: str
     precision: str
     parameters: dict[str, str]
+    # True when the server pads mixed lengths itself (cpu profile: allow_ragged_batch on WAV);
+    # otherwise the gateway pads to BUCKET_SECONDS so that requests can share a batch.
+    ragged: bool = False
+    max_batch_size: int = 0
 
     def json(self, key: str):
         return json.loads(self.parameters[key])
@@ -62,7 +76,7 @@ class Inference:
 
     async def load(self) -> None:
         """Read the ensembles' configs; fails with TRITON_UNAVAILABLE when Triton or a model is not ready."""
-        for name in (catalog.EMOTION, catalog.ASR):
+        for name in (catalog.EMOTION, catalog.ASR, catalog.VAD):
             try:
                 if not await self.client.is_model_ready(name):
                     raise ToneserveError(Code.TRITON_UNAVAILABLE, f"model {name!r} is not ready on {self.url}")
@@ -71,11 +85,19 @@ class Inference:
             except InferenceServerException as exc:
                 raise _error(exc) from None
             parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+            wav = next(i for i in config.get("input", []) if i["name"] == catalog.WAV)
             self.models[name] = EnsembleInfo(
                 name=name, version=str(max(versions.get("versions", ["1"]), key=int)),
                 family=parameters["family"], preset=parameters["preset"],
                 weights_origin=parameters["weights_origin"], precision=parameters["precision"],
-                parameters=parameters)
+                parameters=parameters, ragged=bool(wav.get("allow_ragged_batch", False)),
+                max_batch_size=int(config.get("max_batch_size", 0)))
+
+    def label_sets(self) -> dict[str, list[str]]:
+        asr = self.models[catalog.ASR]
+        # Named as the Segment fields they label.
+        return {"emotion": self.emotion_labels, "asr_emotion": asr.json("labels_emotion"),
+                **{name: asr.json(f"labels_{name}") for name in ("language", "event", "itn")}}
 
     @property
     def emotion_labels(self) -> list[str]:
@@ -100,15 +122,28 @@ class Inference:
             raise _error(exc) from None
         return result
 
+    def _wav_inputs(self, model: str, wav: np.ndarray) -> list[triton.InferInput]:
+        """One clip as (WAV [1, S], WAV_LENS [1, 1]), zero-padded to its bucket unless the model pads itself."""
+        width = len(wav) if self.models[model].ragged else bucket_samples(len(wav))
+        padded = np.zeros((1, width), np.float32)
+        padded[0, :len(wav)] = wav
+        return [_input(catalog.WAV, padded), _input(catalog.WAV_LENS, np.array([[len(wav)]], np.int64))]
+
+    async def vad(self, block: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
+        """Speech probability per 512-sample frame for each row of `block` [channels, n]."""
+        inputs = [_input(catalog.WAV, np.ascontiguousarray(block, np.float32)),
+                  _input(catalog.WAV_LENS, np.full((len(block), 1), block.shape[1], np.int64))]
+        result = await self._infer(catalog.VAD, inputs, [catalog.SPEECH_PROBS], request_id, timeout)
+        return result.as_numpy(catalog.SPEECH_PROBS)
+
     async def emotion(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> Distribution:
-        inputs = [_input(catalog.WAV, wav[None, :]), _input(catalog.WAV_LENS, np.array([[len(wav)]], np.int64))]
+        inputs = self._wav_inputs(catalog.EMOTION, wav)
         result = await self._infer(catalog.EMOTION, inputs, [catalog.PROBS], request_id, timeout)
         return self.emotion_labels, result.as_numpy(catalog.PROBS)[0]
 
     async def asr(self, wav: np.ndarray, language: str = "auto", use_itn: bool = False,
                   request_id: str = "", timeout: float | None = None) -> AsrResult:
-        inputs = [_input(catalog.WAV, wav[None, :]),
-                  _input(catalog.WAV_LENS, np.array([[len(wav)]], np.int64)),
+        inputs = [*self._wav_inputs(catalog.ASR, wav),
                   _input(catalog.LANGUAGE, np.array([[self.language_query_id(language)]], np.int64)),
                   _input(catalog.TEXTNORM, np.array([[self.textnorm_query_id(use_itn)]], np.int64))]
         outputs = [catalog.TEXT, *catalog.ASR_DISTRIBUTIONS.values()]

@@ -10,33 +10,41 @@ from grpc_reflection.v1alpha import reflection
 
 from ..v1 import toneserve_pb2, toneserve_pb2_grpc
 from .inference import Inference
-from .service import AnalyzerService, Settings
+from .metrics import Metrics
+from .service import AnalyzerService
+from .settings import Settings
 
 log = logging.getLogger("toneserve.gateway")
 
 
 class GatewayStartError(RuntimeError):
     """The gateway could not start; the message says why and what to do."""
+
+
 SERVICE_NAME = toneserve_pb2.DESCRIPTOR.services_by_name["Analyzer"].full_name
 
 
 class Gateway:
     def __init__(self, triton_url: str, host: str = "127.0.0.1", port: int = 50051,
-                 settings: Settings = Settings()):
+                 settings: Settings = Settings(), metrics_port: int | None = None):
         self.triton_url = triton_url
+        self.host = host
         self.address = f"{host}:{port}"
         self.settings = settings
+        self.metrics = Metrics()
+        self.metrics_port = metrics_port
         self.inference: Inference | None = None
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         self.inference = Inference(self.triton_url)
         await self.inference.load()
-        # Room for the largest accepted audio plus the rest of the message.
-        max_message = self.settings.limits.max_bytes + 1024 * 1024
+        # Room for the largest Analyze audio plus the rest of the message (a larger one gets gRPC's
+        # own RESOURCE_EXHAUSTED before it reaches us).
+        max_message = self.settings.max_message_bytes + 1024 * 1024
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message),
                                                ("grpc.so_reuseport", 0)])
-        toneserve_pb2_grpc.add_AnalyzerServicer_to_server(AnalyzerService(self.inference, self.settings),
+        toneserve_pb2_grpc.add_AnalyzerServicer_to_server(AnalyzerService(self.inference, self.settings, self.metrics),
                                                           self.server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
@@ -49,6 +57,13 @@ class Gateway:
             raise GatewayStartError(f"cannot listen on {self.address} ({exc}); "
                                     "is the port taken? choose another with --port") from None
         await self.server.start()
+        if self.metrics_port is not None:
+            try:
+                self.metrics.serve(self.host, self.metrics_port)
+            except OSError as exc:
+                await self.server.stop(0)
+                raise GatewayStartError(f"cannot serve metrics on {self.host}:{self.metrics_port} ({exc}); "
+                                        "choose another with --metrics-port") from None
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("gateway listening on %s (Triton at %s)", self.address, self.triton_url)
@@ -59,5 +74,6 @@ class Gateway:
     async def stop(self, grace: float = 5.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
+        self.metrics.stop()
         if self.inference is not None:
             await self.inference.close()

@@ -1,47 +1,40 @@
-"""The toneserve.v1.Analyzer service: decode, cut windows, call both ensembles, assemble the answer."""
+"""The toneserve.v1.Analyzer service: admission, request ids, deadlines, errors and metrics.
+
+The analysis itself is gateway/pipeline.py. Here: at most `max_requests` run at
+once (one more is answered OVERLOADED with gRPC's retry-pushback hint instead of
+queueing without bound); every request ends in exactly one answer or one error
+from the table in gateway/errors.py; AnalyzeUpload spools the upload (memory up
+to `spool_memory_bytes`, then a temporary file) before decoding it in blocks.
+"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 
 from ..v1 import toneserve_pb2 as pb
 from ..v1 import toneserve_pb2_grpc as pb_grpc
-from .audio import SAMPLE_RATE, Limits, decode, fixed_windows
 from .errors import ERROR_CODE_METADATA, Code, ToneserveError
-from .inference import Distribution, Inference
+from .inference import Inference
+from .metrics import Metrics
+from .pipeline import Analysis
+from .settings import Settings
 
 log = logging.getLogger("toneserve.gateway")
 
-RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: at least one model serving this request has untrained random "
-                          "weights; transcripts, emotions and tags are meaningless")
-
-
-@dataclass(frozen=True)
-class Settings:
-    limits: Limits = field(default_factory=Limits)
-    window_seconds: float = 5.0
-    min_window_seconds: float = 0.5
-    max_window_seconds: float = 30.0
-    # Bound on Triton calls in flight from this gateway, across all requests.
-    max_inflight: int = 64
-
-
-def distribution(dist: Distribution) -> pb.Distribution:
-    labels, probs = dist
-    probs = np.asarray(probs, dtype=np.float32).reshape(-1)
-    return pb.Distribution(labels=labels, probabilities=probs.tolist(), top=labels[int(np.argmax(probs))])
+REQUEST_ID_METADATA = "toneserve-request-id"
+# gRPC's own retry hint (gRFC A6): clients that retry wait this long.
+RETRY_PUSHBACK_METADATA = "grpc-retry-pushback-ms"
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
     """The error a client should see from a failed task group: a ToneserveError if any."""
-    leaves = []
-    stack = [group]
+    leaves, stack = [], [group]
     while stack:
         error = stack.pop()
         if isinstance(error, BaseExceptionGroup):
@@ -52,84 +45,94 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 
 
 class AnalyzerService(pb_grpc.AnalyzerServicer):
-    def __init__(self, inference: Inference, settings: Settings = Settings()):
+    def __init__(self, inference: Inference, settings: Settings = Settings(), metrics: Metrics | None = None):
         self.inference = inference
         self.settings = settings
-        self.inflight = asyncio.Semaphore(settings.max_inflight)
+        self.metrics = metrics or Metrics()
+        self.triton_slots = asyncio.Semaphore(settings.max_inflight)
+        self.active = 0
 
-    async def Analyze(self, request: pb.AnalyzeRequest, context: grpc.aio.ServicerContext) -> pb.AnalyzeResponse:
-        request_id = request.request_id or uuid.uuid4().hex
-        try:
-            return await self._analyze(request, request_id, context)
-        except ToneserveError as exc:
-            await self._abort(context, exc, request_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a bug: answer INTERNAL with the id to find it in the log
-            log.exception("request %s failed", request_id)
-            await self._abort(context, ToneserveError(Code.INTERNAL, f"internal error (request id {request_id})"),
-                              request_id)
+    async def Analyze(self, request: pb.AnalyzeRequest, context) -> pb.AnalyzeResponse:
+        async def receive():
+            if len(request.audio) > self.settings.max_message_bytes:
+                raise ToneserveError(Code.AUDIO_TOO_LARGE, f"{len(request.audio)} bytes; Analyze takes up to "
+                                     f"{self.settings.max_message_bytes}: send larger files with AnalyzeUpload")
+            return request, request.audio
+        return await self._serve("Analyze", context, receive)
 
-    async def _abort(self, context, exc: ToneserveError, request_id: str):
-        log.info("request %s: %s", request_id, exc.message)
-        context.set_trailing_metadata(((ERROR_CODE_METADATA, exc.code.name), ("toneserve-request-id", request_id)))
-        await context.abort(exc.code.status, exc.message)
+    async def AnalyzeUpload(self, request_iterator, context) -> pb.AnalyzeResponse:
+        async def receive():
+            first = await anext(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "options":
+                raise ToneserveError(Code.INVALID_ARGUMENT, "the first AnalyzeUpload message must carry `options`")
+            if first.options.audio:
+                raise ToneserveError(Code.INVALID_ARGUMENT,
+                                     "AnalyzeUpload takes the audio as `chunk` messages; options.audio must be empty")
+            spool = tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes)
+            try:
+                size = 0
+                async for message in request_iterator:
+                    if message.WhichOneof("part") != "chunk":
+                        raise ToneserveError(Code.INVALID_ARGUMENT, "`options` may only be the first message")
+                    size += len(message.chunk)
+                    if size > self.settings.limits.max_bytes:
+                        raise ToneserveError(Code.AUDIO_TOO_LARGE, f"more than {self.settings.limits.max_bytes} bytes "
+                                                                   "uploaded")
+                    spool.write(message.chunk)
+                spool.seek(0)
+            except BaseException:
+                spool.close()
+                raise
+            return first.options, spool
+        return await self._serve("AnalyzeUpload", context, receive)
 
-    def _window_seconds(self, requested: float) -> float:
-        if requested == 0:
-            return self.settings.window_seconds
-        lo, hi = self.settings.min_window_seconds, self.settings.max_window_seconds
-        if not lo <= requested <= hi:
-            raise ToneserveError(Code.INVALID_ARGUMENT, f"window_seconds must be in [{lo}, {hi}], got {requested}")
-        return requested
-
-    async def _analyze(self, request, request_id, context) -> pb.AnalyzeResponse:
+    async def _serve(self, rpc: str, context, receive) -> pb.AnalyzeResponse:
         started = time.perf_counter()
-        window_seconds = self._window_seconds(request.window_seconds)
-        language = request.language or "auto"
-        self.inference.language_query_id(language)  # reject an unknown language before decoding
-        # Decoding is CPU work in C; a thread keeps the event loop answering other requests.
-        audio = await asyncio.to_thread(decode, request.audio, self.settings.limits)
-        timeout = context.time_remaining()
-
-        async def bounded(call):
-            async with self.inflight:
-                return await call
-
-        windows = fixed_windows(len(audio.samples), window_seconds)
+        request_id = uuid.uuid4().hex
+        code = "OK"
+        if self.active >= self.settings.max_requests:
+            code = Code.OVERLOADED.name
+            self.metrics.requests.labels(rpc, code).inc()
+            await self._abort(context, ToneserveError(Code.OVERLOADED, f"{self.active} requests in progress; retry "
+                                                      f"in {self.settings.retry_after_ms} ms"), request_id,
+                              ((RETRY_PUSHBACK_METADATA, str(self.settings.retry_after_ms)),))
+        self.active += 1
+        self.metrics.in_flight.inc()
         try:
-            async with asyncio.TaskGroup() as group:  # one failure cancels the rest
-                tasks = [(start, end,
-                          group.create_task(bounded(self.inference.asr(audio.samples[start:end], language,
-                                                                       request.use_itn, request_id, timeout))),
-                          group.create_task(bounded(self.inference.emotion(audio.samples[start:end],
-                                                                           request_id, timeout))))
-                         for start, end in windows]
-        except ExceptionGroup as group_error:
-            raise _first_error(group_error) from None
+            with contextlib.ExitStack() as cleanup:
+                options, source = await receive()
+                if hasattr(source, "close"):
+                    cleanup.callback(source.close)
+                request_id = options.request_id or request_id
+                analysis = Analysis(self.inference, self.settings, self.triton_slots, options, request_id,
+                                    self._deadline(context), self.metrics.triton_in_flight.inc)
+                response = await analysis.run(source)
+            self.metrics.audio_seconds.labels(rpc).inc(response.metadata.audio_seconds)
+            return response
+        except (ToneserveError, ExceptionGroup, Exception) as exc:
+            error = _first_error(exc) if isinstance(exc, ExceptionGroup) else exc
+            if not isinstance(error, ToneserveError):  # a bug: answer INTERNAL with the id to find it in the log
+                log.error("request %s failed", request_id, exc_info=error)
+                error = ToneserveError(Code.INTERNAL, f"internal error (request id {request_id})")
+            code = error.code.name
+            await self._abort(context, error, request_id)
+        except asyncio.CancelledError:  # the client went away or its deadline passed: gRPC answered already
+            code = "CANCELLED"
+            raise
+        finally:
+            self.active -= 1
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(rpc, code).inc()
+            self.metrics.latency.labels(rpc).observe(time.perf_counter() - started)
 
-        segments = []
-        for start, end, asr_task, emotion_task in tasks:
-            asr = asr_task.result()
-            segments.append(pb.Segment(
-                start_ms=start * 1000 // SAMPLE_RATE, end_ms=end * 1000 // SAMPLE_RATE, channel=-1,
-                transcript=asr.text,
-                language=distribution(asr.distributions["language"]),
-                asr_emotion=distribution(asr.distributions["emotion"]),
-                event=distribution(asr.distributions["event"]),
-                itn=distribution(asr.distributions["itn"]),
-                emotion=distribution(emotion_task.result())))
-        return pb.AnalyzeResponse(segments=segments, metadata=self._metadata(
-            request_id, audio, started))
+    def _deadline(self, context) -> float | None:
+        """time.monotonic() by which to answer: the client's deadline, capped by the server's."""
+        limits = [t for t in (context.time_remaining(), self.settings.max_request_seconds) if t is not None]
+        return time.monotonic() + min(limits) if limits else None
 
-    def _metadata(self, request_id, audio, started) -> pb.Metadata:
-        models = [pb.ModelInfo(name=m.name, version=m.version, family=m.family, preset=m.preset,
-                               weights_origin=m.weights_origin, precision=m.precision)
-                  for m in self.inference.models.values()]
-        random = any(m.weights_origin == "random" for m in models)
-        return pb.Metadata(
-            request_id=request_id, models=models, random_weights=random,
-            audio_seconds=audio.seconds, sample_rate_in=audio.source_rate, channels_in=audio.source_channels,
-            processing_ms=(time.perf_counter() - started) * 1000.0,
-            warnings=[RANDOM_WEIGHTS_WARNING] if random else [],
-            emotion_labels=self.inference.emotion_labels)
+    @staticmethod
+    async def _abort(context, error: ToneserveError, request_id: str, extra=()) -> None:
+        log.info("request %s: %s", request_id, error.message)
+        context.set_trailing_metadata(((ERROR_CODE_METADATA, error.code.name), (REQUEST_ID_METADATA, request_id),
+                                       *extra))
+        await context.abort(error.code.status, error.message)

@@ -35,7 +35,7 @@ class Thresholds:
 # Valid range of each field: (low, high), both inclusive.
 RANGES = {
     "vad_threshold": (0.01, 0.99),
-    "min_silence_ms": (32, 5000),
+    "min_silence_ms": (100, 5000),  # below 2 x 30 ms padding + a frame, the segmenter's closing rule fails
     "sentiment_break": (0.0, 1.0),
     "text_weight": (0.0, 1.0),
     "mismatch_gap": (0.0, 2.0),
@@ -51,7 +51,8 @@ def from_proto(message: pb.Thresholds, base: Thresholds = DEFAULTS) -> Threshold
     overrides = {}
     for field in fields(Thresholds):
         if message.HasField(field.name):
-            value = getattr(message, field.name)
+            # proto floats are float32: 0.2 arrives as 0.2000000029...; 6 decimals is what was meant.
+            value = round(getattr(message, field.name), 6)
             low, high = RANGES[field.name]
             if not low <= value <= high:
                 raise ToneserveError(Code.INVALID_ARGUMENT,

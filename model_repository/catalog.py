@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +186,9 @@ def vad_models(tuning: Tuning = DEFAULT_TUNING) -> list:
         batching=tuning.batching,
         inputs=(Tensor(WAV, "float32", (-1,), ragged=True), Tensor(WAV_LENS, "int64", (1,))),
         outputs=(Tensor(SPEECH_PROBS, "float32", (-1,)), Tensor(FRAMES, "int64", (1,))),
-        parameters={"family": "silero_vad", "weights_origin": "package", "onnx_file": "silero_vad.onnx"},
+        # Real weights from the silero-vad wheel: the preset names the package version they came with.
+        parameters={"family": "silero_vad", "preset": f"silero-vad {metadata.version('silero-vad')}",
+                    "weights_origin": "package", "precision": "fp32", "onnx_file": "silero_vad.onnx"},
         warmup={WAV: audio["wav"], WAV_LENS: audio["wav_lens"]})
     return [model]
 

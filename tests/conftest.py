@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models exported once, a real tritonserver and a real gateway per session."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -48,6 +49,32 @@ class Stack:
     triton_http: str
     process: subprocess.Popen
     log: Path
+    metrics: str  # the gateway's Prometheus endpoint
+
+
+@dataclass
+class GatewayProcess:
+    address: str
+    metrics: str
+    process: subprocess.Popen
+    log: Path
+
+
+@contextlib.contextmanager
+def gateway_process(triton_grpc: str, log: Path, *flags: str):
+    """A gateway of its own (`toneserve gateway FLAGS`) against a running Triton; stopped with Ctrl-C."""
+    from toneserve.triton import free_port
+
+    port, metrics = free_port(), free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "toneserve.cli", "gateway", "--triton-url", triton_grpc,
+                                    "--port", str(port), "--metrics-port", str(metrics), *flags],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_health(f"127.0.0.1:{port}", process, log, timeout=120)
+        yield GatewayProcess(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics", process, log)
+    finally:
+        assert stop_stack(process) == 0, log.read_text()
 
 
 def wait_for_health(address: str, process: subprocess.Popen, log: Path, timeout: float = 240.0) -> None:
@@ -88,15 +115,16 @@ def processes_using(path: Path) -> list[str]:
 def stack(repository, toneserve_home) -> Stack:
     from toneserve.triton import free_port
 
-    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
+    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics", "gateway_metrics")}
     log = toneserve_home / "serve.log"
     command = [sys.executable, "-m", "toneserve.cli", "serve", "--repository", str(repository),
                "--port", str(ports["gateway"]), "--triton-http-port", str(ports["http"]),
-               "--triton-grpc-port", str(ports["grpc"]), "--triton-metrics-port", str(ports["metrics"])]
+               "--triton-grpc-port", str(ports["grpc"]), "--triton-metrics-port", str(ports["metrics"]),
+               "--metrics-port", str(ports["gateway_metrics"])]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     stack = Stack(f"127.0.0.1:{ports['gateway']}", f"127.0.0.1:{ports['grpc']}",
-                  f"127.0.0.1:{ports['http']}", process, log)
+                  f"127.0.0.1:{ports['http']}", process, log, f"http://127.0.0.1:{ports['gateway_metrics']}/metrics")
     try:
         wait_for_health(stack.gateway, process, log)
         yield stack

@@ -62,7 +62,7 @@ GATEWAY_BASE_IMAGE = "python:3.11.14-slim-bookworm"
 TRITON_PIN_EXCEPTIONS = {"onnxruntime", "coloredlogs", "humanfriendly"}
 # Never in the gateway image: the export side of the project.
 HEAVY = {"torch", "torchaudio", "funasr", "modelscope", "onnx", "onnxruntime", "onnxscript", "transformers"}
-PORTS = {"triton": {8000, 8001, 8002}, "gateway": {50051}}
+PORTS = {"triton": {8000, 8001, 8002}, "gateway": {50051, 9464}}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -185,6 +185,13 @@ def top_level_modules(distributions) -> set[str]:
     names = set()
     for dist in distributions:
         names |= by_dist.get(canonical(dist), {canonical(dist).replace("-", "_")})
+        # packages_distributions() misses a top-level extension module (praat-parselmouth ships
+        # parselmouth.cpython-*.so): read those from the distribution's file list.
+        try:
+            files = metadata.distribution(dist).files or []
+        except metadata.PackageNotFoundError:  # pinned for an image, not installed here
+            continue
+        names |= {f.name.split(".")[0] for f in files if len(f.parts) == 1 and f.suffix == ".so"}
     return names
 
 
@@ -523,6 +530,12 @@ def test_gateway_imports_with_only_its_own_requirements():
         from toneserve.gateway.server import Gateway
         args = toneserve.cli.parser().parse_args({command[1:]!r})
         Gateway(args.triton_url, host=args.host, port=args.port)
+        # The text and prosody models load lazily: exercise them too.
+        from toneserve.gateway import prosody, sentiment
+        import numpy as np
+        assert sentiment.text_sentiment("great service, thank you", "en", 1 / 3).scored
+        assert sentiment.text_sentiment("非常好", "zh", 1 / 3).scored
+        prosody.prosody(np.zeros(16000, np.float32), 16000, "hello", "en")
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in {sorted(HEAVY)!r})
         assert not heavy, heavy
         print("ok")

@@ -27,7 +27,7 @@ def test_triton_going_away_gives_unavailable_and_the_gateway_survives(repository
     log = tmp_path / "gateway.log"
     with open(log, "wb") as out:
         gateway = subprocess.Popen([sys.executable, "-m", "toneserve.cli", "gateway", "--triton-url", triton.grpc_url,
-                                    "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+                                    "--port", str(port), "--metrics-port", "0"], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_health(f"127.0.0.1:{port}", gateway, log, timeout=60)
         clip = wav_bytes(speechlike(2.0), 16000)

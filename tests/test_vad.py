@@ -121,7 +121,7 @@ def test_one_stream_matches_silero_onnx_wrapper(vad, wrapper):
 
 def test_funasr_sample_probs_and_segments_match_silero(vad, wrapper, silero, shared_speech):
     from toneserve.gateway.audio import decode
-    audio = decode((shared_speech / "zh" / "funasr-sample.wav").read_bytes()).samples
+    audio = decode((shared_speech / "zh" / "funasr-sample.wav").read_bytes()).samples[0]
     ref = reference_probs(wrapper, audio)
     probs, frames = vad.probabilities(audio[None], np.array([len(audio)]))
     np.testing.assert_allclose(probs[0, :frames[0]], ref, atol=1e-5, rtol=0)

@@ -63,17 +63,33 @@ def _triton_ports(args):
     return TritonPorts(*chosen)
 
 
-async def _run_gateway(triton_url: str, host: str, port: int) -> None:
+def _settings(args):
+    """Gateway settings from the limit flags (defaults: gateway/settings.py and gateway/audio.py)."""
+    from dataclasses import replace
+
+    from .gateway.settings import Settings
+
+    defaults = Settings()
+    limits = replace(defaults.limits, max_seconds=args.max_minutes * 60, max_channels=args.max_channels,
+                     max_bytes=args.max_upload_mb * 1024 * 1024)
+    return replace(defaults, limits=limits, max_requests=args.max_requests,
+                   max_message_bytes=args.max_message_mb * 1024 * 1024)
+
+
+async def _run_gateway(triton_url: str, args) -> None:
     from .gateway.server import Gateway
 
-    gateway = Gateway(triton_url, host=host, port=port)
+    host, port = args.host, args.port
+    gateway = Gateway(triton_url, host=host, port=port, settings=_settings(args),
+                      metrics_port=args.metrics_port or None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await gateway.start()
-        say(f"toneserve gateway listening on {host}:{port}")
+        say(f"toneserve gateway listening on {host}:{port}"
+            + (f", metrics on http://{host}:{args.metrics_port}/metrics" if args.metrics_port else ""))
         await stop.wait()
     finally:
         await gateway.stop()
@@ -85,13 +101,13 @@ def cmd_serve(args) -> int:
     repository = _repository(args)
     with EmbeddedTriton(repository, _triton_ports(args), host=args.host) as triton:
         say(f"tritonserver ready on {triton.grpc_url} (repository {repository}, log {triton.log_path})")
-        asyncio.run(_run_gateway(triton.grpc_url, args.host, args.port))
+        asyncio.run(_run_gateway(triton.grpc_url, args))
     say("stopped")
     return 0
 
 
 def cmd_gateway(args) -> int:
-    asyncio.run(_run_gateway(args.triton_url, args.host, args.port))
+    asyncio.run(_run_gateway(args.triton_url, args))
     return 0
 
 
@@ -101,7 +117,8 @@ def cmd_analyze(args) -> int:
     with Client(args.address) as client:
         try:
             response = client.analyze(args.file, language=args.language, window_seconds=args.window_seconds,
-                                      use_itn=args.itn, timeout=args.timeout)
+                                      use_itn=args.itn, timeout=args.timeout,
+                                      channel_roles=dict(enumerate(args.roles.split(","))) if args.roles else None)
         except AnalyzeError as exc:
             print(f"error: {args.file}: {exc}", file=sys.stderr)
             return 1
@@ -117,18 +134,20 @@ def cmd_demo(args) -> int:
     import threading
 
     from .client.sdk import Client, to_dict
-    from .samples import speechlike, wav_bytes
+    from .samples import call, wav_bytes
     from .triton import EmbeddedTriton, free_port
 
     # The demo serves fp32 on the cpu profile: the int8 / fp16 variants are `toneserve export`'s job.
     cmd_export(parser().parse_args(["export", "--size", args.size, "--seed", str(args.seed), "--profiles", "cpu",
                                     "--variants", *(["--models-dir", args.models_dir] if args.models_dir else [])]))
+    roles = {}
     if args.file:
         audio, name = Path(args.file).read_bytes(), args.file
     else:
-        sample = paths.home() / "samples" / "speechlike-8s.wav"
+        sample = paths.home() / "samples" / "call-20s.wav"
         sample.parent.mkdir(parents=True, exist_ok=True)
-        sample.write_bytes(wav_bytes(speechlike(8.0), 16000))
+        sample.write_bytes(wav_bytes(call(20.0).samples, 16000))
+        roles = {0: "agent", 1: "customer"}
         audio, name = sample.read_bytes(), str(sample)
     port = args.port or free_port()
     with EmbeddedTriton(paths.repository_dir(args.size, "cpu"), _triton_ports(args)) as triton:
@@ -143,7 +162,7 @@ def cmd_demo(args) -> int:
         try:
             say(f"[demo] gateway ready on 127.0.0.1:{port}; analysing {name}")
             with Client(f"127.0.0.1:{port}") as client:
-                result = to_dict(client.analyze(audio))
+                result = to_dict(client.analyze(audio, channel_roles=roles))
         finally:
             asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(30)
             loop.call_soon_threadsafe(loop.stop)
@@ -154,17 +173,26 @@ def cmd_demo(args) -> int:
 
 
 def summary(result: dict) -> str:
-    """A few lines a person can read: one per segment, top labels with their probabilities."""
+    """A few lines a person can read: one per segment, then one per speaker."""
     def top(dist: dict) -> str:
         return f"{dist['top']} {max(dist['probabilities']):.2f}"
 
     meta = result["metadata"]
-    lines = ["", f"{'segment':>15}  {'emotion':<16}{'language':<14}{'event':<18}transcript"]
+    lines = ["", f"{'segment':>13}  {'speaker':<10}{'sentiment':<17}{'emotion':<15}{'flags':<22}transcript"]
     for seg in result["segments"]:
         span = f"{seg['start_ms'] / 1000:.1f}-{seg['end_ms'] / 1000:.1f} s"
-        lines.append(f"{span:>15}  {top(seg['emotion']):<16}{top(seg['language']):<14}{top(seg['event']):<18}"
-                     f"{seg['transcript'][:40]}")
-    lines.append(f"{len(result['segments'])} segments, {meta['audio_seconds']:.1f} s of audio, "
+        judgement = seg["judgement"]
+        flags = ",".join(f.lower() for f in judgement["flags"])
+        lines.append(f"{span:>13}  {seg['speaker']:<10}{judgement['sentiment']:<9}{judgement['score']:+.2f}   "
+                     f"{top(seg['emotion']):<15}{flags:<22}{seg['transcript'][:40]}")
+    lines.append("")
+    for speaker in result["speakers"]:
+        lines.append(f"{speaker['speaker']}: talks {speaker['talk_seconds']:.1f} s, average sentiment "
+                     f"{speaker['average_sentiment']:+.2f}, {speaker['interruptions']} interruption(s), "
+                     f"{speaker['speaking_rate_wpm']:.0f} words/min")
+    call = result["call"]
+    lines.append(f"{len(result['segments'])} segments, {meta['audio_seconds']:.1f} s of audio "
+                 f"({call['overlap_seconds']:.1f} s overlapping, {call['non_talk_seconds']:.1f} s silent), "
                  f"{meta['processing_ms']:.0f} ms; everything stopped.")
     if meta["random_weights"]:
         lines.append("NOTE: served by RANDOM-WEIGHT models: the plumbing is real, the answers are not.")
@@ -175,6 +203,23 @@ def _add_size(p, default):
     p.add_argument("--size", default=default, choices=["tiny", "base"],
                    help="tiny: test-size random models; base: the real models from the hub, or random weights "
                         f"of their real architectures where no hub is reachable (default {default})")
+
+
+def _add_gateway_options(p):
+    from .gateway.settings import Settings
+
+    defaults = Settings()
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; 0: off (default 9464)")
+    p.add_argument("--max-minutes", type=float, default=defaults.limits.max_seconds / 60,
+                   help=f"longest recording accepted (default {defaults.limits.max_seconds / 60:g})")
+    p.add_argument("--max-channels", type=int, default=defaults.limits.max_channels,
+                   help=f"most channels (speakers) accepted (default {defaults.limits.max_channels})")
+    p.add_argument("--max-upload-mb", type=int, default=defaults.limits.max_bytes // 2**20,
+                   help=f"largest AnalyzeUpload in MiB (default {defaults.limits.max_bytes // 2**20})")
+    p.add_argument("--max-message-mb", type=int, default=defaults.max_message_bytes // 2**20,
+                   help=f"largest Analyze request in MiB (default {defaults.max_message_bytes // 2**20})")
+    p.add_argument("--max-requests", type=int, default=defaults.max_requests,
+                   help=f"requests analysed at once; more are refused with a retry hint (default {defaults.max_requests})")
 
 
 def _add_triton_ports(p, defaults=(8000, 8001, 8002)):
@@ -219,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", help="rendered model repository (default: the one `export` wrote)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051, help="gateway gRPC port")
+    _add_gateway_options(p)
     _add_triton_ports(p)
     p.set_defaults(func=cmd_serve)
 
@@ -226,13 +272,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-url", default="127.0.0.1:8001")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051)
+    _add_gateway_options(p)
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("analyze", help="analyse an audio file and print the result as JSON")
     p.add_argument("file")
     p.add_argument("--address", default="127.0.0.1:50051", help="gateway address")
     p.add_argument("--language", default="auto", help="auto, zh, en, yue, ja or ko")
-    p.add_argument("--window-seconds", type=float, default=0.0)
+    p.add_argument("--window-seconds", type=float, default=0.0, help="longest emotion window (default: the server's)")
+    p.add_argument("--roles", help="speaker names of the channels in order, e.g. agent,customer")
     p.add_argument("--itn", action="store_true", help="inverse text normalisation in transcripts")
     p.add_argument("--timeout", type=float, default=300.0)
     p.set_defaults(func=cmd_analyze)

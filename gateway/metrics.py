@@ -1,0 +1,36 @@
+"""Prometheus metrics of the gateway (prometheus-client), on their own HTTP port.
+
+Each Gateway owns its registry, so several gateways in one process (tests) never
+share or clash over counters.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Request latency spans a 1 s clip (tens of ms) to an hour-long upload (minutes).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("toneserve_requests", "Requests answered, by RPC and toneserve code (OK on success)",
+                                ["rpc", "code"], registry=self.registry)
+        self.audio_seconds = Counter("toneserve_audio_seconds", "Seconds of audio analysed (all channels once)",
+                                     ["rpc"], registry=self.registry)
+        self.latency = Histogram("toneserve_request_latency_seconds", "Time from request to answer",
+                                 ["rpc"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("toneserve_requests_in_flight", "Requests being analysed", registry=self.registry)
+        self.triton_in_flight = Gauge("toneserve_triton_calls_in_flight", "Calls to Triton awaiting an answer",
+                                      registry=self.registry)
+        self.server = None
+
+    def serve(self, host: str, port: int) -> None:
+        """Expose /metrics over HTTP."""
+        self.server, _ = start_http_server(port, addr=host, registry=self.registry)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

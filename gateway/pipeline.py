@@ -1,0 +1,225 @@
+"""One recording in, one AnalyzeResponse out.
+
+The recording is decoded in blocks of about 30 s (never held whole). Each block
+goes to silero VAD on Triton, one row per channel; each channel's segmenter
+turns the probabilities into utterances as soon as they are finished; each
+utterance is transcribed (SenseVoice) and cut into emotion2vec+ windows, all of
+these Triton calls concurrent. A bounded number of utterances per request is in
+flight: when Triton is slower than the decoder, decoding waits, so memory stays
+bounded however long the recording. What is kept to the end is small: the
+segments' results, for reconciliation (escalation looks back along a speaker's
+segments) and the rollups.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..v1 import toneserve_pb2 as pb
+from . import prosody, reconcile, rollup, sentiment, thresholds
+from .audio import SAMPLE_RATE, open_audio
+from .errors import Code, ToneserveError
+from .inference import AsrResult, Distribution, Inference
+from .segmenter import FRAME, Segmenter, Utterance
+from .settings import Settings
+
+# 30.72 s: a whole number of VAD frames, so only the last block ends inside one.
+BLOCK_FRAMES = 960
+# silero restarts its recurrent state at every call; the last 0.5 s of the previous block is run
+# again in front of each block so the state is warm at the seam (those frames are dropped).
+VAD_CONTEXT = 16 * FRAME
+
+RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: at least one model serving this request has untrained random "
+                          "weights; transcripts, emotions and tags are meaningless")
+
+
+@dataclass(frozen=True)
+class Speaker:
+    name: str
+    channel: int  # -1: all channels mixed down
+
+
+def distribution(dist: Distribution) -> pb.Distribution:
+    labels, probs = dist
+    probs = np.asarray(probs, dtype=np.float32).reshape(-1)
+    return pb.Distribution(labels=labels, probabilities=probs.tolist(), top=labels[int(np.argmax(probs))])
+
+
+def emotion_windows(n: int, window_seconds: float) -> list[tuple[int, int]]:
+    """[0, n) cut into the fewest equal windows no longer than `window_seconds`."""
+    count = max(1, math.ceil(n / (window_seconds * SAMPLE_RATE)))
+    edges = np.linspace(0, n, count + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+def speakers_of(channels: int, options: pb.AnalyzeRequest) -> list[Speaker]:
+    roles = dict(options.channel_roles)
+    if options.mix_channels:
+        if roles:
+            raise ToneserveError(Code.INVALID_ARGUMENT, "channel_roles name channels, which mix_channels merges into one")
+        return [Speaker("mix", -1)]
+    unknown = sorted(c for c in roles if not 0 <= c < channels)
+    if unknown:
+        raise ToneserveError(Code.INVALID_ARGUMENT, f"channel_roles names channels {unknown}, but the audio has "
+                                                    f"{channels} channel(s) (0-based)")
+    names = [roles.get(c) or f"channel_{c}" for c in range(channels)]
+    if len(set(names)) != len(names):
+        raise ToneserveError(Code.INVALID_ARGUMENT, f"speakers must have distinct names, got {names}")
+    return [Speaker(name, c) for c, name in enumerate(names)]
+
+
+class Analysis:
+    """The analysis of one request; `run` is called once."""
+
+    def __init__(self, inference: Inference, settings: Settings, triton_slots: asyncio.Semaphore,
+                 options: pb.AnalyzeRequest, request_id: str, deadline: float | None, on_triton_call=None):
+        self.inference = inference
+        self.settings = settings
+        self.triton_slots = triton_slots
+        self.options = options
+        self.request_id = request_id
+        self.deadline = deadline  # time.monotonic() by which the answer is due
+        self.on_triton_call = on_triton_call  # callback(+1 / -1) for the in-flight gauge
+        self.language = options.language or "auto"
+        inference.language_query_id(self.language)  # an unknown language fails before any decoding
+        self.window_seconds = settings.window(options.window_seconds)
+        self.thresholds = thresholds.from_proto(options.thresholds)
+        self.warnings: dict[str, None] = {}  # ordered set, filled from worker threads
+        self.lock = threading.Lock()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _timeout(self) -> float | None:
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ToneserveError(Code.DEADLINE_EXCEEDED, "the request's deadline passed during analysis")
+        return left
+
+    async def _triton(self, method, *args):
+        """One Triton call, bounded by the gateway-wide slots and the request's deadline."""
+        async with self.triton_slots:
+            if self.on_triton_call:
+                self.on_triton_call(1)
+            try:
+                return await method(*args, request_id=self.request_id, timeout=self._timeout())
+            finally:
+                if self.on_triton_call:
+                    self.on_triton_call(-1)
+
+    def _warn(self, message: str) -> None:
+        with self.lock:
+            self.warnings[message] = None
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self, source) -> pb.AnalyzeResponse:
+        started = time.perf_counter()
+        stream = await asyncio.to_thread(open_audio, source, self.settings.limits)
+        with stream:
+            speakers = speakers_of(stream.channels, self.options)
+            segments, samples = await self._segments(stream, speakers)
+        if not segments:
+            raise ToneserveError(Code.NO_SPEECH, f"VAD found no speech in {samples / SAMPLE_RATE:.1f} s of audio "
+                                                 f"(vad_threshold {self.thresholds.vad_threshold:g})")
+        segments.sort(key=lambda s: (s.start_ms, s.channel))
+        reconcile.mark_escalation(segments, self.thresholds)
+        duration = samples / SAMPLE_RATE
+        summaries, call = rollup.summarize(segments, duration, [(s.name, s.channel) for s in speakers])
+        return pb.AnalyzeResponse(segments=segments, speakers=summaries, call=call,
+                                  metadata=self._metadata(stream, duration, started))
+
+    async def _segments(self, stream, speakers: list[Speaker]) -> tuple[list[pb.Segment], int]:
+        """Decode, VAD and segment block by block; analyse each utterance as soon as it is finished."""
+        t = self.thresholds
+        segmenters = [Segmenter(s.channel, t.vad_threshold, t.min_silence_ms, self.settings.max_utterance_seconds)
+                      for s in speakers]
+        names = {s.channel: s.name for s in speakers}
+        slots = asyncio.Semaphore(self.settings.utterances_per_request)
+        results: list[pb.Segment] = []
+        blocks = stream.blocks(BLOCK_FRAMES * FRAME / SAMPLE_RATE)
+        context = None
+        samples = 0
+        async with asyncio.TaskGroup() as group:
+            async def launch(utterances: list[Utterance]) -> None:
+                for utterance in utterances:
+                    await slots.acquire()  # back-pressure: decoding waits for Triton
+                    group.create_task(self._utterance(utterance, names[utterance.channel], slots, results))
+
+            while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+                if self.options.mix_channels:
+                    block = block.mean(axis=0, keepdims=True)
+                samples += block.shape[1]
+                probs = await self._vad(block, context)
+                context = block[:, -VAD_CONTEXT:]
+                for row, segmenter in enumerate(segmenters):
+                    await launch(segmenter.feed(block[row], probs[row]))
+            for segmenter in segmenters:
+                await launch(segmenter.finish())
+        return results, samples
+
+    async def _vad(self, block: np.ndarray, context: np.ndarray | None) -> np.ndarray:
+        """Frame probabilities of `block` [channels, n], with the previous block's tail as warm-up."""
+        wav = block if context is None else np.concatenate([context, block], axis=1)
+        skip = 0 if context is None else context.shape[1] // FRAME
+        frames = -(-block.shape[1] // FRAME)
+        rows = []
+        batch = self.inference.models["vad"].max_batch_size or len(wav)
+        for first in range(0, len(wav), batch):
+            rows.append(await self._triton(self.inference.vad, wav[first:first + batch]))
+        probs = np.concatenate(rows, axis=0)
+        return probs[:, skip:skip + frames]
+
+    async def _utterance(self, utterance: Utterance, speaker: str, slots: asyncio.Semaphore,
+                         results: list[pb.Segment]) -> None:
+        try:
+            wav = utterance.samples
+            windows = emotion_windows(len(wav), self.window_seconds)
+            async with asyncio.TaskGroup() as group:
+                asr = group.create_task(self._triton(self.inference.asr, wav, self.language, self.options.use_itn))
+                emotions = [group.create_task(self._triton(self.inference.emotion, wav[a:b])) for a, b in windows]
+            # Pitch, sentiment and reconciliation are CPU work: off the event loop.
+            results.append(await asyncio.to_thread(
+                self._segment, utterance, speaker, asr.result(), [e.result() for e in emotions], windows))
+        finally:
+            slots.release()
+
+    def _segment(self, utterance: Utterance, speaker: str, asr: AsrResult, emotions: list[Distribution],
+                 windows: list[tuple[int, int]]) -> pb.Segment:
+        weights = np.array([b - a for a, b in windows], np.float64)
+        mean = sum(w * np.asarray(p, np.float64) for w, (_, p) in zip(weights, emotions)) / weights.sum()
+        segment = pb.Segment(
+            start_ms=utterance.start * 1000 // SAMPLE_RATE, end_ms=utterance.end * 1000 // SAMPLE_RATE,
+            channel=utterance.channel, speaker=speaker, transcript=asr.text,
+            language=distribution(asr.distributions["language"]),
+            asr_emotion=distribution(asr.distributions["emotion"]),
+            event=distribution(asr.distributions["event"]),
+            itn=distribution(asr.distributions["itn"]),
+            emotion=distribution((emotions[0][0], mean)), emotion_windows=len(windows))
+        language = self.language if self.language != "auto" else segment.language.top
+        segment.text_sentiment.CopyFrom(sentiment.text_sentiment(asr.text, language, self.thresholds.sentiment_break))
+        if language not in sentiment.SCORED_LANGUAGES and language != "nospeech":
+            self._warn(sentiment.unscored_warning(language))
+        segment.prosody.CopyFrom(prosody.prosody(utterance.samples, SAMPLE_RATE, asr.text, language))
+        segment.judgement.CopyFrom(reconcile.judge(segment.emotion, segment.text_sentiment, self.thresholds))
+        return segment
+
+    def _metadata(self, stream, duration: float, started: float) -> pb.Metadata:
+        models = [pb.ModelInfo(name=m.name, version=m.version, family=m.family, preset=m.preset,
+                               weights_origin=m.weights_origin, precision=m.precision)
+                  for m in self.inference.models.values()]
+        random = any(m.weights_origin == "random" for m in models)
+        warnings = ([RANDOM_WEIGHTS_WARNING] if random else []) + list(self.warnings)
+        return pb.Metadata(
+            request_id=self.request_id, models=models, random_weights=random,
+            audio_seconds=duration, sample_rate_in=stream.source_rate, channels_in=stream.channels,
+            processing_ms=(time.perf_counter() - started) * 1000.0, warnings=warnings,
+            emotion_labels=self.inference.emotion_labels,
+            label_sets=[pb.LabelSet(name=k, labels=v) for k, v in self.inference.label_sets().items()],
+            thresholds=thresholds.to_proto(self.thresholds), container=stream.container, codec=stream.codec)

@@ -1,0 +1,42 @@
+"""The gateway's operating limits, with their defaults (the README's table repeats them;
+tests/test_thresholds.py checks it does so faithfully)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .audio import Limits
+from .errors import Code, ToneserveError
+
+
+@dataclass(frozen=True)
+class Settings:
+    limits: Limits = field(default_factory=Limits)
+    # Largest Analyze request; bigger recordings go through AnalyzeUpload.
+    max_message_bytes: int = 64 * 1024 * 1024
+    # emotion2vec+ window inside an utterance (an utterance is cut into equal windows no longer than this).
+    window_seconds: float = 5.0
+    min_window_seconds: float = 0.5
+    max_window_seconds: float = 30.0
+    # silero splits longer utterances at their longest pause; SenseVoice is trained on utterances below 30 s.
+    max_utterance_seconds: float = 30.0
+    # Triton calls in flight from this gateway, across all requests.
+    max_inflight: int = 64
+    # Requests analysed at once; one more is answered OVERLOADED with a retry hint.
+    max_requests: int = 32
+    # Utterances of one request analysed at once: bounds its memory (30 s each) and keeps one long
+    # recording from taking every Triton slot.
+    utterances_per_request: int = 8
+    # Retry hint sent with OVERLOADED (gRPC's grpc-retry-pushback-ms trailer).
+    retry_after_ms: int = 1000
+    # Server-side cap on a request's time when the client sets no (or a longer) deadline; None: none.
+    max_request_seconds: float | None = None
+    # AnalyzeUpload keeps this much of an upload in memory, the rest in a temporary file.
+    spool_memory_bytes: int = 8 * 1024 * 1024
+
+    def window(self, requested: float) -> float:
+        if requested == 0:
+            return self.window_seconds
+        lo, hi = self.min_window_seconds, self.max_window_seconds
+        if not lo <= requested <= hi:
+            raise ToneserveError(Code.INVALID_ARGUMENT, f"window_seconds must be in [{lo}, {hi}], got {requested:g}")
+        return requested
