@@ -24,6 +24,7 @@ class Code(enum.Enum):
     TOO_MANY_CHANNELS = (grpc.StatusCode.INVALID_ARGUMENT, "the audio has more channels than the server allows")
     NO_SPEECH = (grpc.StatusCode.FAILED_PRECONDITION, "no speech was found in the audio")
     INVALID_ARGUMENT = (grpc.StatusCode.INVALID_ARGUMENT, "a request field is out of range")
+    UNAUTHENTICATED = (grpc.StatusCode.UNAUTHENTICATED, "a valid API key is required")
     OVERLOADED = (grpc.StatusCode.RESOURCE_EXHAUSTED, "the gateway is at capacity; retry after the hinted delay")
     TRITON_UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, "the inference server is unavailable")
     DEADLINE_EXCEEDED = (grpc.StatusCode.DEADLINE_EXCEEDED, "the request ran out of time")

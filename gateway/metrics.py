@@ -14,10 +14,11 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests = Counter("toneserve_requests", "Requests answered, by RPC and toneserve code (OK on success)",
-                                ["rpc", "code"], registry=self.registry)
+        # Tenants come from the API key file (bounded); "default" without one, "" before the key is checked.
+        self.requests = Counter("toneserve_requests", "Requests answered, by RPC, toneserve code (OK on success) "
+                                "and tenant", ["rpc", "code", "tenant"], registry=self.registry)
         self.audio_seconds = Counter("toneserve_audio_seconds", "Seconds of audio analysed (all channels once)",
-                                     ["rpc"], registry=self.registry)
+                                     ["rpc", "tenant"], registry=self.registry)
         self.latency = Histogram("toneserve_request_latency_seconds", "Time from request to answer",
                                  ["rpc"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("toneserve_requests_in_flight", "Requests being analysed", registry=self.registry)

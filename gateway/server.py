@@ -9,6 +9,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from ..v1 import toneserve_pb2, toneserve_pb2_grpc
+from .auth import ApiKeys
 from .inference import Inference
 from .metrics import Metrics
 from .service import AnalyzerService
@@ -26,13 +27,18 @@ SERVICE_NAME = toneserve_pb2.DESCRIPTOR.services_by_name["Analyzer"].full_name
 
 class Gateway:
     def __init__(self, triton_url: str, host: str = "127.0.0.1", port: int = 50051,
-                 settings: Settings = Settings(), metrics_port: int | None = None):
+                 settings: Settings = Settings(), metrics_port: int | None = None,
+                 keys: ApiKeys = ApiKeys(), tls: tuple[bytes, bytes] | None = None):
+        """`keys`: API keys -> tenants (default: no authentication); `tls`: (PEM private key, PEM
+        certificate chain) to serve TLS instead of plaintext."""
         self.triton_url = triton_url
         self.host = host
         self.address = f"{host}:{port}"
         self.settings = settings
         self.metrics = Metrics()
         self.metrics_port = metrics_port
+        self.keys = keys
+        self.tls = tls
         self.inference: Inference | None = None
         self.server: grpc.aio.Server | None = None
 
@@ -44,7 +50,7 @@ class Gateway:
         max_message = self.settings.max_message_bytes + 1024 * 1024
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message),
                                                ("grpc.so_reuseport", 0)])
-        toneserve_pb2_grpc.add_AnalyzerServicer_to_server(AnalyzerService(self.inference, self.settings, self.metrics),
+        toneserve_pb2_grpc.add_AnalyzerServicer_to_server(AnalyzerService(self.inference, self.settings, self.metrics, self.keys),
                                                           self.server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
@@ -52,7 +58,10 @@ class Gateway:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server)
         try:
-            self.server.add_insecure_port(self.address)
+            if self.tls:
+                self.server.add_secure_port(self.address, grpc.ssl_server_credentials([self.tls]))
+            else:
+                self.server.add_insecure_port(self.address)
         except RuntimeError as exc:
             raise GatewayStartError(f"cannot listen on {self.address} ({exc}); "
                                     "is the port taken? choose another with --port") from None

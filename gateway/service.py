@@ -15,10 +15,9 @@ import tempfile
 import time
 import uuid
 
-import grpc
-
 from ..v1 import toneserve_pb2 as pb
 from ..v1 import toneserve_pb2_grpc as pb_grpc
+from .auth import ApiKeys
 from .errors import ERROR_CODE_METADATA, Code, ToneserveError
 from .inference import Inference
 from .metrics import Metrics
@@ -45,12 +44,15 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
 
 
 class AnalyzerService(pb_grpc.AnalyzerServicer):
-    def __init__(self, inference: Inference, settings: Settings = Settings(), metrics: Metrics | None = None):
+    def __init__(self, inference: Inference, settings: Settings = Settings(), metrics: Metrics | None = None,
+                 keys: ApiKeys = ApiKeys()):
         self.inference = inference
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.keys = keys
         self.triton_slots = asyncio.Semaphore(settings.max_inflight)
         self.active = 0
+        self.active_by_tenant: dict[str, int] = {}
 
     async def Analyze(self, request: pb.AnalyzeRequest, context) -> pb.AnalyzeResponse:
         async def receive():
@@ -89,13 +91,17 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
     async def _serve(self, rpc: str, context, receive) -> pb.AnalyzeResponse:
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
+        tenant = ""  # not known until the key is checked
+        try:
+            tenant = self.keys.tenant(context.invocation_metadata())
+            self._admit(tenant)
+        except ToneserveError as error:
+            self.metrics.requests.labels(rpc, error.code.name, tenant).inc()
+            extra = ((RETRY_PUSHBACK_METADATA, str(self.settings.retry_after_ms)),) \
+                if error.code is Code.OVERLOADED else ()
+            await self._abort(context, error, request_id, extra)
         code = "OK"
-        if self.active >= self.settings.max_requests:
-            code = Code.OVERLOADED.name
-            self.metrics.requests.labels(rpc, code).inc()
-            await self._abort(context, ToneserveError(Code.OVERLOADED, f"{self.active} requests in progress; retry "
-                                                      f"in {self.settings.retry_after_ms} ms"), request_id,
-                              ((RETRY_PUSHBACK_METADATA, str(self.settings.retry_after_ms)),))
+        self.active_by_tenant[tenant] = self.active_by_tenant.get(tenant, 0) + 1
         self.active += 1
         self.metrics.in_flight.inc()
         try:
@@ -107,7 +113,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
                 analysis = Analysis(self.inference, self.settings, self.triton_slots, options, request_id,
                                     self._deadline(context), self.metrics.triton_in_flight.inc)
                 response = await analysis.run(source)
-            self.metrics.audio_seconds.labels(rpc).inc(response.metadata.audio_seconds)
+            self.metrics.audio_seconds.labels(rpc, tenant).inc(response.metadata.audio_seconds)
             return response
         except (ToneserveError, ExceptionGroup, Exception) as exc:
             error = _first_error(exc) if isinstance(exc, ExceptionGroup) else exc
@@ -121,9 +127,20 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             raise
         finally:
             self.active -= 1
+            self.active_by_tenant[tenant] -= 1
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(rpc, code).inc()
+            self.metrics.requests.labels(rpc, code, tenant).inc()
             self.metrics.latency.labels(rpc).observe(time.perf_counter() - started)
+
+    def _admit(self, tenant: str) -> None:
+        """OVERLOADED when the gateway, or this tenant's share of it, is at capacity."""
+        if self.active >= self.settings.max_requests:
+            raise ToneserveError(Code.OVERLOADED, f"{self.active} requests in progress; retry in "
+                                                  f"{self.settings.retry_after_ms} ms")
+        limit = self.settings.max_requests_per_tenant
+        if limit is not None and self.active_by_tenant.get(tenant, 0) >= limit:
+            raise ToneserveError(Code.OVERLOADED, f"tenant {tenant!r} has {limit} requests in progress, its limit; "
+                                                  f"retry in {self.settings.retry_after_ms} ms")
 
     def _deadline(self, context) -> float | None:
         """time.monotonic() by which to answer: the client's deadline, capped by the server's."""

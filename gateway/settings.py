@@ -23,6 +23,8 @@ class Settings:
     max_inflight: int = 64
     # Requests analysed at once; one more is answered OVERLOADED with a retry hint.
     max_requests: int = 32
+    # Requests of one tenant (API key) analysed at once, so one tenant cannot take every slot; None: no cap.
+    max_requests_per_tenant: int | None = None
     # Utterances of one request analysed at once: bounds its memory (30 s each) and keeps one long
     # recording from taking every Triton slot.
     utterances_per_request: int = 8

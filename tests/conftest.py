@@ -61,8 +61,9 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
-def gateway_process(triton_grpc: str, log: Path, *flags: str):
-    """A gateway of its own (`toneserve gateway FLAGS`) against a running Triton; stopped with Ctrl-C."""
+def gateway_process(triton_grpc: str, log: Path, *flags: str, root_certificates: bytes | None = None):
+    """A gateway of its own (`toneserve gateway FLAGS`) against a running Triton; stopped with Ctrl-C.
+    `root_certificates`: the gateway serves TLS (--tls-cert) and is trusted through these."""
     from toneserve.triton import free_port
 
     port, metrics = free_port(), free_port()
@@ -71,15 +72,18 @@ def gateway_process(triton_grpc: str, log: Path, *flags: str):
                                     "--port", str(port), "--metrics-port", str(metrics), *flags],
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for_health(f"127.0.0.1:{port}", process, log, timeout=120)
+        wait_for_health(f"127.0.0.1:{port}", process, log, timeout=120, root_certificates=root_certificates)
         yield GatewayProcess(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics", process, log)
     finally:
         assert stop_stack(process) == 0, log.read_text()
 
 
-def wait_for_health(address: str, process: subprocess.Popen, log: Path, timeout: float = 240.0) -> None:
+def wait_for_health(address: str, process: subprocess.Popen, log: Path, timeout: float = 240.0,
+                    root_certificates: bytes | None = None) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates)) if root_certificates
+               else grpc.insecure_channel(address))
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:

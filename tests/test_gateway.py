@@ -6,19 +6,11 @@ real; transcripts and emotions are meaningless but must be plumbed faithfully.
 """
 from __future__ import annotations
 
-import concurrent.futures
-import re
-import time
-import urllib.request
-
-import grpc
 import numpy as np
 import pytest
 
-from conftest import gateway_process
-from toneserve.client.sdk import AnalyzeError, Client
+from toneserve.client.sdk import Client
 from toneserve.samples import FORMATS, SPEAKER_F0, call, encode, wav_bytes
-from toneserve.v1 import toneserve_pb2 as pb
 
 ROLES = {0: "agent", 1: "customer"}
 

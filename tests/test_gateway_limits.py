@@ -152,7 +152,7 @@ def test_overload_is_resource_exhausted_with_a_retry_hint(small, good):
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     trailers = dict(error.value.trailing_metadata())
     assert trailers["toneserve-error-code"] == "OVERLOADED" and int(trailers["grpc-retry-pushback-ms"]) > 0
-    assert metric(small.metrics, "toneserve_requests_total", rpc="Analyze", code="OVERLOADED") >= 1
+    assert metric(small.metrics, "toneserve_requests_total", rpc="Analyze", code="OVERLOADED", tenant="default") >= 1
 
 
 def test_deadline_is_honoured_and_the_work_is_dropped(small):
@@ -172,15 +172,15 @@ def test_deadline_is_honoured_and_the_work_is_dropped(small):
 
 
 def test_metrics_count_requests_errors_audio_and_latency(small, good):
-    before = metric(small.metrics, "toneserve_audio_seconds_total", rpc="Analyze")
-    ok = metric(small.metrics, "toneserve_requests_total", rpc="Analyze", code="OK")
+    before = metric(small.metrics, "toneserve_audio_seconds_total", rpc="Analyze", tenant="default")
+    ok = metric(small.metrics, "toneserve_requests_total", rpc="Analyze", code="OK", tenant="default")
     with Client(small.address) as client:
         client.analyze(good)
         with pytest.raises(AnalyzeError):
             client.analyze(b"not audio at all, really")
-    assert metric(small.metrics, "toneserve_audio_seconds_total", rpc="Analyze") == pytest.approx(before + 8.0, abs=0.01)
-    assert metric(small.metrics, "toneserve_requests_total", rpc="Analyze", code="OK") == ok + 1
-    assert metric(small.metrics, "toneserve_requests_total", rpc="Analyze", code="INVALID_AUDIO") >= 1
+    assert metric(small.metrics, "toneserve_audio_seconds_total", rpc="Analyze", tenant="default") == pytest.approx(before + 8.0, abs=0.01)
+    assert metric(small.metrics, "toneserve_requests_total", rpc="Analyze", code="OK", tenant="default") == ok + 1
+    assert metric(small.metrics, "toneserve_requests_total", rpc="Analyze", code="INVALID_AUDIO", tenant="default") >= 1
     assert metric(small.metrics, "toneserve_request_latency_seconds_count", rpc="Analyze") >= ok + 2
 
 

@@ -39,6 +39,7 @@ def test_readme_states_the_limits_the_code_has():
     assert float(table["recording length"].split()[0]) * 60 == defaults.limits.max_seconds
     assert int(table["channels"]) == defaults.limits.max_channels
     assert int(table["requests analysed at once"]) == defaults.max_requests
+    assert table["requests of one tenant at once"] == "no cap" and defaults.max_requests_per_tenant is None
     assert float(table["shortest recording"].split()[0]) == defaults.limits.min_seconds
 
 

@@ -73,15 +73,37 @@ def _settings(args):
     limits = replace(defaults.limits, max_seconds=args.max_minutes * 60, max_channels=args.max_channels,
                      max_bytes=args.max_upload_mb * 1024 * 1024)
     return replace(defaults, limits=limits, max_requests=args.max_requests,
+                   max_requests_per_tenant=args.max_requests_per_tenant,
                    max_message_bytes=args.max_message_mb * 1024 * 1024)
+
+
+def _security(args):
+    """(API keys, TLS key pair) from the flags; a bad file is a clear error."""
+    from .gateway.auth import ApiKeys, KeyFileError, read_keys
+    from .gateway.server import GatewayStartError
+
+    try:
+        keys = ApiKeys(read_keys(args.api_keys)) if args.api_keys else ApiKeys()
+    except KeyFileError as exc:
+        raise GatewayStartError(str(exc)) from None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise GatewayStartError("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        try:
+            tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
+        except OSError as exc:
+            raise GatewayStartError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    return keys, tls
 
 
 async def _run_gateway(triton_url: str, args) -> None:
     from .gateway.server import Gateway
 
     host, port = args.host, args.port
+    keys, tls = _security(args)
     gateway = Gateway(triton_url, host=host, port=port, settings=_settings(args),
-                      metrics_port=args.metrics_port or None)
+                      metrics_port=args.metrics_port or None, keys=keys, tls=tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -220,6 +242,10 @@ def _add_gateway_options(p):
                    help=f"largest Analyze request in MiB (default {defaults.max_message_bytes // 2**20})")
     p.add_argument("--max-requests", type=int, default=defaults.max_requests,
                    help=f"requests analysed at once; more are refused with a retry hint (default {defaults.max_requests})")
+    p.add_argument("--max-requests-per-tenant", type=int, help="requests one tenant may have in progress (default: no cap)")
+    p.add_argument("--api-keys", metavar="FILE", help="require API keys: one `KEY TENANT` per line (default: open)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
 
 
 def _add_triton_ports(p, defaults=(8000, 8001, 8002)):
