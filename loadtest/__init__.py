@@ -1,0 +1,1 @@
+"""Load tests (Locust), the in-process FunASR baseline, and the capacity planner."""
