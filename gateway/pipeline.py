@@ -13,6 +13,7 @@ segments) and the rollups.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import threading
 import time
@@ -57,10 +58,21 @@ def emotion_windows(n: int, window_seconds: float) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
-def speakers_of(channels: int, options: pb.AnalyzeRequest) -> list[Speaker]:
+def same_audio_on_every_channel(block: np.ndarray) -> bool:
+    """True for "stereo" that is one recording copied to each channel (common in exported calls):
+    analysing each copy as a speaker would double the work and report one voice as two
+    speakers talking over each other all the time. -60 dBFS of difference is inaudible. Judged on
+    the first block only when it holds sound: two silent channels (a call before pick-up) are
+    equal without being one recording."""
+    if len(block) < 2 or float(np.sqrt(np.mean(np.square(block[0], dtype=np.float64)))) < 10 ** (-50 / 20):
+        return False
+    return float(np.max(np.abs(block - block[0]))) < 1e-3
+
+
+def speakers_of(channels: int, options: pb.AnalyzeRequest, mix: bool) -> list[Speaker]:
     roles = dict(options.channel_roles)
-    if options.mix_channels:
-        if roles:
+    if mix:
+        if roles and options.mix_channels:
             raise ToneserveError(Code.INVALID_ARGUMENT, "channel_roles name channels, which mix_channels merges into one")
         return [Speaker("mix", -1)]
     unknown = sorted(c for c in roles if not 0 <= c < channels)
@@ -123,8 +135,15 @@ class Analysis:
         started = time.perf_counter()
         stream = await asyncio.to_thread(open_audio, source, self.settings.limits)
         with stream:
-            speakers = speakers_of(stream.channels, self.options)
-            segments, samples = await self._segments(stream, speakers)
+            blocks = stream.blocks(BLOCK_FRAMES * FRAME / SAMPLE_RATE)
+            first = await asyncio.to_thread(next, blocks, None)
+            mix = self.options.mix_channels
+            if first is not None and not mix and same_audio_on_every_channel(first):
+                mix = True
+                self._warn(f"the {stream.channels} channels carry the same audio: analysed as one speaker (mix)")
+            speakers = speakers_of(stream.channels, self.options, mix)
+            segments, samples = await self._segments(itertools.chain([first] if first is not None else [], blocks),
+                                                     speakers, mix)
         if not segments:
             raise ToneserveError(Code.NO_SPEECH, f"VAD found no speech in {samples / SAMPLE_RATE:.1f} s of audio "
                                                  f"(vad_threshold {self.thresholds.vad_threshold:g})")
@@ -135,7 +154,7 @@ class Analysis:
         return pb.AnalyzeResponse(segments=segments, speakers=summaries, call=call,
                                   metadata=self._metadata(stream, duration, started))
 
-    async def _segments(self, stream, speakers: list[Speaker]) -> tuple[list[pb.Segment], int]:
+    async def _segments(self, blocks, speakers: list[Speaker], mix: bool) -> tuple[list[pb.Segment], int]:
         """Decode, VAD and segment block by block; analyse each utterance as soon as it is finished."""
         t = self.thresholds
         segmenters = [Segmenter(s.channel, t.vad_threshold, t.min_silence_ms, self.settings.max_utterance_seconds)
@@ -143,7 +162,6 @@ class Analysis:
         names = {s.channel: s.name for s in speakers}
         slots = asyncio.Semaphore(self.settings.utterances_per_request)
         results: list[pb.Segment] = []
-        blocks = stream.blocks(BLOCK_FRAMES * FRAME / SAMPLE_RATE)
         context = None
         samples = 0
         async with asyncio.TaskGroup() as group:
@@ -153,7 +171,7 @@ class Analysis:
                     group.create_task(self._utterance(utterance, names[utterance.channel], slots, results))
 
             while (block := await asyncio.to_thread(next, blocks, None)) is not None:
-                if self.options.mix_channels:
+                if mix:
                     block = block.mean(axis=0, keepdims=True)
                 samples += block.shape[1]
                 probs = await self._vad(block, context)

@@ -141,6 +141,16 @@ def test_thresholds_are_applied_per_request(client, conversation):
     assert len(loose.segments) > len(strict.segments)
 
 
+def test_one_recording_copied_to_both_channels_is_one_speaker(client, conversation):
+    mono = conversation.mono()
+    response = client.analyze(wav_bytes(np.stack([mono, mono], axis=1), 16000), channel_roles=ROLES)
+    assert [(s.speaker, s.channel) for s in response.speakers] == [("mix", -1)]
+    assert any("carry the same audio" in w for w in response.metadata.warnings)
+    silent_start = np.concatenate([np.zeros((16000 * 31, 2), np.float32), conversation.samples[:16000 * 10]])
+    assert [s.speaker for s in client.analyze(wav_bytes(silent_start, 16000), channel_roles=ROLES).speakers] == \
+        ["agent", "customer"]  # equal only in the silence: two speakers still
+
+
 def test_mixing_channels_gives_one_speaker(client, conversation):
     mixed = client.analyze(wav_bytes(conversation.samples, 16000), mix_channels=True)
     assert [(s.speaker, s.channel) for s in mixed.speakers] == [("mix", -1)]
