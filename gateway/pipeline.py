@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..model_repository import catalog
 from ..v1 import toneserve_pb2 as pb
 from . import prosody, reconcile, rollup, sentiment, thresholds
 from .audio import SAMPLE_RATE, open_audio
@@ -188,7 +189,7 @@ class Analysis:
         skip = 0 if context is None else context.shape[1] // FRAME
         frames = -(-block.shape[1] // FRAME)
         rows = []
-        batch = self.inference.models["vad"].max_batch_size or len(wav)
+        batch = self.inference.models[catalog.VAD].max_batch_size or len(wav)
         for first in range(0, len(wav), batch):
             rows.append(await self._triton(self.inference.vad, wav[first:first + batch]))
         probs = np.concatenate(rows, axis=0)

@@ -115,7 +115,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
                 response = await analysis.run(source)
             self.metrics.audio_seconds.labels(rpc, tenant).inc(response.metadata.audio_seconds)
             return response
-        except (ToneserveError, ExceptionGroup, Exception) as exc:
+        except Exception as exc:  # a ToneserveError, possibly inside a task group's ExceptionGroup, or a bug
             error = _first_error(exc) if isinstance(exc, ExceptionGroup) else exc
             if not isinstance(error, ToneserveError):  # a bug: answer INTERNAL with the id to find it in the log
                 log.error("request %s failed", request_id, exc_info=error)
