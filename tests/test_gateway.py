@@ -245,3 +245,35 @@ def test_triton_results_equal_local_onnxruntime(client, short_call, models_root)
                                               "language": np.array([assets["language_query_ids"]["auto"]], np.int64),
                                               "textnorm": np.array([assets["textnorm_query_ids"]["woitn"]], np.int64)})
         assert segment.transcript == ctc_greedy_decode(logits[0], int(out_lens[0]), assets)["text"]
+
+
+def test_padding_to_length_buckets_changes_nothing(stack):
+    """Where the server batches only equal shapes (gpu profile), the gateway pads clips to length
+    buckets and passes the true length: results equal the unpadded call (here on the cpu Triton,
+    whose runner would pad by itself, so both paths can be compared)."""
+    import asyncio
+    from dataclasses import replace
+
+    from toneserve.gateway.inference import Inference, bucket_samples
+    from toneserve.model_repository import catalog
+    from toneserve.samples import speechlike
+
+    async def both(wav):
+        inference = Inference(stack.triton_grpc)
+        await inference.load()
+        try:
+            exact = await inference.emotion(wav), await inference.asr(wav)
+            for name in (catalog.EMOTION, catalog.ASR):
+                inference.models[name] = replace(inference.models[name], ragged=False)
+            padded = await inference.emotion(wav), await inference.asr(wav)
+        finally:
+            await inference.close()
+        return exact, padded
+
+    wav = speechlike(2.3, seed=4)
+    assert bucket_samples(len(wav)) == 3 * 16000
+    (emotion, asr), (emotion_padded, asr_padded) = asyncio.run(both(wav))
+    np.testing.assert_allclose(emotion_padded[1], emotion[1], atol=1e-5)
+    assert asr_padded.text == asr.text
+    for name, (labels, probs) in asr.distributions.items():
+        np.testing.assert_allclose(asr_padded.distributions[name][1], probs, atol=1e-5)
