@@ -1,0 +1,10 @@
+"""toneserve's client: the Python SDK (sdk.py) and the `toneserve analyze` command (cli.py)."""
+from .errors import AnalyzeError
+from .results import (CallSummary, Distribution, Judgement, LabelSet, Metadata, ModelInfo, Prosody, Quarter,
+                      Result, Segment, SpeakerSummary, TextSentiment, Thresholds, TimelinePoint)
+from .retry import RetryPolicy
+from .sdk import AsyncClient, Client
+
+__all__ = ["Client", "AsyncClient", "AnalyzeError", "RetryPolicy", "Result", "Segment", "SpeakerSummary",
+           "CallSummary", "Metadata", "Distribution", "Judgement", "Prosody", "TextSentiment", "Quarter",
+           "TimelinePoint", "ModelInfo", "LabelSet", "Thresholds"]

@@ -1,30 +1,69 @@
-"""A small synchronous client for the toneserve.v1 Analyzer (the full SDK comes with the client issue)."""
+"""The toneserve Python SDK: `Client` (blocking) and `AsyncClient` (asyncio), same methods.
+
+    from toneserve.client import Client
+
+    with Client("127.0.0.1:50051") as client:
+        result = client.analyze("call.wav", channel_roles={0: "agent", 1: "customer"})
+    for segment in result.segments:
+        print(segment.speaker, segment.start, segment.transcript, segment.judgement.sentiment)
+
+Results are the typed dataclasses of client/results.py; failures raise AnalyzeError
+(client/errors.py). Calls that fail with UNAVAILABLE or RESOURCE_EXHAUSTED are retried
+(client/retry.py) within the call's timeout. Both clients are safe to share between
+threads / tasks: one connection carries any number of concurrent calls.
+"""
 from __future__ import annotations
 
+import abc
+import asyncio
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
-from ..gateway.errors import ERROR_CODE_METADATA
 from ..v1 import toneserve_pb2 as pb
 from ..v1 import toneserve_pb2_grpc as pb_grpc
+from .connection import Connection
+from .errors import AnalyzeError
+from .results import Result
+from .retry import Deadline, RetryPolicy
 
+__all__ = ["Client", "AsyncClient", "AnalyzeError", "Result", "RetryPolicy", "UPLOAD_ABOVE_BYTES", "CHUNK_BYTES"]
 
-class AnalyzeError(RuntimeError):
-    """A failed call, with the gRPC status and toneserve's stable error code when the server sent one."""
-
-    def __init__(self, status: grpc.StatusCode, code: str, message: str):
-        self.status, self.code = status, code
-        super().__init__(f"{status.name}: {message}")
-
-
-# Files above this go through AnalyzeUpload in CHUNK_BYTES pieces (the gateway's Analyze takes 64 MiB by default).
+# Files above this go through AnalyzeUpload in CHUNK_BYTES pieces (the gateway's Analyze takes 64 MiB by
+# default; streaming also keeps a large file out of the client's memory).
 UPLOAD_ABOVE_BYTES = 32 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 
+Audio = bytes | str | os.PathLike
 
-def _chunks(options: pb.AnalyzeRequest, audio: bytes | str | Path):
+
+def _analyze_request(*, language: str, window_seconds: float, use_itn: bool,
+             channel_roles: Mapping[int, str] | Sequence[str] | None, mix_channels: bool,
+             thresholds: Mapping[str, float] | None, request_id: str) -> pb.AnalyzeRequest:
+    """The request without its audio. `channel_roles` may be a list: ["agent", "customer"] names channels 0, 1."""
+    if channel_roles is not None and not isinstance(channel_roles, Mapping):
+        channel_roles = dict(enumerate(channel_roles))
+    known = {f.name for f in pb.Thresholds.DESCRIPTOR.fields}
+    unknown = set(thresholds or {}) - known
+    if unknown:
+        raise ValueError(f"unknown threshold(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return pb.AnalyzeRequest(language=language, window_seconds=window_seconds, use_itn=use_itn,
+                             channel_roles=channel_roles or {}, mix_channels=mix_channels,
+                             thresholds=pb.Thresholds(**(thresholds or {})),
+                             request_id=request_id or uuid.uuid4().hex)
+
+
+def _size(audio: Audio) -> int:
+    return len(audio) if isinstance(audio, bytes) else Path(audio).stat().st_size
+
+
+def _chunks(options: pb.AnalyzeRequest, audio: Audio):
+    """AnalyzeUpload's messages: the options, then the audio in CHUNK_BYTES pieces, read as they are sent."""
     yield pb.UploadRequest(options=options)
     if isinstance(audio, bytes):
         for start in range(0, len(audio), CHUNK_BYTES):
@@ -35,47 +74,161 @@ def _chunks(options: pb.AnalyzeRequest, audio: bytes | str | Path):
             yield pb.UploadRequest(chunk=chunk)
 
 
-class Client:
-    def __init__(self, address: str = "127.0.0.1:50051", max_message_bytes: int = 80 * 1024 * 1024):
-        self.address = address
-        self.channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes)])
-        self.stub = pb_grpc.AnalyzerStub(self.channel)
+async def _chunks_async(options: pb.AnalyzeRequest, audio: Audio):
+    """_chunks, with the file read in a thread so the event loop never waits on the disk."""
+    chunks = _chunks(options, audio)
+    try:
+        while (message := await asyncio.to_thread(next, chunks, None)) is not None:
+            yield message
+    finally:
+        chunks.close()
 
-    def analyze(self, audio: bytes | str | Path, language: str = "auto", window_seconds: float = 0.0,
-                use_itn: bool = False, timeout: float | None = 300.0, channel_roles: dict[int, str] | None = None,
-                mix_channels: bool = False, thresholds: dict[str, float] | None = None, request_id: str = "",
-                upload: bool | None = None) -> pb.AnalyzeResponse:
-        """Analyse a file (path) or encoded bytes. `upload` streams it through AnalyzeUpload; by default
-        only files above UPLOAD_ABOVE_BYTES are streamed."""
-        options = pb.AnalyzeRequest(language=language, window_seconds=window_seconds, use_itn=use_itn,
-                                    channel_roles=channel_roles or {}, mix_channels=mix_channels,
-                                    thresholds=pb.Thresholds(**(thresholds or {})), request_id=request_id)
-        size = len(audio) if isinstance(audio, bytes) else Path(audio).stat().st_size
+
+class _Base(abc.ABC):
+    def __init__(self, address: str | None = None, *, api_key: str | None = None,
+                 ca_cert: str | os.PathLike | None = None, tls: bool | None = None,
+                 retry: RetryPolicy | None = None, max_attempts: int | None = None):
+        """address "host:port", api_key and ca_cert (a PEM file) default to TONESERVE_ADDRESS,
+        TONESERVE_API_KEY and TONESERVE_CA_CERT, then to a local plaintext gateway without a key.
+        `tls=True` without a CA certificate trusts the system's roots. `max_attempts` is a shortcut
+        for RetryPolicy(max_attempts=...)."""
+        self.connection = Connection.resolve(address, api_key, ca_cert, tls)
+        self.retry = retry or RetryPolicy()
+        if max_attempts is not None:
+            self.retry = dataclasses.replace(self.retry, max_attempts=max_attempts)
+        self._open()
+
+    @abc.abstractmethod
+    def _open(self) -> None:
+        """Set up the connection (the channel and the stub)."""
+
+    @property
+    def address(self) -> str:
+        return self.connection.address
+
+    def _request(self, audio: Audio, upload: bool | None, **options) -> tuple[pb.AnalyzeRequest, bool]:
+        request = _analyze_request(**options)
         if upload is None:
-            upload = size > UPLOAD_ABOVE_BYTES
-        try:
-            if upload:
-                return self.stub.AnalyzeUpload(_chunks(options, audio), timeout=timeout)
-            options.audio = audio if isinstance(audio, bytes) else Path(audio).read_bytes()
-            return self.stub.Analyze(options, timeout=timeout)
-        except grpc.RpcError as exc:
-            trailing = dict(exc.trailing_metadata() or ())
-            message = exc.details() or ""
-            if exc.code() == grpc.StatusCode.UNAVAILABLE and not trailing:
-                message = f"cannot reach the toneserve gateway at {self.address} ({message})"
-            raise AnalyzeError(exc.code(), trailing.get(ERROR_CODE_METADATA, ""), message) from None
+            upload = _size(audio) > UPLOAD_ABOVE_BYTES
+        return request, upload
+
+    def _error(self, exc: grpc.RpcError, request: pb.AnalyzeRequest, deadline: Deadline) -> AnalyzeError:
+        return AnalyzeError.from_rpc_error(exc, self.address, request.request_id, deadline.timeout)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.connection!r})"
+
+
+class Client(_Base):
+    """Blocking client. Use as a context manager, or call close()."""
+
+    def _open(self) -> None:
+        self._channel = self.connection.channel()
+        self._stub = pb_grpc.AnalyzerStub(self._channel)
+
+    def analyze(self, audio: Audio, *, language: str = "auto", window_seconds: float = 0.0, use_itn: bool = False,
+                channel_roles: Mapping[int, str] | Sequence[str] | None = None, mix_channels: bool = False,
+                thresholds: Mapping[str, float] | None = None, request_id: str = "",
+                timeout: float | None = 300.0, upload: bool | None = None) -> Result:
+        """Analyse a recording: a file path, or the encoded bytes of one (wav, flac, mp3, ogg/opus, m4a, webm...).
+
+        language: "auto", zh, en, yue, ja or ko. window_seconds: longest emotion window (0: the server's).
+        use_itn: punctuation and digits in transcripts. channel_roles: speaker names of the channels.
+        mix_channels: one speaker for all channels. thresholds: e.g. {"min_silence_ms": 500} (README).
+        request_id: echoed in the metadata and the gateway's log (a random one when empty).
+        timeout: seconds for the whole call, retries included (None: no limit).
+        upload: stream through AnalyzeUpload; by default only recordings above 32 MiB are.
+        """
+        request, upload = self._request(audio, upload, language=language, window_seconds=window_seconds,
+                                         use_itn=use_itn, channel_roles=channel_roles, mix_channels=mix_channels,
+                                         thresholds=thresholds, request_id=request_id)
+        if not upload:
+            request.audio = audio if isinstance(audio, bytes) else Path(audio).read_bytes()
+        deadline = Deadline(timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if upload:
+                    response = self._stub.AnalyzeUpload(_chunks(request, audio), timeout=deadline.remaining(),
+                                                        metadata=self.connection.call_metadata())
+                else:
+                    response = self._stub.Analyze(request, timeout=deadline.remaining(),
+                                                  metadata=self.connection.call_metadata())
+                return Result.from_proto(response)
+            except grpc.RpcError as exc:
+                error = self._error(exc, request, deadline)
+            wait = self.retry.wait_before_retry(error, attempt, deadline)
+            if wait is None:
+                error.attempts = attempt
+                raise error
+            time.sleep(wait)
 
     def close(self) -> None:
-        self.channel.close()
+        """Closes the connection; calls still running end with CANCELLED."""
+        self._channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def to_dict(response: pb.AnalyzeResponse) -> dict:
-    return MessageToDict(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+class AsyncClient(_Base):
+    """asyncio client (grpc.aio): `async with AsyncClient(...) as client: await client.analyze(...)`.
+
+    The connection opens on the first call, inside the running event loop."""
+
+    def _open(self) -> None:
+        # grpc.aio channels belong to the event loop they are made in: made on the first call.
+        self._channel = None
+        self._stub = None
+
+    def _analyzer(self) -> pb_grpc.AnalyzerStub:
+        if self._stub is None:
+            self._channel = self.connection.aio_channel()
+            self._stub = pb_grpc.AnalyzerStub(self._channel)
+        return self._stub
+
+    async def analyze(self, audio: Audio, *, language: str = "auto", window_seconds: float = 0.0,
+                      use_itn: bool = False, channel_roles: Mapping[int, str] | Sequence[str] | None = None,
+                      mix_channels: bool = False, thresholds: Mapping[str, float] | None = None,
+                      request_id: str = "", timeout: float | None = 300.0, upload: bool | None = None) -> Result:
+        """As Client.analyze."""
+        request, upload = self._request(audio, upload, language=language, window_seconds=window_seconds,
+                                         use_itn=use_itn, channel_roles=channel_roles, mix_channels=mix_channels,
+                                         thresholds=thresholds, request_id=request_id)
+        if not upload:
+            request.audio = audio if isinstance(audio, bytes) else await asyncio.to_thread(Path(audio).read_bytes)
+        stub = self._analyzer()
+        deadline = Deadline(timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if upload:
+                    response = await stub.AnalyzeUpload(_chunks_async(request, audio), timeout=deadline.remaining(),
+                                                        metadata=self.connection.call_metadata())
+                else:
+                    response = await stub.Analyze(request, timeout=deadline.remaining(),
+                                                  metadata=self.connection.call_metadata())
+                return Result.from_proto(response)
+            except grpc.RpcError as exc:
+                error = self._error(exc, request, deadline)
+            wait = self.retry.wait_before_retry(error, attempt, deadline)
+            if wait is None:
+                error.attempts = attempt
+                raise error
+            await asyncio.sleep(wait)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

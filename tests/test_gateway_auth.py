@@ -1,14 +1,13 @@
 """API keys per tenant, per-tenant limits and TLS, on real gateways against the session's Triton."""
 from __future__ import annotations
 
-import datetime
 import threading
 import time
 
 import grpc
 import pytest
 
-from conftest import gateway_process
+from conftest import gateway_process, self_signed
 from toneserve.gateway.auth import KeyFileError, read_keys
 from toneserve.samples import call, wav_bytes
 from toneserve.v1 import toneserve_pb2 as pb
@@ -91,33 +90,6 @@ def test_key_file_mistakes_are_clear(tmp_path):
             read_keys(bad)
     with pytest.raises(KeyFileError, match="cannot read"):
         read_keys(tmp_path / "missing.txt")
-
-
-def self_signed(folder):
-    """A certificate for localhost / 127.0.0.1 and its key, as PEM files."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def test_tls_serves_clients_that_trust_the_certificate_only(stack, tmp_path, audio):

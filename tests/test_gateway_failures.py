@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import grpc
 import pytest
 
 from conftest import stop_stack, wait_for_health
@@ -37,7 +36,7 @@ def test_triton_going_away_gives_unavailable_and_the_gateway_survives(repository
             for _ in range(2):  # and again: the gateway itself is still there
                 with pytest.raises(AnalyzeError) as error:
                     client.analyze(clip, timeout=30)
-                assert error.value.status == grpc.StatusCode.UNAVAILABLE
+                assert error.value.status == "UNAVAILABLE"
                 assert error.value.code == "TRITON_UNAVAILABLE"
     finally:
         triton.stop()

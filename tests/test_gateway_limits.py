@@ -96,7 +96,7 @@ def test_every_input_error_has_its_code_and_the_server_keeps_serving(small, good
     with Client(small.address) as client:
         with pytest.raises(AnalyzeError) as error:
             client.analyze(**{"audio": good, **case})
-        assert (error.value.status, error.value.code) == (code.status, code.name), str(error.value)
+        assert (error.value.status, error.value.code) == (code.status.name, code.name), str(error.value)
         assert len(client.analyze(good).segments) >= 1  # and the next request works
 
 
@@ -162,7 +162,7 @@ def test_deadline_is_honoured_and_the_work_is_dropped(small):
     with Client(small.address) as client:
         with pytest.raises(AnalyzeError) as error:
             client.analyze(audio, timeout=0.3)
-        assert error.value.status == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert error.value.status == "DEADLINE_EXCEEDED"
         deadline = time.monotonic() + 30
         while metric(small.metrics, "toneserve_requests_in_flight") and time.monotonic() < deadline:
             time.sleep(0.1)

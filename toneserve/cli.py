@@ -134,28 +134,15 @@ def cmd_gateway(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .client.sdk import AnalyzeError, Client, to_dict
-
-    with Client(args.address) as client:
-        try:
-            response = client.analyze(args.file, language=args.language, window_seconds=args.window_seconds,
-                                      use_itn=args.itn, timeout=args.timeout,
-                                      channel_roles=dict(enumerate(args.roles.split(","))) if args.roles else None)
-        except AnalyzeError as exc:
-            print(f"error: {args.file}: {exc}", file=sys.stderr)
-            return 1
-        except OSError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    print(json.dumps(to_dict(response), indent=2, ensure_ascii=False))
-    return 0
+    from .client.cli import run
+    return run(args)
 
 
 def cmd_demo(args) -> int:
     """The README's main job: export, start Triton and the gateway, analyse a sample, stop."""
     import threading
 
-    from .client.sdk import Client, to_dict
+    from .client.sdk import Client
     from .samples import call, wav_bytes
     from .triton import EmbeddedTriton, free_port
 
@@ -183,8 +170,8 @@ def cmd_demo(args) -> int:
         thread.start()
         try:
             say(f"[demo] gateway ready on 127.0.0.1:{port}; analysing {name}")
-            with Client(f"127.0.0.1:{port}") as client:
-                result = to_dict(client.analyze(audio, channel_roles=roles))
+            with Client(f"127.0.0.1:{port}", tls=False) as client:  # plaintext, whatever TONESERVE_CA_CERT says
+                result = client.analyze(audio, channel_roles=roles).to_dict()
         finally:
             asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(30)
             loop.call_soon_threadsafe(loop.stop)
@@ -301,14 +288,9 @@ def parser() -> argparse.ArgumentParser:
     _add_gateway_options(p)
     p.set_defaults(func=cmd_gateway)
 
-    p = sub.add_parser("analyze", help="analyse an audio file and print the result as JSON")
-    p.add_argument("file")
-    p.add_argument("--address", default="127.0.0.1:50051", help="gateway address")
-    p.add_argument("--language", default="auto", help="auto, zh, en, yue, ja or ko")
-    p.add_argument("--window-seconds", type=float, default=0.0, help="longest emotion window (default: the server's)")
-    p.add_argument("--roles", help="speaker names of the channels in order, e.g. agent,customer")
-    p.add_argument("--itn", action="store_true", help="inverse text normalisation in transcripts")
-    p.add_argument("--timeout", type=float, default=300.0)
+    from .client.cli import add_arguments as add_analyze_arguments
+    p = sub.add_parser("analyze", help="analyse files, folders or globs: JSON, JSONL or CSV, and HTML/PNG reports")
+    add_analyze_arguments(p)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo", help="export, start everything, analyse a sample clip, print, stop")
@@ -319,6 +301,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
     _add_triton_ports(p, defaults=(0, 0, 0))
     p.set_defaults(func=cmd_demo)
+
     return root
 
 

@@ -1,0 +1,71 @@
+"""Where the gateway is and how to talk to it: address, API key, TLS.
+
+Each setting comes from the argument when given, else from the environment
+(TONESERVE_ADDRESS, TONESERVE_API_KEY, TONESERVE_CA_CERT), else the default: a local
+gateway in plaintext without a key.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+ENV_ADDRESS = "TONESERVE_ADDRESS"
+ENV_API_KEY = "TONESERVE_API_KEY"
+ENV_CA_CERT = "TONESERVE_CA_CERT"
+
+# Analyze takes up to 64 MiB (larger files go through AnalyzeUpload); an hour-long call's
+# response is a few MB.
+MAX_MESSAGE_BYTES = 80 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Connection:
+    address: str
+    api_key: str | None = field(default=None, repr=False)  # never printed
+    root_certificates: bytes | None = field(default=None, repr=False)
+    tls: bool = False
+
+    @classmethod
+    def resolve(cls, address: str | None = None, api_key: str | None = None,
+                ca_cert: str | os.PathLike | None = None, tls: bool | None = None) -> Connection:
+        """Arguments first, then the environment. A CA certificate turns TLS on; `tls=True` alone trusts
+        the system's root certificates; `tls=False` is plaintext whatever TONESERVE_CA_CERT says."""
+        if tls is False and ca_cert:
+            raise ValueError("a CA certificate is for TLS, and tls=False asks for plaintext")
+        address = address or os.environ.get(ENV_ADDRESS) or DEFAULT_ADDRESS
+        api_key = api_key or os.environ.get(ENV_API_KEY) or None
+        ca_cert = None if tls is False else ca_cert or os.environ.get(ENV_CA_CERT) or None
+        roots = None
+        if ca_cert:
+            try:
+                roots = Path(ca_cert).read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read the CA certificate {ca_cert}: {exc.strerror}") from None
+            if b"-----BEGIN CERTIFICATE-----" not in roots:
+                raise ValueError(f"{ca_cert} is not a PEM certificate (no BEGIN CERTIFICATE line)")
+        return cls(address, api_key, roots, bool(tls) or roots is not None)
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+    def _channel_args(self):
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.root_certificates) if self.tls else None
+        return credentials, options
+
+    def channel(self) -> grpc.Channel:
+        credentials, options = self._channel_args()
+        if credentials is None:
+            return grpc.insecure_channel(self.address, options=options)
+        return grpc.secure_channel(self.address, credentials, options=options)
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        credentials, options = self._channel_args()
+        if credentials is None:
+            return grpc.aio.insecure_channel(self.address, options=options)
+        return grpc.aio.secure_channel(self.address, credentials, options=options)
