@@ -43,8 +43,11 @@ class Tuning:
     batching: Batching = Batching(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
     # Instances and ONNX Runtime threads per instance of the heavy models (emotion2vec+, the
     # SenseVoice encoder); the light steps (softmax, fbank, CTC decoding) keep one of each.
-    instances: int = 1
-    intra_op_threads: int = 2
+    # Two single-threaded instances: with the whole pipeline loaded (both models computing at
+    # once), they beat one two-threaded instance by 26-40 % at a lower p95 on 2 cores
+    # (docs/BENCHMARKS.md, "Load tests"); one model alone had favoured 2 threads.
+    instances: int = 2
+    intra_op_threads: int = 1
     # cpu runner: items whose padded size would exceed this multiple of their own run apart.
     max_pad_ratio: float = 1.25
 
