@@ -181,6 +181,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .loadtest.plan import run_plan
+    return run_plan(args)
+
+
 def summary(result: dict) -> str:
     """A few lines a person can read: one per segment, then one per speaker."""
     def top(dist: dict) -> str:
@@ -302,6 +307,10 @@ def parser() -> argparse.ArgumentParser:
     _add_triton_ports(p, defaults=(0, 0, 0))
     p.set_defaults(func=cmd_demo)
 
+    from .loadtest.plan import add_arguments as add_plan_arguments
+    p = sub.add_parser("plan", help="capacity plan: sweep load on a running gateway, find the most within a p95 SLO")
+    add_plan_arguments(p)
+    p.set_defaults(func=cmd_plan)
     return root
 
 

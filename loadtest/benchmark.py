@@ -1,0 +1,294 @@
+"""toneserve against the baseline and against the compute bound, in one run (docs/BENCHMARKS.md).
+
+    python -m toneserve.loadtest.benchmark --size base --corpus DIR --users 1 2 4 --run-time 180 \
+        --systems fp32 int8 fp32:instances=1,threads=2 [--baseline-workers 2 --baseline-threads 1] --out DIR
+
+Needs the exported models (`toneserve export --size base --variants int8`). Renders one cpu
+repository per `--systems` entry under OUT: a precision, and optionally scheduling that differs
+from the measured defaults (`instances`, `threads`: what `toneserve export --instances
+--threads` set). Then starts, side by side on free ports, one `toneserve serve` per system and
+the baseline (baseline.py, checked for parity against the first system before it serves). For each number
+of users, every system gets the same Locust load from the same corpus, one system after the
+other (interleaved, so a disturbance of the machine spreads over all systems instead of
+landing on one), with Triton's metrics and every process's CPU read around each run. Then the
+compute bound of each system's repository on the same recordings (compute_bound.py, as many
+streams as the repository has instances). Everything is stopped at the end.
+
+Writes OUT/benchmark.json (every figure) and OUT/benchmark.md (the tables), and each run's
+Locust CSV / HTML / ledger under OUT/runs/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from .. import paths
+
+
+def say(message: str) -> None:
+    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+
+
+def _wait(ready, process: subprocess.Popen, log: Path, what: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def _healthy(address: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status \
+                == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+
+@contextmanager
+def _process(command: list[str], log: Path):
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # both servers stop cleanly on Ctrl-C
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextmanager
+def toneserve(repository: Path, log: Path):
+    """`toneserve serve` on free ports; yields (gateway address, Triton metrics address, pid)."""
+    from ..triton import free_port
+
+    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
+    command = [sys.executable, "-m", "toneserve.cli", "serve", "--repository", str(repository),
+               "--port", str(ports["gateway"]), "--triton-http-port", str(ports["http"]),
+               "--triton-grpc-port", str(ports["grpc"]), "--triton-metrics-port", str(ports["metrics"]),
+               "--metrics-port", "0"]
+    with _process(command, log) as process:
+        address = f"127.0.0.1:{ports['gateway']}"
+        _wait(lambda: _healthy(address), process, log, f"toneserve serve ({repository})")
+        yield address, f"127.0.0.1:{ports['metrics']}", process.pid
+
+
+@contextmanager
+def baseline(models_dir: Path, workers: int, threads: int, check_against: str, log: Path):
+    """The baseline server on a free port, after its parity check; yields (address, pid, parity report)."""
+    from ..triton import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "toneserve.loadtest.baseline", "--models-dir", str(models_dir),
+               "--port", str(port), "--workers", str(workers), "--threads", str(threads),
+               "--check-against", check_against]
+    with _process(command, log) as process:
+        _wait(lambda: "baseline listening" in log.read_text(), process, log, "the baseline")
+        line = next(line for line in log.read_text().splitlines() if "parity: " in line)
+        yield f"127.0.0.1:{port}", process.pid, json.loads(line.split("parity: ", 1)[1])
+
+
+def parse_system(spec: str) -> tuple[str, dict[str, int]]:
+    """'int8:instances=2,threads=1' -> ('int8', {'instances': 2, 'threads': 1})."""
+    precision, _, rest = spec.partition(":")
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"--systems {spec!r}: the precision must be fp32 or int8")
+    flags = {}
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        if key not in ("instances", "threads") or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--systems {spec!r}: give instances=N and/or threads=N")
+        flags[key] = int(value)
+    return precision, flags
+
+
+def measure(system: dict, users: int, args, out: Path) -> dict:
+    """One Locust run against one system, with Triton's metrics (toneserve) and CPU per part."""
+    from . import process_cpu, triton_metrics
+    from .run import run
+
+    cpu_before = process_cpu.snapshot(system["pid"], system["label"])
+    metrics_before = triton_metrics.scrape(system["metrics"]) if system.get("metrics") else None
+    result = run(system["address"], args.corpus, out, users, run_time=args.run_time, mix="analyze:1",
+                 durations=args.durations, formats=args.formats, rates=args.rates, channels=args.channels,
+                 request_timeout=args.request_timeout, name=f"{system['name']}-users-{users}", warmup=0)
+    wall = result["wall_s"]
+    record = {"system": system["name"], "users": users, "run": result,
+              "cpu_cores": process_cpu.cores(cpu_before, process_cpu.snapshot(system["pid"], system["label"]), wall)}
+    if metrics_before is not None:
+        after = triton_metrics.scrape(system["metrics"])
+        record["triton"] = triton_metrics.summarise(triton_metrics.delta(metrics_before, after))
+    return record
+
+
+def _f(value, digits=0) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def report(bench: dict) -> str:
+    from .triton_metrics import markdown as triton_table
+
+    a = bench["arguments"]
+    lines = [f"Run {bench['started']} on {bench['machine']}; `{bench['command']}`.",
+             f"Corpus {a['corpus']}: {bench['recordings']} recordings, {bench['audio_seconds']:.0f} s of audio "
+             f"(lengths {bench['lengths']} s; {bench['formats']}; 8 and 16 kHz; two speakers on two channels), "
+             f"sent round-robin as `Analyze` by closed-loop Locust users for {a['run_time']:g} s per run. "
+             f"Baseline: {a['baseline_workers']} worker(s) x {a['baseline_threads']} torch thread(s). Parity "
+             f"baseline vs {bench['systems'][0]}: same utterances {bench['parity']['same_utterances']}, emotion "
+             f"max |diff| {bench['parity']['max_emotion_diff']:.1e}, transcripts match "
+             f"{bench['parity']['transcripts_match']}.", "",
+             "| system | users | requests | failures | req/s | RTFx | p50 ms | p95 ms | p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in bench["runs"]:
+        x = r["run"]
+        lines.append(f"| {r['system']} | {r['users']} | {x['requests']} | {x['failures'] + x['lost']} | {x['rps']:.3f} "
+                     f"| {x['rtfx']:.2f} | {_f(x['p50'])} | {_f(x['p95'])} | {_f(x['p99'])} |")
+    lines += ["", "| users | system | throughput vs baseline | p95 vs baseline |", "|---:|---|---:|---:|"]
+    for ratio in bench["ratios"]:
+        lines.append(f"| {ratio['users']} | {ratio['system']} | {ratio['throughput']:.2f}x | {ratio['p95']:.2f}x |")
+    lines += ["", "| system | streams | compute-bound RTFx (cores used) | best RTFx served (users, cores used) "
+              "| serving overhead |", "|---|---:|---:|---:|---:|"]
+    for o in bench["overhead"]:
+        lines.append(f"| {o['system']} | {o['streams']} | {o['bound_rtfx']:.2f} ({o['bound_cores']:.2f}) | "
+                     f"{o['best_rtfx']:.2f} ({o['best_users']}, {o['best_cores']:.2f}) | {o['overhead']:.0%} |")
+    lines += ["", "Where the time goes (CPU cores used per part, of "
+              f"{os.cpu_count()}; Triton's queue and compute per request of the composing models):", ""]
+    for r in bench["runs"]:
+        parts = ", ".join(f"{p} {c:.2f}" for p, c in sorted(r["cpu_cores"].items(), key=lambda kv: -kv[1]) if c >= 0.01)
+        lines += [f"- {r['system']}, {r['users']} users: {parts} (total {sum(r['cpu_cores'].values()):.2f})"]
+    for r in bench["runs"]:
+        if "triton" in r:
+            lines += ["", f"{r['system']}, {r['users']} users:", "",
+                      triton_table(r["triton"], [m for m in r["triton"] if m not in ("emotion", "asr")])]
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(args) -> dict:
+    from ..model_repository.catalog import describe
+    from ..model_repository.render import render_repository
+    from . import compute_bound, corpus
+
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    models_dir = Path(args.models_dir or paths.models_dir(args.size))
+    entries = corpus.select(corpus.load(args.corpus), args.durations, args.formats, args.rates, args.channels)
+    from dataclasses import replace
+
+    from ..model_repository.catalog import DEFAULT_TUNING
+
+    repositories = {}
+    for spec in args.systems:
+        precision, flags = parse_system(spec)
+        tuning = replace(DEFAULT_TUNING, instances=flags.get("instances", DEFAULT_TUNING.instances),
+                         intra_op_threads=flags.get("threads", DEFAULT_TUNING.intra_op_threads))
+        # "toneserve int8 2x1": 2 instances of each heavy model, 1 ONNX Runtime thread each
+        name = f"toneserve {precision}" + (f" {tuning.instances}x{tuning.intra_op_threads}" if flags else "")
+        say(f"rendering the cpu repository of {name} from {models_dir}")
+        folder = out / ("repository-" + name.removeprefix("toneserve ").replace(" ", "-"))
+        repositories[name] = render_repository(describe(models_dir, precision, tuning), "cpu", folder)
+    bench = {"started": time.strftime("%Y-%m-%d %H:%M %z"),
+             "command": " ".join(["python -m toneserve.loadtest.benchmark", *sys.argv[1:]]),
+             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+             "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+             "recordings": len(entries), "audio_seconds": sum(e.seconds for e in entries),
+             "lengths": sorted({e.seconds for e in entries}), "formats": sorted({e.format for e in entries}),
+             "systems": list(repositories), "runs": []}
+    with ExitStack() as stack:
+        systems = []
+        for name, repository in repositories.items():
+            say(f"starting {name}")
+            log = out / "logs" / f"serve-{repository.parent.name}.log"
+            address, metrics, pid = stack.enter_context(toneserve(repository, log))
+            systems.append({"name": name, "address": address, "metrics": metrics, "pid": pid, "label": "gateway"})
+        say(f"starting the baseline (FunASR AutoModel) and checking parity with {systems[0]['name']}")
+        address, pid, parity = stack.enter_context(baseline(models_dir, args.baseline_workers, args.baseline_threads,
+                                                            systems[0]["address"], out / "logs" / "baseline.log"))
+        bench["parity"] = parity
+        systems.append({"name": "baseline", "address": address, "pid": pid, "label": "baseline"})
+        from .run import warm_up
+        for system in systems:
+            say(f"warming up {system['name']}")
+            bench.setdefault("models", {})[system["name"]] = warm_up(system["address"], Path(args.corpus), entries, 2,
+                                                                     args.request_timeout)
+        for users in args.users:
+            for system in systems:
+                say(f"{system['name']}: {users} users for {args.run_time:g} s")
+                record = measure(system, users, args, out / "runs")
+                bench["runs"].append(record)
+                x = record["run"]
+                say(f"  {x['requests']} requests, {x['failures']} failed, {x['lost']} lost, RTFx {x['rtfx']:.2f}, "
+                    f"p95 {_f(x['p95'])} ms")
+    bench["compute_bound"] = {}
+    for name, repository in repositories.items():
+        say(f"compute bound of {name}")
+        bench["compute_bound"][name] = compute_bound.measure(repository, Path(args.corpus), args.durations,
+                                                             args.formats, args.rates, args.channels)
+    runs = {(r["system"], r["users"]): r["run"] for r in bench["runs"]}
+    bench["ratios"] = [{"users": users, "system": name,
+                        "throughput": runs[(name, users)]["rtfx"] / runs[("baseline", users)]["rtfx"],
+                        "p95": runs[(name, users)]["p95"] / runs[("baseline", users)]["p95"]}
+                       for users in args.users for name in repositories
+                       if runs[("baseline", users)]["rtfx"] > 0 and runs[("baseline", users)]["p95"]]
+    bench["overhead"] = []
+    for name, bound in bench["compute_bound"].items():
+        best = max((r for r in bench["runs"] if r["system"] == name), key=lambda r: r["run"]["rtfx"])
+        bench["overhead"].append({"system": name, "streams": bound["streams"], "bound_rtfx": bound["rtfx"],
+                                  "bound_cores": bound["cpu_cores"], "best_rtfx": best["run"]["rtfx"],
+                                  "best_users": best["users"], "best_cores": sum(best["cpu_cores"].values()),
+                                  "overhead": 1 - best["run"]["rtfx"] / bound["rtfx"]})
+    (out / "benchmark.json").write_text(json.dumps(bench, indent=1))
+    (out / "benchmark.md").write_text(report(bench))
+    return bench
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m toneserve.loadtest.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default="base", choices=["tiny", "base"], help="which export (default base)")
+    p.add_argument("--models-dir", type=Path, help="exported models (default $TONESERVE_HOME/models/SIZE)")
+    p.add_argument("--corpus", type=Path, required=True)
+    p.add_argument("--durations", type=float, nargs="*", default=[])
+    p.add_argument("--formats", nargs="*", default=[])
+    p.add_argument("--rates", type=int, nargs="*", default=[])
+    p.add_argument("--channels", type=int, nargs="*", default=[])
+    p.add_argument("--users", type=int, nargs="+", default=[1, 2, 4], help="load levels (default 1 2 4)")
+    p.add_argument("--run-time", type=float, default=180.0, help="seconds per run (default 180)")
+    p.add_argument("--systems", nargs="+", default=["fp32", "int8"],
+                   help="toneserve variants: PRECISION[:instances=N,threads=N] (default fp32 int8)")
+    p.add_argument("--baseline-workers", type=int, default=os.cpu_count(), help="baseline workers (default: cores)")
+    p.add_argument("--baseline-threads", type=int, default=1, help="baseline torch threads (default 1)")
+    p.add_argument("--request-timeout", type=float, default=900.0)
+    p.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        run_benchmark(args)
+    except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "benchmark.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

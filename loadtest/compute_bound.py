@@ -1,0 +1,285 @@
+"""The raw ONNX Runtime compute bound: the served models, run in-process, no server.
+
+    python -m toneserve.loadtest.compute_bound --repository ~/.cache/toneserve/repository/base-cpu \
+        --corpus DIR [--durations 30 60] [--formats wav] [--streams N] [--json out.json]
+
+Takes the graphs, thread settings and instance counts from a rendered model repository (the
+very files, `intra_op_threads` and `instance_group` Triton serves), and the corpus recordings a
+load test sends. The recordings are decoded first, as the gateway decodes them (not timed).
+Then each is cut into utterances exactly as the gateway does (30.72 s VAD blocks with 0.5 s of
+context, its segmenter, 5 s emotion windows) and every model call the gateway would make goes
+straight to ONNX Runtime: silero VAD per block, emotion2vec+ and its softmax per window, the
+SenseVoice frontend, encoder and CTC decoding per utterance, one call at a time per stream.
+Streams (default: the instances of the heavy models) take recordings from a shared list, each
+with its own sessions, as Triton's instances would.
+
+The wall time of that is what the machine needs for model compute alone to answer the corpus
+once, so audio seconds / wall seconds (RTFx) bounds a server running these graphs with these
+settings at batch size 1, and `1 - served RTFx / compute-bound RTFx` is the serving overhead:
+everything that is not model compute (decoding, gRPC, queueing, copies, Python, pitch and
+sentiment). Per-model seconds say which model the compute goes to.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+MODELS = ("vad", "emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder")
+
+
+def model_config(repository: Path, name: str):
+    """The model's config.pbtxt as Triton's ModelConfig protobuf."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = Path(repository) / name / "config.pbtxt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: is {repository} a toneserve cpu model repository?")
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _parameters(config) -> dict[str, str]:
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+class Models:
+    """ONNX Runtime sessions of the repository's graphs, each timed per call."""
+
+    def __init__(self, repository: Path):
+        import onnxruntime as ort
+
+        from ..export.sensevoice_decode import load_decode_assets
+
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.threads: dict[str, int] = {}
+        self.sessions = {}
+        for name in ("emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder"):
+            params = _parameters(model_config(repository, name))
+            options = ort.SessionOptions()
+            # as model_repository/runners/onnx_runner.py sets them
+            options.intra_op_num_threads = self.threads[name] = int(params.get("intra_op_threads", "1"))
+            options.inter_op_num_threads = 1
+            self.sessions[name] = ort.InferenceSession(str(Path(repository) / name / "1" / params["onnx_file"]),
+                                                       options, providers=["CPUExecutionProvider"])
+        vad_params = _parameters(model_config(repository, "vad"))
+        spec = importlib.util.spec_from_file_location("vad_core", Path(repository) / "vad" / "1" / "vad_core.py")
+        vad_core = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(vad_core)
+        self.threads["vad"] = int(vad_params.get("intra_op_threads", "1"))
+        vad_file = Path(repository) / "vad" / "1" / vad_params.get("onnx_file", "silero_vad.onnx")
+        self.vad_model = vad_core.SileroVad(vad_file, threads=self.threads["vad"])
+        self.assets = load_decode_assets(Path(repository) / "sensevoice_decoder" / "1" / "decode_assets.json")
+        asr = _parameters(model_config(repository, "asr"))
+        self.language = int(json.loads(asr["language_query_ids"])["auto"])
+        self.textnorm = int(json.loads(asr["textnorm_query_ids"])["woitn"])
+        self.precision = asr.get("precision", "?")
+
+    def _timed(self, name: str, work):
+        started = time.perf_counter()
+        result = work()
+        self.seconds[name] += time.perf_counter() - started
+        self.calls[name] += 1
+        return result
+
+    def _run(self, name: str, feed: dict):
+        session = self.sessions[name]
+        return self._timed(name, lambda: dict(zip([o.name for o in session.get_outputs()], session.run(None, feed))))
+
+    def vad(self, rows: np.ndarray) -> np.ndarray:
+        lens = np.full(len(rows), rows.shape[1], np.int64)
+        return self._timed("vad", lambda: self.vad_model.probabilities(np.ascontiguousarray(rows, np.float32), lens))[0]
+
+    def emotion(self, wav: np.ndarray) -> np.ndarray:
+        out = self._run("emotion2vec", {"wav": wav[None], "wav_lens": np.array([len(wav)], np.int64)})
+        return self._run("emotion_softmax", {"logits": out["logits"]})["probs"][0]
+
+    def asr(self, wav: np.ndarray) -> str:
+        from ..export.sensevoice_decode import ctc_greedy_decode
+
+        front = self._run("sensevoice_frontend", {"wav": wav[None], "wav_lens": np.array([len(wav)], np.int64)})
+        out = self._run("sensevoice_encoder", {"speech": front["feats"], "speech_lengths": front["feat_lens"],
+                                               "language": np.array([self.language], np.int64),
+                                               "textnorm": np.array([self.textnorm], np.int64)})
+        decoded = self._timed("sensevoice_decoder", lambda: ctc_greedy_decode(
+            out["ctc_logits"][0], int(out["encoder_out_lens"][0]), self.assets))
+        return decoded["text"]
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+def decoded_blocks(path: Path) -> list[np.ndarray]:
+    """A recording as the gateway decodes it: 16 kHz float32 [channels, n] blocks of 30.72 s."""
+    from ..gateway.audio import SAMPLE_RATE, open_audio
+    from ..gateway.pipeline import BLOCK_FRAMES
+    from ..gateway.segmenter import FRAME
+
+    with open_audio(path) as stream:
+        return list(stream.blocks(BLOCK_FRAMES * FRAME / SAMPLE_RATE))
+
+
+def utterances(blocks: list[np.ndarray], models: Models):
+    """The gateway's utterances of one recording (gateway/pipeline.py `_segments`), VAD on `models`."""
+    from ..gateway.pipeline import VAD_CONTEXT
+    from ..gateway.segmenter import FRAME, Segmenter
+    from ..gateway.settings import Settings
+    from ..gateway.thresholds import from_proto
+    from ..v1 import toneserve_pb2 as pb
+
+    defaults = from_proto(pb.Thresholds())
+    settings = Settings()
+    segmenters = [Segmenter(c, defaults.vad_threshold, defaults.min_silence_ms, settings.max_utterance_seconds)
+                  for c in range(len(blocks[0]))]
+    context = None
+    for block in blocks:
+        wav = block if context is None else np.concatenate([context, block], axis=1)
+        skip = 0 if context is None else context.shape[1] // FRAME
+        probs = models.vad(wav)[:, skip:skip + -(-block.shape[1] // FRAME)]
+        context = block[:, -VAD_CONTEXT:]
+        for row, segmenter in enumerate(segmenters):
+            yield from segmenter.feed(block[row], probs[row])
+    for segmenter in segmenters:
+        yield from segmenter.finish()
+
+
+def instances(repository: Path) -> int:
+    """How many requests the repository computes at once: its heavy models' instance count."""
+    return max(sum(group.count for group in model_config(repository, name).instance_group) or 1
+               for name in ("emotion2vec", "sensevoice_encoder"))
+
+
+def measure(repository: Path, corpus: Path, durations=(), formats=(), rates=(), channels=(),
+            streams: int | None = None, progress: bool = True) -> dict:
+    """Answer every selected corpus recording once, `streams` recordings at a time (default: as
+    many as the repository has instances of its heavy models), each stream with its own
+    sessions; RTFx is audio seconds over the wall time of that (decoding done beforehand)."""
+    import threading
+
+    from ..gateway.pipeline import emotion_windows
+    from ..gateway.settings import Settings
+    from ..samples import speechlike
+    from . import corpus as corpus_module
+
+    entries = corpus_module.select(corpus_module.load(corpus), durations, formats, rates, channels)
+    streams = streams or instances(repository)
+    started = time.perf_counter()
+    recordings = [(entry, decoded_blocks(Path(corpus) / entry.file)) for entry in entries]
+    decode_seconds = time.perf_counter() - started
+    workers = [Models(repository) for _ in range(streams)]
+    warm = speechlike(3.0)
+    for models in workers:
+        models.vad(warm[None])
+        models.emotion(warm)
+        models.asr(warm)
+        models.reset()
+    window = Settings().window_seconds
+    pending = list(reversed(recordings))
+    lock = threading.Lock()
+    counts = {"utterances": 0, "speech": 0.0, "done": 0}
+    errors: list[BaseException] = []
+
+    def stream(models: Models) -> None:
+        try:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    entry, blocks = pending.pop()
+                for utterance in utterances(blocks, models):
+                    models.asr(utterance.samples)
+                    for a, b in emotion_windows(len(utterance.samples), window):
+                        models.emotion(utterance.samples[a:b])
+                    with lock:
+                        counts["utterances"] += 1
+                        counts["speech"] += len(utterance.samples) / 16000
+                with lock:
+                    counts["done"] += 1
+                    if progress:
+                        print(f"[compute_bound] {counts['done']}/{len(recordings)} {entry.file}",
+                              file=sys.stderr, flush=True)
+        except BaseException as exc:  # reported by the caller, not lost in a thread
+            errors.append(exc)
+
+    started, cpu_started = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    threads = [threading.Thread(target=stream, args=(models,)) for models in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    cpu_ended = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_ended.ru_utime + cpu_ended.ru_stime) - (cpu_started.ru_utime + cpu_started.ru_stime)
+    if errors:
+        raise errors[0]
+    seconds: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for models in workers:
+        for name in models.seconds:
+            seconds[name] += models.seconds[name]
+            calls[name] += models.calls[name]
+    audio = sum(entry.seconds for entry in entries)
+    return {"repository": str(repository), "precision": workers[0].precision, "corpus": str(corpus),
+            "recordings": len(entries), "utterances": counts["utterances"], "audio_seconds": audio,
+            "speech_seconds": counts["speech"], "streams": streams, "threads": dict(workers[0].threads),
+            "model_seconds": dict(seconds), "model_calls": dict(calls), "compute_seconds": sum(seconds.values()),
+            "wall_seconds": wall, "rtfx": audio / wall if wall > 0 else 0.0, "decode_seconds": decode_seconds,
+            # every thread of this process, ONNX Runtime's included: the cores the bound kept busy
+            "cpu_cores": cpu / wall if wall > 0 else 0.0}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| model | threads | calls | seconds | share |", "|---|---:|---:|---:|---:|"]
+    for name in MODELS:
+        if name in result["model_seconds"]:
+            s = result["model_seconds"][name]
+            lines.append(f"| {name} | {result['threads'].get(name, 1)} | {result['model_calls'][name]} | {s:.1f} | "
+                         f"{s / result['compute_seconds']:.0%} |")
+    lines.append(f"| **all models** | | | **{result['compute_seconds']:.1f}** | |")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m toneserve.loadtest.compute_bound", description=__doc__.split("\n\n")[0])
+    p.add_argument("--repository", type=Path, required=True, help="rendered cpu model repository")
+    p.add_argument("--corpus", type=Path, required=True, help="corpus folder (python -m toneserve.loadtest.corpus)")
+    p.add_argument("--durations", type=float, nargs="*", default=[], help="only calls of these lengths (s)")
+    p.add_argument("--formats", nargs="*", default=[], help="only these formats")
+    p.add_argument("--rates", type=int, nargs="*", default=[], help="only these sample rates")
+    p.add_argument("--channels", type=int, nargs="*", default=[], help="only these channel counts")
+    p.add_argument("--streams", type=int,
+                   help="recordings computed at once (default: the repository's instances of its heavy models)")
+    p.add_argument("--json", type=Path, help="write every figure here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result = measure(args.repository, args.corpus, args.durations, args.formats, args.rates, args.channels,
+                         args.streams)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(result))
+    print(f"\n{result['audio_seconds']:.0f} s of audio ({result['recordings']} recordings, {result['utterances']} "
+          f"utterances, {result['precision']}): {result['compute_seconds']:.1f} s of model compute in "
+          f"{result['wall_seconds']:.1f} s on {result['streams']} stream(s) using {result['cpu_cores']:.2f} cores, "
+          f"RTFx {result['rtfx']:.1f}; "
+          f"decoding ({result['decode_seconds']:.1f} s) not counted")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

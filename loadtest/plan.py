@@ -1,0 +1,253 @@
+"""`toneserve plan`: how many concurrent calls one host serves within a latency SLO, and how
+many hosts a target load needs, measured against a running `toneserve serve`.
+
+    toneserve plan --gateway 127.0.0.1:50051 --triton-metrics 127.0.0.1:8002 \
+        --slo-p95-ms 30000 --users 1 2 4 8 --step-seconds 120 --target-streams 10000 \
+        [--corpus DIR] [--mix analyze:1] [--pid SERVE_PID] [--out toneserve-plan]
+
+The sweep raises concurrency step by step: each step is a headless Locust run (run.py) of
+`--users` closed-loop users for `--step-seconds`, with Triton's metrics (triton_metrics.py)
+and, given `--pid`, the CPU of every part of the server (process_cpu.py) read before and
+after. A step meets the SLO when every request was answered without error and the p95
+latency is at most `--slo-p95-ms`; the sweep stops at the first step that misses it (in a
+closed loop, more users past saturation only add queueing) unless `--keep-going`.
+
+What a "stream" is: one call at real-time pace, 1 s of audio (all its channels) per second.
+A host that answers RTFx seconds of audio per wall second keeps up with RTFx such calls, so
+the streams per host are the RTFx of the highest step that met the SLO, and the hosts for
+`--target-streams` calls are target / streams, rounded up. The figures hold for the corpus's
+call lengths and mix, and for the models, precision and flags the server ran with.
+
+Writes plan.md (tables and the decision), plan.png (p95 and throughput against users),
+plan.json (every figure), and each step's Locust CSV / HTML / ledger under steps/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_USERS = (1, 2, 4, 8)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The `toneserve plan` options (also used by `python -m toneserve.loadtest.plan`)."""
+    p.add_argument("--gateway", default="127.0.0.1:50051", help="gateway gRPC address (default 127.0.0.1:50051)")
+    p.add_argument("--triton-metrics", default="127.0.0.1:8002",
+                   help="Triton's metrics address, `toneserve serve --triton-metrics-port` (default 127.0.0.1:8002)")
+    p.add_argument("--slo-p95-ms", type=float, required=True, help="p95 latency every chosen load must meet (ms)")
+    p.add_argument("--users", type=int, nargs="+", default=list(DEFAULT_USERS),
+                   help="concurrency of each step: closed-loop users (default 1 2 4 8)")
+    p.add_argument("--step-seconds", type=float, default=120.0,
+                   help="load per step; several times the longest request's latency (default 120)")
+    p.add_argument("--target-streams", type=int, default=10000,
+                   help="concurrent real-time calls to plan hosts for (default 10000)")
+    p.add_argument("--corpus", type=Path,
+                   help="corpus folder (default: OUT/corpus, generated: 8 calls of 15-60 s, 4 formats, 8/16 kHz)")
+    p.add_argument("--mix", default="analyze:1", help="users and weights: analyze, upload (default analyze:1)")
+    p.add_argument("--durations", type=float, nargs="*", default=[], help="only calls of these lengths (s)")
+    p.add_argument("--formats", nargs="*", default=[], help="only these formats")
+    p.add_argument("--rates", type=int, nargs="*", default=[], help="only these sample rates")
+    p.add_argument("--channels", type=int, nargs="*", default=[], help="only these channel counts")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="deadline of each request in s (default 600)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="unmeasured requests before the sweep, at least 1: it also reads the served models (default 2)")
+    p.add_argument("--pid", type=int, help="pid of `toneserve serve`: also split CPU by gateway / Triton / model")
+    p.add_argument("--keep-going", action="store_true", help="run every step even after one misses the SLO")
+    p.add_argument("--out", type=Path, default=Path("toneserve-plan"), help="report folder (default ./toneserve-plan)")
+
+
+def say(message: str) -> None:
+    print(f"[plan] {message}", file=sys.stderr, flush=True)
+
+
+def meets(step: dict, slo_ms: float) -> bool:
+    run = step["run"]
+    return (run["consistent"] and run["failures"] == 0 and run["requests"] > 0
+            and run["p95"] is not None and run["p95"] <= slo_ms)
+
+
+def step(args, corpus: Path, users: int, steps_dir: Path) -> dict:
+    """One load level: Locust run plus Triton metrics and CPU before/after."""
+    from . import process_cpu, triton_metrics
+    from .run import run
+
+    metrics_before = triton_metrics.scrape(args.triton_metrics)
+    cpu_before = process_cpu.snapshot(args.pid) if args.pid else None
+    result = run(args.gateway, corpus, steps_dir, users, run_time=args.step_seconds, mix=args.mix,
+                 durations=args.durations, formats=args.formats, rates=args.rates, channels=args.channels,
+                 request_timeout=args.request_timeout, name=f"users-{users}", warmup=0)
+    metrics_after = triton_metrics.scrape(args.triton_metrics)
+    wall = result["wall_s"]
+    record = {"users": users, "run": result,
+              "triton": triton_metrics.summarise(triton_metrics.delta(metrics_before, metrics_after))}
+    if args.pid:
+        record["cpu_cores"] = process_cpu.cores(cpu_before, process_cpu.snapshot(args.pid), wall)
+    return record
+
+
+def decide(steps: list[dict], slo_ms: float, target: int) -> dict:
+    ok = [s for s in steps if s["meets_slo"]]
+    if not ok:
+        return {"users": None, "streams_per_host": None, "hosts": None}
+    best = max(ok, key=lambda s: s["users"])
+    streams = best["run"]["gateway_rtfx"] or best["run"]["rtfx"]
+    return {"users": best["users"], "p95_ms": best["run"]["p95"], "streams_per_host": streams,
+            "hosts": math.ceil(target / streams) if streams > 0 else None}
+
+
+def plot(steps: list[dict], slo_ms: float, chosen: int | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    users = [s["users"] for s in steps]
+    fig, left = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for key, style, color in (("p50", "o:", "tab:blue"), ("p95", "o-", "tab:orange"), ("p99", "o--", "tab:purple")):
+        left.plot(users, [(s["run"][key] or 0) / 1000 for s in steps], style, color=color, label=f"{key} latency")
+    left.axhline(slo_ms / 1000, color="red", linewidth=1, label=f"SLO p95 {slo_ms / 1000:g} s")
+    left.set_xlabel("concurrent users (closed loop)")
+    left.set_ylabel("latency (s)")
+    left.set_ylim(bottom=0)
+    left.set_xscale("log", base=2)
+    left.set_xticks(users, [str(u) for u in users])
+    right = left.twinx()
+    right.plot(users, [s["run"]["gateway_rtfx"] or s["run"]["rtfx"] for s in steps], "s-", color="green",
+               label="throughput (RTFx)")
+    right.set_ylabel("audio seconds per second (RTFx)")
+    right.set_ylim(bottom=0)
+    if chosen is not None:
+        left.axvline(chosen, color="grey", linestyle=":", label=f"chosen: {chosen} users")
+    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+    left.legend(handles, labels, fontsize=8, loc="upper left")
+    left.set_title("toneserve capacity: latency and throughput against load")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _models_line(models: list[dict]) -> str:
+    return "; ".join(f"{m['name']}: {m['family']} {m['preset']} {m['precision']} ({m['weights_origin']} weights)"
+                     for m in models) or "unknown (no warm-up response)"
+
+
+def report(plan: dict) -> str:
+    from .triton_metrics import markdown as triton_table
+
+    a, d = plan["arguments"], plan["decision"]
+    lines = ["# toneserve capacity plan", "",
+             f"Measured {plan['started']} on {plan['machine']} against the gateway at {a['gateway']} "
+             f"(Triton metrics {a['triton_metrics']}). Served models: {_models_line(plan['models'])}.",
+             f"Traffic: corpus {a['corpus']} ({plan['entries']} recordings, mix {a['mix']}), closed-loop users, "
+             f"{a['step_seconds']:g} s per step. SLO: p95 ≤ {a['slo_p95_ms']:g} ms, no errors, nothing lost.", "",
+             "| users | requests | failures | lost | req/s | RTFx | p50 ms | p95 ms | p99 ms | meets SLO |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for s in plan["steps"]:
+        r = s["run"]
+        rtfx = r["gateway_rtfx"] or r["rtfx"]
+        lines.append(f"| {s['users']} | {r['requests']} | {r['failures']} | {r['lost']} | {r['rps']:.2f} | {rtfx:.1f} "
+                     f"| {r['p50'] or 0:.0f} | {r['p95'] or 0:.0f} | {r['p99'] or 0:.0f} | "
+                     f"{'yes' if s['meets_slo'] else 'no'} |")
+    lines += ["", "## Decision", ""]
+    if d["users"] is None:
+        lines.append(f"No step met the SLO (p95 ≤ {a['slo_p95_ms']:g} ms with no errors): one host of this profile "
+                     "cannot serve these recordings that fast. Relax the SLO, use shorter recordings or a faster "
+                     "profile (int8 on CPU, or the gpu profile).")
+    else:
+        lines += [f"- Highest load within the SLO: **{d['users']} concurrent users**, p95 {d['p95_ms']:.0f} ms.",
+                  f"- Streams per host: **{d['streams_per_host']:.1f}**. A stream is one call at real-time pace "
+                  "(1 s of audio, all channels, per second); the host answers "
+                  f"{d['streams_per_host']:.1f} s of audio per second at that load.",
+                  f"- Hosts for {a['target_streams']} concurrent calls: **{d['hosts']}** "
+                  f"(⌈{a['target_streams']} / {d['streams_per_host']:.1f}⌉), with no headroom: add spare hosts "
+                  "for failures and peaks.",
+                  "- Valid for this corpus's call lengths and mix, these models and precision, and this server's "
+                  "flags; latency is per whole recording (post-call analysis)."]
+    lines += ["", "## Where the time goes", ""]
+    for s in plan["steps"]:
+        lines += [f"### {s['users']} users", "",
+                  "Triton, per composing model (queue vs compute per request, from its metrics):", "",
+                  triton_table(s["triton"], [m for m in s["triton"] if m not in ("emotion", "asr")]), ""]
+        if "cpu_cores" in s:
+            parts = ", ".join(f"{part} {cores:.2f}" for part, cores in sorted(s["cpu_cores"].items(),
+                                                                              key=lambda kv: -kv[1]) if cores >= 0.01)
+            lines += [f"CPU cores used (of {os.cpu_count()}): {parts}.", ""]
+    lines += ["![latency and throughput against users](plan.png)", ""]
+    return "\n".join(lines)
+
+
+def run_plan(args) -> int:
+    """`toneserve plan`: 0 when some step met the SLO, 1 when none did, 2 when the plan could not run."""
+    from .run import RunError
+    from .triton_metrics import MetricsUnavailable
+
+    try:
+        return sweep(args)
+    except (ValueError, FileNotFoundError, RunError, MetricsUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def sweep(args) -> int:
+    """Run the sweep and write the report."""
+    from . import corpus as corpus_module
+    from .run import warm_up
+    from .traffic import parse_mix
+    from .triton_metrics import scrape
+
+    if min(args.users) < 1 or args.step_seconds <= 0 or args.slo_p95_ms <= 0:
+        raise ValueError("--users must be >= 1, --step-seconds and --slo-p95-ms > 0")
+    if parse_mix(args.mix).get("triton"):
+        raise ValueError("plan measures the gateway: --mix takes analyze and upload only")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = args.corpus or out / "corpus"
+    if args.corpus is None and not (corpus / corpus_module.MANIFEST).is_file():
+        say(f"no --corpus: generating one in {corpus}")
+        corpus_module.generate(corpus, 8, durations=(15.0, 30.0, 60.0), weights=[2, 1, 1])
+    entries = corpus_module.select(corpus_module.load(corpus), args.durations, args.formats, args.rates, args.channels)
+    scrape(args.triton_metrics)  # fail now, not after the first step
+    models = warm_up(args.gateway, corpus, entries, max(args.warmup, 1), args.request_timeout)
+    plan = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
+            "models": models, "entries": len(entries), "steps": []}
+    plan["arguments"]["corpus"] = str(corpus)
+    for users in sorted(set(args.users)):
+        say(f"step: {users} users for {args.step_seconds:g} s")
+        record = step(args, corpus, users, out / "steps")
+        record["meets_slo"] = meets(record, args.slo_p95_ms)
+        plan["steps"].append(record)
+        r = record["run"]
+        say(f"  {r['requests']} requests, {r['failures']} failed, {r['lost']} lost, p95 {r['p95'] or 0:.0f} ms, "
+            f"RTFx {r['gateway_rtfx'] or r['rtfx']:.1f}: {'meets' if record['meets_slo'] else 'misses'} the SLO")
+        if not record["meets_slo"] and not args.keep_going:
+            break
+    plan["decision"] = decide(plan["steps"], args.slo_p95_ms, args.target_streams)
+    plot(plan["steps"], args.slo_p95_ms, plan["decision"]["users"], out / "plan.png")
+    (out / "plan.json").write_text(json.dumps(plan, indent=1))
+    (out / "plan.md").write_text(report(plan))
+    d = plan["decision"]
+    if d["users"] is None:
+        say(f"no step met p95 <= {args.slo_p95_ms:g} ms; report in {out / 'plan.md'}")
+        return 1
+    say(f"{d['streams_per_host']:.1f} streams per host at {d['users']} users (p95 {d['p95_ms']:.0f} ms); "
+        f"{d['hosts']} hosts for {args.target_streams} streams; report in {out / 'plan.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m toneserve.loadtest.plan", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run_plan(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
