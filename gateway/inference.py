@@ -6,6 +6,7 @@ model repository rendered from the export manifests.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -29,6 +30,11 @@ def bucket_samples(n: int, rate: int = 16000) -> int:
     return next((int(b * rate) for b in BUCKET_SECONDS if b * rate >= n), n)
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str):
+    return json.loads(text)
+
+
 @dataclass(frozen=True)
 class EnsembleInfo:
     name: str
@@ -44,7 +50,8 @@ class EnsembleInfo:
     max_batch_size: int = 0
 
     def json(self, key: str):
-        return json.loads(self.parameters[key])
+        # Read per utterance and window (labels, query ids): parsed once per distinct text.
+        return _parsed(self.parameters[key])
 
 
 @dataclass(frozen=True)
