@@ -50,3 +50,40 @@ def test_cli_analyze_against_no_server_is_a_clear_error(clip):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "cannot reach the toneserve gateway" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_export_renders_each_precision_and_serve_picks_one(models_root, tmp_path, clip):
+    """`export` renders a cpu repository per precision and one gpu repository; `serve --precision
+    int8` serves the int8 graphs (the metadata says so), without re-rendering anything."""
+    import os
+
+    from conftest import processes_using, stop_stack, wait_for_health
+    from toneserve.client.sdk import Client
+    from toneserve.triton import free_port
+
+    env = {**os.environ, "TONESERVE_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "toneserve.cli", "export", "--size", "tiny",
+                           "--models-dir", str(models_root)], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    repositories = tmp_path / "repository"
+    assert sorted(p.name for p in repositories.iterdir()) == ["tiny-cpu", "tiny-cpu-int8", "tiny-gpu"]
+    for folder, graph in (("tiny-cpu", "model.onnx"), ("tiny-cpu-int8", "model.int8.onnx")):
+        served = repositories / folder / "emotion2vec" / "1" / "model.onnx"
+        assert served.read_bytes() == (models_root / "emotion2vec" / graph).read_bytes(), folder
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "toneserve.cli", "serve", "--size", "tiny", "--precision", "int8",
+             "--port", str(port), "--metrics-port", "0",
+             *(f"--triton-{n}-port={free_port()}" for n in ("http", "grpc", "metrics"))],
+            stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_health(f"127.0.0.1:{port}", process, log)
+        with Client(f"127.0.0.1:{port}", tls=False) as client:
+            models = {m.name: m.precision for m in client.analyze(clip.read_bytes()).metadata.models}
+    finally:
+        assert stop_stack(process) == 0, log.read_text()
+    assert models == {"emotion": "int8", "asr": "int8", "vad": "fp32"}  # silero stays fp32 (cheap, sensitive)
+    assert not processes_using(repositories)

@@ -18,7 +18,7 @@ def say(message: str) -> None:
 
 
 def _repository(args) -> Path:
-    return Path(args.repository) if args.repository else paths.repository_dir(args.size, args.profile)
+    return Path(args.repository) if args.repository else paths.repository_dir(args.size, args.profile, args.precision)
 
 
 def _models(args) -> Path:
@@ -34,12 +34,25 @@ def cmd_export(args) -> int:
     models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
                            sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice},
                            variants=args.variants)
-    for profile in args.profiles:
-        precision = args.precision if profile == "cpu" else ("fp16" if "fp16" in args.variants else "fp32")
-        out = paths.repository_dir(args.size, profile) if not args.repository else Path(args.repository) / profile
+    for profile, precision in _renderings(args.profiles, args.variants):
+        out = (Path(args.repository) / paths.repository_name(profile, precision) if args.repository
+               else paths.repository_dir(args.size, profile, precision))
         render_repository(describe(models, precision, tuning), profile, out)
         say(f"[export] rendered the {profile} model repository ({precision}) -> {out}")
     return 0
+
+
+def _renderings(profiles, variants) -> list[tuple[str, str]]:
+    """(profile, precision) of each repository `export` renders. The cpu profile gets one per precision
+    it can serve, so `serve --precision` picks without re-rendering; the gpu profile serves fp16 when
+    it was built, else fp32."""
+    out = []
+    for profile in profiles:
+        if profile == "cpu":
+            out += [("cpu", "fp32")] + ([("cpu", "int8")] if "int8" in variants else [])
+        else:
+            out.append(("gpu", "fp16" if "fp16" in variants else "fp32"))
+    return out
 
 
 def _tuning(args, defaults):
@@ -260,8 +273,6 @@ def parser() -> argparse.ArgumentParser:
                         "chn_jpn_yue_eng_ko_spectok.bpe.model) or random:PRESET (tiny, small)")
     p.add_argument("--variants", nargs="*", default=["int8", "fp16"], choices=["int8", "fp16"],
                    help="derived graphs to build next to fp32 (default: int8 fp16)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
-                   help="what the cpu profile serves (the gpu profile serves fp16 when it was built)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
     tuning = p.add_argument_group("scheduling (defaults measured: docs/BENCHMARKS.md)")
     tuning.add_argument("--instances", type=int, help="instances of each heavy model")
@@ -279,7 +290,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start the embedded tritonserver (cpu profile) and the gateway")
     _add_size(p, default="base")
     p.add_argument("--profile", default="cpu", choices=["cpu"])
-    p.add_argument("--repository", help="rendered model repository (default: the one `export` wrote)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="which rendered repository to serve: fp32, or int8 (MatMuls quantised: faster on "
+                        "CPU, see docs/BENCHMARKS.md); `export` renders both by default")
+    p.add_argument("--repository", help="rendered model repository (default: the one `export` wrote for "
+                                        "--size and --precision)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051, help="gateway gRPC port")
     _add_gateway_options(p)
