@@ -106,18 +106,33 @@ def baseline(models_dir: Path, workers: int, threads: int, check_against: str, l
         yield f"127.0.0.1:{port}", process.pid, json.loads(line.split("parity: ", 1)[1])
 
 
-def parse_system(spec: str) -> tuple[str, dict[str, int]]:
-    """'int8:instances=2,threads=1' -> ('int8', {'instances': 2, 'threads': 1})."""
+# What a --systems entry may change: its key there -> (Tuning.changed argument, type).
+SYSTEM_FLAGS = {"instances": ("instances", int), "threads": ("threads", int),
+                "batch": ("max_batch_size", int), "pad": ("max_pad_ratio", float)}
+
+
+def parse_system(spec: str) -> tuple[str, dict[str, float]]:
+    """'int8:instances=2,threads=1,pad=1.0' -> ('int8', {'instances': 2, 'threads': 1, 'pad': 1.0})."""
     precision, _, rest = spec.partition(":")
     if precision not in ("fp32", "int8"):
         raise ValueError(f"--systems {spec!r}: the precision must be fp32 or int8")
     flags = {}
     for part in filter(None, rest.split(",")):
         key, _, value = part.partition("=")
-        if key not in ("instances", "threads") or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"--systems {spec!r}: give instances=N and/or threads=N")
-        flags[key] = int(value)
+        try:
+            flags[key] = SYSTEM_FLAGS[key][1](value)
+        except (KeyError, ValueError):
+            flags[key] = 0
+        if flags[key] < 1:
+            raise ValueError(f"--systems {spec!r}: give instances=N, threads=N, batch=N (max batch size) "
+                             "and/or pad=R (max pad ratio, at least 1)")
     return precision, flags
+
+
+def tuning_of(flags: dict):
+    """The measured defaults with a --systems entry's changes."""
+    from ..model_repository.catalog import DEFAULT_TUNING
+    return DEFAULT_TUNING.changed(**{SYSTEM_FLAGS[key][0]: value for key, value in flags.items()})
 
 
 def measure(system: dict, users: int, args, out: Path) -> dict:
@@ -190,17 +205,13 @@ def run_benchmark(args) -> dict:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     models_dir = Path(args.models_dir or paths.models_dir(args.size))
     entries = corpus.select(corpus.load(args.corpus), args.durations, args.formats, args.rates, args.channels)
-    from dataclasses import replace
-
-    from ..model_repository.catalog import DEFAULT_TUNING
-
     repositories = {}
     for spec in args.systems:
         precision, flags = parse_system(spec)
-        tuning = replace(DEFAULT_TUNING, instances=flags.get("instances", DEFAULT_TUNING.instances),
-                         intra_op_threads=flags.get("threads", DEFAULT_TUNING.intra_op_threads))
+        tuning = tuning_of(flags)
         # "toneserve int8 2x1": 2 instances of each heavy model, 1 ONNX Runtime thread each
         name = f"toneserve {precision}" + (f" {tuning.instances}x{tuning.intra_op_threads}" if flags else "")
+        name += "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad") if key in flags)
         say(f"rendering the cpu repository of {name} from {models_dir}")
         folder = out / ("repository-" + name.removeprefix("toneserve ").replace(" ", "-"))
         repositories[name] = render_repository(describe(models_dir, precision, tuning), "cpu", folder)
@@ -271,7 +282,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, nargs="+", default=[1, 2, 4], help="load levels (default 1 2 4)")
     p.add_argument("--run-time", type=float, default=180.0, help="seconds per run (default 180)")
     p.add_argument("--systems", nargs="+", default=["fp32", "int8"],
-                   help="toneserve variants: PRECISION[:instances=N,threads=N] (default fp32 int8)")
+                   help="toneserve variants: PRECISION[:instances=N,threads=N,batch=N,pad=R] (default fp32 int8)")
     p.add_argument("--baseline-workers", type=int, default=os.cpu_count(), help="baseline workers (default: cores)")
     p.add_argument("--baseline-threads", type=int, default=1, help="baseline torch threads (default 1)")
     p.add_argument("--request-timeout", type=float, default=900.0)

@@ -6,7 +6,7 @@ gateway; the gateway imports them from here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -50,6 +50,21 @@ class Tuning:
     intra_op_threads: int = 1
     # cpu runner: items whose padded size would exceed this multiple of their own run apart.
     max_pad_ratio: float = 1.25
+
+    def changed(self, *, instances: int | None = None, threads: int | None = None, max_batch_size: int | None = None,
+                queue_delay_us: int | None = None, max_pad_ratio: float | None = None) -> "Tuning":
+        """These settings with the given ones changed (None keeps a setting); preferred batch sizes
+        above a smaller max_batch_size are dropped."""
+        batching = self.batching
+        if max_batch_size is not None:
+            batching = replace(batching, max_batch_size=max_batch_size, preferred_batch_sizes=tuple(
+                b for b in batching.preferred_batch_sizes if b <= max_batch_size))
+        if queue_delay_us is not None:
+            batching = replace(batching, max_queue_delay_us=queue_delay_us)
+        return replace(self, batching=batching,
+                       instances=self.instances if instances is None else instances,
+                       intra_op_threads=self.intra_op_threads if threads is None else threads,
+                       max_pad_ratio=self.max_pad_ratio if max_pad_ratio is None else max_pad_ratio)
 
     def heavy(self) -> dict:
         return {"batching": self.batching, "instances": self.instances,

@@ -76,6 +76,22 @@ def test_traffic_mix_parsing():
         parse_mix("analyze:0")
 
 
+def test_benchmark_systems_change_only_what_they_name():
+    from toneserve.loadtest.benchmark import parse_system, tuning_of
+    from toneserve.model_repository.catalog import DEFAULT_TUNING
+
+    precision, flags = parse_system("int8:instances=3,batch=1,pad=1.0")
+    assert precision == "int8" and flags == {"instances": 3, "batch": 1, "pad": 1.0}
+    tuning = tuning_of(flags)
+    assert (tuning.instances, tuning.intra_op_threads, tuning.max_pad_ratio) == (3, DEFAULT_TUNING.intra_op_threads, 1.0)
+    assert tuning.batching.max_batch_size == 1 and tuning.batching.preferred_batch_sizes == ()
+    assert tuning.batching.max_queue_delay_us == DEFAULT_TUNING.batching.max_queue_delay_us
+    assert tuning_of({}) == DEFAULT_TUNING
+    for bad in ("fp16", "int8:instances=0", "int8:pad=0.5", "int8:threads=two", "int8:speed=9"):
+        with pytest.raises(ValueError, match="--systems"):
+            parse_system(bad)
+
+
 def test_ledger_credits_the_steady_window_pro_rata():
     book = {"steady_from": 10.0, "steady_until": 20.0, "names": {"Analyze": {
         "sent": 3, "errors": {},

@@ -57,16 +57,8 @@ def _renderings(profiles, variants) -> list[tuple[str, str]]:
 
 def _tuning(args, defaults):
     """The measured defaults, with whatever scheduling flags were given."""
-    from dataclasses import replace
-
-    max_batch = args.max_batch_size or defaults.batching.max_batch_size
-    batching = replace(defaults.batching, max_batch_size=max_batch,
-                       preferred_batch_sizes=tuple(b for b in defaults.batching.preferred_batch_sizes if b <= max_batch),
-                       max_queue_delay_us=defaults.batching.max_queue_delay_us
-                       if args.queue_delay_us is None else args.queue_delay_us)
-    return replace(defaults, batching=batching, instances=args.instances or defaults.instances,
-                   intra_op_threads=args.threads or defaults.intra_op_threads,
-                   max_pad_ratio=args.max_pad_ratio or defaults.max_pad_ratio)
+    return defaults.changed(instances=args.instances, threads=args.threads, max_batch_size=args.max_batch_size,
+                            queue_delay_us=args.queue_delay_us, max_pad_ratio=args.max_pad_ratio)
 
 
 def _triton_ports(args):
