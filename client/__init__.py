@@ -3,8 +3,8 @@ from .errors import AnalyzeError
 from .results import (CallSummary, Distribution, Judgement, LabelSet, Metadata, ModelInfo, Prosody, Quarter,
                       Result, Segment, SpeakerSummary, TextSentiment, Thresholds, TimelinePoint)
 from .retry import RetryPolicy
-from .sdk import AsyncClient, Client
+from .sdk import AsyncClient, Client, live_wav_header
 
 __all__ = ["Client", "AsyncClient", "AnalyzeError", "RetryPolicy", "Result", "Segment", "SpeakerSummary",
            "CallSummary", "Metadata", "Distribution", "Judgement", "Prosody", "TextSentiment", "Quarter",
-           "TimelinePoint", "ModelInfo", "LabelSet", "Thresholds"]
+           "TimelinePoint", "ModelInfo", "LabelSet", "Thresholds", "live_wav_header"]

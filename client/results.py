@@ -235,6 +235,13 @@ def _field_names(cls) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(cls))
 
 
+def from_event(event: pb.AnalyzeEvent) -> Segment | Result:
+    """One AnalyzeStream message: a Segment as soon as it is analysed, the whole Result last."""
+    if event.WhichOneof("event") == "segment":
+        return _convert(event.segment, Segment)
+    return Result.from_proto(event.result)
+
+
 def _convert(message, cls):
     """A proto message as `cls`, field by field. Fields a newer server adds, and this client does not
     know yet, are left out (they are still in `Result.raw`)."""

@@ -7,6 +7,9 @@
     for segment in result.segments:
         print(segment.speaker, segment.start, segment.transcript, segment.judgement.sentiment)
 
+Live audio: `client.analyze_stream(chunks)` yields each Segment as soon as it is analysed,
+then the Result (see `live_wav_header` for raw PCM).
+
 Results are the typed dataclasses of client/results.py; failures raise AnalyzeError
 (client/errors.py). Calls that fail with UNAVAILABLE or RESOURCE_EXHAUSTED are retried
 (client/retry.py) within the call's timeout. Both clients are safe to share between
@@ -20,7 +23,8 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+import struct
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -29,10 +33,11 @@ from ..v1 import toneserve_pb2 as pb
 from ..v1 import toneserve_pb2_grpc as pb_grpc
 from .connection import Connection
 from .errors import AnalyzeError
-from .results import Result
+from .results import Result, Segment, from_event
 from .retry import Deadline, RetryPolicy
 
-__all__ = ["Client", "AsyncClient", "AnalyzeError", "Result", "RetryPolicy", "UPLOAD_ABOVE_BYTES", "CHUNK_BYTES"]
+__all__ = ["Client", "AsyncClient", "AnalyzeError", "Result", "Segment", "RetryPolicy", "live_wav_header",
+           "UPLOAD_ABOVE_BYTES", "CHUNK_BYTES"]
 
 # Files above this go through AnalyzeUpload in CHUNK_BYTES pieces (the gateway's Analyze takes 64 MiB by
 # default; streaming also keeps a large file out of the client's memory).
@@ -72,6 +77,29 @@ def _chunks(options: pb.AnalyzeRequest, audio: Audio):
     with open(audio, "rb") as file:
         while chunk := file.read(CHUNK_BYTES):
             yield pb.UploadRequest(chunk=chunk)
+
+
+def _stream_messages(options: pb.AnalyzeRequest, chunks: Iterable[bytes]):
+    """AnalyzeStream's messages: the options, then each chunk as the caller's iterable gives it."""
+    yield pb.UploadRequest(options=options)
+    for chunk in chunks:
+        yield pb.UploadRequest(chunk=bytes(chunk))
+
+
+def live_wav_header(sample_rate: int, channels: int = 1, sample_format: str = "s16") -> bytes:
+    """A WAV header for PCM whose length is not known yet (a live capture): send it first, then the
+    interleaved samples as they come (s16: little-endian int16; mulaw / alaw: G.711 bytes, as
+    telephony media streams carry them). Its sizes say "unknown" (0xFFFFFFFF), which decoders read
+    as "until the stream ends"."""
+    formats = {"s16": (1, 16), "mulaw": (7, 8), "alaw": (6, 8)}
+    if sample_format not in formats:
+        raise ValueError(f"sample_format must be one of {', '.join(formats)}, not {sample_format!r}")
+    tag, bits = formats[sample_format]
+    block = channels * bits // 8
+    unknown = 0xFFFFFFFF
+    return (b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, tag, channels, sample_rate, sample_rate * block, block, bits)
+            + b"data" + struct.pack("<I", unknown))
 
 
 async def _chunks_async(options: pb.AnalyzeRequest, audio: Audio):
@@ -164,6 +192,33 @@ class Client(_Base):
                 raise error
             time.sleep(wait)
 
+    def analyze_stream(self, chunks: Iterable[bytes], *, language: str = "auto", window_seconds: float = 0.0,
+                       use_itn: bool = False, channel_roles: Mapping[int, str] | Sequence[str] | None = None,
+                       mix_channels: bool = False, thresholds: Mapping[str, float] | None = None,
+                       request_id: str = "", timeout: float | None = None) -> Iterator[Segment | Result]:
+        """Analyse audio while it is being captured (a live call).
+
+        chunks: the bytes of a recording that grows as it is captured, in order, as they come: a
+        WAV header (`live_wav_header`) then PCM, or ogg/opus or webm pages. Yields each Segment as
+        soon as the gateway has analysed it, then, once `chunks` is exhausted, the whole Result
+        (every segment with escalation marked, speakers, call). The other options are analyze()'s;
+        timeout: seconds for the whole stream (None: no limit). A live stream cannot be replayed,
+        so nothing is retried: errors raise AnalyzeError.
+        """
+        request = _analyze_request(language=language, window_seconds=window_seconds, use_itn=use_itn,
+                                   channel_roles=channel_roles, mix_channels=mix_channels, thresholds=thresholds,
+                                   request_id=request_id)
+        deadline = Deadline(timeout)
+        call = self._stub.AnalyzeStream(_stream_messages(request, chunks), timeout=timeout,
+                                        metadata=self.connection.call_metadata())
+        try:
+            for event in call:
+                yield from_event(event)
+        except grpc.RpcError as exc:
+            raise self._error(exc, request, deadline) from None
+        finally:
+            call.cancel()  # the caller stopped early: end the call (no-op once it has ended)
+
     def close(self) -> None:
         """Closes the connection; calls still running end with CANCELLED."""
         self._channel.close()
@@ -221,6 +276,35 @@ class AsyncClient(_Base):
                 error.attempts = attempt
                 raise error
             await asyncio.sleep(wait)
+
+    async def analyze_stream(self, chunks: AsyncIterable[bytes] | Iterable[bytes], *, language: str = "auto",
+                             window_seconds: float = 0.0, use_itn: bool = False,
+                             channel_roles: Mapping[int, str] | Sequence[str] | None = None,
+                             mix_channels: bool = False, thresholds: Mapping[str, float] | None = None,
+                             request_id: str = "", timeout: float | None = None) -> AsyncIterator[Segment | Result]:
+        """As Client.analyze_stream; `chunks` may be an async iterable."""
+        request = _analyze_request(language=language, window_seconds=window_seconds, use_itn=use_itn,
+                                   channel_roles=channel_roles, mix_channels=mix_channels, thresholds=thresholds,
+                                   request_id=request_id)
+
+        async def messages():
+            yield pb.UploadRequest(options=request)
+            if isinstance(chunks, AsyncIterable):
+                async for chunk in chunks:
+                    yield pb.UploadRequest(chunk=bytes(chunk))
+            else:
+                for chunk in chunks:
+                    yield pb.UploadRequest(chunk=bytes(chunk))
+
+        deadline = Deadline(timeout)
+        call = self._analyzer().AnalyzeStream(messages(), timeout=timeout, metadata=self.connection.call_metadata())
+        try:
+            async for event in call:
+                yield from_event(event)
+        except grpc.RpcError as exc:
+            raise self._error(exc, request, deadline) from None
+        finally:
+            call.cancel()
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -13,7 +13,6 @@ segments) and the rollups.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import threading
 import time
@@ -27,6 +26,7 @@ from . import prosody, reconcile, rollup, sentiment, thresholds
 from .audio import SAMPLE_RATE, open_audio
 from .errors import Code, ToneserveError
 from .inference import AsrResult, Distribution, Inference
+from .live import LiveAudio
 from .segmenter import FRAME, Segmenter, Utterance
 from .settings import Settings
 
@@ -104,6 +104,8 @@ class Analysis:
         self.thresholds = thresholds.from_proto(options.thresholds)
         self.warnings: dict[str, None] = {}  # ordered set, filled from worker threads
         self.lock = threading.Lock()
+        self.on_segment = None
+        self._decoding: asyncio.Future | None = None  # the block being decoded in a worker thread
 
     # ------------------------------------------------------------------ helpers
 
@@ -132,19 +134,30 @@ class Analysis:
 
     # ------------------------------------------------------------------ the run
 
-    async def run(self, source) -> pb.AnalyzeResponse:
+    async def run(self, source, block_frames: int = BLOCK_FRAMES, on_segment=None) -> pb.AnalyzeResponse:
+        """`block_frames`: VAD frames decoded at a time (live audio takes short blocks, so an
+        utterance is analysed soon after it ends). `on_segment`: a coroutine function called with
+        each segment as soon as it is analysed."""
         started = time.perf_counter()
+        self.on_segment = on_segment
         stream = await asyncio.to_thread(open_audio, source, self.settings.limits)
-        with stream:
-            blocks = stream.blocks(BLOCK_FRAMES * FRAME / SAMPLE_RATE)
-            first = await asyncio.to_thread(next, blocks, None)
+        blocks = stream.blocks(block_frames * FRAME / SAMPLE_RATE)
+        try:
+            first = await self._next_block(blocks)
             mix = self.options.mix_channels
             if first is not None and not mix and same_audio_on_every_channel(first):
                 mix = True
                 self._warn(f"the {stream.channels} channels carry the same audio: analysed as one speaker (mix)")
             speakers = speakers_of(stream.channels, self.options, mix)
-            segments, samples = await self._segments(itertools.chain([first] if first is not None else [], blocks),
-                                                     speakers, mix)
+            segments, samples = await self._segments(first, blocks, speakers, mix)
+        finally:
+            # A cancelled request (deadline, client gone) may leave a block being decoded in its
+            # thread: the container is closed only after that read has returned, never under it.
+            if self._decoding is not None and not self._decoding.done():
+                if isinstance(source, LiveAudio):
+                    source.close()  # a decoder waiting for the client's next chunk returns at once
+                await asyncio.wait([self._decoding])
+            stream.close()
         if not segments:
             raise ToneserveError(Code.NO_SPEECH, f"VAD found no speech in {samples / SAMPLE_RATE:.1f} s of audio "
                                                  f"(vad_threshold {self.thresholds.vad_threshold:g})")
@@ -155,7 +168,13 @@ class Analysis:
         return pb.AnalyzeResponse(segments=segments, speakers=summaries, call=call,
                                   metadata=self._metadata(stream, duration, started))
 
-    async def _segments(self, blocks, speakers: list[Speaker], mix: bool) -> tuple[list[pb.Segment], int]:
+    async def _next_block(self, blocks) -> np.ndarray | None:
+        """The next decoded block (None at the end), decoded in a worker thread. Shielded: a
+        cancelled request must not forget a read still running there (see `run`)."""
+        self._decoding = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
+        return await asyncio.shield(self._decoding)
+
+    async def _segments(self, first, blocks, speakers: list[Speaker], mix: bool) -> tuple[list[pb.Segment], int]:
         """Decode, VAD and segment block by block; analyse each utterance as soon as it is finished."""
         t = self.thresholds
         segmenters = [Segmenter(s.channel, t.vad_threshold, t.min_silence_ms, self.settings.max_utterance_seconds)
@@ -171,7 +190,8 @@ class Analysis:
                     await slots.acquire()  # back-pressure: decoding waits for Triton
                     group.create_task(self._utterance(utterance, names[utterance.channel], slots, results))
 
-            while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+            block = first
+            while block is not None:
                 if mix:
                     block = block.mean(axis=0, keepdims=True)
                 samples += block.shape[1]
@@ -179,6 +199,7 @@ class Analysis:
                 context = block[:, -VAD_CONTEXT:]
                 for row, segmenter in enumerate(segmenters):
                     await launch(segmenter.feed(block[row], probs[row]))
+                block = await self._next_block(blocks)
             for segmenter in segmenters:
                 await launch(segmenter.finish())
         return results, samples
@@ -204,8 +225,11 @@ class Analysis:
                 asr = group.create_task(self._triton(self.inference.asr, wav, self.language, self.options.use_itn))
                 emotions = [group.create_task(self._triton(self.inference.emotion, wav[a:b])) for a, b in windows]
             # Pitch, sentiment and reconciliation are CPU work: off the event loop.
-            results.append(await asyncio.to_thread(
-                self._segment, utterance, speaker, asr.result(), [e.result() for e in emotions], windows))
+            segment = await asyncio.to_thread(
+                self._segment, utterance, speaker, asr.result(), [e.result() for e in emotions], windows)
+            results.append(segment)
+            if self.on_segment is not None:
+                await self.on_segment(segment)
         finally:
             slots.release()
 

@@ -4,7 +4,8 @@ The analysis itself is gateway/pipeline.py. Here: at most `max_requests` run at
 once (one more is answered OVERLOADED with gRPC's retry-pushback hint instead of
 queueing without bound); every request ends in exactly one answer or one error
 from the table in gateway/errors.py; AnalyzeUpload spools the upload (memory up
-to `spool_memory_bytes`, then a temporary file) before decoding it in blocks.
+to `spool_memory_bytes`, then a temporary file) before decoding it in blocks;
+AnalyzeStream decodes while the audio arrives and sends each segment when it is ready.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..v1 import toneserve_pb2_grpc as pb_grpc
 from .auth import ApiKeys
 from .errors import ERROR_CODE_METADATA, Code, ToneserveError
 from .inference import Inference
+from .live import LiveAudio
 from .metrics import Metrics
 from .pipeline import Analysis
 from .settings import Settings
@@ -43,6 +45,17 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
     return next((e for e in leaves if isinstance(e, ToneserveError)), leaves[0])
 
 
+async def _options(request_iterator, rpc: str) -> pb.AnalyzeRequest:
+    """The options that open an AnalyzeUpload or AnalyzeStream call."""
+    first = await anext(request_iterator, None)
+    if first is None or first.WhichOneof("part") != "options":
+        raise ToneserveError(Code.INVALID_ARGUMENT, f"the first {rpc} message must carry `options`")
+    if first.options.audio:
+        raise ToneserveError(Code.INVALID_ARGUMENT,
+                             f"{rpc} takes the audio as `chunk` messages; options.audio must be empty")
+    return first.options
+
+
 class AnalyzerService(pb_grpc.AnalyzerServicer):
     def __init__(self, inference: Inference, settings: Settings = Settings(), metrics: Metrics | None = None,
                  keys: ApiKeys = ApiKeys()):
@@ -64,12 +77,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
 
     async def AnalyzeUpload(self, request_iterator, context) -> pb.AnalyzeResponse:
         async def receive():
-            first = await anext(request_iterator, None)
-            if first is None or first.WhichOneof("part") != "options":
-                raise ToneserveError(Code.INVALID_ARGUMENT, "the first AnalyzeUpload message must carry `options`")
-            if first.options.audio:
-                raise ToneserveError(Code.INVALID_ARGUMENT,
-                                     "AnalyzeUpload takes the audio as `chunk` messages; options.audio must be empty")
+            options = await _options(request_iterator, "AnalyzeUpload")
             spool = tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes)
             try:
                 size = 0
@@ -85,10 +93,32 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             except BaseException:
                 spool.close()
                 raise
-            return first.options, spool
+            return options, spool
         return await self._serve("AnalyzeUpload", context, receive)
 
-    async def _serve(self, rpc: str, context, receive) -> pb.AnalyzeResponse:
+    async def AnalyzeStream(self, request_iterator, context):
+        """AnalyzeUpload's messages, analysed as they arrive (gateway/live.py); each segment is sent
+        as soon as it is analysed, then the whole response."""
+        events: asyncio.Queue = asyncio.Queue()
+
+        async def receive():
+            options = await _options(request_iterator, "AnalyzeStream")
+            return options, LiveAudio(self.settings.limits.max_bytes).start(request_iterator)
+
+        async def send(segment: pb.Segment) -> None:
+            events.put_nowait(pb.AnalyzeEvent(segment=segment))  # a copy: later flags go to `result` only
+
+        serving = asyncio.create_task(self._serve("AnalyzeStream", context, receive, on_segment=send,
+                                                  block_frames=self.settings.live_block_frames))
+        serving.add_done_callback(lambda _: events.put_nowait(None))
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            yield pb.AnalyzeEvent(result=await serving)  # or the error it aborted the call with
+        finally:
+            serving.cancel()  # the client went away: stop analysing
+
+    async def _serve(self, rpc: str, context, receive, **run) -> pb.AnalyzeResponse:
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
         tenant = ""  # not known until the key is checked
@@ -112,7 +142,11 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
                 request_id = options.request_id or request_id
                 analysis = Analysis(self.inference, self.settings, self.triton_slots, options, request_id,
                                     self._deadline(context), self.metrics.triton_in_flight.inc)
-                response = await analysis.run(source)
+                try:
+                    response = await analysis.run(source, **run)
+                finally:
+                    if getattr(source, "failure", None):  # the client's stream was bad: that is the answer
+                        raise source.failure
             self.metrics.audio_seconds.labels(rpc, tenant).inc(response.metadata.audio_seconds)
             return response
         except Exception as exc:  # a ToneserveError, possibly inside a task group's ExceptionGroup, or a bug

@@ -34,6 +34,10 @@ class Settings:
     max_request_seconds: float | None = None
     # AnalyzeUpload keeps this much of an upload in memory, the rest in a temporary file.
     spool_memory_bytes: int = 8 * 1024 * 1024
+    # AnalyzeStream decodes and runs VAD on blocks of this many 32 ms frames (1.024 s): an utterance
+    # is analysed within about a block (plus min_silence_ms) of its end. Recordings sent whole take
+    # 30.72 s blocks (fewer VAD calls); the segments are the same either way.
+    live_block_frames: int = 32
 
     def window(self, requested: float) -> float:
         if requested == 0:

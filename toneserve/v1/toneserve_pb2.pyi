@@ -314,3 +314,11 @@ class AnalyzeResponse(_message.Message):
     speakers: _containers.RepeatedCompositeFieldContainer[SpeakerSummary]
     call: CallSummary
     def __init__(self, segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., metadata: _Optional[_Union[Metadata, _Mapping]] = ..., speakers: _Optional[_Iterable[_Union[SpeakerSummary, _Mapping]]] = ..., call: _Optional[_Union[CallSummary, _Mapping]] = ...) -> None: ...
+
+class AnalyzeEvent(_message.Message):
+    __slots__ = ("segment", "result")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    segment: Segment
+    result: AnalyzeResponse
+    def __init__(self, segment: _Optional[_Union[Segment, _Mapping]] = ..., result: _Optional[_Union[AnalyzeResponse, _Mapping]] = ...) -> None: ...

@@ -44,6 +44,11 @@ class AnalyzerStub:
                 request_serializer=toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.SerializeToString,
                 response_deserializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeResponse.FromString,
                 _registered_method=True)
+        self.AnalyzeStream = channel.stream_stream(
+                '/toneserve.v1.Analyzer/AnalyzeStream',
+                request_serializer=toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.SerializeToString,
+                response_deserializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeEvent.FromString,
+                _registered_method=True)
 
 
 class AnalyzerServicer:
@@ -64,6 +69,16 @@ class AnalyzerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnalyzeStream(self, request_iterator, context):
+        """Analyse audio while it is still being captured (a live call): the messages are those of
+        AnalyzeUpload, sent as the audio comes (a container that can be written as it grows: WAV,
+        ogg/opus, webm, raw ADTS AAC, mp3 ...). Each segment comes back as soon as its utterance is
+        analysed; the last message is the whole AnalyzeResponse, once the client has closed its side.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyzerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +91,11 @@ def add_AnalyzerServicer_to_server(servicer, server):
                     servicer.AnalyzeUpload,
                     request_deserializer=toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.FromString,
                     response_serializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeResponse.SerializeToString,
+            ),
+            'AnalyzeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AnalyzeStream,
+                    request_deserializer=toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.FromString,
+                    response_serializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +152,33 @@ class Analyzer:
             '/toneserve.v1.Analyzer/AnalyzeUpload',
             toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.SerializeToString,
             toneserve_dot_v1_dot_toneserve__pb2.AnalyzeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyzeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/toneserve.v1.Analyzer/AnalyzeStream',
+            toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.SerializeToString,
+            toneserve_dot_v1_dot_toneserve__pb2.AnalyzeEvent.FromString,
             options,
             channel_credentials,
             insecure,
