@@ -43,6 +43,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "a file ending in .json). Default: stdout")
     out.add_argument("--report", metavar="DIR", help="also write DIR/<name>.html and DIR/<name>.png per call")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no notes on stderr")
+    add_request_arguments(p)
+    server = add_connection_arguments(p)
+    server.add_argument("--jobs", type=_positive_int, default=4, help="files analysed at once (default 4)")
+    server.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds per file, retries included (default 300)")
+    server.add_argument("--attempts", type=_positive_int, default=RetryPolicy.max_attempts,
+                        help=f"tries per file when the gateway is unreachable or busy (default {RetryPolicy.max_attempts})")
+
+
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """The analysis options (what `request_options` reads), shared with `toneserve stream`."""
     request = p.add_argument_group("analysis")
     request.add_argument("--roles", help="speaker names of the channels in order, e.g. agent,customer")
     request.add_argument("--mix-channels", action="store_true", help="one speaker for all channels")
@@ -54,17 +65,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         kind = int if field.type == field.TYPE_INT32 else float
         request.add_argument(f"--{field.name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper(),
                              help=f"threshold {field.name} (default: the server's; README, \"The API\")")
+
+
+def add_connection_arguments(p: argparse.ArgumentParser):
+    """Where the gateway is and how to reach it, shared with `toneserve stream`; returns the group."""
     server = p.add_argument_group("server")
     server.add_argument("--address", help=f"gateway host:port (default ${ENV_ADDRESS}, else {DEFAULT_ADDRESS})")
     server.add_argument("--api-key", help=f"API key (default ${ENV_API_KEY}; the variable keeps it out of your "
                                           "shell history)")
     server.add_argument("--ca-cert", metavar="PEM", help=f"TLS with this root certificate (default ${ENV_CA_CERT})")
     server.add_argument("--tls", action="store_true", help="TLS trusting the system's root certificates")
-    server.add_argument("--jobs", type=_positive_int, default=4, help="files analysed at once (default 4)")
-    server.add_argument("--timeout", type=float, default=300.0,
-                        help="seconds per file, retries included (default 300)")
-    server.add_argument("--attempts", type=_positive_int, default=RetryPolicy.max_attempts,
-                        help=f"tries per file when the gateway is unreachable or busy (default {RetryPolicy.max_attempts})")
+    return server
 
 
 @dataclass
@@ -95,7 +106,8 @@ def _analyze(client, file: Path, options: dict, stop: threading.Event) -> Outcom
         return _failed(file, "UNREADABLE", f"cannot read the file: {exc.strerror or exc}")
 
 
-def _request_options(args) -> dict:
+def request_options(args) -> dict:
+    """The SDK's keyword arguments from `add_request_arguments`' flags, and --timeout."""
     thresholds = {f.name: getattr(args, f.name) for f in pb.Thresholds.DESCRIPTOR.fields
                   if getattr(args, f.name) is not None}
     return dict(language=args.language, window_seconds=args.window_seconds, use_itn=args.itn,
@@ -157,7 +169,7 @@ def _analyse_all(args, client, output, files: list[Path], tally: Tally) -> list[
     from tqdm import tqdm
 
     names = output_names(files)
-    options = _request_options(args)
+    options = request_options(args)
     failures = []
     stop = threading.Event()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs, thread_name_prefix="analyze")

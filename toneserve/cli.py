@@ -186,6 +186,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_stream(args) -> int:
+    from .client.stream_cli import run
+    return run(args)
+
+
 def cmd_plan(args) -> int:
     from .loadtest.plan import run_plan
     return run_plan(args)
@@ -234,7 +239,8 @@ def _add_gateway_options(p):
     p.add_argument("--max-channels", type=int, default=defaults.limits.max_channels,
                    help=f"most channels (speakers) accepted (default {defaults.limits.max_channels})")
     p.add_argument("--max-upload-mb", type=int, default=defaults.limits.max_bytes // 2**20,
-                   help=f"largest AnalyzeUpload in MiB (default {defaults.limits.max_bytes // 2**20})")
+                   help="largest AnalyzeUpload or AnalyzeStream in MiB "
+                        f"(default {defaults.limits.max_bytes // 2**20})")
     p.add_argument("--max-message-mb", type=int, default=defaults.max_message_bytes // 2**20,
                    help=f"largest Analyze request in MiB (default {defaults.max_message_bytes // 2**20})")
     p.add_argument("--max-requests", type=int, default=defaults.max_requests,
@@ -304,6 +310,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyse files, folders or globs: JSON, JSONL or CSV, and HTML/PNG reports")
     add_analyze_arguments(p)
     p.set_defaults(func=cmd_analyze)
+
+    from .client.stream_cli import add_arguments as add_stream_arguments
+    p = sub.add_parser("stream", help="analyse live audio (a file or a pipe) and print each segment as it comes")
+    add_stream_arguments(p)
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("demo", help="export, start everything, analyse a sample clip, print, stop")
     _add_size(p, default="base")
