@@ -201,6 +201,8 @@ def run_benchmark(args) -> dict:
     from ..model_repository.render import render_repository
     from . import compute_bound, corpus
 
+    if not any(parse_system(spec)[0] == "fp32" for spec in args.systems):
+        raise ValueError("--systems needs an fp32 system: the baseline's parity check compares with it")
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     models_dir = Path(args.models_dir or paths.models_dir(args.size))
@@ -226,12 +228,14 @@ def run_benchmark(args) -> dict:
         systems = []
         for name, repository in repositories.items():
             say(f"starting {name}")
-            log = out / "logs" / f"serve-{repository.parent.name}.log"
+            log = out / "logs" / f"serve-{repository.name}.log"
             address, metrics, pid = stack.enter_context(toneserve(repository, log))
             systems.append({"name": name, "address": address, "metrics": metrics, "pid": pid, "label": "gateway"})
-        say(f"starting the baseline (FunASR AutoModel) and checking parity with {systems[0]['name']}")
+        # The baseline runs the fp32 weights: its parity check is against an fp32 system (int8 differs by design).
+        reference = next(system for system in systems if system["name"].startswith("toneserve fp32"))
+        say(f"starting the baseline (FunASR AutoModel) and checking parity with {reference['name']}")
         address, pid, parity = stack.enter_context(baseline(models_dir, args.baseline_workers, args.baseline_threads,
-                                                            systems[0]["address"], out / "logs" / "baseline.log"))
+                                                            reference["address"], out / "logs" / "baseline.log"))
         bench["parity"] = parity
         systems.append({"name": "baseline", "address": address, "pid": pid, "label": "baseline"})
         from .run import warm_up

@@ -92,6 +92,14 @@ def test_benchmark_systems_change_only_what_they_name():
             parse_system(bad)
 
 
+def test_benchmark_needs_an_fp32_system_for_the_baseline_parity(tmp_path, capsys):
+    from toneserve.loadtest.benchmark import main
+
+    code = main(["--corpus", str(tmp_path), "--systems", "int8", "int8:pad=1.0", "--out", str(tmp_path / "out")])
+    assert code == 2 and "needs an fp32 system" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
 def test_ledger_credits_the_steady_window_pro_rata():
     book = {"steady_from": 10.0, "steady_until": 20.0, "names": {"Analyze": {
         "sent": 3, "errors": {},
