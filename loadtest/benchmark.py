@@ -108,7 +108,8 @@ def baseline(models_dir: Path, workers: int, threads: int, check_against: str, l
 
 # What a --systems entry may change: its key there -> (Tuning.changed argument, type).
 SYSTEM_FLAGS = {"instances": ("instances", int), "threads": ("threads", int),
-                "batch": ("max_batch_size", int), "pad": ("max_pad_ratio", float)}
+                "batch": ("max_batch_size", int), "pad": ("max_pad_ratio", float),
+                "share": ("share_cores", lambda v: {"1": True, "0": False}[v])}
 
 
 def parse_system(spec: str) -> tuple[str, dict[str, float]]:
@@ -123,9 +124,9 @@ def parse_system(spec: str) -> tuple[str, dict[str, float]]:
             flags[key] = SYSTEM_FLAGS[key][1](value)
         except (KeyError, ValueError):
             flags[key] = 0
-        if flags[key] < 1:
-            raise ValueError(f"--systems {spec!r}: give instances=N, threads=N, batch=N (max batch size) "
-                             "and/or pad=R (max pad ratio, at least 1)")
+        if flags[key] is not False and flags[key] < 1:
+            raise ValueError(f"--systems {spec!r}: give instances=N, threads=N, batch=N (max batch size), "
+                             "pad=R (max pad ratio, at least 1) and/or share=1|0 (instances share the cores)")
     return precision, flags
 
 
@@ -213,7 +214,7 @@ def run_benchmark(args) -> dict:
         tuning = tuning_of(flags)
         # "toneserve int8 2x1": 2 instances of each heavy model, 1 ONNX Runtime thread each
         name = f"toneserve {precision}" + (f" {tuning.instances}x{tuning.intra_op_threads}" if flags else "")
-        name += "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad") if key in flags)
+        name += "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad", "share") if key in flags)
         say(f"rendering the cpu repository of {name} from {models_dir}")
         folder = out / ("repository-" + name.removeprefix("toneserve ").replace(" ", "-"))
         repositories[name] = render_repository(describe(models_dir, precision, tuning), "cpu", folder)
@@ -286,7 +287,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, nargs="+", default=[1, 2, 4], help="load levels (default 1 2 4)")
     p.add_argument("--run-time", type=float, default=180.0, help="seconds per run (default 180)")
     p.add_argument("--systems", nargs="+", default=["fp32", "int8"],
-                   help="toneserve variants: PRECISION[:instances=N,threads=N,batch=N,pad=R] (default fp32 int8)")
+                   help="toneserve variants: PRECISION[:instances=N,threads=N,batch=N,pad=R,share=1|0] (default fp32 int8)")
     p.add_argument("--baseline-workers", type=int, default=os.cpu_count(), help="baseline workers (default: cores)")
     p.add_argument("--baseline-threads", type=int, default=1, help="baseline torch threads (default 1)")
     p.add_argument("--request-timeout", type=float, default=900.0)

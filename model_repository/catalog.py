@@ -50,9 +50,14 @@ class Tuning:
     intra_op_threads: int = 1
     # cpu runner: items whose padded size would exceed this multiple of their own run apart.
     max_pad_ratio: float = 1.25
+    # cpu profile: the heavy instances share the machine's cores through Triton's rate limiter, so
+    # no more of them compute at once than there are cores (docs/BENCHMARKS.md, "Where int8's
+    # overhead goes").
+    share_cores: bool = False
 
     def changed(self, *, instances: int | None = None, threads: int | None = None, max_batch_size: int | None = None,
-                queue_delay_us: int | None = None, max_pad_ratio: float | None = None) -> "Tuning":
+                queue_delay_us: int | None = None, max_pad_ratio: float | None = None,
+                share_cores: bool | None = None) -> "Tuning":
         """These settings with the given ones changed (None keeps a setting); preferred batch sizes
         above a smaller max_batch_size are dropped."""
         batching = self.batching
@@ -64,10 +69,12 @@ class Tuning:
         return replace(self, batching=batching,
                        instances=self.instances if instances is None else instances,
                        intra_op_threads=self.intra_op_threads if threads is None else threads,
-                       max_pad_ratio=self.max_pad_ratio if max_pad_ratio is None else max_pad_ratio)
+                       max_pad_ratio=self.max_pad_ratio if max_pad_ratio is None else max_pad_ratio,
+                       share_cores=self.share_cores if share_cores is None else share_cores)
 
     def heavy(self) -> dict:
         return {"batching": self.batching, "instances": self.instances,
+                "cores": self.intra_op_threads if self.share_cores else 0,
                 "parameters": {"intra_op_threads": str(self.intra_op_threads),
                                "max_pad_ratio": str(self.max_pad_ratio)}}
 

@@ -24,7 +24,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .spec import Ensemble, Model, OnnxModel, PythonModel, Tensor
+from .spec import CORES, Ensemble, Model, OnnxModel, PythonModel, Tensor
 
 PROFILES = ("cpu", "gpu")
 RUNNERS = Path(__file__).parent / "runners"
@@ -99,8 +99,11 @@ def model_config(model: Model, profile: str) -> mc.ModelConfig:
             sample.inputs[name].dims.extend(array.shape)
             sample.inputs[name].input_data_file = name
     on_gpu = profile == "gpu" and isinstance(model, OnnxModel)
-    config.instance_group.add(count=model.instances,
-                              kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU)
+    group = config.instance_group.add(count=model.instances,
+                                      kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU)
+    if profile == "cpu" and getattr(model, "cores", 0):
+        resource = group.rate_limiter.resources.add(name=CORES, count=model.cores)
+        setattr(resource, "global", True)  # one pool of cores for the machine ("global" is a Python keyword)
     parameters = dict(model.parameters)
     if isinstance(model, OnnxModel):
         if python_backend:

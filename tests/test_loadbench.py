@@ -111,3 +111,23 @@ def test_errors_make_the_exit_status_non_zero(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert "2 error(s)" in captured.out and "boom" in captured.out
     assert "request(s) failed" in captured.err
+
+
+def test_instances_sharing_the_cores_answer_every_request(models_root, tmp_path, capsys):
+    """A repository whose heavy instances take turns on the cores (Triton's rate limiter on, a
+    pool of this machine's cores) serves concurrent requests like any other: all answered."""
+    from toneserve.model_repository.catalog import DEFAULT_TUNING, describe
+    from toneserve.model_repository.render import render_repository
+
+    shared = render_repository(describe(models_root, tuning=DEFAULT_TUNING.changed(share_cores=True, instances=3)),
+                               "cpu", tmp_path / "shared")
+    out = tmp_path / "bench.json"
+    code = loadbench.main(["--repository", str(shared), "--ensembles", "emotion", "asr", "--concurrency", "8",
+                           "--requests", "16", "--lengths", "0.5", "2.0", "--json", str(out),
+                           "--triton-log", str(tmp_path / "triton.log"), "--no-progress"])
+    assert code == 0, capsys.readouterr().out
+    for entry in json.loads(out.read_text())["ensembles"].values():
+        (level,) = entry["levels"]
+        assert level["ok"] == level["requests"] == 16 and level["errors"] == 0
+    from toneserve.triton import EmbeddedTriton
+    assert EmbeddedTriton(shared)._rate_limit()  # what loadbench's EmbeddedTriton started tritonserver with

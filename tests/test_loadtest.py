@@ -87,7 +87,9 @@ def test_benchmark_systems_change_only_what_they_name():
     assert tuning.batching.max_batch_size == 1 and tuning.batching.preferred_batch_sizes == ()
     assert tuning.batching.max_queue_delay_us == DEFAULT_TUNING.batching.max_queue_delay_us
     assert tuning_of({}) == DEFAULT_TUNING
-    for bad in ("fp16", "int8:instances=0", "int8:pad=0.5", "int8:threads=two", "int8:speed=9"):
+    assert tuning_of(parse_system("fp32:share=1")[1]).share_cores is True
+    assert tuning_of(parse_system("fp32:share=0")[1]).share_cores is False
+    for bad in ("fp16", "int8:instances=0", "int8:pad=0.5", "int8:threads=two", "int8:speed=9", "int8:share=yes"):
         with pytest.raises(ValueError, match="--systems"):
             parse_system(bad)
 

@@ -67,3 +67,31 @@ def test_warmup_samples_and_label_files_are_complete(models_root, tmp_path):
                 assert len(labels) == output.dims[0], (config.name, output.name)
     assert warmed == {"emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder",
                       "vad"}
+
+
+def test_shared_cores_render_a_rate_limiter_and_the_launcher_provides_the_pool(models_root, tmp_path):
+    """With share_cores, each heavy cpu instance takes its threads' worth of the `cpu_cores`
+    resource, and EmbeddedTriton turns the rate limiter on with a pool of this machine's cores;
+    without it (and on the gpu profile) nothing is rate limited."""
+    import os
+
+    from toneserve.model_repository.catalog import DEFAULT_TUNING
+    from toneserve.model_repository.spec import CORES
+    from toneserve.triton import EmbeddedTriton
+
+    shared = DEFAULT_TUNING.changed(share_cores=True, threads=2)
+    limited = {}
+    for profile, tuning in (("cpu", shared), ("cpu", DEFAULT_TUNING), ("gpu", shared)):
+        repo = render_repository(describe(models_root, tuning=tuning), profile, tmp_path / f"{profile}{len(limited)}")
+        for path in repo.glob("*/config.pbtxt"):
+            for group in text_format.Parse(path.read_text(), mc.ModelConfig()).instance_group:
+                for resource in group.rate_limiter.resources:
+                    assert (resource.name, resource.count, getattr(resource, "global")) == (CORES, 2, True)
+                    limited.setdefault(repo, set()).add(path.parent.name)
+        flags = EmbeddedTriton(repo)._rate_limit()
+        if repo in limited:
+            pool = max(2, len(os.sched_getaffinity(0)))
+            assert flags == ["--rate-limit=execution_count", f"--rate-limit-resource={CORES}:{pool}"]
+        else:
+            assert flags == [], profile
+    assert list(limited.values()) == [{"emotion2vec", "sensevoice_encoder"}]  # the cpu profile with sharing only

@@ -58,7 +58,8 @@ def _renderings(profiles, variants) -> list[tuple[str, str]]:
 def _tuning(args, defaults):
     """The measured defaults, with whatever scheduling flags were given."""
     return defaults.changed(instances=args.instances, threads=args.threads, max_batch_size=args.max_batch_size,
-                            queue_delay_us=args.queue_delay_us, max_pad_ratio=args.max_pad_ratio)
+                            queue_delay_us=args.queue_delay_us, max_pad_ratio=args.max_pad_ratio,
+                            share_cores=args.share_cores)
 
 
 def _triton_ports(args):
@@ -279,6 +280,9 @@ def parser() -> argparse.ArgumentParser:
     tuning.add_argument("--queue-delay-us", type=int, help="how long the dynamic batcher waits to fill a batch")
     tuning.add_argument("--max-pad-ratio", type=float,
                         help="cpu runner: requests whose padding would exceed this factor run apart (inf: never)")
+    tuning.add_argument("--share-cores", action=argparse.BooleanOptionalAction, default=None,
+                        help="cpu profile: heavy instances take turns on the machine's cores (Triton's rate "
+                             "limiter) instead of all computing at once")
     p.add_argument("--models-dir", help=f"where exported models go (default {paths.home()}/models/SIZE)")
     p.add_argument("--repository", help="where rendered repositories go, one folder per profile")
     p.add_argument("--profiles", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])

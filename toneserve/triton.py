@@ -9,6 +9,7 @@ server or stub process outlives us (Ctrl-C, failed start or normal stop).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import paths
+from .model_repository.spec import CORES
 
 
 class TritonStartError(RuntimeError):
@@ -159,7 +161,20 @@ class EmbeddedTriton:
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             "--exit-on-error=true", "--strict-readiness=true",
             f"--log-verbose={self.log_verbose}",
+            *self._rate_limit(),
         ]
+
+    def _rate_limit(self) -> list[str]:
+        """Triton's rate limiter, when the repository's instances share the cores (Tuning.share_cores):
+        the pool is this process's usable cores. Without the flag Triton would make the pool as
+        large as the largest single need, and run one heavy execution at a time; an instance that
+        needs more threads than the machine has still gets to run, alone."""
+        needs = [int(count) for config in self.repository.glob("*/config.pbtxt")
+                 for count in re.findall(rf'name: "{CORES}"\s+global: true\s+count: (\d+)', config.read_text())]
+        if not needs:
+            return []
+        pool = max(len(os.sched_getaffinity(0)), *needs)
+        return ["--rate-limit=execution_count", f"--rate-limit-resource={CORES}:{pool}"]
 
     def start(self) -> "EmbeddedTriton":
         binary = self.binary or find_binary()
