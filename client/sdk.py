@@ -21,9 +21,9 @@ import abc
 import asyncio
 import dataclasses
 import os
+import struct
 import time
 import uuid
-import struct
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
