@@ -75,6 +75,20 @@ def _input(name: str, array: np.ndarray) -> triton.InferInput:
     return tensor
 
 
+def wav_inputs(wav: np.ndarray, ragged: bool) -> list[triton.InferInput]:
+    """One clip as (WAV [1, S], WAV_LENS [1, 1]), zero-padded to its length bucket unless the model
+    pads ragged batches itself (also what loadtest/locustfile.py sends Triton directly)."""
+    width = len(wav) if ragged else bucket_samples(len(wav))
+    padded = np.zeros((1, width), np.float32)
+    padded[0, :len(wav)] = wav
+    return [_input(catalog.WAV, padded), _input(catalog.WAV_LENS, np.array([[len(wav)]], np.int64))]
+
+
+def query_input(name: str, value: int) -> triton.InferInput:
+    """A [1, 1] int64 query id (SenseVoice's LANGUAGE / TEXTNORM)."""
+    return _input(name, np.array([[value]], np.int64))
+
+
 class Inference:
     def __init__(self, url: str):
         self.url = url
@@ -129,13 +143,6 @@ class Inference:
             raise _error(exc) from None
         return result
 
-    def _wav_inputs(self, model: str, wav: np.ndarray) -> list[triton.InferInput]:
-        """One clip as (WAV [1, S], WAV_LENS [1, 1]), zero-padded to its bucket unless the model pads itself."""
-        width = len(wav) if self.models[model].ragged else bucket_samples(len(wav))
-        padded = np.zeros((1, width), np.float32)
-        padded[0, :len(wav)] = wav
-        return [_input(catalog.WAV, padded), _input(catalog.WAV_LENS, np.array([[len(wav)]], np.int64))]
-
     async def vad(self, block: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
         """Speech probability per 512-sample frame for each row of `block` [channels, n]."""
         inputs = [_input(catalog.WAV, np.ascontiguousarray(block, np.float32)),
@@ -144,15 +151,15 @@ class Inference:
         return result.as_numpy(catalog.SPEECH_PROBS)
 
     async def emotion(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> Distribution:
-        inputs = self._wav_inputs(catalog.EMOTION, wav)
+        inputs = wav_inputs(wav, self.models[catalog.EMOTION].ragged)
         result = await self._infer(catalog.EMOTION, inputs, [catalog.PROBS], request_id, timeout)
         return self.emotion_labels, result.as_numpy(catalog.PROBS)[0]
 
     async def asr(self, wav: np.ndarray, language: str = "auto", use_itn: bool = False,
                   request_id: str = "", timeout: float | None = None) -> AsrResult:
-        inputs = [*self._wav_inputs(catalog.ASR, wav),
-                  _input(catalog.LANGUAGE, np.array([[self.language_query_id(language)]], np.int64)),
-                  _input(catalog.TEXTNORM, np.array([[self.textnorm_query_id(use_itn)]], np.int64))]
+        inputs = [*wav_inputs(wav, self.models[catalog.ASR].ragged),
+                  query_input(catalog.LANGUAGE, self.language_query_id(language)),
+                  query_input(catalog.TEXTNORM, self.textnorm_query_id(use_itn))]
         outputs = [catalog.TEXT, *catalog.ASR_DISTRIBUTIONS.values()]
         result = await self._infer(catalog.ASR, inputs, outputs, request_id, timeout)
         info = self.models[catalog.ASR]

@@ -39,7 +39,7 @@ from locust import User, constant, events, task  # noqa: E402
 from locust.stats import CSV_STATS_INTERVAL_SEC  # noqa: E402
 
 from toneserve.gateway.audio import SAMPLE_RATE, decode  # noqa: E402
-from toneserve.gateway.inference import bucket_samples  # noqa: E402
+from toneserve.gateway.inference import query_input, wav_inputs  # noqa: E402
 from toneserve.loadtest import corpus  # noqa: E402
 from toneserve.loadtest.ledger import Ledger  # noqa: E402
 from toneserve.loadtest.traffic import USERS, parse_mix, split  # noqa: E402
@@ -238,20 +238,10 @@ class TritonUser(_GrpcUser):
         self.client.close()
 
     def _inputs(self, model: str, wav: np.ndarray) -> list:
-        # As gateway/inference.py: padded to a length bucket unless the server pads ragged batches itself.
-        width = len(wav) if self.ragged[model] else bucket_samples(len(wav))
-        padded = np.zeros((1, width), np.float32)
-        padded[0, :len(wav)] = wav
-        tensors = [(catalog.WAV, padded), (catalog.WAV_LENS, np.array([[len(wav)]], np.int64))]
+        inputs = wav_inputs(wav, self.ragged[model])  # as the gateway sends them
         if model == catalog.ASR:
-            tensors += [(catalog.LANGUAGE, np.array([[self.language]], np.int64)),
-                        (catalog.TEXTNORM, np.array([[self.textnorm]], np.int64))]
-        out = []
-        for name, array in tensors:
-            tensor = triton.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
-            tensor.set_data_from_numpy(array)
-            out.append(tensor)
-        return out
+            inputs += [query_input(catalog.LANGUAGE, self.language), query_input(catalog.TEXTNORM, self.textnorm)]
+        return inputs
 
     def _infer(self, model: str) -> None:
         clip = _state["clips"][next(_next_entry) % len(_state["clips"])]
