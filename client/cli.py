@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..v1 import toneserve_pb2 as pb
-from .connection import DEFAULT_ADDRESS, ENV_ADDRESS, ENV_API_KEY, ENV_CA_CERT
-from .errors import AnalyzeError
-from .formats import FORMATS, open_output
-from .inputs import AUDIO_EXTENSIONS, expand, output_names
-from .results import Result
-from .retry import RetryPolicy
+from toneserve.client.connection import DEFAULT_ADDRESS, ENV_ADDRESS, ENV_API_KEY, ENV_CA_CERT
+from toneserve.client.errors import AnalyzeError
+from toneserve.client.formats import FORMATS, open_output
+from toneserve.client.inputs import AUDIO_EXTENSIONS, expand, output_names
+from toneserve.client.results import Result
+from toneserve.client.retry import RetryPolicy
+from toneserve.v1 import toneserve_pb2 as pb
 
 
 def _positive_int(text: str) -> int:
@@ -128,7 +128,7 @@ class Tally:
 
 
 def run(args) -> int:
-    from .sdk import Client
+    from toneserve.client.sdk import Client
 
     inputs = expand(args.paths)
     failures = [_failed(Path(a), "NOT_FOUND", "no such file, and no audio files in it or matching it")
@@ -207,7 +207,7 @@ def _deliver(args, output, outcome: Outcome, name: str, tally: Tally) -> Outcome
     try:
         output.write(str(outcome.file), name, outcome.result)
         if args.report:
-            from .report import write_report
+            from toneserve.client.report import write_report
             write_report(outcome.result, str(outcome.file), args.report, name)
     except BrokenPipeError:
         raise

@@ -1,10 +1,7 @@
 """AnalyzeError: what a failed call tells its caller, with no gRPC types in it."""
 from __future__ import annotations
 
-# The gateway's trailing metadata (gateway/errors.py and gateway/service.py; part of the API).
-ERROR_CODE_METADATA = "toneserve-error-code"
-REQUEST_ID_METADATA = "toneserve-request-id"
-RETRY_PUSHBACK_METADATA = "grpc-retry-pushback-ms"  # gRPC's own retry hint (gRFC A6)
+from toneserve.contract import ERROR_CODE_METADATA, REQUEST_ID_METADATA, RETRY_PUSHBACK_METADATA
 
 
 class AnalyzeError(RuntimeError):

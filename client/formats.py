@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from .results import Result, Segment
+from toneserve.client.results import Result, Segment
 
 FORMATS = ("json", "jsonl", "csv")
 

@@ -19,7 +19,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .results import Result, Segment
+from toneserve.client.results import Result, Segment
 
 # emotion2vec+'s labels; a label set of another model gets the colours of matplotlib's cycle.
 EMOTION_COLOURS = {"angry": "#d62728", "disgusted": "#8c564b", "fearful": "#9467bd", "happy": "#f2b701",

@@ -15,8 +15,7 @@ from functools import cache
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from ..v1 import toneserve_pb2 as pb
-
+from toneserve.v1 import toneserve_pb2 as pb
 
 # Flags that point a reviewer at a segment (as gateway/rollup.py counts them). "abstained" is not one:
 # it says the voice model had no opinion, not that anything happened in the call.

@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from .errors import AnalyzeError
+from toneserve.client.errors import AnalyzeError
 
 
 @dataclass(frozen=True)

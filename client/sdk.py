@@ -29,12 +29,12 @@ from pathlib import Path
 
 import grpc
 
-from ..v1 import toneserve_pb2 as pb
-from ..v1 import toneserve_pb2_grpc as pb_grpc
-from .connection import Connection
-from .errors import AnalyzeError
-from .results import Result, Segment, from_event
-from .retry import Deadline, RetryPolicy
+from toneserve.client.connection import Connection
+from toneserve.client.errors import AnalyzeError
+from toneserve.client.results import Result, Segment, from_event
+from toneserve.client.retry import Deadline, RetryPolicy
+from toneserve.v1 import toneserve_pb2 as pb
+from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
 __all__ = ["Client", "AsyncClient", "AnalyzeError", "Result", "Segment", "RetryPolicy", "live_wav_header",
            "UPLOAD_ABOVE_BYTES", "CHUNK_BYTES"]

@@ -16,10 +16,10 @@ import json
 import sys
 import time
 
-from .cli import add_connection_arguments, add_request_arguments, request_options
-from .errors import AnalyzeError
-from .formats import document, segment_row
-from .results import Result
+from toneserve.client.cli import add_connection_arguments, add_request_arguments, request_options
+from toneserve.client.errors import AnalyzeError
+from toneserve.client.formats import document, segment_row
+from toneserve.client.results import Result
 
 CHUNK_BYTES = 4096  # what one read of a pipe gives at most; a live source sends less, as it comes
 
@@ -42,7 +42,7 @@ def _chunks(stream):
 
 
 def run(args) -> int:
-    from .sdk import Client
+    from toneserve.client.sdk import Client
 
     name = "stdin" if args.source == "-" else args.source
     try:

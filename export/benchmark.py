@@ -34,7 +34,7 @@ def _median_ms(fn, repeat: int) -> float:
 
 
 def _clips(batch: int, seed: int = 0) -> np.ndarray:
-    from ..samples import speechlike
+    from toneserve.samples import speechlike
     return np.stack([speechlike(SECONDS, RATE, seed=seed + i) for i in range(batch)])
 
 
@@ -53,8 +53,8 @@ def _size_mb(*paths: Path) -> float:
 def bench_emotion2vec(work: Path, preset: str, threads: int, repeat: int) -> tuple[list[dict], dict]:
     import torch
 
-    from . import emotion2vec
-    from .variants import quantize_int8
+    from toneserve.export import emotion2vec
+    from toneserve.export.variants import quantize_int8
 
     folder = work / "emotion2vec"
     started = time.perf_counter()
@@ -90,9 +90,9 @@ def bench_emotion2vec(work: Path, preset: str, threads: int, repeat: int) -> tup
 def bench_sensevoice(work: Path, preset: str, threads: int, repeat: int) -> tuple[list[dict], dict]:
     import torch
 
-    from . import sensevoice
-    from .sensevoice_frontend import SenseVoiceFrontend, load_cmvn
-    from .variants import quantize_int8
+    from toneserve.export import sensevoice
+    from toneserve.export.sensevoice_frontend import SenseVoiceFrontend, load_cmvn
+    from toneserve.export.variants import quantize_int8
 
     folder = work / "sensevoice"
     started = time.perf_counter()
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     with contextlib.redirect_stdout(io.StringIO()):  # FunASR's ffmpeg notice is not for us
         import funasr  # noqa: F401
-    from .build import SIZE_PRESETS
+    from toneserve.export.build import SIZE_PRESETS
     presets = SIZE_PRESETS[args.size]
     rows, exports = [], []
     for bench, family in ((bench_emotion2vec, "emotion2vec"), (bench_sensevoice, "sensevoice")):

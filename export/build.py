@@ -27,8 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from .artifacts import atomic_write_bytes, atomic_write_json, sha256_file
-from .sources import HUB_IDS, Source, SourceUnavailable, parse_source, resolve
+from toneserve.export.artifacts import atomic_write_bytes, atomic_write_json, sha256_file
+from toneserve.export.sources import HUB_IDS, Source, SourceUnavailable, parse_source, resolve
 
 FAMILIES = ("emotion2vec", "sensevoice")
 VARIANTS = ("int8", "fp16")
@@ -71,7 +71,7 @@ def is_current(folder: Path, source: Source, seed: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def _padded_audio(seconds=(1.5, 2.5, 0.8)) -> tuple[np.ndarray, np.ndarray]:
-    from ..samples import speechlike
+    from toneserve.samples import speechlike
     clips = [speechlike(s, seed=i) for i, s in enumerate(seconds)]
     lens = np.array([len(c) for c in clips], np.int64)
     wav = np.zeros((len(clips), lens.max()), np.float32)
@@ -86,7 +86,7 @@ def _emotion2vec_parity(folder: Path) -> tuple[dict, dict]:
 
 
 def _sensevoice_parity(folder: Path) -> tuple[dict, dict]:
-    from .variants import run_onnx
+    from toneserve.export.variants import run_onnx
     wav, lens = _padded_audio()
     front = run_onnx(folder / "frontend.onnx", {"wav": wav, "wav_lens": lens})
     assets = json.loads((folder / "decode_assets.json").read_text())
@@ -113,7 +113,7 @@ FAMILY = {"emotion2vec": Family("emotion2vec", "model.onnx", _emotion2vec_parity
 
 def build_variants(folder: Path, family: Family, variants=VARIANTS, progress=None) -> dict:
     """Derive `variants` from the fp32 graph in `folder`; record files and parity in the manifest."""
-    from .variants import convert_fp16, parity_report, quantize_int8
+    from toneserve.export.variants import convert_fp16, parity_report, quantize_int8
 
     manifest = _read_manifest(folder)
     base_digest = manifest["files"][family.graph]
@@ -167,7 +167,7 @@ def choose_source(family: str, size: str, requested: str | None) -> tuple[Source
 
 def export_family(family: str, folder: Path, source: Source, fallback: Source | None, seed: int, force: bool,
                   cache_dir: Path | None = None) -> dict:
-    from .sources import export_from_source
+    from toneserve.export.sources import export_from_source
 
     for candidate in (source, fallback):
         if candidate is None:

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .artifacts import atomic_write_bytes, sha256_file, versions
-from .sources import manifest_source
+from toneserve.export.artifacts import atomic_write_bytes, sha256_file, versions
+from toneserve.export.sources import manifest_source
 
 SAMPLE_RATE = 16000
 OPSET = 18
@@ -606,7 +606,7 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
     source = manifest_source(source, model_dir, preset)
     loaded = None
     if model_dir is not None:
-        from .sources import load_local_model
+        from toneserve.export.sources import load_local_model
 
         loaded = load_local_model("emotion2vec", model_dir)
         preset = loaded.preset

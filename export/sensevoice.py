@@ -18,7 +18,7 @@ Public API:
   PRESETS, build_model(preset, vocab_size, seed=0), export_onnx(out_dir, preset="tiny",
   seed=0, bpe_model=None, cmvn_file=None, model_dir=None, source=None) -> manifest dict
   (``model_dir``: a FunASR model directory's own weights, tokenizer and am.mvn; sources.py).
-Decode helpers live in the torch-free ``toneserve.export.sensevoice_decode``.
+Decode helpers live in the torch-free ``toneserve.model_repository.runners.sensevoice_decode``.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import atomic_write_json, sha256_file, versions
-from .sensevoice_decode import FRAME_SHIFT_MS, NUM_QUERY_FRAMES
-from .sensevoice_frontend import FEAT_DIM, FRONTEND_CONF, FRONTEND_INPUTS, FRONTEND_OUTPUTS
-from .sensevoice_tokenizer import CTC_BLANK_ID
-from .sources import manifest_source
+from toneserve.export.artifacts import atomic_write_json, sha256_file, versions
+from toneserve.export.sensevoice_frontend import FEAT_DIM, FRONTEND_CONF, FRONTEND_INPUTS, FRONTEND_OUTPUTS
+from toneserve.export.sensevoice_tokenizer import CTC_BLANK_ID
+from toneserve.export.sources import manifest_source
+from toneserve.model_repository.runners.sensevoice_decode import FRAME_SHIFT_MS, NUM_QUERY_FRAMES
 
 OPSET = 17
 SAMPLE_RATE = 16000
@@ -216,7 +216,7 @@ def _parity(stage: Path, model, cmvn: np.ndarray, seed: int) -> dict[str, float]
     """Padded batch of mixed lengths through both ONNX models vs references."""
     import onnxruntime as ort
 
-    from .sensevoice_frontend import reference_features
+    from toneserve.export.sensevoice_frontend import reference_features
 
     rng = np.random.default_rng(seed + 1234)
     lens = [int(SAMPLE_RATE * s) for s in (0.7, 1.9, 1.3)]
@@ -274,15 +274,15 @@ def export_onnx(
     ``verify``: run a padded mixed-length batch through both ONNX models and record the
     max errors vs kaldi-native-fbank/FunASR and vs torch in the manifest.
     """
-    from .sensevoice_frontend import export_frontend_onnx, load_cmvn, standin_cmvn_text
-    from .sensevoice_tokenizer import decode_assets, train_standin_bpe
+    from toneserve.export.sensevoice_frontend import export_frontend_onnx, load_cmvn, standin_cmvn_text
+    from toneserve.export.sensevoice_tokenizer import decode_assets, train_standin_bpe
 
     loaded = None
     if model_dir is not None:
         if bpe_model is not None or cmvn_file is not None:
             raise ValueError("give either model_dir or bpe_model/cmvn_file: the model directory "
                              "brings its own tokenizer and am.mvn")
-        from .sources import load_local_model
+        from toneserve.export.sources import load_local_model
 
         loaded = load_local_model("sensevoice", model_dir)
         preset = loaded.preset

@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from .sensevoice_decode import (
+from toneserve.model_repository.runners.sensevoice_decode import (
     OPTIONAL_EVENT_TAGS,
     TAG_FAMILIES,
     all_special_pieces,
@@ -132,7 +132,7 @@ def train_standin_bpe(
 
 def query_ids_from_funasr() -> tuple[dict[str, int], dict[str, int]]:
     """FunASR's query-embedding ids (lid_dict, textnorm_dict), read off a model object."""
-    from .sensevoice import build_model
+    from toneserve.export.sensevoice import build_model
 
     model = build_model("tiny", vocab_size=64)
     return dict(model.lid_dict), dict(model.textnorm_dict)

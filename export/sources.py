@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .artifacts import atomic_write_bytes, sha256_file
+from toneserve.export.artifacts import atomic_write_bytes, sha256_file
 
 FAMILIES = ("emotion2vec", "sensevoice")
 
@@ -564,14 +564,14 @@ class LocalModel:
 def detect_preset(family: str, arch_config: dict) -> str:
     """Name of the random-weight preset with the same architecture size, else ``"custom"``."""
     if family == "emotion2vec":
-        from .emotion2vec import PRESETS
+        from toneserve.export.emotion2vec import PRESETS
 
         keys = ("embed_dim", "depth", "num_heads")
         for name, conf in PRESETS.items():
             if all(arch_config.get(k) == conf.get(k) for k in keys):
                 return name
         return "custom"
-    from .sensevoice import PRESETS
+    from toneserve.export.sensevoice import PRESETS
 
     keys = ("output_size", "attention_heads", "linear_units", "num_blocks", "tp_blocks")
     enc = arch_config.get("encoder_conf") or {}
@@ -598,7 +598,7 @@ def load_local_model(family: str, model_dir: str | os.PathLike, *, hash_weights:
                          f"for a {family} model directory")
 
     if family == "emotion2vec":
-        from .emotion2vec import read_tokens
+        from toneserve.export.emotion2vec import read_tokens
 
         vocab_size = len(read_tokens(files.tokens))
         input_size = None
@@ -693,7 +693,7 @@ def save_local_layout(model, family: str, out_dir: Path, **assets) -> Path:
     if family == "emotion2vec":
         from omegaconf import OmegaConf
 
-        from .emotion2vec import REAL_TOKENS
+        from toneserve.export.emotion2vec import REAL_TOKENS
 
         tokens = list(assets.pop("tokens", REAL_TOKENS))
         if model.proj is not None and model.proj.out_features != len(tokens):
@@ -708,8 +708,8 @@ def save_local_layout(model, family: str, out_dir: Path, **assets) -> Path:
         metas["tokenizer_conf"] = {"token_list": "tokens.txt"}
         task = "emotion-recognition"
     else:
-        from .sensevoice_frontend import standin_cmvn_text
-        from .sensevoice_tokenizer import train_standin_bpe
+        from toneserve.export.sensevoice_frontend import standin_cmvn_text
+        from toneserve.export.sensevoice_tokenizer import train_standin_bpe
 
         encoder_conf = assets.pop("encoder_conf", None) or getattr(model, "toneserve_encoder_conf", None)
         if encoder_conf is None:
@@ -786,9 +786,9 @@ def export_from_source(family: str, source: Source | str, out_dir: Path, *, seed
         src = Source(src.kind, src.ref, family)
     model_dir = resolve(src, cache_dir, probe_timeout, endpoint=endpoint)
     if family == "emotion2vec":
-        from . import emotion2vec as module
+        from toneserve.export import emotion2vec as module
     else:
-        from . import sensevoice as module
+        from toneserve.export import sensevoice as module
     if src.kind == "random":
         return module.export_onnx(out_dir, preset=src.ref, seed=seed, verify=verify, source=src.describe())
     return module.export_onnx(out_dir, seed=seed, verify=verify, model_dir=model_dir, source=src.describe())

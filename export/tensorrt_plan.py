@@ -44,8 +44,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .artifacts import sha256_file
-from .variants import compare_outputs, convert_fp16, is_int8_quantized, max_abs_diff, run_onnx
+from toneserve.export.artifacts import sha256_file
+from toneserve.export.variants import compare_outputs, convert_fp16, is_int8_quantized, max_abs_diff, run_onnx
 
 Shape = tuple[int, ...]
 ProfileShapes = tuple[Shape, Shape, Shape]

@@ -31,7 +31,7 @@ import av
 import numpy as np
 import soxr
 
-from .errors import Code, ToneserveError
+from toneserve.contract import Code, ToneserveError
 
 SAMPLE_RATE = 16000
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
-from .errors import Code, ToneserveError
+from toneserve.contract import Code, ToneserveError
 
 ANONYMOUS = "default"  # the tenant of every request when no key file is configured
 

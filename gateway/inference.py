@@ -14,8 +14,8 @@ import numpy as np
 from tritonclient.grpc import aio as triton
 from tritonclient.utils import InferenceServerException
 
-from ..model_repository import catalog
-from .errors import Code, ToneserveError
+from toneserve import contract
+from toneserve.contract import Code, ToneserveError
 
 Distribution = tuple[list[str], np.ndarray]
 
@@ -25,7 +25,7 @@ Distribution = tuple[list[str], np.ndarray]
 BUCKET_SECONDS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
-def bucket_samples(n: int, rate: int = 16000) -> int:
+def bucket_samples(n: int, rate: int = contract.SAMPLE_RATE) -> int:
     """The bucket length for `n` samples (n itself past the largest bucket)."""
     return next((int(b * rate) for b in BUCKET_SECONDS if b * rate >= n), n)
 
@@ -81,7 +81,7 @@ def wav_inputs(wav: np.ndarray, ragged: bool) -> list[triton.InferInput]:
     width = len(wav) if ragged else bucket_samples(len(wav))
     padded = np.zeros((1, width), np.float32)
     padded[0, :len(wav)] = wav
-    return [_input(catalog.WAV, padded), _input(catalog.WAV_LENS, np.array([[len(wav)]], np.int64))]
+    return [_input(contract.WAV, padded), _input(contract.WAV_LENS, np.array([[len(wav)]], np.int64))]
 
 
 def query_input(name: str, value: int) -> triton.InferInput:
@@ -97,7 +97,7 @@ class Inference:
 
     async def load(self) -> None:
         """Read the ensembles' configs; fails with TRITON_UNAVAILABLE when Triton or a model is not ready."""
-        for name in (catalog.EMOTION, catalog.ASR, catalog.VAD):
+        for name in (contract.EMOTION, contract.ASR, contract.VAD):
             try:
                 if not await self.client.is_model_ready(name):
                     raise ToneserveError(Code.TRITON_UNAVAILABLE, f"model {name!r} is not ready on {self.url}")
@@ -106,33 +106,33 @@ class Inference:
             except InferenceServerException as exc:
                 raise _error(exc) from None
             parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-            wav = next(i for i in config.get("input", []) if i["name"] == catalog.WAV)
+            wav = next(i for i in config.get("input", []) if i["name"] == contract.WAV)
             self.models[name] = EnsembleInfo(
                 name=name, version=str(max(versions.get("versions", ["1"]), key=int)),
-                family=parameters["family"], preset=parameters["preset"],
-                weights_origin=parameters["weights_origin"], precision=parameters["precision"],
+                family=parameters[contract.FAMILY], preset=parameters[contract.PRESET],
+                weights_origin=parameters[contract.WEIGHTS_ORIGIN], precision=parameters[contract.PRECISION],
                 parameters=parameters, ragged=bool(wav.get("allow_ragged_batch", False)),
                 max_batch_size=int(config.get("max_batch_size", 0)))
 
     def label_sets(self) -> dict[str, list[str]]:
-        asr = self.models[catalog.ASR]
+        asr = self.models[contract.ASR]
         # Named as the Segment fields they label.
-        return {"emotion": self.emotion_labels, "asr_emotion": asr.json("labels_emotion"),
-                **{name: asr.json(f"labels_{name}") for name in ("language", "event", "itn")}}
+        return {"emotion": self.emotion_labels, "asr_emotion": asr.json(contract.ASR_LABELS["emotion"]),
+                **{name: asr.json(contract.ASR_LABELS[name]) for name in ("language", "event", "itn")}}
 
     @property
     def emotion_labels(self) -> list[str]:
-        return self.models[catalog.EMOTION].json("labels")
+        return self.models[contract.EMOTION].json(contract.EMOTION_LABELS)
 
     def language_query_id(self, language: str) -> int:
-        ids = self.models[catalog.ASR].json("language_query_ids")
+        ids = self.models[contract.ASR].json(contract.LANGUAGE_QUERY_IDS)
         if language not in ids:
             raise ToneserveError(Code.INVALID_ARGUMENT,
                                  f"language {language!r} is not supported; choose one of {sorted(ids)}")
         return int(ids[language])
 
     def textnorm_query_id(self, use_itn: bool) -> int:
-        return int(self.models[catalog.ASR].json("textnorm_query_ids")["withitn" if use_itn else "woitn"])
+        return int(self.models[contract.ASR].json(contract.TEXTNORM_QUERY_IDS)["withitn" if use_itn else "woitn"])
 
     async def _infer(self, model: str, inputs, outputs: list[str], request_id: str, timeout: float | None):
         try:
@@ -145,28 +145,28 @@ class Inference:
 
     async def vad(self, block: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
         """Speech probability per 512-sample frame for each row of `block` [channels, n]."""
-        inputs = [_input(catalog.WAV, np.ascontiguousarray(block, np.float32)),
-                  _input(catalog.WAV_LENS, np.full((len(block), 1), block.shape[1], np.int64))]
-        result = await self._infer(catalog.VAD, inputs, [catalog.SPEECH_PROBS], request_id, timeout)
-        return result.as_numpy(catalog.SPEECH_PROBS)
+        inputs = [_input(contract.WAV, np.ascontiguousarray(block, np.float32)),
+                  _input(contract.WAV_LENS, np.full((len(block), 1), block.shape[1], np.int64))]
+        result = await self._infer(contract.VAD, inputs, [contract.SPEECH_PROBS], request_id, timeout)
+        return result.as_numpy(contract.SPEECH_PROBS)
 
     async def emotion(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> Distribution:
-        inputs = wav_inputs(wav, self.models[catalog.EMOTION].ragged)
-        result = await self._infer(catalog.EMOTION, inputs, [catalog.PROBS], request_id, timeout)
-        return self.emotion_labels, result.as_numpy(catalog.PROBS)[0]
+        inputs = wav_inputs(wav, self.models[contract.EMOTION].ragged)
+        result = await self._infer(contract.EMOTION, inputs, [contract.PROBS], request_id, timeout)
+        return self.emotion_labels, result.as_numpy(contract.PROBS)[0]
 
     async def asr(self, wav: np.ndarray, language: str = "auto", use_itn: bool = False,
                   request_id: str = "", timeout: float | None = None) -> AsrResult:
-        inputs = [*wav_inputs(wav, self.models[catalog.ASR].ragged),
-                  query_input(catalog.LANGUAGE, self.language_query_id(language)),
-                  query_input(catalog.TEXTNORM, self.textnorm_query_id(use_itn))]
-        outputs = [catalog.TEXT, *catalog.ASR_DISTRIBUTIONS.values()]
-        result = await self._infer(catalog.ASR, inputs, outputs, request_id, timeout)
-        info = self.models[catalog.ASR]
+        inputs = [*wav_inputs(wav, self.models[contract.ASR].ragged),
+                  query_input(contract.LANGUAGE, self.language_query_id(language)),
+                  query_input(contract.TEXTNORM, self.textnorm_query_id(use_itn))]
+        outputs = [contract.TEXT, *contract.ASR_DISTRIBUTIONS.values()]
+        result = await self._infer(contract.ASR, inputs, outputs, request_id, timeout)
+        info = self.models[contract.ASR]
         return AsrResult(
-            text=result.as_numpy(catalog.TEXT).reshape(-1)[0].decode("utf-8"),
-            distributions={name: (info.json(f"labels_{name}"), result.as_numpy(out)[0])
-                           for name, out in catalog.ASR_DISTRIBUTIONS.items()})
+            text=result.as_numpy(contract.TEXT).reshape(-1)[0].decode("utf-8"),
+            distributions={name: (info.json(contract.ASR_LABELS[name]), result.as_numpy(out)[0])
+                           for name, out in contract.ASR_DISTRIBUTIONS.items()})
 
     async def close(self) -> None:
         await self.client.close()

@@ -18,7 +18,7 @@ import asyncio
 import io
 import queue
 
-from .errors import Code, ToneserveError
+from toneserve.contract import Code, ToneserveError
 
 _END = None
 

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model_repository import catalog
-from ..v1 import toneserve_pb2 as pb
-from . import prosody, reconcile, rollup, sentiment, thresholds
-from .audio import SAMPLE_RATE, open_audio
-from .errors import Code, ToneserveError
-from .inference import AsrResult, Distribution, Inference
-from .live import LiveAudio
-from .segmenter import FRAME, Segmenter, Utterance
-from .settings import Settings
+from toneserve import contract
+from toneserve.contract import Code, ToneserveError
+from toneserve.gateway import prosody, reconcile, rollup, sentiment, thresholds
+from toneserve.gateway.audio import SAMPLE_RATE, open_audio
+from toneserve.gateway.inference import AsrResult, Distribution, Inference
+from toneserve.gateway.live import LiveAudio
+from toneserve.gateway.segmenter import FRAME, Segmenter, Utterance
+from toneserve.gateway.settings import Settings
+from toneserve.v1 import toneserve_pb2 as pb
 
 # 30.72 s: a whole number of VAD frames, so only the last block ends inside one.
 BLOCK_FRAMES = 960
@@ -210,7 +210,7 @@ class Analysis:
         skip = 0 if context is None else context.shape[1] // FRAME
         frames = -(-block.shape[1] // FRAME)
         rows = []
-        batch = self.inference.models[catalog.VAD].max_batch_size or len(wav)
+        batch = self.inference.models[contract.VAD].max_batch_size or len(wav)
         for first in range(0, len(wav), batch):
             rows.append(await self._triton(self.inference.vad, wav[first:first + batch]))
         probs = np.concatenate(rows, axis=0)

@@ -6,8 +6,8 @@ import re
 import numpy as np
 import parselmouth
 
-from ..v1 import toneserve_pb2 as pb
-from .sentiment import strip_tags
+from toneserve.gateway.sentiment import strip_tags
+from toneserve.v1 import toneserve_pb2 as pb
 
 # Speech F0 spans roughly 60-500 Hz, from low male voices to children and raised voices.
 PITCH_FLOOR_HZ = 60.0

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from ..v1 import toneserve_pb2 as pb
-from .sentiment import label
-from .thresholds import Thresholds
+from toneserve.gateway.sentiment import label
+from toneserve.gateway.thresholds import Thresholds
+from toneserve.v1 import toneserve_pb2 as pb
 
 # (valence in [-1, 1], arousal in [0, 1]) of each emotion2vec+ class, placed by the class's
 # position on the circumplex model of affect (Russell, J. A. (1980). A circumplex model of

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from itertools import groupby
 
-from ..v1 import toneserve_pb2 as pb
+from toneserve.v1 import toneserve_pb2 as pb
 
 QUARTERS = 4
 # Flags that point a reviewer at a segment. ABSTAINED is not one: it says the voice model

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vad_segments import SAMPLE_RATE, speech_segments, window_samples
+from toneserve.gateway.vad_segments import SAMPLE_RATE, speech_segments, window_samples
 
 FRAME = window_samples(SAMPLE_RATE)
 # silero's own defaults for what this module does not expose as a threshold.

@@ -10,7 +10,7 @@ import re
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from ..v1 import toneserve_pb2 as pb
+from toneserve.v1 import toneserve_pb2 as pb
 
 # The one table of which SenseVoice language is scored by which text model; every other
 # label ("yue", "ja", "ko", "nospeech", "") is left unscored with a warning.

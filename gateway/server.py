@@ -8,12 +8,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from ..v1 import toneserve_pb2, toneserve_pb2_grpc
-from .auth import ApiKeys
-from .inference import Inference
-from .metrics import Metrics
-from .service import AnalyzerService
-from .settings import Settings
+from toneserve.gateway.auth import ApiKeys
+from toneserve.gateway.inference import Inference
+from toneserve.gateway.metrics import Metrics
+from toneserve.gateway.service import AnalyzerService
+from toneserve.gateway.settings import Settings
+from toneserve.v1 import toneserve_pb2, toneserve_pb2_grpc
 
 log = logging.getLogger("toneserve.gateway")
 

@@ -16,21 +16,20 @@ import tempfile
 import time
 import uuid
 
-from ..v1 import toneserve_pb2 as pb
-from ..v1 import toneserve_pb2_grpc as pb_grpc
-from .auth import ApiKeys
-from .errors import ERROR_CODE_METADATA, Code, ToneserveError
-from .inference import Inference
-from .live import LiveAudio
-from .metrics import Metrics
-from .pipeline import Analysis
-from .settings import Settings
+import grpc
+
+from toneserve.contract import ERROR_CODE_METADATA, REQUEST_ID_METADATA, RETRY_PUSHBACK_METADATA, Code, ToneserveError
+from toneserve.gateway.auth import ApiKeys
+from toneserve.gateway.inference import Inference
+from toneserve.gateway.live import LiveAudio
+from toneserve.gateway.metrics import Metrics
+from toneserve.gateway.pipeline import Analysis
+from toneserve.gateway.settings import Settings
+from toneserve.v1 import toneserve_pb2 as pb
+from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
 log = logging.getLogger("toneserve.gateway")
 
-REQUEST_ID_METADATA = "toneserve-request-id"
-# gRPC's own retry hint (gRFC A6): clients that retry wait this long.
-RETRY_PUSHBACK_METADATA = "grpc-retry-pushback-ms"
 
 
 def _first_error(group: BaseExceptionGroup) -> BaseException:
@@ -186,4 +185,4 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         log.info("request %s: %s", request_id, error.message)
         context.set_trailing_metadata(((ERROR_CODE_METADATA, error.code.name), (REQUEST_ID_METADATA, request_id),
                                        *extra))
-        await context.abort(error.code.status, error.message)
+        await context.abort(grpc.StatusCode[error.code.status], error.message)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .audio import Limits
-from .errors import Code, ToneserveError
+from toneserve.contract import Code, ToneserveError
+from toneserve.gateway.audio import Limits
 
 
 @dataclass(frozen=True)

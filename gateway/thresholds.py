@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from ..v1 import toneserve_pb2 as pb
-from .errors import Code, ToneserveError
+from toneserve.contract import Code, ToneserveError
+from toneserve.v1 import toneserve_pb2 as pb
 
 
 @dataclass(frozen=True)

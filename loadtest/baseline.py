@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import paths
+from toneserve import paths
 
 SAMPLE_RATE = 16000
 # The gateway's VAD settings (gateway/thresholds.py, gateway/segmenter.py, gateway/settings.py).
@@ -68,10 +68,10 @@ def say(message: str) -> None:
 
 def _write_random_layout(family: str, manifest: dict, export_dir: Path, folder: Path) -> None:
     """Rebuild the random weights the export used (same preset, same seed) as a FunASR folder."""
-    from ..export import sources
+    from toneserve.export import sources
 
     if family == "emotion2vec":
-        from ..export import emotion2vec
+        from toneserve.export import emotion2vec
 
         tokens = emotion2vec.read_tokens(export_dir / "tokens.txt")
         model = emotion2vec.build_model(manifest["preset"], manifest["seed"], vocab_size=len(tokens))
@@ -79,7 +79,7 @@ def _write_random_layout(family: str, manifest: dict, export_dir: Path, folder: 
     else:
         import sentencepiece as spm
 
-        from ..export import sensevoice
+        from toneserve.export import sensevoice
 
         vocab = spm.SentencePieceProcessor(model_file=str(export_dir / "bpe.model")).GetPieceSize()
         model = sensevoice.build_model(manifest["preset"], vocab, seed=manifest["seed"])
@@ -89,8 +89,8 @@ def _write_random_layout(family: str, manifest: dict, export_dir: Path, folder: 
 
 def funasr_folder(family: str, models_dir: Path, work: Path) -> Path:
     """A FunASR model folder holding the weights the export of `family` under `models_dir` used."""
-    from ..export import sources
-    from ..model_repository.catalog import load_manifest
+    from toneserve.export import sources
+    from toneserve.model_repository.catalog import load_manifest
 
     manifest = load_manifest(models_dir, family)
     source = manifest["source"]
@@ -136,7 +136,11 @@ def load_worker(folders: dict[str, Path], threads: int) -> Worker:
 def split_tags(text: str) -> tuple[str, list[str]]:
     """FunASR's SenseVoice text '<|en|><|NEUTRAL|><|Speech|><|woitn|>hello' -> ('hello', [tags]):
     the known tags SenseVoice's four query frames put in front (what users strip), nothing else."""
-    from ..export.sensevoice_decode import TAG_FAMILIES, OPTIONAL_EVENT_TAGS, OPTIONAL_OTHER_TAGS
+    from toneserve.model_repository.runners.sensevoice_decode import (
+        OPTIONAL_EVENT_TAGS,
+        OPTIONAL_OTHER_TAGS,
+        TAG_FAMILIES,
+    )
 
     known = {tag for family in TAG_FAMILIES.values() for tag in family} | {*OPTIONAL_EVENT_TAGS, *OPTIONAL_OTHER_TAGS}
     tags = []
@@ -159,11 +163,11 @@ class Baseline:
         import torch
         from silero_vad import get_speech_timestamps
 
-        from ..export.sensevoice_decode import LANGUAGE_TAGS
-        from ..gateway.audio import decode
-        from ..gateway.errors import Code, ToneserveError
-        from ..gateway.pipeline import emotion_windows
-        from ..v1 import toneserve_pb2 as pb
+        from toneserve.contract import Code, ToneserveError
+        from toneserve.gateway.audio import decode
+        from toneserve.gateway.pipeline import emotion_windows
+        from toneserve.model_repository.runners.sensevoice_decode import LANGUAGE_TAGS
+        from toneserve.v1 import toneserve_pb2 as pb
 
         started = time.perf_counter()
         audio = decode(request.audio)
@@ -223,8 +227,10 @@ class Baseline:
 
 
 def servicer(baseline: Baseline):
-    from ..gateway.errors import ERROR_CODE_METADATA, ToneserveError
-    from ..v1 import toneserve_pb2_grpc as pb_grpc
+    import grpc
+
+    from toneserve.contract import ERROR_CODE_METADATA, ToneserveError
+    from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
     class Analyzer(pb_grpc.AnalyzerServicer):
         def Analyze(self, request, context):
@@ -233,7 +239,7 @@ def servicer(baseline: Baseline):
                 return baseline.analyze(request, worker)
             except ToneserveError as error:
                 context.set_trailing_metadata(((ERROR_CODE_METADATA, error.code.name),))
-                context.abort(error.code.status, error.message)
+                context.abort(grpc.StatusCode[error.code.status], error.message)
             finally:
                 baseline.pool.put(worker)
 
@@ -242,8 +248,8 @@ def servicer(baseline: Baseline):
 
 def build(models_dir: Path, workers: int, threads: int) -> Baseline:
     """Load `workers` sets of models, each answering one request at a time."""
-    from ..model_repository.catalog import load_manifest
-    from ..v1 import toneserve_pb2 as pb
+    from toneserve.model_repository.catalog import load_manifest
+    from toneserve.v1 import toneserve_pb2 as pb
 
     work = paths.home() / "baseline" / models_dir.name
     folders = {family: funasr_folder(family, models_dir, work) for family in ("emotion2vec", "sensevoice")}
@@ -262,7 +268,7 @@ def serve(baseline: Baseline, host: str, port: int, workers: int):
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from ..v1 import toneserve_pb2_grpc as pb_grpc
+    from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)])
@@ -292,9 +298,9 @@ def parity(gateway: str, baseline: str, seconds: float = 12.0, seed: int = 3, to
     the same utterances, emotion probabilities within `tolerance`, matching transcripts."""
     import grpc
 
-    from ..samples import call, wav_bytes
-    from ..v1 import toneserve_pb2 as pb
-    from ..v1 import toneserve_pb2_grpc as pb_grpc
+    from toneserve.samples import call, wav_bytes
+    from toneserve.v1 import toneserve_pb2 as pb
+    from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
     audio = wav_bytes(call(seconds, 16000, seed=seed).samples, 16000)
     answers = {}

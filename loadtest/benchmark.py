@@ -30,7 +30,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from .. import paths
+from toneserve import paths
 
 
 def say(message: str) -> None:
@@ -78,7 +78,7 @@ def _process(command: list[str], log: Path):
 @contextmanager
 def toneserve(repository: Path, log: Path):
     """`toneserve serve` on free ports; yields (gateway address, Triton metrics address, pid)."""
-    from ..triton import free_port
+    from toneserve.triton import free_port
 
     ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
     command = [sys.executable, "-m", "toneserve.cli", "serve", "--repository", str(repository),
@@ -94,7 +94,7 @@ def toneserve(repository: Path, log: Path):
 @contextmanager
 def baseline(models_dir: Path, workers: int, threads: int, check_against: str, log: Path):
     """The baseline server on a free port, after its parity check; yields (address, pid, parity report)."""
-    from ..triton import free_port
+    from toneserve.triton import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "toneserve.loadtest.baseline", "--models-dir", str(models_dir),
@@ -132,14 +132,14 @@ def parse_system(spec: str) -> tuple[str, dict[str, float]]:
 
 def tuning_of(flags: dict):
     """The measured defaults with a --systems entry's changes."""
-    from ..model_repository.catalog import DEFAULT_TUNING
+    from toneserve.model_repository.catalog import DEFAULT_TUNING
     return DEFAULT_TUNING.changed(**{SYSTEM_FLAGS[key][0]: value for key, value in flags.items()})
 
 
 def measure(system: dict, users: int, args, out: Path) -> dict:
     """One Locust run against one system, with Triton's metrics (toneserve) and CPU per part."""
-    from . import process_cpu, triton_metrics
-    from .run import run
+    from toneserve.loadtest import process_cpu, triton_metrics
+    from toneserve.loadtest.run import run
 
     cpu_before = process_cpu.snapshot(system["pid"], system["label"])
     metrics_before = triton_metrics.scrape(system["metrics"]) if system.get("metrics") else None
@@ -160,7 +160,7 @@ def _f(value, digits=0) -> str:
 
 
 def report(bench: dict) -> str:
-    from .triton_metrics import markdown as triton_table
+    from toneserve.loadtest.triton_metrics import markdown as triton_table
 
     a = bench["arguments"]
     lines = [f"Run {bench['started']} on {bench['machine']}; `{bench['command']}`.",
@@ -198,9 +198,9 @@ def report(bench: dict) -> str:
 
 
 def run_benchmark(args) -> dict:
-    from ..model_repository.catalog import describe
-    from ..model_repository.render import render_repository
-    from . import compute_bound, corpus
+    from toneserve.loadtest import compute_bound, corpus
+    from toneserve.model_repository.catalog import describe
+    from toneserve.model_repository.render import render_repository
 
     if not any(parse_system(spec)[0] == "fp32" for spec in args.systems):
         raise ValueError("--systems needs an fp32 system: the baseline's parity check compares with it")
@@ -239,7 +239,7 @@ def run_benchmark(args) -> dict:
                                                             reference["address"], out / "logs" / "baseline.log"))
         bench["parity"] = parity
         systems.append({"name": "baseline", "address": address, "pid": pid, "label": "baseline"})
-        from .run import warm_up
+        from toneserve.loadtest.run import warm_up
         for system in systems:
             say(f"warming up {system['name']}")
             bench.setdefault("models", {})[system["name"]] = warm_up(system["address"], Path(args.corpus), entries, 2,

@@ -56,7 +56,7 @@ class Models:
     def __init__(self, repository: Path):
         import onnxruntime as ort
 
-        from ..export.sensevoice_decode import load_decode_assets
+        from toneserve.model_repository.runners.sensevoice_decode import load_decode_assets
 
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
@@ -103,7 +103,7 @@ class Models:
         return self._run("emotion_softmax", {"logits": out["logits"]})["probs"][0]
 
     def asr(self, wav: np.ndarray) -> str:
-        from ..export.sensevoice_decode import ctc_greedy_decode
+        from toneserve.model_repository.runners.sensevoice_decode import ctc_greedy_decode
 
         front = self._run("sensevoice_frontend", {"wav": wav[None], "wav_lens": np.array([len(wav)], np.int64)})
         out = self._run("sensevoice_encoder", {"speech": front["feats"], "speech_lengths": front["feat_lens"],
@@ -120,9 +120,9 @@ class Models:
 
 def decoded_blocks(path: Path) -> list[np.ndarray]:
     """A recording as the gateway decodes it: 16 kHz float32 [channels, n] blocks of 30.72 s."""
-    from ..gateway.audio import SAMPLE_RATE, open_audio
-    from ..gateway.pipeline import BLOCK_FRAMES
-    from ..gateway.segmenter import FRAME
+    from toneserve.gateway.audio import SAMPLE_RATE, open_audio
+    from toneserve.gateway.pipeline import BLOCK_FRAMES
+    from toneserve.gateway.segmenter import FRAME
 
     with open_audio(path) as stream:
         return list(stream.blocks(BLOCK_FRAMES * FRAME / SAMPLE_RATE))
@@ -130,11 +130,11 @@ def decoded_blocks(path: Path) -> list[np.ndarray]:
 
 def utterances(blocks: list[np.ndarray], models: Models):
     """The gateway's utterances of one recording (gateway/pipeline.py `_segments`), VAD on `models`."""
-    from ..gateway.pipeline import VAD_CONTEXT
-    from ..gateway.segmenter import FRAME, Segmenter
-    from ..gateway.settings import Settings
-    from ..gateway.thresholds import from_proto
-    from ..v1 import toneserve_pb2 as pb
+    from toneserve.gateway.pipeline import VAD_CONTEXT
+    from toneserve.gateway.segmenter import FRAME, Segmenter
+    from toneserve.gateway.settings import Settings
+    from toneserve.gateway.thresholds import from_proto
+    from toneserve.v1 import toneserve_pb2 as pb
 
     defaults = from_proto(pb.Thresholds())
     settings = Settings()
@@ -165,10 +165,10 @@ def measure(repository: Path, corpus: Path, durations=(), formats=(), rates=(), 
     sessions; RTFx is audio seconds over the wall time of that (decoding done beforehand)."""
     import threading
 
-    from ..gateway.pipeline import emotion_windows
-    from ..gateway.settings import Settings
-    from ..samples import speechlike
-    from . import corpus as corpus_module
+    from toneserve.gateway.pipeline import emotion_windows
+    from toneserve.gateway.settings import Settings
+    from toneserve.loadtest import corpus as corpus_module
+    from toneserve.samples import speechlike
 
     entries = corpus_module.select(corpus_module.load(corpus), durations, formats, rates, channels)
     streams = streams or instances(repository)

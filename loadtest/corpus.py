@@ -88,7 +88,7 @@ def plan(calls: int, durations, weights, rates, formats, channels, seed: int) ->
 
 
 def _blocks(seconds: float, rate: int, seed: int, channels: int) -> Iterator[np.ndarray]:
-    from ..samples import call_blocks
+    from toneserve.samples import call_blocks
 
     for block in call_blocks(seconds, rate, seed=seed, speakers=2):
         # one channel: both speakers mixed down, as a mono recording of the call would have them
@@ -97,7 +97,7 @@ def _blocks(seconds: float, rate: int, seed: int, channels: int) -> Iterator[np.
 
 def render(item: dict, out: Path) -> Entry:
     """Write one planned call into `out`, atomically; return its manifest entry."""
-    from ..samples import call_turns, write_encoded
+    from toneserve.samples import call_turns, write_encoded
 
     if item["channels"] not in (1, 2):
         raise ValueError(f"a call has two speakers: 1 (mixed) or 2 channels, not {item['channels']}")
@@ -120,7 +120,7 @@ def render(item: dict, out: Path) -> Entry:
 def generate(out: Path, calls: int, durations=DEFAULT_DURATIONS, weights=None, rates=DEFAULT_RATES,
              formats=DEFAULT_FORMATS, channels=(2,), seed: int = 0, progress: bool = True) -> list[Entry]:
     """Render the corpus into `out` and write its manifest (last, so a manifest means a complete corpus)."""
-    from ..samples import FORMATS
+    from toneserve.samples import FORMATS
 
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:

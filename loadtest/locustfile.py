@@ -38,12 +38,12 @@ import tritonclient.grpc as triton  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 from locust.stats import CSV_STATS_INTERVAL_SEC  # noqa: E402
 
+from toneserve import contract
 from toneserve.gateway.audio import SAMPLE_RATE, decode  # noqa: E402
 from toneserve.gateway.inference import query_input, wav_inputs  # noqa: E402
 from toneserve.loadtest import corpus  # noqa: E402
 from toneserve.loadtest.ledger import Ledger  # noqa: E402
 from toneserve.loadtest.traffic import USERS, parse_mix, split  # noqa: E402
-from toneserve.model_repository import catalog  # noqa: E402
 from toneserve.v1 import toneserve_pb2 as pb  # noqa: E402
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -225,11 +225,11 @@ class TritonUser(_GrpcUser):
         if "clips" not in _state:
             _state["clips"] = triton_clips(_state["entries"])
         self.ragged = {}
-        for model in (catalog.EMOTION, catalog.ASR):
+        for model in (contract.EMOTION, contract.ASR):
             config = self.client.get_model_config(model, as_json=True)["config"]
-            wav = next(i for i in config["input"] if i["name"] == catalog.WAV)
+            wav = next(i for i in config["input"] if i["name"] == contract.WAV)
             self.ragged[model] = bool(wav.get("allow_ragged_batch", False))
-            if model == catalog.ASR:
+            if model == contract.ASR:
                 parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
                 self.language = int(json.loads(parameters["language_query_ids"])["auto"])
                 self.textnorm = int(json.loads(parameters["textnorm_query_ids"])["woitn"])
@@ -239,8 +239,8 @@ class TritonUser(_GrpcUser):
 
     def _inputs(self, model: str, wav: np.ndarray) -> list:
         inputs = wav_inputs(wav, self.ragged[model])  # as the gateway sends them
-        if model == catalog.ASR:
-            inputs += [query_input(catalog.LANGUAGE, self.language), query_input(catalog.TEXTNORM, self.textnorm)]
+        if model == contract.ASR:
+            inputs += [query_input(contract.LANGUAGE, self.language), query_input(contract.TEXTNORM, self.textnorm)]
         return inputs
 
     def _infer(self, model: str) -> None:
@@ -252,8 +252,8 @@ class TritonUser(_GrpcUser):
 
     @task
     def emotion(self) -> None:
-        self._infer(catalog.EMOTION)
+        self._infer(contract.EMOTION)
 
     @task
     def asr(self) -> None:
-        self._infer(catalog.ASR)
+        self._infer(contract.ASR)

@@ -74,8 +74,8 @@ def meets(step: dict, slo_ms: float) -> bool:
 
 def step(args, corpus: Path, users: int, steps_dir: Path) -> dict:
     """One load level: Locust run plus Triton metrics and CPU before/after."""
-    from . import process_cpu, triton_metrics
-    from .run import run
+    from toneserve.loadtest import process_cpu, triton_metrics
+    from toneserve.loadtest.run import run
 
     metrics_before = triton_metrics.scrape(args.triton_metrics)
     cpu_before = process_cpu.snapshot(args.pid) if args.pid else None
@@ -139,7 +139,7 @@ def _models_line(models: list[dict]) -> str:
 
 
 def report(plan: dict) -> str:
-    from .triton_metrics import markdown as triton_table
+    from toneserve.loadtest.triton_metrics import markdown as triton_table
 
     a, d = plan["arguments"], plan["decision"]
     lines = ["# toneserve capacity plan", "",
@@ -185,8 +185,8 @@ def report(plan: dict) -> str:
 
 def run_plan(args) -> int:
     """`toneserve plan`: 0 when some step met the SLO, 1 when none did, 2 when the plan could not run."""
-    from .run import RunError
-    from .triton_metrics import MetricsUnavailable
+    from toneserve.loadtest.run import RunError
+    from toneserve.loadtest.triton_metrics import MetricsUnavailable
 
     try:
         return sweep(args)
@@ -197,10 +197,10 @@ def run_plan(args) -> int:
 
 def sweep(args) -> int:
     """Run the sweep and write the report."""
-    from . import corpus as corpus_module
-    from .run import warm_up
-    from .traffic import parse_mix
-    from .triton_metrics import scrape
+    from toneserve.loadtest import corpus as corpus_module
+    from toneserve.loadtest.run import warm_up
+    from toneserve.loadtest.traffic import parse_mix
+    from toneserve.loadtest.triton_metrics import scrape
 
     if min(args.users) < 1 or args.step_seconds <= 0 or args.slo_p95_ms <= 0:
         raise ValueError("--users must be >= 1, --step-seconds and --slo-p95-ms > 0")

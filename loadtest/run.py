@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import corpus as corpus_module
-from .ledger import summarise
-from .traffic import user_classes
+from toneserve.loadtest import corpus as corpus_module
+from toneserve.loadtest.ledger import summarise
+from toneserve.loadtest.traffic import user_classes
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 GATEWAY_NAMES = ("Analyze", "AnalyzeUpload")
@@ -61,8 +61,8 @@ def warm_up(host: str, folder: Path, entries: list, count: int, timeout: float) 
     Returns the served models as the last answer's metadata names them."""
     import grpc
 
-    from ..v1 import toneserve_pb2 as pb
-    from ..v1 import toneserve_pb2_grpc as pb_grpc
+    from toneserve.v1 import toneserve_pb2 as pb
+    from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
     if count < 1:
         raise ValueError("warm-up needs at least one request")

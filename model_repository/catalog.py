@@ -1,7 +1,6 @@
 """What toneserve serves: every model described once, from the export manifests.
 
-The names below are the contract between the model repository and the
-gateway; the gateway imports them from here.
+The ensemble, tensor and parameter names the gateway relies on come from toneserve.contract.
 """
 from __future__ import annotations
 
@@ -12,28 +11,35 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export import sensevoice_decode
-from .spec import Batching, Ensemble, OnnxModel, PythonModel, Step, Tensor
+from toneserve.contract import (
+    ASR,
+    ASR_DISTRIBUTIONS,
+    ASR_LABELS,
+    EMBEDDING,
+    EMOTION,
+    EMOTION_LABELS,
+    FAMILY,
+    FRAMES,
+    LANGUAGE,
+    LANGUAGE_QUERY_IDS,
+    PRECISION,
+    PRESET,
+    PROBS,
+    SPEECH_PROBS,
+    TEXT,
+    TEXTNORM,
+    TEXTNORM_QUERY_IDS,
+    TOKEN_MS,
+    TOKENS,
+    VAD,
+    WAV,
+    WAV_LENS,
+    WEIGHTS_ORIGIN,
+)
+from toneserve.model_repository.runners import sensevoice_decode
+from toneserve.model_repository.spec import Batching, Ensemble, OnnxModel, PythonModel, Step, Tensor
 
 RUNNERS = Path(__file__).parent / "runners"
-
-# Ensembles the gateway calls, and their tensors.
-EMOTION = "emotion"
-ASR = "asr"
-WAV, WAV_LENS = "WAV", "WAV_LENS"
-LANGUAGE, TEXTNORM = "LANGUAGE", "TEXTNORM"
-PROBS, EMBEDDING = "PROBS", "EMBEDDING"
-TEXT = "TEXT"
-# The VAD model the gateway calls directly: speech probability per 32 ms frame.
-VAD = "vad"
-SPEECH_PROBS, FRAMES = "SPEECH_PROBS", "FRAMES"
-# Token pieces and their start times (ms from the window start); -1 / b"" pad a batch.
-TOKENS, TOKEN_MS = "TOKENS", "TOKEN_MS"
-# SenseVoice's four query frames, in output order: distribution name -> output tensor.
-ASR_DISTRIBUTIONS = {"language": "LANGUAGE_PROBS", "emotion": "EMOTION_PROBS",
-                     "event": "EVENT_PROBS", "itn": "ITN_PROBS"}
-
-
 
 @dataclass(frozen=True)
 class Tuning:
@@ -84,7 +90,7 @@ DEFAULT_TUNING = Tuning()
 
 def _audio(seconds: float = 1.0) -> dict[str, np.ndarray]:
     """One clip as warm-up input for a model taking (wav, wav_lens)."""
-    from ..samples import speechlike
+    from toneserve.samples import speechlike
     wav = speechlike(seconds)
     return {"wav": wav, "wav_lens": np.array([len(wav)], np.int64)}
 
@@ -100,8 +106,8 @@ PRECISIONS = ("fp32", "int8", "fp16")
 
 
 def _provenance(manifest: dict, precision: str) -> dict[str, str]:
-    return {"family": manifest["model"], "preset": manifest["preset"],
-            "weights_origin": manifest["weights_origin"], "precision": precision}
+    return {FAMILY: manifest["model"], PRESET: manifest["preset"],
+            WEIGHTS_ORIGIN: manifest["weights_origin"], PRECISION: precision}
 
 
 def _graph(folder: Path, manifest: dict, fp32_name: str, precision: str) -> Path:
@@ -138,7 +144,7 @@ def emotion_models(models_root: Path, precision: str = "fp32", tuning: Tuning = 
         steps=(Step("emotion2vec", {"wav": WAV, "wav_lens": WAV_LENS},
                     {"logits": "_logits", "embedding": EMBEDDING}),
                Step("emotion_softmax", {"logits": "_logits"}, {"probs": PROBS})),
-        parameters={**_provenance(manifest, precision), "labels": json.dumps(manifest["labels"])})
+        parameters={**_provenance(manifest, precision), EMOTION_LABELS: json.dumps(manifest["labels"])})
     return [encoder, softmax, ensemble]
 
 
@@ -189,9 +195,9 @@ def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFA
                Step("sensevoice_decoder", {"ctc_logits": "_ctc_logits", "encoder_out_lens": "_encoder_out_lens"},
                     {t.name: t.name for t in decoder.outputs})),
         parameters={**_provenance(manifest, precision),
-                    **{f"labels_{name}": json.dumps(list(assets[name])) for name in ASR_DISTRIBUTIONS},
-                    "language_query_ids": json.dumps(assets["language_query_ids"]),
-                    "textnorm_query_ids": json.dumps(assets["textnorm_query_ids"])})
+                    **{ASR_LABELS[name]: json.dumps(list(assets[name])) for name in ASR_DISTRIBUTIONS},
+                    LANGUAGE_QUERY_IDS: json.dumps(assets["language_query_ids"]),
+                    TEXTNORM_QUERY_IDS: json.dumps(assets["textnorm_query_ids"])})
     return [frontend, encoder, decoder, ensemble]
 
 
@@ -212,8 +218,8 @@ def vad_models(tuning: Tuning = DEFAULT_TUNING) -> list:
         inputs=(Tensor(WAV, "float32", (-1,), ragged=True), Tensor(WAV_LENS, "int64", (1,))),
         outputs=(Tensor(SPEECH_PROBS, "float32", (-1,)), Tensor(FRAMES, "int64", (1,))),
         # Real weights from the silero-vad wheel: the preset names the package version they came with.
-        parameters={"family": "silero_vad", "preset": f"silero-vad {metadata.version('silero-vad')}",
-                    "weights_origin": "package", "precision": "fp32", "onnx_file": "silero_vad.onnx"},
+        parameters={FAMILY: "silero_vad", PRESET: f"silero-vad {metadata.version('silero-vad')}",
+                    WEIGHTS_ORIGIN: "package", PRECISION: "fp32", "onnx_file": "silero_vad.onnx"},
         warmup={WAV: audio["wav"], WAV_LENS: audio["wav_lens"]})
     return [model]
 

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalog
+from toneserve import contract
 
 RATE = 16000
-DEFAULT_ENSEMBLES = (catalog.EMOTION, catalog.ASR)
+DEFAULT_ENSEMBLES = (contract.EMOTION, contract.ASR)
 DEFAULT_CONCURRENCY = (1, 4, 16)
 DEFAULT_LENGTHS = (1.0, 2.5, 4.0, 5.0)
 DEFAULT_REQUESTS = 100
@@ -70,15 +70,15 @@ def _tensor(name: str, array: np.ndarray):
 
 def make_clips(lengths, extra: dict[str, int] | None = None) -> list[Clip]:
     """One clip per length (seconds of speech-like audio at 16 kHz) with the ensemble's inputs."""
-    from ..samples import speechlike
+    from toneserve.samples import speechlike
 
     clips = []
     for index, seconds in enumerate(lengths):
         wav = speechlike(float(seconds), RATE, seed=index)
         if wav.size == 0:
             raise ValueError(f"clip length {seconds} s gives no samples at {RATE} Hz")
-        inputs = [_tensor(catalog.WAV, wav[None, :]),
-                  _tensor(catalog.WAV_LENS, np.array([[wav.size]], np.int64))]
+        inputs = [_tensor(contract.WAV, wav[None, :]),
+                  _tensor(contract.WAV_LENS, np.array([[wav.size]], np.int64))]
         inputs += [_tensor(name, np.array([[value]], np.int64)) for name, value in (extra or {}).items()]
         clips.append(Clip(wav.size / RATE, inputs))
     return clips
@@ -294,14 +294,14 @@ async def _ensemble_info(client, name: str) -> tuple[list[str], dict[str, str]]:
 
 
 def _extra_inputs(name: str, parameters: dict[str, str]) -> dict[str, int]:
-    if name != catalog.ASR:
+    if name != contract.ASR:
         return {}
     try:
         language = int(json.loads(parameters["language_query_ids"])[ASR_LANGUAGE])
         textnorm = int(json.loads(parameters["textnorm_query_ids"])[ASR_TEXTNORM])
     except (KeyError, ValueError) as exc:
         raise BenchError(f"ensemble {name!r}: config parameters lack the query id {exc}") from None
-    return {catalog.LANGUAGE: language, catalog.TEXTNORM: textnorm}
+    return {contract.LANGUAGE: language, contract.TEXTNORM: textnorm}
 
 
 async def bench(url: str, ensembles=DEFAULT_ENSEMBLES, concurrency_levels=DEFAULT_CONCURRENCY,
@@ -387,7 +387,7 @@ def run(target, ensembles=DEFAULT_ENSEMBLES, concurrency_levels=DEFAULT_CONCURRE
     kwargs = dict(ensembles=list(ensembles), concurrency_levels=list(concurrency_levels), requests=requests,
                   seconds=seconds, lengths=list(lengths), warmup=warmup, timeout=timeout, progress=progress)
     if isinstance(target, Path) or Path(str(target)).is_dir():
-        from ..triton import EmbeddedTriton, TritonPorts, free_port
+        from toneserve.triton import EmbeddedTriton, TritonPorts, free_port
 
         ports = TritonPorts(free_port(), free_port(), free_port())
         with EmbeddedTriton(Path(target), ports, log_path=triton_log) as triton:
@@ -465,7 +465,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from ..triton import TritonStartError
+    from toneserve.triton import TritonStartError
 
     try:
         results = run(args.repository if args.repository is not None else args.url, args.ensembles,

@@ -24,7 +24,8 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .spec import CORES, Ensemble, Model, OnnxModel, PythonModel, Tensor
+from toneserve.contract import CORES
+from toneserve.model_repository.spec import Ensemble, Model, OnnxModel, PythonModel, Tensor
 
 PROFILES = ("cpu", "gpu")
 RUNNERS = Path(__file__).parent / "runners"

@@ -12,9 +12,6 @@ from pathlib import Path
 import numpy as np
 
 
-# Triton rate-limiter resource: the machine's CPU cores, shared by every rate-limited instance.
-CORES = "cpu_cores"
-
 @dataclass(frozen=True)
 class Tensor:
     name: str
@@ -56,7 +53,7 @@ class OnnxModel:
     # so the first real request does not pay for lazy initialisation.
     warmup: dict[str, np.ndarray] = field(default_factory=dict)
     # cpu profile: CPU cores one execution holds (its ONNX Runtime threads) from Triton's rate
-    # limiter resource CORES, of which the server has as many as the machine (toneserve/triton.py);
+    # limiter resource contract.CORES, of which the server has as many as the machine (toneserve/triton.py);
     # 0: not rate limited.
     cores: int = 0
 

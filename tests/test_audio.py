@@ -10,10 +10,21 @@ import numpy as np
 import pytest
 import soxr
 
+from toneserve.contract import Code, ToneserveError
 from toneserve.gateway.audio import SAMPLE_RATE, Audio, Limits, decode, open_audio
-from toneserve.gateway.errors import Code, ToneserveError
-from toneserve.samples import (FORMATS, NOISE_DBFS, call, call_blocks, call_turns, encode, encode_stream,
-                               encoded_rate, speechlike, wav_bytes, write_wav)
+from toneserve.samples import (
+    FORMATS,
+    NOISE_DBFS,
+    call,
+    call_blocks,
+    call_turns,
+    encode,
+    encode_stream,
+    encoded_rate,
+    speechlike,
+    wav_bytes,
+    write_wav,
+)
 
 # --- helpers -------------------------------------------------------------------------------------
 

@@ -11,15 +11,16 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.grpc import aio as triton
 
-from toneserve.export.sensevoice_decode import ctc_greedy_decode, load_decode_assets
+from toneserve import contract
 from toneserve.model_repository import catalog
+from toneserve.model_repository.runners.sensevoice_decode import ctc_greedy_decode, load_decode_assets
 from toneserve.samples import speechlike
 
 LENGTHS = [0.6 + 0.17 * i for i in range(32)]  # 0.6 s .. 5.9 s, all different
 
 
 def _inputs(wav: np.ndarray, extra: dict[str, int] | None = None) -> list:
-    tensors = [(catalog.WAV, wav[None, :]), (catalog.WAV_LENS, np.array([[len(wav)]], np.int64))]
+    tensors = [(contract.WAV, wav[None, :]), (contract.WAV_LENS, np.array([[len(wav)]], np.int64))]
     tensors += [(name, np.array([[value]], np.int64)) for name, value in (extra or {}).items()]
     out = []
     for name, array in tensors:
@@ -66,24 +67,24 @@ def _assert_batched(url: str, model: str, before, requests: int):
 
 def test_emotion_ensemble_batches_and_matches_sequential_onnxruntime(stack, models_root, clips):
     before = _batches(stack.triton_grpc, "emotion2vec")
-    served = asyncio.run(_concurrently(stack.triton_grpc, catalog.EMOTION, clips, [catalog.PROBS, catalog.EMBEDDING]))
+    served = asyncio.run(_concurrently(stack.triton_grpc, contract.EMOTION, clips, [contract.PROBS, contract.EMBEDDING]))
     _assert_batched(stack.triton_grpc, "emotion2vec", before, len(clips))
     session = ort.InferenceSession(str(models_root / "emotion2vec" / "model.onnx"), providers=["CPUExecutionProvider"])
     for clip, result in zip(clips, served):
         logits, embedding = session.run(None, {"wav": clip[None, :], "wav_lens": np.array([len(clip)], np.int64)})
         probs = np.exp(logits[0] - logits[0].max())
-        np.testing.assert_allclose(result[catalog.PROBS][0], probs / probs.sum(), atol=1e-4, rtol=0)
-        np.testing.assert_allclose(result[catalog.EMBEDDING][0], embedding[0], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(result[contract.PROBS][0], probs / probs.sum(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(result[contract.EMBEDDING][0], embedding[0], atol=1e-4, rtol=0)
 
 
 def test_asr_ensemble_batches_and_matches_sequential_onnxruntime(stack, models_root, clips):
     folder = models_root / "sensevoice"
     assets = load_decode_assets(folder / "decode_assets.json")
-    query = {catalog.LANGUAGE: assets["language_query_ids"]["auto"],
-             catalog.TEXTNORM: assets["textnorm_query_ids"]["woitn"]}
-    outputs = [catalog.TEXT, catalog.TOKENS, catalog.TOKEN_MS, *catalog.ASR_DISTRIBUTIONS.values()]
+    query = {contract.LANGUAGE: assets["language_query_ids"]["auto"],
+             contract.TEXTNORM: assets["textnorm_query_ids"]["woitn"]}
+    outputs = [contract.TEXT, contract.TOKENS, contract.TOKEN_MS, *contract.ASR_DISTRIBUTIONS.values()]
     before = _batches(stack.triton_grpc, "sensevoice_encoder")
-    served = asyncio.run(_concurrently(stack.triton_grpc, catalog.ASR, clips, outputs, query))
+    served = asyncio.run(_concurrently(stack.triton_grpc, contract.ASR, clips, outputs, query))
     _assert_batched(stack.triton_grpc, "sensevoice_encoder", before, len(clips))
 
     frontend = ort.InferenceSession(str(folder / "frontend.onnx"), providers=["CPUExecutionProvider"])
@@ -91,14 +92,14 @@ def test_asr_ensemble_batches_and_matches_sequential_onnxruntime(stack, models_r
     for clip, result in zip(clips, served):
         feats, feat_lens = frontend.run(None, {"wav": clip[None, :], "wav_lens": np.array([len(clip)], np.int64)})
         logits, lens = encoder.run(None, {"speech": feats, "speech_lengths": feat_lens,
-                                          "language": np.array([query[catalog.LANGUAGE]], np.int64),
-                                          "textnorm": np.array([query[catalog.TEXTNORM]], np.int64)})
+                                          "language": np.array([query[contract.LANGUAGE]], np.int64),
+                                          "textnorm": np.array([query[contract.TEXTNORM]], np.int64)})
         local = ctc_greedy_decode(logits[0], int(lens[0]), assets)
-        assert result[catalog.TEXT].reshape(-1)[0].decode() == local["text"]
-        assert [p.decode() for p in result[catalog.TOKENS][0]] == [t["piece"] for t in local["tokens"]] or \
-            (not local["tokens"] and list(result[catalog.TOKENS][0]) == [b""])
-        assert [int(ms) for ms in result[catalog.TOKEN_MS][0] if ms >= 0] == [t["start_ms"] for t in local["tokens"]]
-        for family, name in catalog.ASR_DISTRIBUTIONS.items():
+        assert result[contract.TEXT].reshape(-1)[0].decode() == local["text"]
+        assert [p.decode() for p in result[contract.TOKENS][0]] == [t["piece"] for t in local["tokens"]] or \
+            (not local["tokens"] and list(result[contract.TOKENS][0]) == [b""])
+        assert [int(ms) for ms in result[contract.TOKEN_MS][0] if ms >= 0] == [t["start_ms"] for t in local["tokens"]]
+        for family, name in contract.ASR_DISTRIBUTIONS.items():
             np.testing.assert_allclose(result[name][0], [local[family][label] for label in assets[family]],
                                        atol=1e-4, rtol=0)
 
@@ -107,12 +108,12 @@ def test_emotion_probabilities_carry_tritons_classification_labels(stack, models
     client = grpcclient.InferenceServerClient(stack.triton_grpc)
     clip = speechlike(1.0)
     tensors = []
-    for name, array in ((catalog.WAV, clip[None, :]), (catalog.WAV_LENS, np.array([[len(clip)]], np.int64))):
+    for name, array in ((contract.WAV, clip[None, :]), (contract.WAV_LENS, np.array([[len(clip)]], np.int64))):
         tensor = grpcclient.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
-    top3 = client.infer(catalog.EMOTION, tensors, outputs=[grpcclient.InferRequestedOutput(catalog.PROBS, class_count=3)])
-    entries = [e.decode().split(":") for e in top3.as_numpy(catalog.PROBS).reshape(-1)]
+    top3 = client.infer(contract.EMOTION, tensors, outputs=[grpcclient.InferRequestedOutput(contract.PROBS, class_count=3)])
+    entries = [e.decode().split(":") for e in top3.as_numpy(contract.PROBS).reshape(-1)]
     labels = ["angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown"]
     assert len(entries) == 3 and all(labels[int(index)] == label for _, index, label in entries)
     scores = [float(score) for score, _, _ in entries]
@@ -128,12 +129,12 @@ def test_vad_batches_and_matches_local_silero(stack, clips):
         from vad_core import SileroVad
     finally:
         sys.path.pop(0)
-    before = _batches(stack.triton_grpc, catalog.VAD)
-    served = asyncio.run(_concurrently(stack.triton_grpc, catalog.VAD, clips, [catalog.SPEECH_PROBS, catalog.FRAMES]))
-    _assert_batched(stack.triton_grpc, catalog.VAD, before, len(clips))
+    before = _batches(stack.triton_grpc, contract.VAD)
+    served = asyncio.run(_concurrently(stack.triton_grpc, contract.VAD, clips, [contract.SPEECH_PROBS, contract.FRAMES]))
+    _assert_batched(stack.triton_grpc, contract.VAD, before, len(clips))
     assert importlib.util.find_spec("silero_vad") is not None
     local = SileroVad(str(catalog.silero_onnx()))
     for clip, result in zip(clips, served):
         probs, frames = local.probabilities(clip[None, :], np.array([len(clip)]))
-        assert int(result[catalog.FRAMES][0, 0]) == int(frames[0])
-        np.testing.assert_allclose(result[catalog.SPEECH_PROBS][0, :frames[0]], probs[0, :frames[0]], atol=1e-5)
+        assert int(result[contract.FRAMES][0, 0]) == int(frames[0])
+        np.testing.assert_allclose(result[contract.SPEECH_PROBS][0, :frames[0]], probs[0, :frames[0]], atol=1e-5)

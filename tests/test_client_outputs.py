@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from toneserve.client.formats import COLUMNS, SegmentCsv, SegmentLines, open_output, JsonFolder, JsonStream
+from toneserve.client.formats import COLUMNS, JsonFolder, JsonStream, SegmentCsv, SegmentLines, open_output
 from toneserve.client.inputs import expand, output_names
 from toneserve.client.report import TABLE_ROWS, write_report
 from toneserve.client.results import Result, Thresholds

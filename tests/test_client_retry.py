@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from toneserve.client import AnalyzeError, AsyncClient, Client, Result, RetryPolicy
+from toneserve.client import AnalyzeError, AsyncClient, Client, Result, RetryPolicy, sdk
 from toneserve.client import errors as client_errors
-from toneserve.client import sdk
 from toneserve.triton import free_port
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
@@ -221,10 +220,3 @@ def test_a_stopped_server_is_a_clear_error_after_the_retries():
     assert (error.value.status, error.value.code, error.value.attempts) == ("UNAVAILABLE", "", 2)
     assert error.value.unreachable and f"cannot reach the toneserve gateway at {address}" in str(error.value)
 
-
-def test_the_wire_names_are_the_gateways():
-    from toneserve.gateway import errors, service
-
-    assert client_errors.ERROR_CODE_METADATA == errors.ERROR_CODE_METADATA
-    assert client_errors.REQUEST_ID_METADATA == service.REQUEST_ID_METADATA
-    assert client_errors.RETRY_PUSHBACK_METADATA == service.RETRY_PUSHBACK_METADATA

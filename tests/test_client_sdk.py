@@ -10,11 +10,21 @@ import subprocess
 import sys
 
 import pytest
+from conftest import gateway_process, self_signed
 from google.protobuf.json_format import MessageToDict
 
-from conftest import gateway_process, self_signed
-from toneserve.client import (AnalyzeError, AsyncClient, CallSummary, Client, Distribution, Judgement, Metadata,
-                              Result, Segment, SpeakerSummary)
+from toneserve.client import (
+    AnalyzeError,
+    AsyncClient,
+    CallSummary,
+    Client,
+    Distribution,
+    Judgement,
+    Metadata,
+    Result,
+    Segment,
+    SpeakerSummary,
+)
 from toneserve.samples import call, wav_bytes
 
 ROLES = {0: "agent", 1: "customer"}

@@ -398,14 +398,14 @@ def test_triton_command():
 
 
 def test_health_checks_and_start_order():
-    from toneserve.model_repository import catalog
+    from toneserve import contract
 
     services = compose()["services"]
     triton_check = services["triton"]["healthcheck"]
     test = " ".join(triton_check["test"])
     assert triton_check["test"][0] == "CMD-SHELL" and "curl -fsS" in test
     assert "http://127.0.0.1:8000/v2/health/ready" in test
-    for ensemble in (catalog.EMOTION, catalog.ASR):  # what the gateway loads at start
+    for ensemble in (contract.EMOTION, contract.ASR):  # what the gateway loads at start
         assert f"http://127.0.0.1:8000/v2/models/{ensemble}/ready" in test
 
     gateway_check = services["gateway"]["healthcheck"]
@@ -566,7 +566,7 @@ def _triton_image_modules() -> set[str]:
 
 
 def test_python_backend_runners_need_only_what_the_triton_image_installs():
-    import toneserve.export.sensevoice_decode as decode
+    import toneserve.model_repository.runners.sensevoice_decode as decode
     from toneserve.model_repository import render
 
     runners = sorted(render.RUNNERS.glob("*.py"))

@@ -18,10 +18,10 @@ ort = pytest.importorskip("onnxruntime")
 spm = pytest.importorskip("sentencepiece")
 
 from toneserve.export import sensevoice as sv  # noqa: E402
-from toneserve.export.artifacts import sha256_file  # noqa: E402
-from toneserve.export import sensevoice_decode as svd  # noqa: E402
 from toneserve.export import sensevoice_frontend as svf  # noqa: E402
 from toneserve.export import sensevoice_tokenizer as svt  # noqa: E402
+from toneserve.export.artifacts import sha256_file  # noqa: E402
+from toneserve.model_repository.runners import sensevoice_decode as svd  # noqa: E402
 
 SR = 16000
 # Mixed lengths 0.5 .. 3 s, deliberately not multiples of the hop or of 6 frames.
@@ -301,7 +301,7 @@ def test_end_to_end_decode_on_exported_models(exported, frontend_out):
 
 def test_decode_module_imports_without_torch():
     code = (
-        "import sys, toneserve.export.sensevoice_decode as d; "
+        "import sys, toneserve.model_repository.runners.sensevoice_decode as d; "
         "assert 'torch' not in sys.modules and 'funasr' not in sys.modules, 'torch imported'; "
         "print(d.FRAME_SHIFT_MS)"
     )

@@ -426,9 +426,10 @@ def test_emotion2vec_export_from_local_dir(tmp_path, e2v_model):
 
 
 def test_sensevoice_export_from_local_dir(tmp_path, sv_model):
+    import sentencepiece as spm
+
     from toneserve.export import sensevoice_frontend as svf
     from toneserve.export import sensevoice_tokenizer as svt
-    import sentencepiece as spm
 
     assets = tmp_path / "assets"
     assets.mkdir()

@@ -34,8 +34,8 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from toneserve.export import variants as V
 from toneserve.export import tensorrt_plan as TP
+from toneserve.export import variants as V
 
 VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
 SR = 16000

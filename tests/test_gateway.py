@@ -216,9 +216,9 @@ def test_triton_results_equal_local_onnxruntime(client, short_call, models_root)
     """A segment's emotion (duration-weighted over its windows) and transcript equal local ORT runs."""
     import onnxruntime as ort
 
-    from toneserve.export.sensevoice_decode import ctc_greedy_decode, load_decode_assets
     from toneserve.gateway.audio import decode
     from toneserve.gateway.pipeline import emotion_windows
+    from toneserve.model_repository.runners.sensevoice_decode import ctc_greedy_decode, load_decode_assets
 
     audio = wav_bytes(short_call.samples, 16000)
     response = client.analyze(audio, window_seconds=1.0)
@@ -254,8 +254,8 @@ def test_padding_to_length_buckets_changes_nothing(stack):
     import asyncio
     from dataclasses import replace
 
+    from toneserve import contract
     from toneserve.gateway.inference import Inference, bucket_samples
-    from toneserve.model_repository import catalog
     from toneserve.samples import speechlike
 
     async def both(wav):
@@ -263,7 +263,7 @@ def test_padding_to_length_buckets_changes_nothing(stack):
         await inference.load()
         try:
             exact = await inference.emotion(wav), await inference.asr(wav)
-            for name in (catalog.EMOTION, catalog.ASR):
+            for name in (contract.EMOTION, contract.ASR):
                 inference.models[name] = replace(inference.models[name], ragged=False)
             padded = await inference.emotion(wav), await inference.asr(wav)
         finally:

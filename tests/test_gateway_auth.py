@@ -6,13 +6,13 @@ import time
 
 import grpc
 import pytest
-
 from conftest import gateway_process, self_signed
+from test_gateway_limits import metric
+
 from toneserve.gateway.auth import KeyFileError, read_keys
 from toneserve.samples import call, wav_bytes
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
-from test_gateway_limits import metric
 
 
 @pytest.fixture(scope="module")

@@ -75,8 +75,8 @@ def test_shared_cores_render_a_rate_limiter_and_the_launcher_provides_the_pool(m
     without it (and on the gpu profile) nothing is rate limited."""
     import os
 
+    from toneserve.contract import CORES
     from toneserve.model_repository.catalog import DEFAULT_TUNING
-    from toneserve.model_repository.spec import CORES
     from toneserve.triton import EmbeddedTriton
 
     shared = DEFAULT_TUNING.changed(share_cores=True, threads=2)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from toneserve.contract import ToneserveError
 from toneserve.gateway import thresholds
-from toneserve.gateway.errors import ToneserveError
 from toneserve.gateway.settings import Settings
 from toneserve.v1 import toneserve_pb2 as pb
 

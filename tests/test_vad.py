@@ -316,6 +316,7 @@ def test_runner_answers_every_request_when_the_batch_fails(runner):
 def test_runner_in_a_real_tritonserver_with_ragged_batching(tmp_path, onnx_path, vad):
     """Rendered from a spec like every other model, loaded by the embedded server, hit concurrently."""
     import tritonclient.grpc as grpcclient
+
     from toneserve.model_repository.render import render_repository
     from toneserve.model_repository.spec import Batching, PythonModel, Tensor
     from toneserve.triton import EmbeddedTriton, TritonPorts, free_port

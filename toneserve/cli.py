@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import paths
+from toneserve import paths
 
 
 def say(message: str) -> None:
@@ -26,9 +26,9 @@ def _models(args) -> Path:
 
 
 def cmd_export(args) -> int:
-    from .export.build import export_models
-    from .model_repository.catalog import DEFAULT_TUNING, describe
-    from .model_repository.render import render_repository
+    from toneserve.export.build import export_models
+    from toneserve.model_repository.catalog import DEFAULT_TUNING, describe
+    from toneserve.model_repository.render import render_repository
 
     tuning = _tuning(args, DEFAULT_TUNING)
     models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
@@ -64,7 +64,7 @@ def _tuning(args, defaults):
 
 def _triton_ports(args):
     """Ports from the flags; 0 means any free port."""
-    from .triton import TritonPorts, free_port
+    from toneserve.triton import TritonPorts, free_port
     chosen = [port or free_port() for port in (args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port)]
     return TritonPorts(*chosen)
 
@@ -73,7 +73,7 @@ def _settings(args):
     """Gateway settings from the limit flags (defaults: gateway/settings.py and gateway/audio.py)."""
     from dataclasses import replace
 
-    from .gateway.settings import Settings
+    from toneserve.gateway.settings import Settings
 
     defaults = Settings()
     limits = replace(defaults.limits, max_seconds=args.max_minutes * 60, max_channels=args.max_channels,
@@ -85,8 +85,8 @@ def _settings(args):
 
 def _security(args):
     """(API keys, TLS key pair) from the flags; a bad file is a clear error."""
-    from .gateway.auth import ApiKeys, KeyFileError, read_keys
-    from .gateway.server import GatewayStartError
+    from toneserve.gateway.auth import ApiKeys, KeyFileError, read_keys
+    from toneserve.gateway.server import GatewayStartError
 
     try:
         keys = ApiKeys(read_keys(args.api_keys)) if args.api_keys else ApiKeys()
@@ -104,7 +104,7 @@ def _security(args):
 
 
 async def _run_gateway(triton_url: str, args) -> None:
-    from .gateway.server import Gateway
+    from toneserve.gateway.server import Gateway
 
     host, port = args.host, args.port
     keys, tls = _security(args)
@@ -124,7 +124,7 @@ async def _run_gateway(triton_url: str, args) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .triton import EmbeddedTriton
+    from toneserve.triton import EmbeddedTriton
 
     repository = _repository(args)
     with EmbeddedTriton(repository, _triton_ports(args), host=args.host) as triton:
@@ -140,7 +140,7 @@ def cmd_gateway(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .client.cli import run
+    from toneserve.client.cli import run
     return run(args)
 
 
@@ -148,9 +148,9 @@ def cmd_demo(args) -> int:
     """The README's main job: export, start Triton and the gateway, analyse a sample, stop."""
     import threading
 
-    from .client.sdk import Client
-    from .samples import call, wav_bytes
-    from .triton import EmbeddedTriton, free_port
+    from toneserve.client.sdk import Client
+    from toneserve.samples import call, wav_bytes
+    from toneserve.triton import EmbeddedTriton, free_port
 
     # The demo serves fp32 on the cpu profile: the int8 / fp16 variants are `toneserve export`'s job.
     cmd_export(parser().parse_args(["export", "--size", args.size, "--seed", str(args.seed), "--profiles", "cpu",
@@ -167,7 +167,7 @@ def cmd_demo(args) -> int:
     port = args.port or free_port()
     with EmbeddedTriton(paths.repository_dir(args.size, "cpu"), _triton_ports(args)) as triton:
         say(f"[demo] tritonserver ready on {triton.grpc_url}")
-        from .gateway.server import Gateway
+        from toneserve.gateway.server import Gateway
 
         loop = asyncio.new_event_loop()
         gateway = Gateway(triton.grpc_url, port=port)
@@ -188,12 +188,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_stream(args) -> int:
-    from .client.stream_cli import run
+    from toneserve.client.stream_cli import run
     return run(args)
 
 
 def cmd_plan(args) -> int:
-    from .loadtest.plan import run_plan
+    from toneserve.loadtest.plan import run_plan
     return run_plan(args)
 
 
@@ -231,7 +231,7 @@ def _add_size(p, default):
 
 
 def _add_gateway_options(p):
-    from .gateway.settings import Settings
+    from toneserve.gateway.settings import Settings
 
     defaults = Settings()
     p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; 0: off (default 9464)")
@@ -310,12 +310,12 @@ def parser() -> argparse.ArgumentParser:
     _add_gateway_options(p)
     p.set_defaults(func=cmd_gateway)
 
-    from .client.cli import add_arguments as add_analyze_arguments
+    from toneserve.client.cli import add_arguments as add_analyze_arguments
     p = sub.add_parser("analyze", help="analyse files, folders or globs: JSON, JSONL or CSV, and HTML/PNG reports")
     add_analyze_arguments(p)
     p.set_defaults(func=cmd_analyze)
 
-    from .client.stream_cli import add_arguments as add_stream_arguments
+    from toneserve.client.stream_cli import add_arguments as add_stream_arguments
     p = sub.add_parser("stream", help="analyse live audio (a file or a pipe) and print each segment as it comes")
     add_stream_arguments(p)
     p.set_defaults(func=cmd_stream)
@@ -329,7 +329,7 @@ def parser() -> argparse.ArgumentParser:
     _add_triton_ports(p, defaults=(0, 0, 0))
     p.set_defaults(func=cmd_demo)
 
-    from .loadtest.plan import add_arguments as add_plan_arguments
+    from toneserve.loadtest.plan import add_arguments as add_plan_arguments
     p = sub.add_parser("plan", help="capacity plan: sweep load on a running gateway, find the most within a p95 SLO")
     add_plan_arguments(p)
     p.set_defaults(func=cmd_plan)
@@ -340,10 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .export.sources import SourceUnavailable
-    from .gateway.errors import ToneserveError
-    from .gateway.server import GatewayStartError
-    from .triton import TritonStartError
+    from toneserve.contract import ToneserveError
+    from toneserve.export.sources import SourceUnavailable
+    from toneserve.gateway.server import GatewayStartError
+    from toneserve.triton import TritonStartError
 
     try:
         return args.func(args)

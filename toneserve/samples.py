@@ -19,8 +19,8 @@ from __future__ import annotations
 import io
 import itertools
 import wave
-from fractions import Fraction
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import BinaryIO, Iterable, Iterator
 
 import av

@@ -23,8 +23,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths
-from .model_repository.spec import CORES
+from toneserve import paths
+from toneserve.contract import CORES
 
 
 class TritonStartError(RuntimeError):

@@ -1,0 +1,106 @@
+"""What the parts of toneserve agree on, in one place.
+
+The model repository serves these names, the gateway and the load tests call them, the client
+reads the error codes: each fact is defined here once and imported everywhere else. This module
+imports nothing but the standard library, so every part (and every extra) can import it.
+
+The code that runs inside tritonserver (model_repository/runners/) is copied into the rendered
+repository and cannot import it: the runners receive the names they need through their model's
+config parameters, rendered from the constants below.
+"""
+from __future__ import annotations
+
+import enum
+
+# Every model takes and returns audio at this rate; the gateway resamples whatever it is sent.
+SAMPLE_RATE = 16000
+
+# --- Triton: the models the gateway calls, and their tensors -----------------------------------
+
+# Ensembles (emotion, asr) and the VAD model the gateway calls directly.
+EMOTION = "emotion"
+ASR = "asr"
+VAD = "vad"
+
+# Audio in: WAV float32 [batch, samples], WAV_LENS int64 [batch, 1] (the true length of each row).
+WAV, WAV_LENS = "WAV", "WAV_LENS"
+# SenseVoice's query ids: int64 [batch, 1], chosen from the asr ensemble's *_QUERY_IDS parameters.
+LANGUAGE, TEXTNORM = "LANGUAGE", "TEXTNORM"
+# emotion: probabilities over the label set, and the utterance embedding.
+PROBS, EMBEDDING = "PROBS", "EMBEDDING"
+# asr: the transcript; token pieces and their start times (ms from the clip start; -1 / b"" pad a batch).
+TEXT, TOKENS, TOKEN_MS = "TEXT", "TOKENS", "TOKEN_MS"
+# SenseVoice's four query frames, in output order: distribution name -> output tensor.
+ASR_DISTRIBUTIONS = {"language": "LANGUAGE_PROBS", "emotion": "EMOTION_PROBS",
+                     "event": "EVENT_PROBS", "itn": "ITN_PROBS"}
+# vad: speech probability per 32 ms frame (512 samples), and each row's frame count.
+SPEECH_PROBS, FRAMES = "SPEECH_PROBS", "FRAMES"
+VAD_FRAME = 512
+
+# --- Triton: the ensembles' config parameters the gateway reads once at start ------------------
+
+# Provenance, copied into every response's metadata.
+FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION = "family", "preset", "weights_origin", "precision"
+PROVENANCE = (FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION)
+# The emotion ensemble's label set (a JSON list, in PROBS order).
+EMOTION_LABELS = "labels"
+# The asr ensemble's label sets, one JSON list per distribution.
+ASR_LABELS = {name: f"labels_{name}" for name in ASR_DISTRIBUTIONS}
+# The asr ensemble's query ids: JSON objects, language -> id and "withitn" / "woitn" -> id.
+LANGUAGE_QUERY_IDS, TEXTNORM_QUERY_IDS = "language_query_ids", "textnorm_query_ids"
+
+# Triton's rate-limiter resource for the cpu profile's heavy instances (--share-cores): the
+# rendered configs ask for it and the embedded server is started with as many as the machine has.
+CORES = "cpu_cores"
+
+# --- The gateway's API: error codes and trailing metadata ---------------------------------------
+
+# Trailing metadata of a failed call: the stable code, and the id the gateway logged the request under.
+ERROR_CODE_METADATA = "toneserve-error-code"
+REQUEST_ID_METADATA = "toneserve-request-id"
+# gRPC's own retry hint (gRFC A6), sent with OVERLOADED.
+RETRY_PUSHBACK_METADATA = "grpc-retry-pushback-ms"
+
+
+class Code(enum.Enum):
+    """Every error a client can see: its gRPC status (by name) and a default message. Clients
+    switch on the code (sent as the status message prefix and in ERROR_CODE_METADATA), never on
+    message text."""
+
+    INVALID_AUDIO = ("INVALID_ARGUMENT", "the audio could not be decoded")
+    UNSUPPORTED_CODEC = ("INVALID_ARGUMENT", "the audio codec is not supported")
+    NO_AUDIO_STREAM = ("INVALID_ARGUMENT", "the input contains no audio stream")
+    EMPTY_AUDIO = ("INVALID_ARGUMENT", "the audio holds no samples")
+    AUDIO_TOO_LARGE = ("INVALID_ARGUMENT", "the audio is larger than the server allows")
+    AUDIO_TOO_LONG = ("INVALID_ARGUMENT", "the audio is longer than the server allows")
+    AUDIO_TOO_SHORT = ("INVALID_ARGUMENT", "the audio is too short to analyse")
+    TOO_MANY_CHANNELS = ("INVALID_ARGUMENT", "the audio has more channels than the server allows")
+    NO_SPEECH = ("FAILED_PRECONDITION", "no speech was found in the audio")
+    INVALID_ARGUMENT = ("INVALID_ARGUMENT", "a request field is out of range")
+    UNAUTHENTICATED = ("UNAUTHENTICATED", "a valid API key is required")
+    OVERLOADED = ("RESOURCE_EXHAUSTED", "the gateway is at capacity; retry after the hinted delay")
+    TRITON_UNAVAILABLE = ("UNAVAILABLE", "the inference server is unavailable")
+    DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", "the request ran out of time")
+    INTERNAL = ("INTERNAL", "internal error")
+
+    @property
+    def status(self) -> str:
+        """The gRPC status name (grpc.StatusCode[status])."""
+        return self.value[0]
+
+    @property
+    def default_message(self) -> str:
+        return self.value[1]
+
+
+class ToneserveError(Exception):
+    """A failure with a code from the table; its message is what the client reads."""
+
+    def __init__(self, code: Code, detail: str | None = None):
+        self.code = code
+        self.detail = detail or code.default_message
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return f"{self.code.name}: {self.detail}"
