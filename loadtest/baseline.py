@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from toneserve import paths
+from toneserve.console import say
 
 SAMPLE_RATE = 16000
 # The gateway's VAD settings (gateway/thresholds.py, gateway/segmenter.py, gateway/settings.py).
@@ -57,10 +58,6 @@ MAX_MESSAGE = 80 * 1024 * 1024
 LEADING_TAG = re.compile(r"^<\|([^|]*)\|>")
 NOTE = ("BASELINE: FunASR AutoModel in-process, one request per worker; segments carry transcript, "
         "language tag and emotion only")
-
-
-def say(message: str) -> None:
-    print(f"[baseline] {message}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------ model folders
@@ -104,7 +101,7 @@ def funasr_folder(family: str, models_dir: Path, work: Path) -> Path:
     if marker.is_file() and json.loads(marker.read_text()) == stamp:
         return folder
     say(f"{family}: rebuilding the export's random weights ({manifest['preset']}, seed {manifest['seed']}) "
-        f"as a FunASR model folder in {folder}")
+        f"as a FunASR model folder in {folder}", "baseline")
     _write_random_layout(family, manifest, models_dir / family, folder)
     marker.write_text(json.dumps(stamp))
     return folder
@@ -254,7 +251,7 @@ def build(models_dir: Path, workers: int, threads: int) -> Baseline:
     work = paths.home() / "baseline" / models_dir.name
     folders = {family: funasr_folder(family, models_dir, work) for family in ("emotion2vec", "sensevoice")}
     say(f"loading {workers} worker(s) of FunASR AutoModel ({threads} torch threads) from "
-        f"{folders['emotion2vec']} and {folders['sensevoice']}")
+        f"{folders['emotion2vec']} and {folders['sensevoice']}", "baseline")
     loaded = [load_worker(folders, threads) for _ in range(workers)]
     logging.getLogger().setLevel(logging.WARNING)  # FunASR turns the root logger to INFO on load
     manifests = {family: load_manifest(models_dir, family) for family in folders}
@@ -361,20 +358,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.check_against:
-            say(f"parity check against toneserve at {args.check_against} ...")
+            say(f"parity check against toneserve at {args.check_against} ...", "baseline")
             report = parity(args.check_against, f"{args.host}:{args.port}")
-            say("parity: " + json.dumps(report, ensure_ascii=False))
+            say("parity: " + json.dumps(report, ensure_ascii=False), "baseline")
             if not report["ok"]:
-                say("parity FAILED: the baseline does not run what toneserve runs; not serving")
+                say("parity FAILED: the baseline does not run what toneserve runs; not serving", "baseline")
                 return 1
-        say(f"baseline listening on {args.host}:{args.port} ({args.workers} worker(s), {args.threads} threads)")
+        say(f"baseline listening on {args.host}:{args.port} ({args.workers} worker(s), {args.threads} threads)",
+            "baseline")
         stop.wait()
     except grpc.RpcError as exc:
         print(f"error: parity check: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
     finally:
         server.stop(5).wait()
-    say("stopped")
+    say("stopped", "baseline")
     return 0
 
 

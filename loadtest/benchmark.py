@@ -31,10 +31,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from toneserve import paths
-
-
-def say(message: str) -> None:
-    print(f"[benchmark] {message}", file=sys.stderr, flush=True)
+from toneserve.console import say
 
 
 def _wait(ready, process: subprocess.Popen, log: Path, what: str, timeout: float = 600.0) -> None:
@@ -215,7 +212,7 @@ def run_benchmark(args) -> dict:
         # "toneserve int8 2x1": 2 instances of each heavy model, 1 ONNX Runtime thread each
         name = f"toneserve {precision}" + (f" {tuning.instances}x{tuning.intra_op_threads}" if flags else "")
         name += "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad", "share") if key in flags)
-        say(f"rendering the cpu repository of {name} from {models_dir}")
+        say(f"rendering the cpu repository of {name} from {models_dir}", "benchmark")
         folder = out / ("repository-" + name.removeprefix("toneserve ").replace(" ", "-"))
         repositories[name] = render_repository(describe(models_dir, precision, tuning), "cpu", folder)
     bench = {"started": time.strftime("%Y-%m-%d %H:%M %z"),
@@ -228,33 +225,33 @@ def run_benchmark(args) -> dict:
     with ExitStack() as stack:
         systems = []
         for name, repository in repositories.items():
-            say(f"starting {name}")
+            say(f"starting {name}", "benchmark")
             log = out / "logs" / f"serve-{repository.name}.log"
             address, metrics, pid = stack.enter_context(toneserve(repository, log))
             systems.append({"name": name, "address": address, "metrics": metrics, "pid": pid, "label": "gateway"})
         # The baseline runs the fp32 weights: its parity check is against an fp32 system (int8 differs by design).
         reference = next(system for system in systems if system["name"].startswith("toneserve fp32"))
-        say(f"starting the baseline (FunASR AutoModel) and checking parity with {reference['name']}")
+        say(f"starting the baseline (FunASR AutoModel) and checking parity with {reference['name']}", "benchmark")
         address, pid, parity = stack.enter_context(baseline(models_dir, args.baseline_workers, args.baseline_threads,
                                                             reference["address"], out / "logs" / "baseline.log"))
         bench["parity"] = parity
         systems.append({"name": "baseline", "address": address, "pid": pid, "label": "baseline"})
         from toneserve.loadtest.run import warm_up
         for system in systems:
-            say(f"warming up {system['name']}")
+            say(f"warming up {system['name']}", "benchmark")
             bench.setdefault("models", {})[system["name"]] = warm_up(system["address"], Path(args.corpus), entries, 2,
                                                                      args.request_timeout)
         for users in args.users:
             for system in systems:
-                say(f"{system['name']}: {users} users for {args.run_time:g} s")
+                say(f"{system['name']}: {users} users for {args.run_time:g} s", "benchmark")
                 record = measure(system, users, args, out / "runs")
                 bench["runs"].append(record)
                 x = record["run"]
                 say(f"  {x['requests']} requests, {x['failures']} failed, {x['lost']} lost, RTFx {x['rtfx']:.2f}, "
-                    f"p95 {_f(x['p95'])} ms")
+                    f"p95 {_f(x['p95'])} ms", "benchmark")
     bench["compute_bound"] = {}
     for name, repository in repositories.items():
-        say(f"compute bound of {name}")
+        say(f"compute bound of {name}", "benchmark")
         bench["compute_bound"][name] = compute_bound.measure(repository, Path(args.corpus), args.durations,
                                                              args.formats, args.rates, args.channels)
     runs = {(r["system"], r["users"]): r["run"] for r in bench["runs"]}

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from toneserve.console import say
+
 DEFAULT_USERS = (1, 2, 4, 8)
 
 
@@ -60,10 +62,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", type=int, help="pid of `toneserve serve`: also split CPU by gateway / Triton / model")
     p.add_argument("--keep-going", action="store_true", help="run every step even after one misses the SLO")
     p.add_argument("--out", type=Path, default=Path("toneserve-plan"), help="report folder (default ./toneserve-plan)")
-
-
-def say(message: str) -> None:
-    print(f"[plan] {message}", file=sys.stderr, flush=True)
 
 
 def meets(step: dict, slo_ms: float) -> bool:
@@ -210,7 +208,7 @@ def sweep(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     corpus = args.corpus or out / "corpus"
     if args.corpus is None and not (corpus / corpus_module.MANIFEST).is_file():
-        say(f"no --corpus: generating one in {corpus}")
+        say(f"no --corpus: generating one in {corpus}", "plan")
         corpus_module.generate(corpus, 8, durations=(15.0, 30.0, 60.0), weights=[2, 1, 1])
     entries = corpus_module.select(corpus_module.load(corpus), args.durations, args.formats, args.rates, args.channels)
     scrape(args.triton_metrics)  # fail now, not after the first step
@@ -221,13 +219,14 @@ def sweep(args) -> int:
             "models": models, "entries": len(entries), "steps": []}
     plan["arguments"]["corpus"] = str(corpus)
     for users in sorted(set(args.users)):
-        say(f"step: {users} users for {args.step_seconds:g} s")
+        say(f"step: {users} users for {args.step_seconds:g} s", "plan")
         record = step(args, corpus, users, out / "steps")
         record["meets_slo"] = meets(record, args.slo_p95_ms)
         plan["steps"].append(record)
         r = record["run"]
         say(f"  {r['requests']} requests, {r['failures']} failed, {r['lost']} lost, p95 {r['p95'] or 0:.0f} ms, "
-            f"RTFx {r['gateway_rtfx'] or r['rtfx']:.1f}: {'meets' if record['meets_slo'] else 'misses'} the SLO")
+            f"RTFx {r['gateway_rtfx'] or r['rtfx']:.1f}: {'meets' if record['meets_slo'] else 'misses'} the SLO",
+            "plan")
         if not record["meets_slo"] and not args.keep_going:
             break
     plan["decision"] = decide(plan["steps"], args.slo_p95_ms, args.target_streams)
@@ -236,10 +235,10 @@ def sweep(args) -> int:
     (out / "plan.md").write_text(report(plan))
     d = plan["decision"]
     if d["users"] is None:
-        say(f"no step met p95 <= {args.slo_p95_ms:g} ms; report in {out / 'plan.md'}")
+        say(f"no step met p95 <= {args.slo_p95_ms:g} ms; report in {out / 'plan.md'}", "plan")
         return 1
     say(f"{d['streams_per_host']:.1f} streams per host at {d['users']} users (p95 {d['p95_ms']:.0f} ms); "
-        f"{d['hosts']} hosts for {args.target_streams} streams; report in {out / 'plan.md'}")
+        f"{d['hosts']} hosts for {args.target_streams} streams; report in {out / 'plan.md'}", "plan")
     return 0
 
 
