@@ -8,6 +8,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from toneserve.console import CommandError
 from toneserve.gateway.auth import ApiKeys
 from toneserve.gateway.inference import Inference
 from toneserve.gateway.metrics import Metrics
@@ -18,7 +19,7 @@ from toneserve.v1 import toneserve_pb2, toneserve_pb2_grpc
 log = logging.getLogger("toneserve.gateway")
 
 
-class GatewayStartError(RuntimeError):
+class GatewayStartError(CommandError):
     """The gateway could not start; the message says why and what to do."""
 
 

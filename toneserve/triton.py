@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toneserve import paths
+from toneserve.console import CommandError
 from toneserve.contract import CORES
 
 
-class TritonStartError(RuntimeError):
+class TritonStartError(CommandError):
     """Triton could not be started; the message says why, quoting Triton's own log."""
 
 
@@ -44,7 +45,7 @@ def _pytriton_dir() -> Path:
     except ImportError as exc:
         raise TritonStartError(
             "tritonserver not found: the embedded CPU profile uses the binary shipped in the "
-            "nvidia-pytriton wheel; install it with `pip install nvidia-pytriton==0.7.0`") from exc
+            "nvidia-pytriton wheel, which the serve extra installs: pip install \"toneserve[serve]\"") from exc
     return Path(pytriton.__file__).parent
 
 
