@@ -97,7 +97,7 @@ def figure(result: Result, title: str) -> Figure:
                        loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
 
     # Talk time: per speaker, talking alone / overlapping / not talking; then the whole call.
-    rows_talk = [(s.speaker, s.talk_seconds - s.overlap_seconds, s.overlap_seconds, s.non_talk_seconds)
+    rows_talk: list[tuple[str, float, float, float]] = [(s.speaker, s.talk_seconds - s.overlap_seconds, s.overlap_seconds, s.non_talk_seconds)
                  for s in result.speakers]
     call = result.call
     rows_talk.append(("whole call", call.talk_seconds - call.overlap_seconds, call.overlap_seconds,
@@ -106,7 +106,7 @@ def figure(result: Result, title: str) -> Figure:
     left = [0.0] * len(rows_talk)
     for column, (label, colour) in enumerate([("talk", "#4c9f70"), ("overlap", "#e3873b"),
                                               ("silence / not talking", "#d5d9de")], start=1):
-        widths = [r[column] for r in rows_talk]
+        widths = [float(r[column]) for r in rows_talk]
         bars = talk.barh(names, widths, left=left, color=colour, label=label)
         talk.bar_label(bars, labels=[f"{w:.1f} s" if w >= 0.06 * duration else "" for w in widths],
                        label_type="center", fontsize=8)
@@ -200,11 +200,11 @@ def page(result: Result, title: str, svg: str) -> str:
     if flagged:
         parts.append("<table>\n<tr><th>time</th><th>speaker</th><th>sentiment</th><th>emotion</th><th>flags</th>"
                      "<th>transcript</th></tr>")
-        for s in flagged:
-            parts.append(f"<tr><td>{_span(s)}</td><td>{e(s.speaker)}</td>"
-                         f"<td>{e(s.judgement.sentiment)} {s.judgement.score:+.2f}</td>"
-                         f"<td>{e(s.emotion.top)} {s.emotion.probability:.2f}</td>"
-                         f"<td>{e(', '.join(s.judgement.flags))}</td><td>{e(s.transcript)}</td></tr>")
+        for segment in flagged:
+            parts.append(f"<tr><td>{_span(segment)}</td><td>{e(segment.speaker)}</td>"
+                         f"<td>{e(segment.judgement.sentiment)} {segment.judgement.score:+.2f}</td>"
+                         f"<td>{e(segment.emotion.top)} {segment.emotion.probability:.2f}</td>"
+                         f"<td>{e(', '.join(segment.judgement.flags))}</td><td>{e(segment.transcript)}</td></tr>")
         parts.append("</table>")
     else:
         parts.append("<p>None.</p>")

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 
@@ -59,7 +60,8 @@ def _analyze_request(*, language: str, window_seconds: float, use_itn: bool,
         raise ValueError(f"unknown threshold(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     return pb.AnalyzeRequest(language=language, window_seconds=window_seconds, use_itn=use_itn,
                              channel_roles=channel_roles or {}, mix_channels=mix_channels,
-                             thresholds=pb.Thresholds(**(thresholds or {})),
+                             # Field types are protobuf's to check (an int field refuses a float).
+                             thresholds=pb.Thresholds(**cast(dict[str, Any], thresholds or {})),
                              request_id=request_id or uuid.uuid4().hex)
 
 
@@ -237,8 +239,8 @@ class AsyncClient(_Base):
 
     def _open(self) -> None:
         # grpc.aio channels belong to the event loop they are made in: made on the first call.
-        self._channel = None
-        self._stub = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.AnalyzerStub | None = None
 
     def _analyzer(self) -> pb_grpc.AnalyzerStub:
         if self._stub is None:
