@@ -30,6 +30,8 @@ from toneserve.model_repository.spec import Ensemble, Model, OnnxModel, PythonMo
 PROFILES = ("cpu", "gpu")
 RUNNERS = Path(__file__).parent / "runners"
 ONNX_RUNNER = RUNNERS / "onnx_runner.py"
+# Runner helpers every Python-backend model.py imports by plain name: copied beside each one.
+RUNNER_HELPERS = (RUNNERS / "runner_errors.py",)
 VERSION = "1"
 
 WARMUP_DIR = "warmup"
@@ -170,14 +172,19 @@ def render_repository(models: list[Model], profile: str, out_dir: Path) -> Path:
                 (model_dir / WARMUP_DIR).mkdir()
                 for name, array in warmup.items():  # raw row-major bytes, as Triton reads them
                     (model_dir / WARMUP_DIR / name).write_bytes(np.ascontiguousarray(array).tobytes())
+            runner = None
             if isinstance(model, OnnxModel):
                 _place(model.onnx_file, version_dir / "model.onnx")
                 if profile == "cpu":
-                    shutil.copy2(ONNX_RUNNER, version_dir / "model.py")
+                    runner = ONNX_RUNNER
             elif isinstance(model, PythonModel):
-                shutil.copy2(model.source, version_dir / "model.py")
+                runner = model.source
                 for extra in model.files:
                     _place(extra, version_dir / extra.name)
+            if runner is not None:
+                shutil.copy2(runner, version_dir / "model.py")
+                for helper in RUNNER_HELPERS:
+                    shutil.copy2(helper, version_dir / helper.name)
             # An ensemble keeps its empty version folder: Triton requires one.
         old = None
         if out_dir.exists():

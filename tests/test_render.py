@@ -1,6 +1,9 @@
 """Rendered configs: valid ModelConfig protobufs for both profiles, consistent ensembles."""
 from __future__ import annotations
 
+import ast
+import sys
+
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -24,6 +27,35 @@ def test_every_rendered_config_parses_as_a_model_config(models_root, tmp_path, p
             assert config.dynamic_batching.max_queue_delay_microseconds > 0
             assert (path.parent / "1" / "model.py").is_file() or (path.parent / "1" / "model.onnx").is_file()
         assert not any(p.is_symlink() for p in path.parent.rglob("*"))
+
+
+# What the Triton Python backend environment provides besides the standard library.
+RUNTIME_MODULES = {"numpy", "onnxruntime", "sentencepiece", "triton_python_backend_utils"}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_model_py_finds_the_runner_files_it_imports_beside_it(models_root, tmp_path, profile):
+    """Runners are copied flat: whatever a model.py (or a file it imports) imports by plain name must have
+    been copied into the same version folder, runner_errors.py included."""
+    repo = render_repository(describe(models_root), profile, tmp_path / profile)
+    runners = sorted(repo.glob("*/1/model.py"))
+    expected = {"emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder"} if profile == "cpu" else set()
+    assert {p.parent.parent.name for p in runners} == expected | {"sensevoice_decoder", "vad"}
+    for model_py in runners:
+        folder = model_py.parent
+        assert (folder / "runner_errors.py").is_file(), folder
+        pending, seen = [model_py], set()
+        while pending:
+            path = pending.pop()
+            seen.add(path)
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                for name in {n.split(".")[0] for n in names} - set(sys.stdlib_module_names) - RUNTIME_MODULES:
+                    sibling = folder / f"{name}.py"
+                    assert sibling.is_file(), f"{path} imports {name}, which is not copied beside it"
+                    if sibling not in seen:
+                        pending.append(sibling)
 
 
 def test_profiles_differ_where_they_should(models_root):

@@ -232,11 +232,13 @@ def get_input_tensor_by_name(request, name):
 
 
 def _version_dir(tmp_path: Path, onnx_path: Path) -> Path:
-    """What the rendered repository holds: model.py, vad_core.py and silero_vad.onnx side by side."""
+    """What the rendered repository holds: model.py, vad_core.py, runner_errors.py and silero_vad.onnx side by
+    side."""
     version = tmp_path / "vad" / "1"
     version.mkdir(parents=True)
     (version / "model.py").write_text((RUNNERS / "vad_model.py").read_text())
-    (version / "vad_core.py").write_text((RUNNERS / "vad_core.py").read_text())
+    for helper in ("vad_core.py", "runner_errors.py"):
+        (version / helper).write_text((RUNNERS / helper).read_text())
     (version / "silero_vad.onnx").write_bytes(onnx_path.read_bytes())
     return version
 
@@ -271,6 +273,7 @@ def runner(tmp_path, onnx_path, monkeypatch):
     exec(FAKE_PB_UTILS, pb.__dict__)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     monkeypatch.setitem(sys.modules, "vad_core", vad_core)
+    monkeypatch.setitem(sys.modules, "runner_errors", _load("runner_errors", version / "runner_errors.py"))
     model = _load("silero_vad_triton_model", version / "model.py").TritonPythonModel()
     model.initialize({"model_config": '{"parameters": {"intra_op_threads": {"string_value": "1"}}}',
                       "model_repository": str(version.parent), "model_version": "1"})

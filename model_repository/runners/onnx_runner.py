@@ -1,8 +1,8 @@
 """Generic Triton Python-backend model that runs one ONNX graph in ONNX Runtime.
 
-Copied verbatim as ``model.py`` into every ONNX model of the cpu profile. It
-depends on numpy and onnxruntime only, so the rendered repository is
-self-contained.
+Copied verbatim as ``model.py`` into every ONNX model of the cpu profile, with
+``runner_errors.py`` beside it. It depends on numpy and onnxruntime only, so the
+rendered repository is self-contained.
 
 Why it pads: with ``allow_ragged_batch`` the dynamic batcher hands us requests
 whose variable dimensions differ. Every toneserve graph takes explicit
@@ -18,6 +18,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from runner_errors import error_response  # copied next to this file
 
 
 def pad_concat(arrays):
@@ -43,10 +44,6 @@ def length_groups(per_request, max_pad_ratio):
         else:
             groups.append([index])
     return groups
-
-
-def _error(exc):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
 
 
 class TritonPythonModel:
@@ -79,7 +76,7 @@ class TritonPythonModel:
         try:
             per_request = [self._request_inputs(r) for r in requests]
         except Exception as exc:  # answer every request, never crash the instance
-            return [_error(exc) for _ in requests]
+            return [error_response(exc) for _ in requests]
         responses = [None] * len(requests)
         for group in length_groups(per_request, self.max_pad_ratio):
             try:
@@ -87,7 +84,7 @@ class TritonPythonModel:
                     responses[index] = response
             except Exception as exc:
                 for index in group:
-                    responses[index] = _error(exc)
+                    responses[index] = error_response(exc)
         return responses
 
     def _run(self, per_request):

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from runner_errors import error_response  # copied next to this file
 from sensevoice_decode import ctc_greedy_decode, load_decode_assets  # copied next to this file
 
 
@@ -50,6 +51,5 @@ class TritonPythonModel:
             try:
                 responses.append(self._decode(request))
             except Exception as exc:  # one bad item fails its own request only
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}")))
+                responses.append(error_response(exc))
         return responses

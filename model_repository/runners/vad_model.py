@@ -1,7 +1,7 @@
 """Triton Python-backend model: silero VAD speech probabilities for ragged batches.
 
-Copied as ``model.py`` next to ``vad_core.py`` and ``silero_vad.onnx`` (the
-standard graph from the silero-vad wheel, MIT). numpy and onnxruntime only: no
+Copied as ``model.py`` next to ``vad_core.py``, ``runner_errors.py`` and
+``silero_vad.onnx`` (the standard graph from the silero-vad wheel, MIT). numpy and onnxruntime only: no
 torch at serving time.
 
 Inputs ``WAV`` float32 [b, S] (S differs between requests: ragged batching) and
@@ -17,12 +17,8 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from runner_errors import error_response  # copied next to this file
 from vad_core import SileroVad  # copied next to this file
-
-
-def _error(exc):
-    return pb_utils.InferenceResponse(
-        output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
 
 
 class TritonPythonModel:
@@ -53,7 +49,7 @@ class TritonPythonModel:
             try:
                 parsed.append((index,) + self._request_inputs(request))
             except Exception as exc:  # a malformed request fails on its own
-                responses[index] = _error(exc)
+                responses[index] = error_response(exc)
         try:
             if parsed:
                 width = max(wav.shape[1] for _, wav, _ in parsed)
@@ -70,5 +66,5 @@ class TritonPythonModel:
                         pb_utils.Tensor("FRAMES", frames[rows].reshape(-1, 1).astype(np.int64))])
         except Exception as exc:  # answer every request, never crash the instance
             for index, _, _ in parsed:
-                responses[index] = _error(exc)
+                responses[index] = error_response(exc)
         return responses

@@ -1,0 +1,12 @@
+"""What every Python-backend runner answers for a request it cannot serve.
+
+The renderer copies this file next to each ``model.py`` (runners import it by plain name). A
+runner answers each failed request with an error response instead of raising: an exception
+raised from ``execute`` fails every request of the batch, the well-formed ones too.
+"""
+import triton_python_backend_utils as pb_utils
+
+
+def error_response(exc):
+    """An empty response whose error names the exception's type and message."""
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
