@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toneserve.export.artifacts import atomic_write_bytes, sha256_file, versions
-from toneserve.export.sources import manifest_source
+from toneserve.export.sources import SourceError, manifest_source
 
 SAMPLE_RATE = 16000
 OPSET = 18
@@ -92,7 +92,7 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     """Plain English labels, in model output order, from a tokens file."""
     labels = [token_to_label(t) for t in read_tokens(path)]
     if not labels or any(not lab for lab in labels):
-        raise ValueError(f"{path}: empty tokens file or empty token line")
+        raise SourceError(f"{path}: empty tokens file or empty token line")
     return labels
 
 
@@ -623,16 +623,16 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
         atomic_write_bytes(tmp["tokens.txt"], tokens_bytes)
         labels = read_labels(tmp["tokens.txt"])
         if labels != list(EXPECTED_LABELS):
-            raise ValueError(f"tokens file labels {labels} differ from the contract {EXPECTED_LABELS}")
+            raise SourceError(f"tokens file labels {labels} differ from the contract {EXPECTED_LABELS}")
 
         if loaded is None:
             model = build_model(preset, seed, vocab_size=len(labels))
         else:
             model = loaded.model
             if model.proj is None or model.proj.out_features != len(labels):
-                raise ValueError(f"{loaded.files.weights}: classifier has "
-                                 f"{None if model.proj is None else model.proj.out_features} outputs, "
-                                 f"tokens file {len(labels)} labels")
+                raise SourceError(f"{loaded.files.weights}: classifier has "
+                                  f"{None if model.proj is None else model.proj.out_features} outputs, "
+                                  f"tokens file {len(labels)} labels")
         wrapper = Emotion2vecWrapper(model).eval()
         _export_to(wrapper, tmp["model.onnx"])
         export_s = time.perf_counter() - t0

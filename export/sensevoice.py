@@ -36,7 +36,7 @@ import numpy as np
 from toneserve.export.artifacts import atomic_write_json, sha256_file, versions
 from toneserve.export.sensevoice_frontend import FEAT_DIM, FRONTEND_CONF, FRONTEND_INPUTS, FRONTEND_OUTPUTS
 from toneserve.export.sensevoice_tokenizer import CTC_BLANK_ID
-from toneserve.export.sources import manifest_source
+from toneserve.export.sources import SourceError, manifest_source
 from toneserve.model_repository.runners.sensevoice_decode import FRAME_SHIFT_MS, NUM_QUERY_FRAMES
 
 OPSET = 17
@@ -325,8 +325,8 @@ def export_onnx(
         else:
             model = loaded.model
             if int(model.ctc.ctc_lo.out_features) != vocab_size:
-                raise ValueError(f"{loaded.files.weights}: CTC head has {model.ctc.ctc_lo.out_features} "
-                                 f"outputs, tokenizer {loaded.files.bpe_model} {vocab_size} pieces")
+                raise SourceError(f"{loaded.files.weights}: CTC head has {model.ctc.ctc_lo.out_features} "
+                                  f"outputs, tokenizer {loaded.files.bpe_model} {vocab_size} pieces")
         export_frontend_onnx(cmvn, stage / "frontend.onnx", opset=OPSET)
         export_encoder_onnx(model, stage / "encoder.onnx", opset=OPSET)
 

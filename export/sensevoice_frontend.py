@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 import torch
 
+from toneserve.export.sources import SourceError
+
 SAMPLE_RATE = 16000
 FRAME_LENGTH_MS = 25
 FRAME_SHIFT_MS = 10
@@ -73,7 +75,7 @@ def load_cmvn(path: str | os.PathLike) -> np.ndarray:
 
     cmvn = _funasr_load_cmvn(str(path)).numpy().astype(np.float32)
     if cmvn.ndim != 2 or cmvn.shape[0] != 2 or cmvn.shape[1] != FEAT_DIM:
-        raise ValueError(f"{path}: expected <AddShift>/<Rescale> of dim {FEAT_DIM}, got {cmvn.shape}")
+        raise SourceError(f"{path}: expected <AddShift>/<Rescale> of dim {FEAT_DIM}, got {cmvn.shape}")
     return cmvn
 
 

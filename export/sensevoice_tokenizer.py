@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from toneserve.export.sources import SourceError
 from toneserve.model_repository.runners.sensevoice_decode import (
     OPTIONAL_EVENT_TAGS,
     TAG_FAMILIES,
@@ -156,7 +157,7 @@ def decode_assets(
 
     sp = spm.SentencePieceProcessor()
     if not sp.Load(str(bpe_model_path)):
-        raise ValueError(f"cannot load sentencepiece model {bpe_model_path}")
+        raise SourceError(f"cannot load sentencepiece model {bpe_model_path}")
     n = sp.GetPieceSize()
     tokens = [sp.IdToPiece(i) for i in range(n)]
     index = {p: i for i, p in enumerate(tokens)}
@@ -166,7 +167,7 @@ def decode_assets(
         i = index.get(piece)
         if i is None:
             if required:
-                raise ValueError(f"special token {piece!r} missing from tokenizer {bpe_model_path}")
+                raise SourceError(f"special token {piece!r} missing from tokenizer {bpe_model_path}")
             return None
         return i
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from toneserve.console import CommandError
 from toneserve.export.artifacts import atomic_write_bytes, sha256_file
 
 FAMILIES = ("emotion2vec", "sensevoice")
@@ -94,8 +95,13 @@ DEFAULT_ENDPOINT = "https://modelscope.cn"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class SourceUnavailable(RuntimeError):
+class SourceUnavailable(CommandError):
     """A weight source cannot be used here (hub unreachable, download failed)."""
+
+
+class SourceError(CommandError, ValueError):
+    """A weight source as given cannot be used: a spec that does not parse, or a model directory whose
+    files do not describe the model (a ValueError too, for callers that validate input)."""
 
 
 class MissingModelFiles(FileNotFoundError):
@@ -153,14 +159,14 @@ def parse_source(text: str, family: str, *, default_preset: str | None = None) -
     """
     _check_family(family)
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"empty {family} weight source; expected {_grammar(family)}")
+        raise SourceError(f"empty {family} weight source; expected {_grammar(family)}")
     s = text.strip()
     low = s.lower()
 
     if low == "random" or low.startswith("random:"):
         preset = s.split(":", 1)[1].strip() if ":" in s else (default_preset or DEFAULT_PRESETS[family])
         if preset not in PRESET_NAMES[family]:
-            raise ValueError(f"unknown {family} preset {preset!r} in {text!r}; choose from "
+            raise SourceError(f"unknown {family} preset {preset!r} in {text!r}; choose from "
                              + ", ".join(f"random:{p}" for p in PRESET_NAMES[family]))
         return Source("random", preset, family)
 
@@ -177,10 +183,10 @@ def parse_source(text: str, family: str, *, default_preset: str | None = None) -
     if _HUB_ID_RE.match(ident):
         for other, ids in HUB_IDS.items():
             if other != family and ident in ids:
-                raise ValueError(f"{ident!r} is a {other} model, not a {family} one; "
-                                 f"{family} hub ids: {', '.join(HUB_IDS[family])}")
+                raise SourceError(f"{ident!r} is a {other} model, not a {family} one; "
+                                  f"{family} hub ids: {', '.join(HUB_IDS[family])}")
         return Source("hub", ident, family)
-    raise ValueError(f"cannot read {text!r} as a {family} weight source; expected {_grammar(family)}")
+    raise SourceError(f"cannot read {text!r} as a {family} weight source; expected {_grammar(family)}")
 
 
 def _grammar(family: str) -> str:
@@ -192,11 +198,11 @@ def _grammar(family: str) -> str:
 def _existing_dir(raw: str, family: str) -> Path:
     p = Path(raw).expanduser()
     if not p.exists():
-        raise ValueError(f"{family} model directory {raw!r} does not exist ({p.resolve()}); "
-                         f"it should hold {', '.join(REQUIRED_FILES[family])}")
+        raise SourceError(f"{family} model directory {raw!r} does not exist ({p.resolve()}); "
+                          f"it should hold {', '.join(REQUIRED_FILES[family])}")
     if not p.is_dir():
-        raise ValueError(f"{family} weight source {raw!r} is a file, not a model directory; "
-                         f"give the directory holding {', '.join(REQUIRED_FILES[family])}")
+        raise SourceError(f"{family} weight source {raw!r} is a file, not a model directory; "
+                          f"give the directory holding {', '.join(REQUIRED_FILES[family])}")
     return p.resolve()
 
 
@@ -226,7 +232,7 @@ def _file_path_metas(root: Path) -> dict:
     try:
         conf = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise SourceError(f"{path}: not valid JSON ({e})") from e
     metas = conf.get("file_path_metas") if isinstance(conf, dict) else None
     return metas if isinstance(metas, dict) else {}
 
@@ -450,7 +456,7 @@ def read_config(path: str | os.PathLike) -> dict:
 
     cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
     if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: not a mapping")
+        raise SourceError(f"{path}: not a mapping")
     return cfg
 
 
@@ -463,7 +469,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(
+        raise SourceError(
             f"{path}: torch.load(weights_only=True) failed ({type(e).__name__}: {e}); FunASR on "
             "torch >= 2.6 loads model.pt the same way. If the file is trusted, re-save its state "
             "dict with torch.save(state_dict) and retry") from e
@@ -471,7 +477,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         if isinstance(obj, dict) and key in obj:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
-        raise ValueError(f"{path}: no state dict inside (got {type(obj).__name__})")
+        raise SourceError(f"{path}: no state dict inside (got {type(obj).__name__})")
     return obj
 
 
@@ -506,8 +512,8 @@ def apply_checkpoint(model, state: dict, family: str, origin: str = "model.pt") 
             parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:5])})")
         if mismatched:
             parts.append(f"{len(mismatched)} of another shape (e.g. {'; '.join(mismatched[:5])})")
-        raise ValueError(f"{origin} does not fit the architecture its config.yaml describes: "
-                         + "; ".join(parts))
+        raise SourceError(f"{origin} does not fit the architecture its config.yaml describes: "
+                          + "; ".join(parts))
     model.load_state_dict(new, strict=True)
     unused = sorted(k for k in state if k not in used)
     return {"tensors_loaded": len(used), "unused_checkpoint_tensors": len(unused),
@@ -594,8 +600,8 @@ def load_local_model(family: str, model_dir: str | os.PathLike, *, hash_weights:
     config = read_config(files.config)
     want = MODEL_CLASSES[family]
     if config.get("model") != want:
-        raise ValueError(f"{files.config}: model is {config.get('model')!r}, expected {want!r} "
-                         f"for a {family} model directory")
+        raise SourceError(f"{files.config}: model is {config.get('model')!r}, expected {want!r} "
+                          f"for a {family} model directory")
 
     if family == "emotion2vec":
         from toneserve.export.emotion2vec import read_tokens
@@ -603,26 +609,26 @@ def load_local_model(family: str, model_dir: str | os.PathLike, *, hash_weights:
         vocab_size = len(read_tokens(files.tokens))
         input_size = None
         if not isinstance(config.get("model_conf"), dict):
-            raise ValueError(f"{files.config}: no model_conf mapping")
+            raise SourceError(f"{files.config}: no model_conf mapping")
         arch = copy.deepcopy(config["model_conf"])
     else:
         import sentencepiece as spm
 
         sp = spm.SentencePieceProcessor()
         if not sp.Load(str(files.bpe_model)):
-            raise ValueError(f"cannot load sentencepiece model {files.bpe_model}")
+            raise SourceError(f"cannot load sentencepiece model {files.bpe_model}")
         vocab_size = sp.GetPieceSize()
         if config.get("frontend", "WavFrontend") != "WavFrontend":
-            raise NotImplementedError(f"{files.config}: frontend {config.get('frontend')!r} is not "
-                                      "supported (only WavFrontend)")
+            raise SourceError(f"{files.config}: frontend {config.get('frontend')!r} is not "
+                              "supported (only WavFrontend)")
         fconf = dict(config.get("frontend_conf") or {})
         diff = {k: fconf[k] for k, v in _FRONTEND_FIXED.items() if k in fconf and fconf[k] != v}
         if diff:
-            raise NotImplementedError(f"{files.config}: frontend_conf {diff} differs from the exported "
-                                      f"frontend's {_FRONTEND_FIXED}")
+            raise SourceError(f"{files.config}: frontend_conf {diff} differs from the exported "
+                              f"frontend's {_FRONTEND_FIXED}")
         input_size = int(fconf.get("n_mels", 80)) * int(fconf.get("lfr_m", 1))
         if config.get("encoder") is None or not isinstance(config.get("encoder_conf"), dict):
-            raise ValueError(f"{files.config}: no encoder / encoder_conf")
+            raise SourceError(f"{files.config}: no encoder / encoder_conf")
         arch = {"encoder": config["encoder"], "encoder_conf": copy.deepcopy(config["encoder_conf"]),
                 "input_size": input_size}
 
