@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toneserve.console import CommandError
 from toneserve.contract import (
     ASR,
     ASR_DISTRIBUTIONS,
@@ -232,6 +233,6 @@ def describe(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAUL
     stays fp32: it is cheap and precision-sensitive.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+        raise CommandError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     return (emotion_models(models_root, precision, tuning) + asr_models(models_root, precision, tuning)
             + vad_models(tuning))
