@@ -1,0 +1,32 @@
+"""The runners are copied flat into the rendered repository and run inside tritonserver's Python backend:
+they may import the standard library, the backend's runtime modules and one another by plain name, nothing
+else (never toneserve, never torch)."""
+from __future__ import annotations
+
+import ast
+import sys
+
+from toneserve.model_repository.render import RUNNERS
+
+RUNTIME_MODULES = {"numpy", "onnxruntime", "sentencepiece", "triton_python_backend_utils"}
+
+
+def imports(path) -> list[tuple[str, int]]:
+    """(module, level) of every import statement in the file, in functions too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, 0) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", node.level))
+    return found
+
+
+def test_runners_import_only_the_runtime_and_their_siblings():
+    files = sorted(p for p in RUNNERS.glob("*.py") if p.name != "__init__.py")
+    assert {"onnx_runner.py", "vad_model.py", "sensevoice_decoder.py", "runner_errors.py"} <= {p.name for p in files}
+    allowed = set(sys.stdlib_module_names) | RUNTIME_MODULES | {p.stem for p in files}
+    for path in files:
+        for module, level in imports(path):
+            assert level == 0, f"{path.name}: relative import of {module!r} (runners are copied flat)"
+            assert module.split(".")[0] in allowed, f"{path.name} imports {module!r}"
