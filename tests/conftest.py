@@ -1,24 +1,110 @@
-"""Shared fixtures: tiny models exported once, a real tritonserver and a real gateway per session."""
+"""Fixtures more than one tier uses (tiny models exported once, rendered into a repository, real speech) and
+the hooks that mark each test with its tier and keep the unit tier free of heavy dependencies."""
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-SHARED_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
+from tests.support import SHARED_SPEECH
+
+TESTS = Path(__file__).resolve().parent
+# Each test's tier is the folder it sits in; the marker of the same name selects it (`-m unit`).
+TIERS = ("unit", "export", "stack", "deploy")
+# The unit tier runs without these: importing any of them (or starting tritonserver) fails the run.
+HEAVY_MODULES = ("torch", "funasr", "onnx")
+
+
+def tier_of(path: Path | str) -> str | None:
+    try:
+        parts = Path(path).resolve().relative_to(TESTS).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
+
+
+def pytest_collection_modifyitems(config, items):
+    outside = [item.nodeid for item in items if tier_of(item.path) is None]
+    if outside:
+        raise pytest.UsageError(f"tests outside a tier folder ({', '.join(TIERS)}): {outside}")
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(item.path)))
+
+
+class UnitTierGuard:
+    """Records what unit-tier code does that the unit tier must never do, through an audit hook (which
+    sees every import that loads a module and every process started), and fails the run if it happened.
+
+    Work is attributed to the unit tier while a unit test module is collected and while a unit test
+    runs (its fixtures included). A module already loaded by another tier raises no import event, so
+    when only unit tests were collected the modules loaded at the end are checked as well."""
+
+    def __init__(self):
+        self.context: str | None = None  # the unit-tier module or test running now
+        self.tiers: set[str | None] = set()  # of every collected test, before any deselection
+        self.violations: list[str] = []
+        sys.addaudithook(self.audit)
+
+    def audit(self, event: str, args: tuple) -> None:
+        if self.context is None or event not in ("import", "subprocess.Popen", "os.exec", "os.posix_spawn"):
+            return
+        try:  # an exception here would break the import or the process start itself
+            if event == "import":
+                if args[0].partition(".")[0] in HEAVY_MODULES:
+                    self.violations.append(f"{self.context} imports {args[0]}")
+                return
+            program, argv = args[0], args[1]
+            if isinstance(argv, (list, tuple)) and argv:
+                program = program or argv[0]
+            elif isinstance(argv, (str, bytes)) and not program:
+                program = argv.split()[0] if argv.split() else argv
+            if Path(os.fsdecode(program)).name == "tritonserver":
+                self.violations.append(f"{self.context} starts tritonserver ({os.fsdecode(program)})")
+        except Exception as error:  # noqa: BLE001 - never raise from an audit hook
+            self.violations.append(f"{self.context}: the unit-tier guard could not read {event} {args!r}: {error}")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector):
+        unit = isinstance(collector, pytest.Module) and tier_of(collector.path) == "unit"
+        self.context = collector.nodeid if unit else None
+        try:
+            return (yield)
+        finally:
+            self.context = None
+
+    def pytest_itemcollected(self, item):
+        self.tiers.add(tier_of(item.path))
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item):
+        self.context = item.nodeid if tier_of(item.path) == "unit" else None
+        try:
+            return (yield)
+        finally:
+            self.context = None
+
+    def pytest_sessionfinish(self, session):
+        self.context = None
+        if self.tiers == {"unit"}:
+            loaded = sorted(name for name in sys.modules if name.partition(".")[0] in HEAVY_MODULES)
+            if loaded and not self.violations:
+                self.violations.append(f"loaded outside any unit test (a conftest or plugin?): {loaded[:5]}")
+        if self.violations:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.violations:
+            terminalreporter.section("unit tier guard", red=True)
+            terminalreporter.line(f"the unit tier must not import {', '.join(HEAVY_MODULES)} or start tritonserver:",
+                                  red=True)
+            for violation in dict.fromkeys(self.violations):
+                terminalreporter.line(f"  {violation}", red=True)
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: builds base-size models (about a minute); deselect with -m 'not slow'")
+    config.pluginmanager.register(UnitTierGuard(), "unit-tier-guard")
 
 
 @pytest.fixture(scope="session")
@@ -42,133 +128,8 @@ def repository(models_root, toneserve_home) -> Path:
     return render_repository(describe(models_root), "cpu", toneserve_home / "repository" / "tiny-cpu")
 
 
-@dataclass
-class Stack:
-    gateway: str
-    triton_grpc: str
-    triton_http: str
-    process: subprocess.Popen
-    log: Path
-    metrics: str  # the gateway's Prometheus endpoint
-
-
-@dataclass
-class GatewayProcess:
-    address: str
-    metrics: str
-    process: subprocess.Popen
-    log: Path
-
-
-@contextlib.contextmanager
-def gateway_process(triton_grpc: str, log: Path, *flags: str, root_certificates: bytes | None = None):
-    """A gateway of its own (`toneserve gateway FLAGS`) against a running Triton; stopped with Ctrl-C.
-    `root_certificates`: the gateway serves TLS (--tls-cert) and is trusted through these."""
-    from toneserve.triton import free_port
-
-    port, metrics = free_port(), free_port()
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "toneserve.cli", "gateway", "--triton-url", triton_grpc,
-                                    "--port", str(port), "--metrics-port", str(metrics), *flags],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_health(f"127.0.0.1:{port}", process, log, timeout=120, root_certificates=root_certificates)
-        yield GatewayProcess(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics", process, log)
-    finally:
-        assert stop_stack(process) == 0, log.read_text()
-
-
-def wait_for_health(address: str, process: subprocess.Popen, log: Path, timeout: float = 240.0,
-                    root_certificates: bytes | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates)) if root_certificates
-               else grpc.insecure_channel(address))
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"toneserve serve exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.25)
-    raise TimeoutError(f"gateway at {address} not healthy after {timeout} s:\n{log.read_text()}")
-
-
-def stop_stack(process: subprocess.Popen, timeout: float = 60.0) -> int:
-    """Ctrl-C, as a user would; returns the exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def processes_using(path: Path) -> list[str]:
-    """Command lines of live processes that mention `path` (orphan detection)."""
-    found = subprocess.run(["pgrep", "-af", str(path)], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in found if "pgrep" not in line]
-
-
-@pytest.fixture(scope="session")
-def stack(repository, toneserve_home) -> Stack:
-    from toneserve.triton import free_port
-
-    ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics", "gateway_metrics")}
-    log = toneserve_home / "serve.log"
-    command = [sys.executable, "-m", "toneserve.cli", "serve", "--repository", str(repository),
-               "--port", str(ports["gateway"]), "--triton-http-port", str(ports["http"]),
-               "--triton-grpc-port", str(ports["grpc"]), "--triton-metrics-port", str(ports["metrics"]),
-               "--metrics-port", str(ports["gateway_metrics"])]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    stack = Stack(f"127.0.0.1:{ports['gateway']}", f"127.0.0.1:{ports['grpc']}",
-                  f"127.0.0.1:{ports['http']}", process, log, f"http://127.0.0.1:{ports['gateway_metrics']}/metrics")
-    try:
-        wait_for_health(stack.gateway, process, log)
-        yield stack
-    finally:
-        code = stop_stack(process)
-        leftovers = processes_using(repository)
-        assert code == 0, f"serve exited with {code} on Ctrl-C:\n{log.read_text()}"
-        assert not leftovers, f"processes outlived the stack: {leftovers}"
-
-
 @pytest.fixture(scope="session")
 def shared_speech() -> Path:
     if not (SHARED_SPEECH / "MANIFEST.tsv").is_file():
         pytest.skip("../shared/data/speech is not present (fresh clone)")
     return SHARED_SPEECH
-
-
-def self_signed(folder):
-    """A certificate for localhost / 127.0.0.1 and its key, as PEM files."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path

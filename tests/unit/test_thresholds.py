@@ -13,7 +13,7 @@ from toneserve.gateway import thresholds
 from toneserve.gateway.settings import Settings
 from toneserve.v1 import toneserve_pb2 as pb
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def readme_table(first_header: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import processes_using
+from tests.support import processes_using
 
 
 def test_demo_exports_serves_analyses_and_stops(models_root, tmp_path):

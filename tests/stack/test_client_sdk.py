@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import gateway_process, self_signed
 from google.protobuf.json_format import MessageToDict
 
+from tests.support import gateway_process, self_signed
 from toneserve.client import (
     AnalyzeError,
     AsyncClient,

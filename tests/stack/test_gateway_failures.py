@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import stop_stack, wait_for_health
 
+from tests.support import stop_stack, wait_for_health
 from toneserve.client.sdk import AnalyzeError, Client
 from toneserve.samples import speechlike, wav_bytes
 from toneserve.triton import EmbeddedTriton, TritonPorts, free_port

@@ -12,9 +12,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import gateway_process
-from test_gateway_limits import metric
 
+from tests.support import gateway_process, metric
 from toneserve.client import AsyncClient, Client, Result, Segment, live_wav_header
 from toneserve.client.sdk import AnalyzeError
 from toneserve.samples import call, wav_bytes

@@ -9,13 +9,12 @@ import re
 import struct
 import threading
 import time
-import urllib.request
 
 import grpc
 import numpy as np
 import pytest
-from conftest import gateway_process
 
+from tests.support import gateway_process, metric
 from toneserve.client.sdk import AnalyzeError, Client
 from toneserve.contract import Code
 from toneserve.samples import call, call_blocks, encode, speechlike, wav_bytes, write_wav
@@ -35,15 +34,6 @@ def small(stack, tmp_path_factory):
 @pytest.fixture(scope="module")
 def good() -> bytes:
     return wav_bytes(call(8.0, rate=16000, seed=2).samples, 16000)
-
-
-def metric(url: str, name: str, **labels) -> float:
-    """One sample of the gateway's Prometheus text (0 when absent)."""
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    pattern = rf"^{re.escape(name)}" + (rf"\{{{re.escape(selector)}\}}" if labels else "") + r" (\S+)$"
-    found = re.search(pattern, text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def unknown_codec_wav() -> bytes:

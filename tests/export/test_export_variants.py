@@ -37,7 +37,7 @@ from onnx import helper, numpy_helper
 from toneserve.export import tensorrt_plan as TP
 from toneserve.export import variants as V
 
-VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
+VENV_PYTHON = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python"
 SR = 16000
 QUANT_OPS_ALLOWED = {"DynamicQuantizeLinear", "MatMulInteger"}  # what MatMul-only dynamic int8 may add
 

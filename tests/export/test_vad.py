@@ -23,7 +23,7 @@ from toneserve.samples import speechlike
 # silero_vad.load_silero_vad uses importlib.resources.path, deprecated in Python 3.11+.
 pytestmark = pytest.mark.filterwarnings("ignore:path is deprecated:DeprecationWarning")
 
-RUNNERS = Path(__file__).resolve().parents[1] / "model_repository" / "runners"
+RUNNERS = Path(__file__).resolve().parents[2] / "model_repository" / "runners"
 WINDOW = 512
 
 

@@ -6,9 +6,8 @@ import time
 
 import grpc
 import pytest
-from conftest import gateway_process, self_signed
-from test_gateway_limits import metric
 
+from tests.support import gateway_process, metric, self_signed
 from toneserve.gateway.auth import KeyFileError, read_keys
 from toneserve.samples import call, wav_bytes
 from toneserve.v1 import toneserve_pb2 as pb

@@ -6,8 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import processes_using
 
+from tests.support import processes_using
 from toneserve.triton import EmbeddedTriton, TritonPorts, TritonStartError, free_port
 
 

@@ -11,7 +11,6 @@ import grpc
 import pytest
 
 from toneserve.client import AnalyzeError, AsyncClient, Client, Result, RetryPolicy, sdk
-from toneserve.client import errors as client_errors
 from toneserve.triton import free_port
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc

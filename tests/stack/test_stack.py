@@ -57,8 +57,7 @@ def test_export_renders_each_precision_and_serve_picks_one(models_root, tmp_path
     int8` serves the int8 graphs (the metadata says so), without re-rendering anything."""
     import os
 
-    from conftest import processes_using, stop_stack, wait_for_health
-
+    from tests.support import processes_using, stop_stack, wait_for_health
     from toneserve.client.sdk import Client
     from toneserve.triton import free_port
 

@@ -1,0 +1,132 @@
+"""Helpers the tests share: starting and stopping stacks and gateways, certificates, shared test data.
+
+Fixtures and hooks live in the conftest files; everything here is a plain function or class that
+test modules import (`from tests.support import ...`)."""
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+# Real recordings (not in the repository): tests that need them skip on a fresh clone.
+SHARED_SPEECH = ROOT.parent / "shared" / "data" / "speech"
+
+
+@dataclass
+class Stack:
+    gateway: str
+    triton_grpc: str
+    triton_http: str
+    process: subprocess.Popen
+    log: Path
+    metrics: str  # the gateway's Prometheus endpoint
+
+
+@dataclass
+class GatewayProcess:
+    address: str
+    metrics: str
+    process: subprocess.Popen
+    log: Path
+
+
+@contextlib.contextmanager
+def gateway_process(triton_grpc: str, log: Path, *flags: str, root_certificates: bytes | None = None):
+    """A gateway of its own (`toneserve gateway FLAGS`) against a running Triton; stopped with Ctrl-C.
+    `root_certificates`: the gateway serves TLS (--tls-cert) and is trusted through these."""
+    from toneserve.triton import free_port
+
+    port, metrics = free_port(), free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "toneserve.cli", "gateway", "--triton-url", triton_grpc,
+                                    "--port", str(port), "--metrics-port", str(metrics), *flags],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_health(f"127.0.0.1:{port}", process, log, timeout=120, root_certificates=root_certificates)
+        yield GatewayProcess(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics", process, log)
+    finally:
+        assert stop_stack(process) == 0, log.read_text()
+
+
+def wait_for_health(address: str, process: subprocess.Popen, log: Path, timeout: float = 240.0,
+                    root_certificates: bytes | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates)) if root_certificates
+               else grpc.insecure_channel(address))
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"toneserve serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)
+    raise TimeoutError(f"gateway at {address} not healthy after {timeout} s:\n{log.read_text()}")
+
+
+def stop_stack(process: subprocess.Popen, timeout: float = 60.0) -> int:
+    """Ctrl-C, as a user would; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that mention `path` (orphan detection)."""
+    found = subprocess.run(["pgrep", "-af", str(path)], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in found if "pgrep" not in line]
+
+
+def self_signed(folder):
+    """A certificate for localhost / 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def metric(url: str, name: str, **labels) -> float:
+    """One sample of the gateway's Prometheus text (0 when absent)."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = rf"^{re.escape(name)}" + (rf"\{{{re.escape(selector)}\}}" if labels else "") + r" (\S+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
