@@ -5,6 +5,7 @@ test modules import (`from tests.support import ...`)."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +132,40 @@ def metric(url: str, name: str, **labels) -> float:
     pattern = rf"^{re.escape(name)}" + (rf"\{{{re.escape(selector)}\}}" if labels else "") + r" (\S+)$"
     found = re.search(pattern, text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+# --- Silero VAD: the runner's core on numpy + ONNX Runtime, tested in the unit, export and stack tiers ---
+
+RUNNERS = ROOT / "model_repository" / "runners"
+VAD_WINDOW = 512
+
+
+def load_file(name: str, path: Path):
+    """A module from a file, by plain name: how tritonserver's Python backend loads a runner."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def silero_vad_onnx() -> Path | None:
+    """silero_vad.onnx from the silero-vad wheel, found without importing the package (which imports torch);
+    None when the wheel is not installed."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+
+
+def talk(seed: int, tail: int = 0) -> np.ndarray:
+    """Speech-like bursts, true silence and a little noise; `tail` extra samples make a partial last frame."""
+    from toneserve.samples import speechlike
+
+    rng = np.random.default_rng(seed)
+    parts = [np.zeros(int(rng.integers(0, 8000)), np.float32),
+             speechlike(float(rng.uniform(1.0, 2.5)), seed=seed, f0=float(rng.uniform(100, 220))),
+             np.zeros(int(rng.integers(2000, 20000)), np.float32),
+             (0.003 * rng.standard_normal(int(rng.integers(1000, 6000)))).astype(np.float32),
+             speechlike(float(rng.uniform(0.5, 2.0)), seed=seed + 100),
+             np.zeros(tail, np.float32)]
+    return np.concatenate(parts).astype(np.float32)
