@@ -10,8 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toneserve.model_repository.catalog import describe
-from toneserve.model_repository.render import PROFILES, model_config, render_repository, validate
-from toneserve.model_repository.spec import Batching, Ensemble, OnnxModel, Step, Tensor
+from toneserve.model_repository.render import PROFILES, model_config, render_repository
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -66,19 +65,6 @@ def test_profiles_differ_where_they_should(models_root):
     assert gpu.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     assert model_config(models["sensevoice_decoder"], "gpu").backend == "python"
     assert model_config(models["asr"], "gpu") == model_config(models["asr"], "cpu")
-
-
-def test_ensemble_consistency_is_checked():
-    onnx = OnnxModel(name="m", onnx_file=None, batching=Batching(max_batch_size=4),
-                     inputs=(Tensor("x", "float32", (-1,)),), outputs=(Tensor("y", "float32", (-1,)),))
-    too_big = Ensemble(name="e", max_batch_size=8, inputs=onnx.inputs, outputs=onnx.outputs,
-                       steps=(Step("m", {"x": "x"}, {"y": "y"}),))
-    with pytest.raises(ValueError, match="exceeds"):
-        validate([onnx, too_big])
-    unknown = Ensemble(name="e", max_batch_size=4, inputs=onnx.inputs, outputs=onnx.outputs,
-                       steps=(Step("nope", {"x": "x"}, {"y": "y"}),))
-    with pytest.raises(ValueError, match="unknown model"):
-        validate([onnx, unknown])
 
 
 def test_warmup_samples_and_label_files_are_complete(models_root, tmp_path):
