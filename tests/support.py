@@ -169,3 +169,10 @@ def talk(seed: int, tail: int = 0) -> np.ndarray:
              speechlike(float(rng.uniform(0.5, 2.0)), seed=seed + 100),
              np.zeros(tail, np.float32)]
     return np.concatenate(parts).astype(np.float32)
+
+
+def triton_ports():
+    """Three free ports (http, grpc, metrics) for an EmbeddedTriton of a test's own."""
+    from toneserve.triton import TritonPorts, free_port
+
+    return TritonPorts(free_port(), free_port(), free_port())

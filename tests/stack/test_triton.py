@@ -1,18 +1,13 @@
-"""The embedded tritonserver launcher: clear errors and no orphan processes."""
+"""The embedded tritonserver launcher: a model that fails to load is a clear error, and no orphan processes."""
 from __future__ import annotations
 
-import socket
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.support import processes_using
-from toneserve.triton import EmbeddedTriton, TritonPorts, TritonStartError, free_port
-
-
-def _ports() -> TritonPorts:
-    return TritonPorts(free_port(), free_port(), free_port())
+from tests.support import processes_using, triton_ports
+from toneserve.triton import EmbeddedTriton, TritonStartError
 
 
 def _python_model(repo: Path, name: str, body: str) -> Path:
@@ -35,27 +30,10 @@ def test_model_that_fails_to_load_reports_tritons_own_line_and_leaves_nothing(tm
                 raise RuntimeError("weights-xyz-missing")
     """)
     with pytest.raises(TritonStartError) as error:
-        EmbeddedTriton(repo, _ports(), log_path=tmp_path / "triton.log", startup_timeout=120).start()
+        EmbeddedTriton(repo, triton_ports(), log_path=tmp_path / "triton.log", startup_timeout=120).start()
     message = str(error.value)
     assert "failed to load 'broken'" in message and "weights-xyz-missing" in message
     assert not processes_using(repo)
-
-
-def test_port_in_use_is_named(tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        ports = TritonPorts(free_port(), port, free_port())
-        with pytest.raises(TritonStartError, match=f"grpc port {port} .* already in use"):
-            EmbeddedTriton(tmp_path, ports).start()
-
-
-def test_missing_binary_and_missing_repository_are_clear(tmp_path):
-    with pytest.raises(TritonStartError, match="missing or not executable"):
-        EmbeddedTriton(tmp_path, _ports(), binary=tmp_path / "no-tritonserver").start()
-    with pytest.raises(TritonStartError, match="does not exist"):
-        EmbeddedTriton(tmp_path / "nowhere", _ports()).start()
 
 
 def test_starts_serves_and_stops_without_orphans(tmp_path):
@@ -69,7 +47,7 @@ def test_starts_serves_and_stops_without_orphans(tmp_path):
     import numpy as np
     import tritonclient.grpc as grpcclient
 
-    with EmbeddedTriton(repo, _ports(), log_path=tmp_path / "triton.log") as triton:
+    with EmbeddedTriton(repo, triton_ports(), log_path=tmp_path / "triton.log") as triton:
         assert triton.is_ready()
         client = grpcclient.InferenceServerClient(triton.grpc_url)
         x = grpcclient.InferInput("X", [1, 3], "FP32")

@@ -1,0 +1,26 @@
+"""The embedded tritonserver launcher's clear errors before it starts anything."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.support import triton_ports
+from toneserve.triton import EmbeddedTriton, TritonPorts, TritonStartError, free_port
+
+
+def test_port_in_use_is_named(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = TritonPorts(free_port(), port, free_port())
+        with pytest.raises(TritonStartError, match=f"grpc port {port} .* already in use"):
+            EmbeddedTriton(tmp_path, ports).start()
+
+
+def test_missing_binary_and_missing_repository_are_clear(tmp_path):
+    with pytest.raises(TritonStartError, match="missing or not executable"):
+        EmbeddedTriton(tmp_path, triton_ports(), binary=tmp_path / "no-tritonserver").start()
+    with pytest.raises(TritonStartError, match="does not exist"):
+        EmbeddedTriton(tmp_path / "nowhere", triton_ports()).start()
