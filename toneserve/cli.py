@@ -1,20 +1,93 @@
-"""The `toneserve` command."""
+"""The `toneserve` command.
+
+The package installs in parts (pyproject.toml's extras), so this module imports only the core:
+each subcommand loads its options and its implementation when it is the one asked for, and a
+subcommand whose part is not installed says which extra brings it.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
+import importlib.util
 import json
 import logging
 import signal
 import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from toneserve import paths
+from toneserve.console import CommandError, say
+from toneserve.contract import ToneserveError
 
 
-def say(message: str) -> None:
-    """Progress for people goes to stderr; stdout carries only results (JSON)."""
-    print(message, file=sys.stderr, flush=True)
+@dataclass(frozen=True)
+class Part:
+    """What a subcommand needs beyond the core. `modules`: its implementation, imported before it
+    starts, so a missing extra fails at once rather than after minutes of work; `later`: third-party
+    modules it imports only once running (looked up, not imported: torch and FunASR take seconds)."""
+    extras: tuple[str, ...]
+    modules: tuple[str, ...] = ()
+    later: tuple[str, ...] = ()
+
+    def __add__(self, other: Part) -> Part:
+        return Part(self.extras + other.extras, self.modules + other.modules, self.later + other.later)
+
+
+_EXPORT = Part(("export",), ("toneserve.export.build", "toneserve.model_repository.catalog",
+                             "toneserve.model_repository.render"),
+               ("torch", "funasr", "onnx", "onnxruntime", "onnxscript", "sentencepiece", "kaldi_native_fbank",
+                "silero_vad", "modelscope", "omegaconf", "tqdm"))
+_GATEWAY = ("toneserve.gateway.server", "toneserve.gateway.auth")
+# The runners inside tritonserver import onnxruntime and sentencepiece from this environment.
+_SERVE = Part(("serve",), ("toneserve.triton", *_GATEWAY), ("pytriton", "onnxruntime", "sentencepiece", "snownlp"))
+PARTS = {
+    "export": _EXPORT,
+    "serve": _SERVE,
+    "gateway": Part(("gateway",), _GATEWAY, ("snownlp",)),
+    "analyze": Part(("client",), ("toneserve.client.cli", "toneserve.client.sdk"), ("tqdm", "matplotlib")),
+    "stream": Part(("client",), ("toneserve.client.stream_cli", "toneserve.client.sdk")),
+    "demo": _EXPORT + _SERVE + Part((), ("toneserve.samples", "toneserve.client.sdk")),
+    "plan": Part(("loadtest",), ("toneserve.loadtest.plan", "toneserve.loadtest.run", "toneserve.loadtest.corpus",
+                                 "toneserve.loadtest.triton_metrics", "toneserve.loadtest.process_cpu"),
+                 ("locust", "gevent", "matplotlib", "psutil", "prometheus_client", "grpc_health")),
+}
+
+
+class MissingExtra(CommandError):
+    """A subcommand whose part is not installed."""
+
+    def __init__(self, command: str, extras: tuple[str, ...], module: str):
+        self.extras = extras
+        names = f"the {' and '.join(extras)} extra{'s' if len(extras) > 1 else ''}"
+        super().__init__(f'toneserve {command} needs {names}: pip install "toneserve[{",".join(extras)}]" '
+                         f"({module} is not installed)")
+
+
+@contextmanager
+def _needs(command: str):
+    """A third-party module missing while `command` loads means its extra is not installed. A missing
+    toneserve module is a broken installation, and any other failure a bug: both keep their traceback."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if not top or top == "toneserve":
+            raise
+        raise MissingExtra(command, PARTS[command].extras, top) from exc
+
+
+def load(command: str) -> None:
+    """Import `command`'s implementation, or raise MissingExtra."""
+    part = PARTS[command]
+    with _needs(command):
+        for module in part.modules:
+            importlib.import_module(module)
+    for module in dict.fromkeys(part.later):
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtra(command, part.extras, module)
 
 
 def _repository(args) -> Path:
@@ -38,7 +111,7 @@ def cmd_export(args) -> int:
         out = (Path(args.repository) / paths.repository_name(profile, precision) if args.repository
                else paths.repository_dir(args.size, profile, precision))
         render_repository(describe(models, precision, tuning), profile, out)
-        say(f"[export] rendered the {profile} model repository ({precision}) -> {out}")
+        say(f"rendered the {profile} model repository ({precision}) -> {out}", "export")
     return 0
 
 
@@ -166,7 +239,7 @@ def cmd_demo(args) -> int:
         audio, name = sample.read_bytes(), str(sample)
     port = args.port or free_port()
     with EmbeddedTriton(paths.repository_dir(args.size, "cpu"), _triton_ports(args)) as triton:
-        say(f"[demo] tritonserver ready on {triton.grpc_url}")
+        say(f"tritonserver ready on {triton.grpc_url}", "demo")
         from toneserve.gateway.server import Gateway
 
         loop = asyncio.new_event_loop()
@@ -175,7 +248,7 @@ def cmd_demo(args) -> int:
         thread = threading.Thread(target=loop.run_forever, daemon=True)
         thread.start()
         try:
-            say(f"[demo] gateway ready on 127.0.0.1:{port}; analysing {name}")
+            say(f"gateway ready on 127.0.0.1:{port}; analysing {name}", "demo")
             with Client(f"127.0.0.1:{port}", tls=False) as client:  # plaintext, whatever TONESERVE_CA_CERT says
                 result = client.analyze(audio, channel_roles=roles).to_dict()
         finally:
@@ -245,8 +318,10 @@ def _add_gateway_options(p):
     p.add_argument("--max-message-mb", type=int, default=defaults.max_message_bytes // 2**20,
                    help=f"largest Analyze request in MiB (default {defaults.max_message_bytes // 2**20})")
     p.add_argument("--max-requests", type=int, default=defaults.max_requests,
-                   help=f"requests analysed at once; more are refused with a retry hint (default {defaults.max_requests})")
-    p.add_argument("--max-requests-per-tenant", type=int, help="requests one tenant may have in progress (default: no cap)")
+                   help="requests analysed at once; more are refused with a retry hint "
+                        f"(default {defaults.max_requests})")
+    p.add_argument("--max-requests-per-tenant", type=int,
+                   help="requests one tenant may have in progress (default: no cap)")
     p.add_argument("--api-keys", metavar="FILE", help="require API keys: one `KEY TENANT` per line (default: open)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
@@ -257,12 +332,7 @@ def _add_triton_ports(p, defaults=(8000, 8001, 8002)):
         p.add_argument(f"--triton-{name}-port", type=int, default=default, help=f"default {default or 'any free port'}")
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="toneserve", description="Speech emotion and sentiment service.")
-    root.add_argument("-v", "--verbose", action="store_true")
-    sub = root.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("export", help="build the models (ONNX, int8, fp16) and render the Triton model repository")
+def _export_arguments(p):
     _add_size(p, default="base")
     p.add_argument("--emotion2vec", metavar="SOURCE",
                    help="hub id (iic/emotion2vec_plus_base, iic/emotion2vec_plus_large), a local model folder "
@@ -287,9 +357,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", help="where rendered repositories go, one folder per profile")
     p.add_argument("--profiles", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
     p.add_argument("--force", action="store_true", help="rebuild even when current exports exist")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("serve", help="start the embedded tritonserver (cpu profile) and the gateway")
+
+def _serve_arguments(p):
     _add_size(p, default="base")
     p.add_argument("--profile", default="cpu", choices=["cpu"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
@@ -301,54 +371,93 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50051, help="gateway gRPC port")
     _add_gateway_options(p)
     _add_triton_ports(p)
-    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("gateway", help="run only the gateway, against a Triton already running")
+
+def _gateway_arguments(p):
     p.add_argument("--triton-url", default="127.0.0.1:8001")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051)
     _add_gateway_options(p)
-    p.set_defaults(func=cmd_gateway)
 
-    from toneserve.client.cli import add_arguments as add_analyze_arguments
-    p = sub.add_parser("analyze", help="analyse files, folders or globs: JSON, JSONL or CSV, and HTML/PNG reports")
-    add_analyze_arguments(p)
-    p.set_defaults(func=cmd_analyze)
 
-    from toneserve.client.stream_cli import add_arguments as add_stream_arguments
-    p = sub.add_parser("stream", help="analyse live audio (a file or a pipe) and print each segment as it comes")
-    add_stream_arguments(p)
-    p.set_defaults(func=cmd_stream)
+def _analyze_arguments(p):
+    from toneserve.client.cli import add_arguments
+    add_arguments(p)
 
-    p = sub.add_parser("demo", help="export, start everything, analyse a sample clip, print, stop")
+
+def _stream_arguments(p):
+    from toneserve.client.stream_cli import add_arguments
+    add_arguments(p)
+
+
+def _demo_arguments(p):
     _add_size(p, default="base")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models-dir")
     p.add_argument("--file", help="analyse this file instead of the generated sample")
     p.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
     _add_triton_ports(p, defaults=(0, 0, 0))
-    p.set_defaults(func=cmd_demo)
 
-    from toneserve.loadtest.plan import add_arguments as add_plan_arguments
-    p = sub.add_parser("plan", help="capacity plan: sweep load on a running gateway, find the most within a p95 SLO")
-    add_plan_arguments(p)
-    p.set_defaults(func=cmd_plan)
+
+def _plan_arguments(p):
+    from toneserve.loadtest.plan import add_arguments
+    add_arguments(p)
+
+
+# name: (help, options, implementation)
+COMMANDS = {
+    "export": ("build the models (ONNX, int8, fp16) and render the Triton model repository",
+               _export_arguments, cmd_export),
+    "serve": ("start the embedded tritonserver (cpu profile) and the gateway", _serve_arguments, cmd_serve),
+    "gateway": ("run only the gateway, against a Triton already running", _gateway_arguments, cmd_gateway),
+    "analyze": ("analyse files, folders or globs: JSON, JSONL or CSV, and HTML/PNG reports",
+                _analyze_arguments, cmd_analyze),
+    "stream": ("analyse live audio (a file or a pipe) and print each segment as it comes",
+               _stream_arguments, cmd_stream),
+    "demo": ("export, start everything, analyse a sample clip, print, stop", _demo_arguments, cmd_demo),
+    "plan": ("capacity plan: sweep load on a running gateway, find the most within a p95 SLO",
+             _plan_arguments, cmd_plan),
+}
+
+
+class _Subcommand(argparse.ArgumentParser):
+    """A subcommand's parser, whose options are added when it is the one parsed: they come from
+    its part (client/, loadtest/), which may not be installed or, in the gateway image, not there."""
+
+    def __init__(self, *args, command: str = "", options=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._command, self._options = command, options
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._options is not None:
+            options, self._options = self._options, None
+            with _needs(self._command):
+                options(self)
+        return super().parse_known_args(args, namespace)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="toneserve", description="Speech emotion and sentiment service.")
+    root.add_argument("-v", "--verbose", action="store_true")
+    sub = root.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
+    for name, (text, options, func) in COMMANDS.items():
+        sub.add_parser(name, help=text, command=name, options=options).set_defaults(func=func)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from toneserve.contract import ToneserveError
-    from toneserve.export.sources import SourceUnavailable
-    from toneserve.gateway.server import GatewayStartError
-    from toneserve.triton import TritonStartError
-
+    # What a person can act on is one line and exit 2; anything else is a bug and keeps its traceback.
     try:
+        load(args.command)
         return args.func(args)
-    except (TritonStartError, GatewayStartError, ToneserveError, SourceUnavailable, FileNotFoundError,
-            ValueError) as exc:
+    except (CommandError, ToneserveError, FileNotFoundError) as exc:
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)
