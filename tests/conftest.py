@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SHARED_SPEECH
+from tests.support import CLIPS, GARBAGE, SHARED_SPEECH
 
 TESTS = Path(__file__).resolve().parent
 # Each test's tier is the folder it sits in; the marker of the same name selects it (`-m unit`).
@@ -133,3 +133,44 @@ def shared_speech() -> Path:
     if not (SHARED_SPEECH / "MANIFEST.tsv").is_file():
         pytest.skip("../shared/data/speech is not present (fresh clone)")
     return SHARED_SPEECH
+
+
+# --- fixtures of test files whose tests sit in more than one tier ---
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory) -> Path:
+    """A folder of mixed recordings for `toneserve analyze` (tests.support.CLIPS), one broken file among them."""
+    from toneserve.samples import call, encode
+
+    root = tmp_path_factory.mktemp("batch")
+    for name, (seconds, rate, channels, fmt, seed) in CLIPS.items():
+        conversation = call(seconds, rate=rate, seed=seed)
+        samples = conversation.samples if channels == 2 else conversation.mono()
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(encode(samples, rate, fmt))
+    (root / GARBAGE).write_bytes(os.urandom(4000))
+    (root / "calls/notes.txt").write_text("not a recording; folders are searched for audio extensions only")
+    (root / "calls/.partial.wav").write_bytes(b"hidden: skipped")
+    return root
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory) -> Path:
+    """A 10 s two-channel call as a WAV file."""
+    from toneserve.samples import call, wav_bytes
+
+    path = tmp_path_factory.mktemp("clip") / "call.wav"
+    path.write_bytes(wav_bytes(call(10.0, rate=16000, seed=3).samples, 16000))
+    return path
+
+
+@pytest.fixture(scope="session")
+def calls(tmp_path_factory) -> Path:
+    """A loadtest corpus of four short calls: every format, both rates, two speakers on two channels."""
+    from toneserve.loadtest import corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    corpus.generate(out, 4, durations=(8.0, 12.0), rates=(8000, 16000), formats=("wav", "flac", "mp3", "ogg"),
+                    progress=False)
+    return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import re
 import signal
 import subprocess
@@ -71,7 +72,8 @@ def wait_for_health(address: str, process: subprocess.Popen, log: Path, timeout:
             if process.poll() is not None:
                 raise RuntimeError(f"toneserve serve exited with {process.returncode}:\n{log.read_text()}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
@@ -176,3 +178,23 @@ def triton_ports():
     from toneserve.triton import TritonPorts, free_port
 
     return TritonPorts(free_port(), free_port(), free_port())
+
+
+# --- `toneserve analyze` on a folder of mixed recordings (the recordings_folder fixture builds it) ---
+
+# name -> (seconds, rate, channels, format, seed): 8 and 16 kHz, mono and stereo, five containers.
+CLIPS = {
+    "calls/stereo16.wav": (8.0, 16000, 2, "wav", 11),
+    "calls/phone8.flac": (8.0, 8000, 2, "flac", 12),
+    "calls/mono16.mp3": (8.0, 16000, 1, "mp3", 13),
+    "calls/archive/mono8.ogg": (8.0, 8000, 1, "ogg", 14),
+    "calls/archive/stereo16.m4a": (8.0, 16000, 2, "m4a", 15),
+}
+GARBAGE = "calls/garbage.wav"
+
+
+def toneserve_analyze(*arguments: str, cwd: Path, env: dict | None = None, stderr=subprocess.PIPE):
+    """`toneserve analyze ARGUMENTS` run as a user runs it, in `cwd`."""
+    return subprocess.run([sys.executable, "-m", "toneserve.cli", "analyze", *arguments], cwd=cwd,
+                          stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})

@@ -9,51 +9,19 @@ import os
 import pty
 import re
 import struct
-import subprocess
-import sys
 import termios
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 
+from tests.support import CLIPS, GARBAGE, toneserve_analyze
 from toneserve.client import Client
 from toneserve.client.formats import COLUMNS
-from toneserve.samples import call, encode
 from toneserve.triton import free_port
 
-# name -> (seconds, rate, channels, format, seed): 8 and 16 kHz, mono and stereo, five containers.
-CLIPS = {
-    "calls/stereo16.wav": (8.0, 16000, 2, "wav", 11),
-    "calls/phone8.flac": (8.0, 8000, 2, "flac", 12),
-    "calls/mono16.mp3": (8.0, 16000, 1, "mp3", 13),
-    "calls/archive/mono8.ogg": (8.0, 8000, 1, "ogg", 14),
-    "calls/archive/stereo16.m4a": (8.0, 16000, 2, "m4a", 15),
-}
-GARBAGE = "calls/garbage.wav"
 # <name> of the outputs: two recordings are called stereo16; the later one in input order gets -2.
 NAMES = {"calls/stereo16.wav": "stereo16-2", "calls/phone8.flac": "phone8", "calls/mono16.mp3": "mono16",
          "calls/archive/mono8.ogg": "mono8", "calls/archive/stereo16.m4a": "stereo16"}
-
-
-def toneserve(*arguments: str, cwd: Path, env: dict | None = None, stderr=subprocess.PIPE):
-    return subprocess.run([sys.executable, "-m", "toneserve.cli", "analyze", *arguments], cwd=cwd,
-                          stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("batch")
-    for name, (seconds, rate, channels, fmt, seed) in CLIPS.items():
-        conversation = call(seconds, rate=rate, seed=seed)
-        samples = conversation.samples if channels == 2 else conversation.mono()
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(encode(samples, rate, fmt))
-    (root / GARBAGE).write_bytes(os.urandom(4000))
-    (root / "calls/notes.txt").write_text("not a recording; folders are searched for audio extensions only")
-    (root / "calls/.partial.wav").write_bytes(b"hidden: skipped")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +48,7 @@ def assert_garbage_is_the_one_failure(done):
 
 
 def test_jsonl_has_exactly_one_line_per_segment_of_the_good_files(stack, folder, reference):
-    done = toneserve("calls", "--format", "jsonl", "--address", stack.gateway, cwd=folder)
+    done = toneserve_analyze("calls", "--format", "jsonl", "--address", stack.gateway, cwd=folder)
     assert_garbage_is_the_one_failure(done)
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert all(tuple(row) == COLUMNS for row in rows)
@@ -99,8 +67,8 @@ def test_jsonl_has_exactly_one_line_per_segment_of_the_good_files(stack, folder,
 
 def test_csv_loads_with_a_csv_reader_one_row_per_segment(stack, folder, reference, tmp_path):
     out = tmp_path / "segments.csv"
-    done = toneserve("calls", "--format", "csv", "--out", str(out), "--jobs", "2", "--address", stack.gateway,
-                     cwd=folder)
+    done = toneserve_analyze("calls", "--format", "csv", "--out", str(out), "--jobs", "2", "--address", stack.gateway,
+                             cwd=folder)
     assert_garbage_is_the_one_failure(done)
     assert done.stdout == ""
     with open(out, newline="", encoding="utf-8") as file:
@@ -113,7 +81,7 @@ def test_csv_loads_with_a_csv_reader_one_row_per_segment(stack, folder, referenc
 
 
 def test_output_order_is_the_input_order_whatever_the_jobs(stack, folder):
-    runs = [toneserve("calls", "--format", "jsonl", "--jobs", jobs, "--address", stack.gateway, cwd=folder)
+    runs = [toneserve_analyze("calls", "--format", "jsonl", "--jobs", jobs, "--address", stack.gateway, cwd=folder)
             for jobs in ("1", "5")]
     orders = [[(row["file"], row["start_s"], row["channel"]) for row in map(json.loads, run.stdout.splitlines())]
               for run in runs]
@@ -124,8 +92,8 @@ def test_output_order_is_the_input_order_whatever_the_jobs(stack, folder):
 
 def test_json_documents_and_reports_per_call(stack, folder, reference, tmp_path):
     documents, reports = tmp_path / "json", tmp_path / "reports"
-    done = toneserve("calls", "--out", str(documents), "--report", str(reports), "--address", stack.gateway,
-                     cwd=folder)
+    done = toneserve_analyze("calls", "--out", str(documents), "--report", str(reports), "--address", stack.gateway,
+                             cwd=folder)
     assert_garbage_is_the_one_failure(done)
     assert sorted(p.name for p in documents.iterdir()) == sorted(f"{n}.json" for n in NAMES.values())
     for name, result in reference.items():
@@ -143,8 +111,8 @@ def test_json_documents_and_reports_per_call(stack, folder, reference, tmp_path)
 
 
 def test_a_single_file_prints_its_document_with_roles_and_thresholds(stack, folder, tmp_path):
-    done = toneserve("calls/stereo16.wav", "--roles", "agent,customer", "--min-silence-ms", "2000",
-                     "--report", str(tmp_path), "--quiet", "--address", stack.gateway, cwd=folder)
+    done = toneserve_analyze("calls/stereo16.wav", "--roles", "agent,customer", "--min-silence-ms", "2000",
+                             "--report", str(tmp_path), "--quiet", "--address", stack.gateway, cwd=folder)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # --quiet: no notes either
     document = json.loads(done.stdout)
@@ -154,40 +122,21 @@ def test_a_single_file_prints_its_document_with_roles_and_thresholds(stack, fold
     assert re.findall(r'<g id="timeline-([^"]+)"', page) == ["agent", "customer"]
 
 
-def test_a_stopped_server_is_a_clear_error_not_a_traceback(folder):
-    address = f"127.0.0.1:{free_port()}"
-    done = toneserve("calls/stereo16.wav", "calls/mono16.mp3", "--address", address, "--timeout", "10", cwd=folder)
-    assert done.returncode == 1
-    assert f"cannot reach the toneserve gateway at {address}" in done.stderr
-    assert "Traceback" not in done.stderr and done.stdout == ""
-    assert "calls/stereo16.wav: UNAVAILABLE" in done.stderr and "calls/mono16.mp3" in done.stderr
-
-
 def test_the_address_comes_from_the_environment_and_the_flag_wins(stack, folder):
     dead = f"127.0.0.1:{free_port()}"
-    from_env = toneserve("calls/mono16.mp3", cwd=folder, env={"TONESERVE_ADDRESS": stack.gateway})
-    flag_wins = toneserve("calls/mono16.mp3", "--address", stack.gateway, cwd=folder, env={"TONESERVE_ADDRESS": dead})
+    from_env = toneserve_analyze("calls/mono16.mp3", cwd=folder, env={"TONESERVE_ADDRESS": stack.gateway})
+    flag_wins = toneserve_analyze("calls/mono16.mp3", "--address", stack.gateway, cwd=folder,
+                                  env={"TONESERVE_ADDRESS": dead})
     assert from_env.returncode == 0 and flag_wins.returncode == 0, (from_env.stderr, flag_wins.stderr)
     assert json.loads(from_env.stdout)["segments"]
 
 
 def test_missing_paths_are_failures_and_the_rest_is_analysed(stack, folder):
-    done = toneserve("calls/mono16.mp3", "calls/nope.wav", "recordings/*.wav", "--format", "jsonl",
-                     "--address", stack.gateway, cwd=folder)
+    done = toneserve_analyze("calls/mono16.mp3", "calls/nope.wav", "recordings/*.wav", "--format", "jsonl",
+                             "--address", stack.gateway, cwd=folder)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "calls/nope.wav: NOT_FOUND" in done.stderr and "recordings/*.wav: NOT_FOUND" in done.stderr
     assert {json.loads(line)["file"] for line in done.stdout.splitlines()} == {"calls/mono16.mp3"}
-
-
-@pytest.mark.parametrize("arguments", [["calls", "--format", "xml"], ["calls", "--jobs", "0"], []])
-def test_usage_errors_exit_2(folder, arguments):
-    done = toneserve(*arguments, cwd=folder)
-    assert done.returncode == 2 and "usage:" in done.stderr and "Traceback" not in done.stderr
-
-
-def test_an_unreadable_ca_certificate_exits_2(folder):
-    done = toneserve("calls", "--ca-cert", "no-such.pem", cwd=folder)
-    assert done.returncode == 2 and "cannot read the CA certificate no-such.pem" in done.stderr
 
 
 @pytest.mark.parametrize("quiet", [False, True])
@@ -195,8 +144,9 @@ def test_the_progress_bar_shows_on_a_terminal_only(stack, folder, quiet):
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size
     try:
-        done = toneserve("calls/mono16.mp3", "calls/phone8.flac", "--format", "jsonl", "--address", stack.gateway,
-                         *(["--quiet"] if quiet else []), cwd=folder, stderr=secondary)
+        done = toneserve_analyze("calls/mono16.mp3", "calls/phone8.flac", "--format", "jsonl",
+                                 "--address", stack.gateway, *(["--quiet"] if quiet else []), cwd=folder,
+                                 stderr=secondary)
         os.close(secondary)
         terminal = b""
         while True:
@@ -212,5 +162,5 @@ def test_the_progress_bar_shows_on_a_terminal_only(stack, folder, quiet):
     assert done.returncode == 0
     assert (b"2/2" in terminal) is not quiet, terminal.decode(errors="replace")
     # Piped (every other test here), stderr carries no bar.
-    piped = toneserve("calls/mono16.mp3", "--address", stack.gateway, cwd=folder)
+    piped = toneserve_analyze("calls/mono16.mp3", "--address", stack.gateway, cwd=folder)
     assert "it/s" not in piped.stderr and "file/s" not in piped.stderr and "%|" not in piped.stderr

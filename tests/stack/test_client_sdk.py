@@ -3,7 +3,6 @@ against a gateway that requires both."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import subprocess
@@ -59,11 +58,6 @@ def test_results_are_typed_and_match_the_response(result):
     assert result.metadata.random_weights and result.metadata.thresholds.min_silence_ms == 300
     assert result.call.segments == len(result.segments)
     assert json.loads(json.dumps(result.to_dict())) == result.to_dict()
-
-
-def test_no_grpc_type_in_the_public_signatures():
-    for method in (Client.__init__, Client.analyze, AsyncClient.analyze):
-        assert "grpc" not in str(inspect.signature(method)), method
 
 
 def comparable(value, path=""):

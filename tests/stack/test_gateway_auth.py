@@ -8,7 +8,6 @@ import grpc
 import pytest
 
 from tests.support import gateway_process, metric, self_signed
-from toneserve.gateway.auth import KeyFileError, read_keys
 from toneserve.samples import call, wav_bytes
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
@@ -79,16 +78,6 @@ def test_health_stays_open_without_a_key(keyed):
     with grpc.insecure_channel(keyed.address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
     assert status == health_pb2.HealthCheckResponse.SERVING
-
-
-def test_key_file_mistakes_are_clear(tmp_path):
-    bad = tmp_path / "keys.txt"
-    for text, words in [("", "no keys"), ("onlykey\n", "expected `KEY TENANT`"), ("a t\na u\n", "twice")]:
-        bad.write_text(text)
-        with pytest.raises(KeyFileError, match=words):
-            read_keys(bad)
-    with pytest.raises(KeyFileError, match="cannot read"):
-        read_keys(tmp_path / "missing.txt")
 
 
 def test_tls_serves_clients_that_trust_the_certificate_only(stack, tmp_path, audio):

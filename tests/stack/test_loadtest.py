@@ -1,4 +1,4 @@
-"""loadtest/: corpus, Locust users, the baseline's parity, the compute bound and `toneserve plan`.
+"""loadtest/ against the session's real stack: Locust users, the baseline's parity and `toneserve plan`.
 
 The Locust runs go against the session's real stack (tiny models): short, so that the file
 stays well under two minutes on two cores. They check behaviour (nothing fails, nothing is
@@ -15,141 +15,11 @@ import time
 import grpc
 import pytest
 
-from toneserve.loadtest import corpus, ledger, run, triton_metrics
-from toneserve.loadtest.traffic import parse_mix
+from toneserve.loadtest import corpus, run
 
 
 def _flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
-
-
-@pytest.fixture(scope="module")
-def calls(tmp_path_factory):
-    """Four short calls: every format, both rates, two speakers on two channels."""
-    out = tmp_path_factory.mktemp("corpus")
-    corpus.generate(out, 4, durations=(8.0, 12.0), rates=(8000, 16000), formats=("wav", "flac", "mp3", "ogg"),
-                    progress=False)
-    return out
-
-
-# ------------------------------------------------------------------------------ no server
-
-
-def test_corpus_is_deterministic_and_described(calls, tmp_path):
-    again = tmp_path / "again"
-    corpus.generate(again, 4, durations=(8.0, 12.0), rates=(8000, 16000), formats=("wav", "flac", "mp3", "ogg"),
-                    progress=False)
-    entries = corpus.load(calls)
-    assert [(e.file, e.bytes) for e in entries] == [(e.file, e.bytes) for e in corpus.load(again)]
-    # Byte for byte, except Ogg: FFmpeg's muxer draws each stream's serial number at random.
-    assert all((calls / e.file).read_bytes() == (again / e.file).read_bytes() for e in entries if e.format != "ogg")
-    assert sorted(e.format for e in entries) == ["flac", "mp3", "ogg", "wav"]
-    assert {e.rate for e in entries} == {8000, 16000} and {e.channels for e in entries} == {2}
-    assert sorted(e.seconds for e in entries) == [8.0, 8.0, 12.0, 12.0]
-    assert all(e.turns and {t[0] for t in e.turns} <= {0, 1} for e in entries)
-    from toneserve.gateway.audio import decode
-    for entry in entries:
-        audio = decode(calls / entry.file)
-        assert audio.source_channels == 2 and abs(audio.seconds - entry.seconds) < 0.1, entry
-        assert (audio.samples == decode(again / entry.file).samples).all(), entry
-
-
-def test_corpus_mix_and_filters():
-    assert corpus.shares(10, [4, 3, 2, 1]) == [4, 3, 2, 1]
-    assert corpus.shares(3, [1, 1]) in ([2, 1], [1, 2]) and sum(corpus.shares(7, [1, 2, 3])) == 7
-    items = corpus.plan(8, [15, 30], None, [8000, 16000], ["wav", "flac"], [1, 2], seed=1)
-    assert {(i["format"], i["rate"], i["channels"]) for i in items} == {
-        (f, r, c) for f in ("wav", "flac") for r in (8000, 16000) for c in (1, 2)}
-    with pytest.raises(ValueError, match="unknown formats"):
-        corpus.generate("/nonexistent", 1, formats=["aiff"])
-    entry = corpus.Entry("a.wav", 15.0, 8000, 2, "wav", 1, 0, ())
-    assert corpus.select([entry], formats=["wav"], rates=[8000]) == [entry]
-    with pytest.raises(ValueError, match="no corpus entry matches"):
-        corpus.select([entry], durations=[30])
-
-
-def test_traffic_mix_parsing():
-    assert parse_mix("analyze:3, upload:1,triton") == {"analyze": 3.0, "upload": 1.0, "triton": 1.0}
-    with pytest.raises(ValueError, match="unknown user"):
-        parse_mix("stream:1")
-    with pytest.raises(ValueError, match="no user a positive weight"):
-        parse_mix("analyze:0")
-
-
-def test_benchmark_systems_change_only_what_they_name():
-    from toneserve.loadtest.benchmark import parse_system, tuning_of
-    from toneserve.model_repository.catalog import DEFAULT_TUNING
-
-    precision, flags = parse_system("int8:instances=3,batch=1,pad=1.0")
-    assert precision == "int8" and flags == {"instances": 3, "batch": 1, "pad": 1.0}
-    tuning = tuning_of(flags)
-    assert (tuning.instances, tuning.intra_op_threads, tuning.max_pad_ratio) == (3, DEFAULT_TUNING.intra_op_threads, 1.0)
-    assert tuning.batching.max_batch_size == 1 and tuning.batching.preferred_batch_sizes == ()
-    assert tuning.batching.max_queue_delay_us == DEFAULT_TUNING.batching.max_queue_delay_us
-    assert tuning_of({}) == DEFAULT_TUNING
-    assert tuning_of(parse_system("fp32:share=1")[1]).share_cores is True
-    assert tuning_of(parse_system("fp32:share=0")[1]).share_cores is False
-    for bad in ("fp16", "int8:instances=0", "int8:pad=0.5", "int8:threads=two", "int8:speed=9", "int8:share=yes"):
-        with pytest.raises(ValueError, match="--systems"):
-            parse_system(bad)
-
-
-def test_benchmark_needs_an_fp32_system_for_the_baseline_parity(tmp_path, capsys):
-    from toneserve.loadtest.benchmark import main
-
-    code = main(["--corpus", str(tmp_path), "--systems", "int8", "int8:pad=1.0", "--out", str(tmp_path / "out")])
-    assert code == 2 and "needs an fp32 system" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()  # refused before any work
-
-
-def test_ledger_credits_the_steady_window_pro_rata():
-    book = {"steady_from": 10.0, "steady_until": 20.0, "names": {"Analyze": {
-        "sent": 3, "errors": {},
-        # [sent, answered, latency ms, audio s, ok]: inside, straddling the start, straddling the end
-        "answers": [[12.0, 14.0, 2000.0, 30.0, True], [8.0, 12.0, 4000.0, 40.0, True],
-                    [18.0, 22.0, 4000.0, 20.0, True]]}}}
-    s = ledger.summarise(book)
-    assert s["lost"] == 0 and s["answered"] == 3 and s["window_s"] == 10.0
-    assert s["rtfx"] == pytest.approx((30 + 40 / 2 + 20 / 2) / 10)
-    assert s["rps"] == pytest.approx((1 + 0.5 + 0.5) / 10)
-    assert s["latency_ms"]["p50"] == 4000.0
-    book["names"]["Analyze"]["sent"] = 4
-    assert ledger.summarise(book)["lost"] == 1
-
-
-def test_triton_metrics_split_queue_and_compute():
-    text = "\n".join([
-        '# TYPE nv_inference_request_success counter',
-        'nv_inference_request_success{model="emotion2vec",version="1"} 10',
-        '# TYPE nv_inference_request_failure counter',
-        'nv_inference_request_failure{model="emotion2vec",reason="BACKEND",version="1"} 0',
-        '# TYPE nv_inference_count counter', 'nv_inference_count{model="emotion2vec",version="1"} 10',
-        '# TYPE nv_inference_exec_count counter', 'nv_inference_exec_count{model="emotion2vec",version="1"} 5',
-        '# TYPE nv_inference_queue_duration_us counter',
-        'nv_inference_queue_duration_us{model="emotion2vec",version="1"} 30000',
-        '# TYPE nv_inference_compute_infer_duration_us counter',
-        'nv_inference_compute_infer_duration_us{model="emotion2vec",version="1"} 2000000', ""])
-    after = triton_metrics.parse(text)
-    summary = triton_metrics.summarise(triton_metrics.delta({}, after))["emotion2vec"]
-    assert summary["requests"] == 10 and summary["avg_batch"] == 2.0 and summary["failures"] == 0
-    assert summary["queue_ms"] == pytest.approx(3.0) and summary["compute_ms"] == pytest.approx(200.0)
-    assert triton_metrics.metrics_url("127.0.0.1:8002") == "http://127.0.0.1:8002/metrics"
-
-
-def test_compute_bound_runs_every_served_model(repository, calls):
-    from toneserve.loadtest import compute_bound
-
-    result = compute_bound.measure(repository, calls, durations=[8.0], progress=False)
-    assert result["recordings"] == 2 and result["audio_seconds"] == 16.0 and result["utterances"] > 0
-    assert set(result["model_seconds"]) == set(compute_bound.MODELS)
-    assert result["model_calls"]["sensevoice_encoder"] == result["utterances"]
-    assert result["model_calls"]["emotion2vec"] >= result["utterances"]
-    from toneserve.model_repository.catalog import DEFAULT_TUNING
-    assert result["threads"]["emotion2vec"] == DEFAULT_TUNING.intra_op_threads  # as the repository says
-    assert result["streams"] == DEFAULT_TUNING.instances and result["rtfx"] > 0 and result["cpu_cores"] > 0
-
-
-# ------------------------------------------------------------------------------ against the stack
 
 
 def test_smoke_run_answers_every_request(stack, calls, tmp_path):
@@ -238,10 +108,3 @@ def test_plan_keeps_the_slo_it_was_given(stack, calls, tmp_path):
     assert (out / "steps" / "users-2_stats.csv").is_file() and (out / "steps" / "users-2.html").is_file()
 
 
-def test_plan_refuses_what_it_cannot_measure(calls, tmp_path, capsys):
-    from toneserve.cli import parser
-
-    args = parser().parse_args(["plan", "--slo-p95-ms", "1000", "--corpus", str(calls), "--triton-metrics",
-                                "127.0.0.1:1", "--out", str(tmp_path)])
-    assert args.func(args) == 2
-    assert "no Triton metrics at http://127.0.0.1:1/metrics" in capsys.readouterr().err
