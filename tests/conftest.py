@@ -2,6 +2,7 @@
 the hooks that mark each test with its tier and keep the unit tier free of heavy dependencies."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -11,12 +12,14 @@ import pytest
 from tests.support import CLIPS, GARBAGE, SHARED_SPEECH
 
 TESTS = Path(__file__).resolve().parent
-# Each test's tier is the folder it sits in; the marker of the same name selects it (`-m unit`).
+# Each test's tier is the folder it sits in; the marker of the same name selects it (`-m unit`). In this order
+# a run runs them.
 TIERS = ("unit", "export", "stack", "deploy")
 # The unit tier runs without these: importing any of them (or starting tritonserver) fails the run.
 HEAVY_MODULES = ("torch", "funasr", "onnx")
 
 
+@functools.lru_cache(maxsize=None)
 def tier_of(path: Path | str) -> str | None:
     try:
         parts = Path(path).resolve().relative_to(TESTS).parts
@@ -31,6 +34,8 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"tests outside a tier folder ({', '.join(TIERS)}): {outside}")
     for item in items:
         item.add_marker(getattr(pytest.mark, tier_of(item.path)))
+    # Cheapest first, so that a broken unit test is reported before the stack starts; each module stays whole.
+    items.sort(key=lambda item: TIERS.index(tier_of(item.path)))
 
 
 class UnitTierGuard:
