@@ -11,6 +11,8 @@ the ratio column is eager time / candidate time (higher is faster).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import platform
 import statistics
@@ -18,6 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+import torch
+
+from toneserve.export import emotion2vec, sensevoice
+from toneserve.export.build import SIZE_PRESETS
+from toneserve.export.sensevoice_frontend import SenseVoiceFrontend, load_cmvn
+from toneserve.export.variants import quantize_int8
+from toneserve.samples import speechlike
 
 SECONDS = 10.0
 RATE = 16000
@@ -34,12 +44,10 @@ def _median_ms(fn, repeat: int) -> float:
 
 
 def _clips(batch: int, seed: int = 0) -> np.ndarray:
-    from toneserve.samples import speechlike
     return np.stack([speechlike(SECONDS, RATE, seed=seed + i) for i in range(batch)])
 
 
 def _session(path: Path, threads: int):
-    import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -51,11 +59,6 @@ def _size_mb(*paths: Path) -> float:
 
 
 def bench_emotion2vec(work: Path, preset: str, threads: int, repeat: int) -> tuple[list[dict], dict]:
-    import torch
-
-    from toneserve.export import emotion2vec
-    from toneserve.export.variants import quantize_int8
-
     folder = work / "emotion2vec"
     started = time.perf_counter()
     manifest = emotion2vec.export_onnx(folder, preset=preset)
@@ -88,12 +91,6 @@ def bench_emotion2vec(work: Path, preset: str, threads: int, repeat: int) -> tup
 
 
 def bench_sensevoice(work: Path, preset: str, threads: int, repeat: int) -> tuple[list[dict], dict]:
-    import torch
-
-    from toneserve.export import sensevoice
-    from toneserve.export.sensevoice_frontend import SenseVoiceFrontend, load_cmvn
-    from toneserve.export.variants import quantize_int8
-
     folder = work / "sensevoice"
     started = time.perf_counter()
     manifest = sensevoice.export_onnx(folder, preset=preset)
@@ -139,11 +136,8 @@ def bench_sensevoice(work: Path, preset: str, threads: int, repeat: int) -> tupl
 
 
 def markdown(rows: list[dict], exports: list[dict], threads: int) -> str:
-    import onnxruntime
-    import torch
-
     lines = [f"Machine: {platform.processor() or platform.machine()}, {threads} threads for torch and ONNX Runtime; "
-             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; {SECONDS:.0f} s clips.", "",
+             f"torch {torch.__version__}, onnxruntime {ort.__version__}; {SECONDS:.0f} s clips.", "",
              "| model | export s | int8 quantise s | params | fp32 MB | int8 MB |", "|---|---|---|---|---|---|"]
     for e in exports:
         lines.append(f"| {e['family']} {e['preset']} | {e['export_s']:.1f} | {e['int8_s']:.1f} | "
@@ -163,14 +157,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args(argv)
 
-    import contextlib
-    import io
-
-    import torch
     torch.set_num_threads(args.threads)
     with contextlib.redirect_stdout(io.StringIO()):  # FunASR's ffmpeg notice is not for us
         import funasr  # noqa: F401
-    from toneserve.export.build import SIZE_PRESETS
     presets = SIZE_PRESETS[args.size]
     rows, exports = [], []
     for bench, family in ((bench_emotion2vec, "emotion2vec"), (bench_sensevoice, "sensevoice")):

@@ -26,11 +26,23 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
+from tqdm import tqdm
 
 from toneserve.export.artifacts import atomic_write_bytes, atomic_write_json, sha256_file
-from toneserve.export.sources import HUB_IDS, Source, SourceUnavailable, parse_source, resolve
+from toneserve.export.sources import (
+    FAMILIES,
+    HUB_IDS,
+    Source,
+    SourceUnavailable,
+    export_from_source,
+    parse_source,
+    resolve,
+)
+from toneserve.export.variants import convert_fp16, parity_report, quantize_int8, run_onnx
+from toneserve.samples import speechlike
 
-FAMILIES = ("emotion2vec", "sensevoice")
 VARIANTS = ("int8", "fp16")
 SIZE_PRESETS = {
     "tiny": {"emotion2vec": "tiny", "sensevoice": "tiny"},
@@ -41,7 +53,6 @@ DEFAULT_HUB = {"emotion2vec": HUB_IDS["emotion2vec"][0], "sensevoice": HUB_IDS["
 
 
 def _log(message: str) -> None:
-    from tqdm import tqdm
     tqdm.write(f"[export] {message}", file=sys.stderr)  # prints above a running progress bar
 
 
@@ -71,7 +82,6 @@ def is_current(folder: Path, source: Source, seed: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def _padded_audio(seconds=(1.5, 2.5, 0.8)) -> tuple[np.ndarray, np.ndarray]:
-    from toneserve.samples import speechlike
     clips = [speechlike(s, seed=i) for i, s in enumerate(seconds)]
     lens = np.array([len(c) for c in clips], np.int64)
     wav = np.zeros((len(clips), lens.max()), np.float32)
@@ -86,7 +96,6 @@ def _emotion2vec_parity(folder: Path) -> tuple[dict, dict]:
 
 
 def _sensevoice_parity(folder: Path) -> tuple[dict, dict]:
-    from toneserve.export.variants import run_onnx
     wav, lens = _padded_audio()
     front = run_onnx(folder / "frontend.onnx", {"wav": wav, "wav_lens": lens})
     assets = json.loads((folder / "decode_assets.json").read_text())
@@ -113,8 +122,6 @@ FAMILY = {"emotion2vec": Family("emotion2vec", "model.onnx", _emotion2vec_parity
 
 def build_variants(folder: Path, family: Family, variants=VARIANTS, progress=None) -> dict:
     """Derive `variants` from the fp32 graph in `folder`; record files and parity in the manifest."""
-    from toneserve.export.variants import convert_fp16, parity_report, quantize_int8
-
     manifest = _read_manifest(folder)
     base_digest = manifest["files"][family.graph]
     recorded = manifest.get("variants", {})
@@ -167,8 +174,6 @@ def choose_source(family: str, size: str, requested: str | None) -> tuple[Source
 
 def export_family(family: str, folder: Path, source: Source, fallback: Source | None, seed: int, force: bool,
                   cache_dir: Path | None = None) -> dict:
-    from toneserve.export.sources import export_from_source
-
     for candidate in (source, fallback):
         if candidate is None:
             continue
@@ -194,9 +199,6 @@ def export_family(family: str, folder: Path, source: Source, fallback: Source | 
 
 def softmax_onnx(path: Path, classes: int) -> None:
     """A one-node ONNX graph [B, C] logits -> [B, C] probabilities: the emotion ensemble's last step."""
-    import onnx
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph(
         [helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)], "emotion_softmax",
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
@@ -211,8 +213,6 @@ def export_models(models_root: Path, size: str = "tiny", seed: int = 0, force: b
                   sources: dict[str, str | None] | None = None, variants=VARIANTS,
                   cache_dir: Path | None = None) -> Path:
     """Export both families (and their variants) under `models_root`; returns it."""
-    from tqdm import tqdm
-
     if size not in SIZE_PRESETS:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZE_PRESETS)}")
     unknown = set(variants) - set(VARIANTS)

@@ -8,14 +8,12 @@ What is here
   what ``AutoModel`` instantiates for ``iic/emotion2vec_plus_*``) with random weights, eval mode.
 * ``Emotion2vecWrapper``: ``(wav[B,S] f32, wav_lens[B] i64) -> (logits[B,9] f32, embedding[B,D] f32)``
   that gives a padded batch the same answer as unbatched FunASR inference.
-* ``funasr_reference(model, wav_1d)``: FunASR's own inference path for one unpadded utterance
-  (ground truth for tests and export-time parity gates).
 * ``export_onnx(out_dir, preset, seed, model_dir=None, source=None)``: writes ``model.onnx``,
   ``tokens.txt``, ``manifest.json`` atomically and returns the manifest; random weights of
   ``preset``, or a FunASR model directory's own weights and tokens (``sources.py``).
 
-Why a wrapper (see docs: DESIGN.md, "Models and their contracts")
------------------------------------------------------------------
+Why a wrapper
+-------------
 FunASR's own export takes no lengths and returns frame features; its ``padding_mask`` path lets
 padding leak into valid frames through the stack of position convolutions. Here every step that
 mixes information along time is made length-aware:
@@ -39,12 +37,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from toneserve.export.artifacts import atomic_write_bytes, sha256_file, versions
-from toneserve.export.sources import SourceError, manifest_source
+from toneserve.export.sources import SourceError, load_local_model, manifest_source
+from toneserve.export.variants import run_onnx
+
+# funasr is imported inside the functions that use it: importing it takes seconds and prints notices.
 
 SAMPLE_RATE = 16000
 OPSET = 18
@@ -67,7 +69,9 @@ REAL_TOKENS: tuple[str, ...] = (
     "吃惊/surprised",
     "<unk>",
 )
-# The contract (DESIGN.md): this order. Only used to *check* what a tokens file says.
+# The labels an emotion2vec+ tokens file must give, in this order (REAL_TOKENS as read_labels names
+# them): an export whose tokens file says otherwise is refused rather than served with its classes
+# mislabelled. Only used to *check* what a tokens file says.
 EXPECTED_LABELS: tuple[str, ...] = (
     "angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown",
 )
@@ -94,11 +98,6 @@ def read_labels(path: str | os.PathLike) -> list[str]:
     if not labels or any(not lab for lab in labels):
         raise SourceError(f"{path}: empty tokens file or empty token line")
     return labels
-
-
-def write_tokens(path: str | os.PathLike, tokens: Sequence[str] = REAL_TOKENS) -> None:
-    """Write a tokens file in the real format (atomically)."""
-    atomic_write_bytes(Path(path), "\n".join(tokens).encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,22 +283,6 @@ def min_samples(spec: Sequence[Sequence[int]]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def funasr_reference(model: nn.Module, wav_1d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(logits[9], embedding[D])`` exactly as ``Emotion2vec.inference`` computes them for one
-    utterance, before its softmax: ``F.layer_norm`` over the whole waveform when
-    ``cfg.normalize``, ``extract_features(padding_mask=None)``, mean over frames (numpy, as
-    FunASR saves ``feats``), ``proj(x.mean(dim=1))``."""
-    source = torch.from_numpy(np.ascontiguousarray(wav_1d, dtype=np.float32))
-    if model.cfg.normalize:
-        source = F.layer_norm(source, source.shape)
-    source = source.view(1, -1)
-    x = model.extract_features(source, padding_mask=None)["x"]
-    embedding = np.mean(x.squeeze(0).cpu().numpy(), axis=0)
-    logits = model.proj(x.mean(dim=1))[0].cpu().numpy()
-    return logits, embedding
-
-
 # --------------------------------------------------------------------------------------------
 # Lengths-aware wrapper
 # --------------------------------------------------------------------------------------------
@@ -310,10 +293,11 @@ class Emotion2vecWrapper(nn.Module):
 
     Runs the wrapped FunASR model's own submodules (conv front end, feature projection,
     position-conv blocks, transformer blocks' linear/norm/MLP layers, ``proj``) and equals
-    ``funasr_reference`` on each unpadded item. Transformer blocks are re-stated here (same
-    operations, same order as ``AltBlock``/``AltAttention``) only to replace FunASR's
-    data-dependent ``if padding_mask.any()`` and per-item ALiBi copies by one additive bias and a
-    key mask, which both ONNX exporters handle. ``wav_lens`` is clamped to ``[0, S]``; an item
+    FunASR's own ``Emotion2vec.inference`` (before its softmax) on each unpadded item.
+    Transformer blocks are re-stated here (same operations, same order as
+    ``AltBlock``/``AltAttention``) only to replace FunASR's data-dependent
+    ``if padding_mask.any()`` and per-item ALiBi copies by one additive bias and a key mask,
+    which both ONNX exporters handle. ``wav_lens`` is clamped to ``[0, S]``; an item
     shorter than ``min_samples`` (400) is given one frame so the output stays finite, but such
     input is not meaningful and should be rejected upstream.
     """
@@ -559,8 +543,6 @@ def _export_to(wrapper: nn.Module, path: Path) -> None:
 
 
 def _onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
-    import onnx
-
     m = onnx.load(str(path), load_external_data=False)
 
     def desc(v):
@@ -570,18 +552,6 @@ def _onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
                 "shape": shape}
 
     return [desc(v) for v in m.graph.input], [desc(v) for v in m.graph.output]
-
-
-def run_onnx(path: str | os.PathLike, wav: np.ndarray, wav_lens: np.ndarray, threads: int = 0):
-    """(logits, embedding) from an exported model with onnxruntime's CPU EP."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    logits, emb = sess.run(["logits", "embedding"], {"wav": wav, "wav_lens": wav_lens})
-    return logits, emb
 
 
 def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: bool = True,
@@ -606,8 +576,6 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
     source = manifest_source(source, model_dir, preset)
     loaded = None
     if model_dir is not None:
-        from toneserve.export.sources import load_local_model
-
         loaded = load_local_model("emotion2vec", model_dir)
         preset = loaded.preset
         tokens_bytes = loaded.files.tokens.read_bytes()
@@ -642,7 +610,8 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
             wav, lens = example_batch([SAMPLE_RATE, 9000, 12345], seed=seed + 7)
             with torch.no_grad():
                 tl, te = wrapper(wav, lens)
-            ol, oe = run_onnx(tmp["model.onnx"], wav.numpy(), lens.numpy())
+            onnx_out = run_onnx(tmp["model.onnx"], {"wav": wav.numpy(), "wav_lens": lens.numpy()})
+            ol, oe = onnx_out["logits"], onnx_out["embedding"]
             parity = {
                 "reference": "torch wrapper",
                 "lengths": lens.tolist(),
@@ -711,8 +680,8 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
 
 __all__ = [
     "PRESETS", "UNCONFIRMED", "REAL_TOKENS", "EXPECTED_LABELS", "SAMPLE_RATE",
-    "build_model", "build_from_config", "preset_config", "Emotion2vecWrapper", "funasr_reference", "export_onnx",
-    "read_tokens", "read_labels", "token_to_label", "write_tokens", "conv_frames", "min_samples",
+    "build_model", "build_from_config", "preset_config", "Emotion2vecWrapper", "export_onnx",
+    "read_tokens", "read_labels", "token_to_label", "conv_frames", "min_samples",
     "samples_for_frames",
-    "example_batch", "run_onnx",
+    "example_batch",
 ]

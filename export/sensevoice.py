@@ -32,12 +32,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sentencepiece as spm
+import torch
 
 from toneserve.export.artifacts import atomic_write_json, sha256_file, versions
-from toneserve.export.sensevoice_frontend import FEAT_DIM, FRONTEND_CONF, FRONTEND_INPUTS, FRONTEND_OUTPUTS
-from toneserve.export.sensevoice_tokenizer import CTC_BLANK_ID
-from toneserve.export.sources import SourceError, manifest_source
+from toneserve.export.sensevoice_frontend import (
+    FEAT_DIM,
+    FRONTEND_CONF,
+    FRONTEND_INPUTS,
+    FRONTEND_OUTPUTS,
+    export_frontend_onnx,
+    load_cmvn,
+    reference_features,
+    standin_cmvn_text,
+)
+from toneserve.export.sensevoice_tokenizer import CTC_BLANK_ID, decode_assets, train_standin_bpe
+from toneserve.export.sources import SourceError, load_local_model, manifest_source
+from toneserve.export.variants import run_onnx
 from toneserve.model_repository.runners.sensevoice_decode import FRAME_SHIFT_MS, NUM_QUERY_FRAMES
+
+# funasr is imported inside the functions that use it: importing it takes seconds and prints notices.
 
 OPSET = 17
 SAMPLE_RATE = 16000
@@ -116,7 +130,6 @@ def _encoder_outputs(vocab_size: int) -> list[dict[str, Any]]:
 
 def build_model(preset: str, vocab_size: int, seed: int = 0):
     """FunASR SenseVoiceSmall of the preset's architecture with random weights, eval mode."""
-    import torch
     from funasr.models.sense_voice.model import SenseVoiceSmall
 
     if preset not in PRESETS:
@@ -141,7 +154,6 @@ def build_model(preset: str, vocab_size: int, seed: int = 0):
 
 
 def _encoder_wrapper(model):
-    import torch
     from funasr.models.sense_voice.export_meta import export_forward
 
     class SenseVoiceEncoderExport(torch.nn.Module):
@@ -165,8 +177,6 @@ def _encoder_wrapper(model):
 
 
 def export_encoder_onnx(model, path: str | os.PathLike, opset: int = OPSET) -> None:
-    import torch
-
     wrapper = _encoder_wrapper(model)
     # Deliberately odd dummy shapes so no size is baked into the graph.
     speech = torch.randn(2, 37, FEAT_DIM, generator=torch.Generator().manual_seed(1))
@@ -199,8 +209,6 @@ def export_encoder_onnx(model, path: str | os.PathLike, opset: int = OPSET) -> N
 
 def encoder_torch(model, speech, speech_lengths, language, textnorm):
     """Run the exported forward in torch on numpy inputs -> (ctc_logits, lens) numpy."""
-    import torch
-
     wrapper = _encoder_wrapper(model)
     with torch.no_grad():
         logits, lens = wrapper(
@@ -214,20 +222,14 @@ def encoder_torch(model, speech, speech_lengths, language, textnorm):
 
 def _parity(stage: Path, model, cmvn: np.ndarray, seed: int) -> dict[str, float]:
     """Padded batch of mixed lengths through both ONNX models vs references."""
-    import onnxruntime as ort
-
-    from toneserve.export.sensevoice_frontend import reference_features
-
     rng = np.random.default_rng(seed + 1234)
     lens = [int(SAMPLE_RATE * s) for s in (0.7, 1.9, 1.3)]
     wav = np.zeros((len(lens), max(lens)), dtype=np.float32)
     for i, n in enumerate(lens):
         t = np.arange(n) / SAMPLE_RATE
         wav[i, :n] = 0.2 * np.sin(2 * np.pi * (180 + 90 * i) * t) + 0.02 * rng.standard_normal(n)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    fe = ort.InferenceSession(str(stage / "frontend.onnx"), so, providers=["CPUExecutionProvider"])
-    feats, feat_lens = fe.run(None, {"wav": wav, "wav_lens": np.asarray(lens, dtype=np.int64)})
+    front = run_onnx(stage / "frontend.onnx", {"wav": wav, "wav_lens": np.asarray(lens, dtype=np.int64)}, threads=1)
+    feats, feat_lens = front["feats"], front["feat_lens"]
     fe_err = 0.0
     for i, n in enumerate(lens):
         ref = reference_features(wav[i, :n], cmvn)
@@ -235,11 +237,11 @@ def _parity(stage: Path, model, cmvn: np.ndarray, seed: int) -> dict[str, float]
             raise RuntimeError(f"frontend frame count {feat_lens[i]} != reference {ref.shape[0]}")
         fe_err = max(fe_err, float(np.abs(feats[i, : ref.shape[0]] - ref).max()))
 
-    enc = ort.InferenceSession(str(stage / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
     language = np.asarray([model.lid_dict["auto"], model.lid_dict["zh"], model.lid_dict["en"]], dtype=np.int64)
     textnorm = np.asarray([model.textnorm_dict["woitn"]] * 3, dtype=np.int64)
     inputs = {"speech": feats, "speech_lengths": feat_lens, "language": language, "textnorm": textnorm}
-    o_logits, o_lens = enc.run(None, inputs)
+    encoded = run_onnx(stage / "encoder.onnx", inputs, threads=1)
+    o_logits, o_lens = encoded["ctc_logits"], encoded["encoder_out_lens"]
     t_logits, t_lens = encoder_torch(model, feats, feat_lens, language, textnorm)
     if not np.array_equal(o_lens, t_lens):
         raise RuntimeError(f"encoder_out_lens differ: onnx {o_lens} torch {t_lens}")
@@ -274,16 +276,11 @@ def export_onnx(
     ``verify``: run a padded mixed-length batch through both ONNX models and record the
     max errors vs kaldi-native-fbank/FunASR and vs torch in the manifest.
     """
-    from toneserve.export.sensevoice_frontend import export_frontend_onnx, load_cmvn, standin_cmvn_text
-    from toneserve.export.sensevoice_tokenizer import decode_assets, train_standin_bpe
-
     loaded = None
     if model_dir is not None:
         if bpe_model is not None or cmvn_file is not None:
             raise ValueError("give either model_dir or bpe_model/cmvn_file: the model directory "
                              "brings its own tokenizer and am.mvn")
-        from toneserve.export.sources import load_local_model
-
         loaded = load_local_model("sensevoice", model_dir)
         preset = loaded.preset
         bpe_model, cmvn_file = loaded.files.bpe_model, loaded.files.cmvn
@@ -306,8 +303,6 @@ def export_onnx(
         else:
             train_standin_bpe(stage / "bpe.model", cfg["vocab_size"], seed=seed)
             tokenizer_origin = "stand-in"
-        import sentencepiece as spm
-
         vocab_size = spm.SentencePieceProcessor(model_file=str(stage / "bpe.model")).GetPieceSize()
 
         # CMVN
@@ -372,7 +367,8 @@ def export_onnx(
                 "query_order": ["language", "emotion", "event", "textnorm"],
                 "language_query_ids": assets["language_query_ids"],
                 "textnorm_query_ids": assets["textnorm_query_ids"],
-                "config": {"encoder": cfg.get("encoder", "SenseVoiceEncoderSmall"), **cfg["encoder_conf"], "input_size": cfg["input_size"]},
+                "config": {"encoder": cfg.get("encoder", "SenseVoiceEncoderSmall"), **cfg["encoder_conf"],
+                           "input_size": cfg["input_size"]},
                 "config_source": cfg["source"],
                 "funasr_export": "funasr.models.sense_voice.export_meta.export_forward",
             },

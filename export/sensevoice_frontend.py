@@ -20,14 +20,16 @@ verification: kaldi-native-fbank + FunASR's own ``apply_lfr`` / ``apply_cmvn``.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 
+import kaldi_native_fbank as knf
 import numpy as np
 import torch
 
 from toneserve.export.sources import SourceError
+
+# funasr is imported inside the functions that use it: importing it takes seconds and prints notices.
 
 SAMPLE_RATE = 16000
 FRAME_LENGTH_MS = 25
@@ -248,7 +250,6 @@ def export_frontend_onnx(cmvn: np.ndarray, path: str | os.PathLike, opset: int =
 # ---------------------------------------------------------------------------------------
 def reference_features(wav: np.ndarray, cmvn: np.ndarray) -> np.ndarray:
     """One unpadded item (float in [-1,1]) -> [T, 560] float32, the FunASR way with dither 0."""
-    import kaldi_native_fbank as knf
     from funasr.frontends.wav_frontend import apply_cmvn, apply_lfr
 
     opts = knf.FbankOptions()
@@ -277,11 +278,6 @@ def reference_features(wav: np.ndarray, cmvn: np.ndarray) -> np.ndarray:
     return mat.numpy().astype(np.float32)
 
 
-def num_lfr_frames(n_samples: int) -> int:
-    n = (n_samples - WIN_SIZE) // HOP + 1 if n_samples >= WIN_SIZE else 0
-    return int(math.ceil(n / LFR_N))
-
-
 __all__ = [
     "FEAT_DIM",
     "FRONTEND_CONF",
@@ -290,7 +286,6 @@ __all__ = [
     "SenseVoiceFrontend",
     "export_frontend_onnx",
     "load_cmvn",
-    "num_lfr_frames",
     "reference_features",
     "standin_cmvn_text",
 ]

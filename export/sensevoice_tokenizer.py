@@ -18,6 +18,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import sentencepiece as spm
+
 from toneserve.export.sources import SourceError
 from toneserve.model_repository.runners.sensevoice_decode import (
     OPTIONAL_EVENT_TAGS,
@@ -99,8 +101,6 @@ def train_standin_bpe(
     unused "<|reserved_N|>" symbols so the CTC head has the real model's width.
     Deterministic: same arguments give byte-identical files.  Returns the piece count.
     """
-    import sentencepiece as spm
-
     specials = all_special_pieces(include_optional=True)
     n_fixed = 3 + len(specials)
     if vocab_size < n_fixed + 120:
@@ -133,7 +133,7 @@ def train_standin_bpe(
 
 def query_ids_from_funasr() -> tuple[dict[str, int], dict[str, int]]:
     """FunASR's query-embedding ids (lid_dict, textnorm_dict), read off a model object."""
-    from toneserve.export.sensevoice import build_model
+    from toneserve.export.sensevoice import build_model  # imports this module; and torch, which the rest avoids
 
     model = build_model("tiny", vocab_size=64)
     return dict(model.lid_dict), dict(model.textnorm_dict)
@@ -153,8 +153,6 @@ def decode_assets(
     FunASR's query embedding), taken from the FunASR model's lid_dict / textnorm_dict;
     pass them from a built model, or they are read off a tiny FunASR model.
     """
-    import sentencepiece as spm
-
     sp = spm.SentencePieceProcessor()
     if not sp.Load(str(bpe_model_path)):
         raise SourceError(f"cannot load sentencepiece model {bpe_model_path}")

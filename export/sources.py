@@ -26,7 +26,9 @@ unwrapped the way ``funasr.train_utils.load_pretrained_model`` does (``state_dic
 keeps random values, a parameter missing from the checkpoint or of the wrong shape is an error
 here (except the emotion2vec pretraining decoder, which inference never runs).
 
-Lightweight at import time: torch, funasr and modelscope are imported only when needed.
+Lightweight at import time: torch, funasr and modelscope are imported only when needed. The
+exporters (emotion2vec, sensevoice and its frontend and tokenizer) import this module, so it imports
+them inside the functions that use them.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+import sentencepiece as spm
+from omegaconf import OmegaConf
 
 from toneserve.console import CommandError
 from toneserve.export.artifacts import atomic_write_bytes, sha256_file
@@ -452,8 +457,6 @@ def resolve(source: Source, cache_dir: Path | None = None, probe_timeout: float 
 
 def read_config(path: str | os.PathLike) -> dict:
     """config.yaml as FunASR reads it (OmegaConf, interpolations resolved) -> plain dict."""
-    from omegaconf import OmegaConf
-
     cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
     if not isinstance(cfg, dict):
         raise SourceError(f"{path}: not a mapping")
@@ -612,8 +615,6 @@ def load_local_model(family: str, model_dir: str | os.PathLike, *, hash_weights:
             raise SourceError(f"{files.config}: no model_conf mapping")
         arch = copy.deepcopy(config["model_conf"])
     else:
-        import sentencepiece as spm
-
         sp = spm.SentencePieceProcessor()
         if not sp.Load(str(files.bpe_model)):
             raise SourceError(f"cannot load sentencepiece model {files.bpe_model}")
@@ -657,8 +658,6 @@ def load_local_model(family: str, model_dir: str | os.PathLike, *, hash_weights:
 
 
 def _yaml_bytes(obj: dict) -> bytes:
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_yaml(OmegaConf.create(obj)).encode("utf-8")
 
 
@@ -697,8 +696,6 @@ def save_local_layout(model, family: str, out_dir: Path, **assets) -> Path:
     metas: dict[str, Any] = {"init_param": "model.pt", "config": "config.yaml"}
 
     if family == "emotion2vec":
-        from omegaconf import OmegaConf
-
         from toneserve.export.emotion2vec import REAL_TOKENS
 
         tokens = list(assets.pop("tokens", REAL_TOKENS))

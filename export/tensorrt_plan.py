@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import onnx
 
 from toneserve.export.artifacts import sha256_file
 from toneserve.export.variants import compare_outputs, convert_fp16, is_int8_quantized, max_abs_diff, run_onnx
@@ -76,20 +77,6 @@ class PlanParityError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 
 
-def profile_for_audio(
-    batch: tuple[int, int, int],
-    seconds: tuple[float, float, float],
-    rate: int = 16000,
-) -> ProfileShapes:
-    """(min, opt, max) shapes of a [B, S] waveform input: ``profile_for_audio((1, 4, 8),
-    (0.5, 10, 30))`` -> ((1, 8000), (4, 160000), (8, 480000))."""
-    if len(batch) != 3 or len(seconds) != 3:
-        raise ValueError("batch and seconds are (min, opt, max) triples")
-    shapes = tuple((int(b), int(round(float(s) * rate))) for b, s in zip(batch, seconds))
-    _check_order("waveform", shapes)  # type: ignore[arg-type]
-    return shapes  # type: ignore[return-value]
-
-
 def _check_order(name: str, shapes: ProfileShapes) -> None:
     mn, opt, mx = (tuple(int(d) for d in s) for s in shapes)
     if not (len(mn) == len(opt) == len(mx)):
@@ -114,8 +101,6 @@ def parse_profile(spec: str) -> tuple[str, ProfileShapes]:
 
 def onnx_inputs(onnx_path: Path) -> dict[str, tuple[list[int | None], str]]:
     """Graph inputs (initializers excluded): name -> (dims with None where dynamic, dtype)."""
-    import onnx
-
     m = onnx.load(str(onnx_path), load_external_data=False)
     inits = {t.name for t in m.graph.initializer}
     out = {}
@@ -200,7 +185,10 @@ def _cuda_gpus() -> list[dict[str, Any]]:
 
 
 def require_tensorrt() -> tuple[Any, dict[str, Any]]:
-    """(tensorrt module, GPU 0 description), or TensorRTUnavailable saying what is missing."""
+    """(tensorrt module, GPU 0 description), or TensorRTUnavailable saying what is missing.
+
+    tensorrt (on GPU build hosts only) and polygraphy (of use only with it) are imported here and in
+    the build steps after it, so that the checks before them run on any machine."""
     try:
         import tensorrt as trt  # noqa: PLC0415
     except ImportError:
@@ -223,8 +211,6 @@ def require_tensorrt() -> tuple[Any, dict[str, Any]]:
 
 
 def _has_fp16(onnx_path: Path) -> bool:
-    import onnx
-
     m = onnx.load(str(onnx_path), load_external_data=False)
     return any(t.data_type == onnx.TensorProto.FLOAT16 for t in m.graph.initializer) or any(
         n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)

@@ -24,6 +24,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import uses_external_data
+
+# onnxruntime is imported in the functions that run or rewrite a graph: tensorrt_plan imports this
+# module and checks its arguments (int8 refusal, profiles, TensorRT present) before it runs anything.
 
 __all__ = [
     "QUANT_OP_TYPES",
@@ -31,7 +37,6 @@ __all__ = [
     "convert_fp16",
     "is_int8_quantized",
     "max_abs_diff",
-    "parity_ok",
     "parity_report",
     "quantize_int8",
     "run_onnx",
@@ -67,9 +72,6 @@ QUANT_OP_TYPES = frozenset({
 
 
 def _load(path: Path, *, external: bool = True):
-    import onnx
-    from google.protobuf.message import DecodeError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX model at {path}")
@@ -130,9 +132,6 @@ def _io_signature(model) -> dict[str, list]:
 
 def _model_bytes_estimate(path: Path) -> int:
     """Size of a model file plus the external data files beside it that it references."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
     total = path.stat().st_size
     m = onnx.load(str(path), load_external_data=False)
     seen = set()
@@ -184,8 +183,6 @@ class _Staging:
 
 def _check_loads(path: Path, expected_io: dict) -> None:
     """The written model must load in ONNX Runtime with the source's graph IO types."""
-    import onnx
-
     _session(path, threads=1)
     io = _io_signature(onnx.load(str(path), load_external_data=False))
     if io != expected_io:
@@ -470,7 +467,6 @@ def convert_fp16(src: Path, dst: Path, *, op_block_list: list[str] | None = None
     ``op_block_list`` / ``node_block_list`` add op types / node names to keep in float32.
     The result loads and runs in ONNX Runtime CPU (slowly: it is meant for the CUDA and
     TensorRT execution providers and for TensorRT's strongly typed builds)."""
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     src, dst = Path(src), Path(dst)
@@ -650,7 +646,3 @@ def max_abs_diff(report: Mapping[str, Mapping[str, Any]]) -> float:
         else:
             worst = max(worst, float(entry["max_abs_diff"]))
     return worst
-
-
-def parity_ok(report: Mapping[str, Mapping[str, Any]], tolerance: float) -> bool:
-    return max_abs_diff(report) <= tolerance

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.export.emotion2vec_reference import funasr_reference
+from toneserve.export.variants import run_onnx
+
 e2v = pytest.importorskip("toneserve.export.emotion2vec")
 
 SR = 16000
@@ -37,7 +40,7 @@ def make_signals(lengths, seed=1234):
 
 
 def references(model, wav, lens):
-    out = [e2v.funasr_reference(model, wav[i, :n]) for i, n in enumerate(lens)]
+    out = [funasr_reference(model, wav[i, :n]) for i, n in enumerate(lens)]
     return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
 
 
@@ -65,9 +68,9 @@ def exported(tmp_path_factory):
 # ---------------------------------------------------------------------------------- labels
 
 
-def test_tokens_file_real_format_and_labels(tmp_path):
+def test_tokens_file_real_format_and_labels(exported, tmp_path):
     path = tmp_path / "tokens.txt"
-    e2v.write_tokens(path)
+    path.write_bytes((exported[0] / "tokens.txt").read_bytes())  # what a random-weight export writes
     text = path.read_text(encoding="utf-8")
     assert text.splitlines()[0] == "生气/angry" and text.splitlines()[-1] == "<unk>"
     assert e2v.read_labels(path) == [
@@ -104,10 +107,10 @@ def test_reference_is_funasr_inference(tiny, signals, tmp_path):
     from funasr.tokenizer.char_tokenizer import CharTokenizer
 
     wav, lens = signals
-    e2v.write_tokens(tmp_path / "tokens.txt")
+    (tmp_path / "tokens.txt").write_text("\n".join(e2v.REAL_TOKENS), encoding="utf-8")
     tok = CharTokenizer(token_list=str(tmp_path / "tokens.txt"))
     n = int(lens[0])
-    logits, emb = e2v.funasr_reference(tiny, wav[0, :n])
+    logits, emb = funasr_reference(tiny, wav[0, :n])
     with torch.no_grad():
         res, _ = tiny.inference([torch.from_numpy(wav[0, :n].copy())], key=["u0"], tokenizer=tok,
                                 device="cpu", extract_embedding=True)
@@ -193,7 +196,8 @@ def test_onnx_matches_torch_and_reference(tiny, signals, exported):
     ref_logits, ref_emb = references(tiny, wav, lens)
     with torch.no_grad():
         t_logits, t_emb = e2v.Emotion2vecWrapper(tiny)(torch.from_numpy(wav), torch.from_numpy(lens))
-    logits, emb = e2v.run_onnx(out / "model.onnx", wav, lens)
+    outputs = run_onnx(out / "model.onnx", {"wav": wav, "wav_lens": lens})
+    logits, emb = outputs["logits"], outputs["embedding"]
     assert logits.dtype == np.float32 and emb.dtype == np.float32
     assert logits.shape == (4, 9) and emb.shape == (4, 64)
     assert max_err(logits, t_logits) < TOL_ONNX and max_err(emb, t_emb) < TOL_ONNX
@@ -207,7 +211,8 @@ def test_onnx_dynamic_axes_batch_one_and_one_frame(tiny, exported):
     for lengths in ([400], [719, 400, 720], [SR * 3 + 17]):
         wav, lens = make_signals(lengths, seed=len(lengths))
         ref_logits, ref_emb = references(tiny, wav, lens)
-        logits, emb = e2v.run_onnx(out / "model.onnx", wav, lens)
+        outputs = run_onnx(out / "model.onnx", {"wav": wav, "wav_lens": lens})
+        logits, emb = outputs["logits"], outputs["embedding"]
         assert max_err(logits, ref_logits) < TOL_ONNX, lengths
         assert max_err(emb, ref_emb) < TOL_ONNX, lengths
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.export.emotion2vec_reference import funasr_reference
 from toneserve.export import emotion2vec as e2v
 from toneserve.export import sensevoice as sv
 from toneserve.export import sources
 from toneserve.export.sources import MissingModelFiles, Source, SourceUnavailable
+from toneserve.export.variants import run_onnx
 
 SR = 16000
 UNRESOLVABLE = "https://modelscope.invalid"  # .invalid never resolves (RFC 6761)
@@ -410,7 +412,8 @@ def test_emotion2vec_export_from_local_dir(tmp_path, e2v_model):
     assert manifest["labels"] == e2v.read_labels(d / "tokens.txt") == list(e2v.EXPECTED_LABELS)
 
     wav, lens = _signals([SR, 12345, 7777])
-    logits, emb = e2v.run_onnx(out / "model.onnx", wav, lens)
+    outputs = run_onnx(out / "model.onnx", {"wav": wav, "wav_lens": lens})
+    logits, emb = outputs["logits"], outputs["embedding"]
     with torch.no_grad():
         ref_logits, ref_emb = e2v.Emotion2vecWrapper(e2v_model).eval()(torch.from_numpy(wav), torch.from_numpy(lens))
         other_logits, _ = e2v.Emotion2vecWrapper(e2v.build_model("tiny", seed=12))(
@@ -419,7 +422,7 @@ def test_emotion2vec_export_from_local_dir(tmp_path, e2v_model):
     assert np.abs(emb - ref_emb.numpy()).max() < 1e-5
     # FunASR's own unpadded inference path agrees as well
     for i, n in enumerate(lens):
-        f_logits, _ = e2v.funasr_reference(e2v_model, wav[i, :n])
+        f_logits, _ = funasr_reference(e2v_model, wav[i, :n])
         assert np.abs(logits[i] - f_logits).max() < 1e-4
     # ...and a model of another seed does not: the test would notice weights not loaded
     assert np.abs(logits - other_logits.numpy()).max() > 1e-2
