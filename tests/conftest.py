@@ -50,6 +50,7 @@ class UnitTierGuard:
         self.context: str | None = None  # the unit-tier module or test running now
         self.tiers: set[str | None] = set()  # of every collected test, before any deselection
         self.violations: list[str] = []
+        self.imported: dict[str, set[str]] = {}  # heavy top-level modules each context was seen importing
         sys.addaudithook(self.audit)
 
     def audit(self, event: str, args: tuple) -> None:
@@ -57,7 +58,9 @@ class UnitTierGuard:
             return
         try:  # an exception here would break the import or the process start itself
             if event == "import":
-                if args[0].partition(".")[0] in HEAVY_MODULES:
+                top = args[0].partition(".")[0]
+                if top in HEAVY_MODULES and top not in self.imported.setdefault(self.context, set()):
+                    self.imported[self.context].add(top)
                     self.violations.append(f"{self.context} imports {args[0]}")
                 return
             program, argv = args[0], args[1]
