@@ -45,10 +45,30 @@ from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
+import sentencepiece as spm
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from toneserve import paths
 from toneserve.console import say
+from toneserve.contract import ERROR_CODE_METADATA, Code, ToneserveError
+from toneserve.export import sources
+from toneserve.gateway.audio import decode
+from toneserve.gateway.pipeline import emotion_windows
+from toneserve.model_repository.catalog import load_manifest
+from toneserve.model_repository.runners.sensevoice_decode import (
+    LANGUAGE_TAGS,
+    OPTIONAL_EVENT_TAGS,
+    OPTIONAL_OTHER_TAGS,
+    TAG_FAMILIES,
+)
+from toneserve.samples import call, wav_bytes
+from toneserve.v1 import toneserve_pb2 as pb
+from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
+
+# torch, FunASR, silero-vad and the exporters (which import torch) are imported inside the functions that
+# load and run the models: they take seconds to import, and the parity check needs none of them.
 
 SAMPLE_RATE = 16000
 # The gateway's VAD settings (gateway/thresholds.py, gateway/segmenter.py, gateway/settings.py).
@@ -65,8 +85,6 @@ NOTE = ("BASELINE: FunASR AutoModel in-process, one request per worker; segments
 
 def _write_random_layout(family: str, manifest: dict, export_dir: Path, folder: Path) -> None:
     """Rebuild the random weights the export used (same preset, same seed) as a FunASR folder."""
-    from toneserve.export import sources
-
     if family == "emotion2vec":
         from toneserve.export import emotion2vec
 
@@ -74,8 +92,6 @@ def _write_random_layout(family: str, manifest: dict, export_dir: Path, folder: 
         model = emotion2vec.build_model(manifest["preset"], manifest["seed"], vocab_size=len(tokens))
         sources.save_local_layout(model, family, folder, tokens=tokens)
     else:
-        import sentencepiece as spm
-
         from toneserve.export import sensevoice
 
         vocab = spm.SentencePieceProcessor(model_file=str(export_dir / "bpe.model")).GetPieceSize()
@@ -86,9 +102,6 @@ def _write_random_layout(family: str, manifest: dict, export_dir: Path, folder: 
 
 def funasr_folder(family: str, models_dir: Path, work: Path) -> Path:
     """A FunASR model folder holding the weights the export of `family` under `models_dir` used."""
-    from toneserve.export import sources
-    from toneserve.model_repository.catalog import load_manifest
-
     manifest = load_manifest(models_dir, family)
     source = manifest["source"]
     if source["kind"] == "local":
@@ -133,12 +146,6 @@ def load_worker(folders: dict[str, Path], threads: int) -> Worker:
 def split_tags(text: str) -> tuple[str, list[str]]:
     """FunASR's SenseVoice text '<|en|><|NEUTRAL|><|Speech|><|woitn|>hello' -> ('hello', [tags]):
     the known tags SenseVoice's four query frames put in front (what users strip), nothing else."""
-    from toneserve.model_repository.runners.sensevoice_decode import (
-        OPTIONAL_EVENT_TAGS,
-        OPTIONAL_OTHER_TAGS,
-        TAG_FAMILIES,
-    )
-
     known = {tag for family in TAG_FAMILIES.values() for tag in family} | {*OPTIONAL_EVENT_TAGS, *OPTIONAL_OTHER_TAGS}
     tags = []
     while len(tags) < 4 and (match := LEADING_TAG.match(text)) and match.group(1) in known:
@@ -159,12 +166,6 @@ class Baseline:
     def analyze(self, request, worker: Worker):
         import torch
         from silero_vad import get_speech_timestamps
-
-        from toneserve.contract import Code, ToneserveError
-        from toneserve.gateway.audio import decode
-        from toneserve.gateway.pipeline import emotion_windows
-        from toneserve.model_repository.runners.sensevoice_decode import LANGUAGE_TAGS
-        from toneserve.v1 import toneserve_pb2 as pb
 
         started = time.perf_counter()
         audio = decode(request.audio)
@@ -224,11 +225,6 @@ class Baseline:
 
 
 def servicer(baseline: Baseline):
-    import grpc
-
-    from toneserve.contract import ERROR_CODE_METADATA, ToneserveError
-    from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
-
     class Analyzer(pb_grpc.AnalyzerServicer):
         def Analyze(self, request, context):
             worker = baseline.pool.get()  # as many workers as server threads: never waits long
@@ -245,9 +241,6 @@ def servicer(baseline: Baseline):
 
 def build(models_dir: Path, workers: int, threads: int) -> Baseline:
     """Load `workers` sets of models, each answering one request at a time."""
-    from toneserve.model_repository.catalog import load_manifest
-    from toneserve.v1 import toneserve_pb2 as pb
-
     work = paths.home() / "baseline" / models_dir.name
     folders = {family: funasr_folder(family, models_dir, work) for family in ("emotion2vec", "sensevoice")}
     say(f"loading {workers} worker(s) of FunASR AutoModel ({threads} torch threads) from "
@@ -262,11 +255,6 @@ def build(models_dir: Path, workers: int, threads: int) -> Baseline:
 
 
 def serve(baseline: Baseline, host: str, port: int, workers: int):
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-    from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
-
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          options=[("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.so_reuseport", 0)])
     pb_grpc.add_AnalyzerServicer_to_server(servicer(baseline), server)
@@ -293,12 +281,6 @@ def transcripts_match(baseline: str, toneserve: str, random_weights: bool) -> bo
 def parity(gateway: str, baseline: str, seconds: float = 12.0, seed: int = 3, tolerance: float = 1e-3) -> dict:
     """One generated stereo call through both servers; a report whose "ok" says they agree:
     the same utterances, emotion probabilities within `tolerance`, matching transcripts."""
-    import grpc
-
-    from toneserve.samples import call, wav_bytes
-    from toneserve.v1 import toneserve_pb2 as pb
-    from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
-
     audio = wav_bytes(call(seconds, 16000, seed=seed).samples, 16000)
     answers = {}
     for name, address in (("toneserve", gateway), ("baseline", baseline)):
@@ -354,8 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    import grpc
-
     try:
         if args.check_against:
             say(f"parity check against toneserve at {args.check_against} ...", "baseline")

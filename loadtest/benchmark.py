@@ -30,8 +30,16 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from toneserve import paths
 from toneserve.console import say
+from toneserve.loadtest import compute_bound, corpus, process_cpu, triton_metrics
+from toneserve.loadtest.run import run, warm_up
+from toneserve.model_repository.catalog import DEFAULT_TUNING, describe
+from toneserve.model_repository.render import render_repository
+from toneserve.triton import free_port
 
 
 def _wait(ready, process: subprocess.Popen, log: Path, what: str, timeout: float = 600.0) -> None:
@@ -45,9 +53,6 @@ def _wait(ready, process: subprocess.Popen, log: Path, what: str, timeout: float
 
 
 def _healthy(address: str) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     with grpc.insecure_channel(address) as channel:
         try:
             return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status \
@@ -75,8 +80,6 @@ def _process(command: list[str], log: Path):
 @contextmanager
 def toneserve(repository: Path, log: Path):
     """`toneserve serve` on free ports; yields (gateway address, Triton metrics address, pid)."""
-    from toneserve.triton import free_port
-
     ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
     command = [sys.executable, "-m", "toneserve.cli", "serve", "--repository", str(repository),
                "--port", str(ports["gateway"]), "--triton-http-port", str(ports["http"]),
@@ -91,8 +94,6 @@ def toneserve(repository: Path, log: Path):
 @contextmanager
 def baseline(models_dir: Path, workers: int, threads: int, check_against: str, log: Path):
     """The baseline server on a free port, after its parity check; yields (address, pid, parity report)."""
-    from toneserve.triton import free_port
-
     port = free_port()
     command = [sys.executable, "-m", "toneserve.loadtest.baseline", "--models-dir", str(models_dir),
                "--port", str(port), "--workers", str(workers), "--threads", str(threads),
@@ -129,15 +130,11 @@ def parse_system(spec: str) -> tuple[str, dict[str, float]]:
 
 def tuning_of(flags: dict):
     """The measured defaults with a --systems entry's changes."""
-    from toneserve.model_repository.catalog import DEFAULT_TUNING
     return DEFAULT_TUNING.changed(**{SYSTEM_FLAGS[key][0]: value for key, value in flags.items()})
 
 
 def measure(system: dict, users: int, args, out: Path) -> dict:
     """One Locust run against one system, with Triton's metrics (toneserve) and CPU per part."""
-    from toneserve.loadtest import process_cpu, triton_metrics
-    from toneserve.loadtest.run import run
-
     cpu_before = process_cpu.snapshot(system["pid"], system["label"])
     metrics_before = triton_metrics.scrape(system["metrics"]) if system.get("metrics") else None
     result = run(system["address"], args.corpus, out, users, run_time=args.run_time, mix="analyze:1",
@@ -157,8 +154,6 @@ def _f(value, digits=0) -> str:
 
 
 def report(bench: dict) -> str:
-    from toneserve.loadtest.triton_metrics import markdown as triton_table
-
     a = bench["arguments"]
     lines = [f"Run {bench['started']} on {bench['machine']}; `{bench['command']}`.",
              f"Corpus {a['corpus']}: {bench['recordings']} recordings, {bench['audio_seconds']:.0f} s of audio "
@@ -190,15 +185,11 @@ def report(bench: dict) -> str:
     for r in bench["runs"]:
         if "triton" in r:
             lines += ["", f"{r['system']}, {r['users']} users:", "",
-                      triton_table(r["triton"], [m for m in r["triton"] if m not in ("emotion", "asr")])]
+                      triton_metrics.markdown(r["triton"], [m for m in r["triton"] if m not in ("emotion", "asr")])]
     return "\n".join(lines) + "\n"
 
 
 def run_benchmark(args) -> dict:
-    from toneserve.loadtest import compute_bound, corpus
-    from toneserve.model_repository.catalog import describe
-    from toneserve.model_repository.render import render_repository
-
     if not any(parse_system(spec)[0] == "fp32" for spec in args.systems):
         raise ValueError("--systems needs an fp32 system: the baseline's parity check compares with it")
     out = Path(args.out)
@@ -236,7 +227,6 @@ def run_benchmark(args) -> dict:
                                                             reference["address"], out / "logs" / "baseline.log"))
         bench["parity"] = parity
         systems.append({"name": "baseline", "address": address, "pid": pid, "label": "baseline"})
-        from toneserve.loadtest.run import warm_up
         for system in systems:
             say(f"warming up {system['name']}", "benchmark")
             bench.setdefault("models", {})[system["name"]] = warm_up(system["address"], Path(args.corpus), entries, 2,

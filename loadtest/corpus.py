@@ -28,6 +28,8 @@ from typing import Iterator
 
 import numpy as np
 
+from toneserve.samples import FORMATS, call_blocks, call_turns, write_encoded
+
 MANIFEST = "manifest.json"
 DEFAULT_DURATIONS = (15.0, 30.0, 60.0, 120.0)
 DEFAULT_RATES = (8000, 16000)
@@ -88,8 +90,6 @@ def plan(calls: int, durations, weights, rates, formats, channels, seed: int) ->
 
 
 def _blocks(seconds: float, rate: int, seed: int, channels: int) -> Iterator[np.ndarray]:
-    from toneserve.samples import call_blocks
-
     for block in call_blocks(seconds, rate, seed=seed, speakers=2):
         # one channel: both speakers mixed down, as a mono recording of the call would have them
         yield np.clip(block.sum(axis=1), -1.0, 1.0).astype(np.float32) if channels == 1 else block
@@ -97,8 +97,6 @@ def _blocks(seconds: float, rate: int, seed: int, channels: int) -> Iterator[np.
 
 def render(item: dict, out: Path) -> Entry:
     """Write one planned call into `out`, atomically; return its manifest entry."""
-    from toneserve.samples import call_turns, write_encoded
-
     if item["channels"] not in (1, 2):
         raise ValueError(f"a call has two speakers: 1 (mixed) or 2 channels, not {item['channels']}")
     name = (f"call-{item['index']:04d}-{item['seconds']:g}s-{item['rate'] // 1000}k-"
@@ -120,8 +118,6 @@ def render(item: dict, out: Path) -> Entry:
 def generate(out: Path, calls: int, durations=DEFAULT_DURATIONS, weights=None, rates=DEFAULT_RATES,
              formats=DEFAULT_FORMATS, channels=(2,), seed: int = 0, progress: bool = True) -> list[Entry]:
     """Render the corpus into `out` and write its manifest (last, so a manifest means a complete corpus)."""
-    from toneserve.samples import FORMATS
-
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"unknown formats {unknown}; choose from {sorted(FORMATS)}")

@@ -33,6 +33,11 @@ import time
 from pathlib import Path
 
 from toneserve.console import say
+from toneserve.loadtest import corpus as corpus_module
+from toneserve.loadtest import process_cpu, triton_metrics
+from toneserve.loadtest.run import RunError, run, warm_up
+from toneserve.loadtest.traffic import parse_mix
+from toneserve.loadtest.triton_metrics import MetricsUnavailable
 
 DEFAULT_USERS = (1, 2, 4, 8)
 
@@ -72,9 +77,6 @@ def meets(step: dict, slo_ms: float) -> bool:
 
 def step(args, corpus: Path, users: int, steps_dir: Path) -> dict:
     """One load level: Locust run plus Triton metrics and CPU before/after."""
-    from toneserve.loadtest import process_cpu, triton_metrics
-    from toneserve.loadtest.run import run
-
     metrics_before = triton_metrics.scrape(args.triton_metrics)
     cpu_before = process_cpu.snapshot(args.pid) if args.pid else None
     result = run(args.gateway, corpus, steps_dir, users, run_time=args.step_seconds, mix=args.mix,
@@ -100,6 +102,7 @@ def decide(steps: list[dict], slo_ms: float, target: int) -> dict:
 
 
 def plot(steps: list[dict], slo_ms: float, chosen: int | None, path: Path) -> None:
+    # Imported here: matplotlib takes a second to load, and its backend must be chosen before pyplot loads.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,8 +140,6 @@ def _models_line(models: list[dict]) -> str:
 
 
 def report(plan: dict) -> str:
-    from toneserve.loadtest.triton_metrics import markdown as triton_table
-
     a, d = plan["arguments"], plan["decision"]
     lines = ["# toneserve capacity plan", "",
              f"Measured {plan['started']} on {plan['machine']} against the gateway at {a['gateway']} "
@@ -172,7 +173,7 @@ def report(plan: dict) -> str:
     for s in plan["steps"]:
         lines += [f"### {s['users']} users", "",
                   "Triton, per composing model (queue vs compute per request, from its metrics):", "",
-                  triton_table(s["triton"], [m for m in s["triton"] if m not in ("emotion", "asr")]), ""]
+                  triton_metrics.markdown(s["triton"], [m for m in s["triton"] if m not in ("emotion", "asr")]), ""]
         if "cpu_cores" in s:
             parts = ", ".join(f"{part} {cores:.2f}" for part, cores in sorted(s["cpu_cores"].items(),
                                                                               key=lambda kv: -kv[1]) if cores >= 0.01)
@@ -183,9 +184,6 @@ def report(plan: dict) -> str:
 
 def run_plan(args) -> int:
     """`toneserve plan`: 0 when some step met the SLO, 1 when none did, 2 when the plan could not run."""
-    from toneserve.loadtest.run import RunError
-    from toneserve.loadtest.triton_metrics import MetricsUnavailable
-
     try:
         return sweep(args)
     except (ValueError, FileNotFoundError, RunError, MetricsUnavailable) as exc:
@@ -195,11 +193,6 @@ def run_plan(args) -> int:
 
 def sweep(args) -> int:
     """Run the sweep and write the report."""
-    from toneserve.loadtest import corpus as corpus_module
-    from toneserve.loadtest.run import warm_up
-    from toneserve.loadtest.traffic import parse_mix
-    from toneserve.loadtest.triton_metrics import scrape
-
     if min(args.users) < 1 or args.step_seconds <= 0 or args.slo_p95_ms <= 0:
         raise ValueError("--users must be >= 1, --step-seconds and --slo-p95-ms > 0")
     if parse_mix(args.mix).get("triton"):
@@ -211,7 +204,7 @@ def sweep(args) -> int:
         say(f"no --corpus: generating one in {corpus}", "plan")
         corpus_module.generate(corpus, 8, durations=(15.0, 30.0, 60.0), weights=[2, 1, 1])
     entries = corpus_module.select(corpus_module.load(corpus), args.durations, args.formats, args.rates, args.channels)
-    scrape(args.triton_metrics)  # fail now, not after the first step
+    triton_metrics.scrape(args.triton_metrics)  # fail now, not after the first step
     models = warm_up(args.gateway, corpus, entries, max(args.warmup, 1), args.request_timeout)
     plan = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",

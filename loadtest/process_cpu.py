@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import psutil
+
 
 def _label(process, root_pid: int, root_label: str) -> str:
     if process.pid == root_pid:
@@ -26,8 +28,6 @@ def _label(process, root_pid: int, root_label: str) -> str:
 
 def snapshot(root_pid: int, root_label: str = "gateway") -> Counter[str]:
     """CPU seconds so far of the process `root_pid` (labelled `root_label`) and every descendant, by part."""
-    import psutil
-
     root = psutil.Process(root_pid)
     seconds: Counter[str] = Counter()
     for process in [root, *root.children(recursive=True)]:

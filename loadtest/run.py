@@ -26,9 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+
 from toneserve.loadtest import corpus as corpus_module
 from toneserve.loadtest.ledger import summarise
 from toneserve.loadtest.traffic import user_classes
+from toneserve.v1 import toneserve_pb2 as pb
+from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 GATEWAY_NAMES = ("Analyze", "AnalyzeUpload")
@@ -59,11 +63,6 @@ def _joined(values) -> str:
 def warm_up(host: str, folder: Path, entries: list, count: int, timeout: float) -> list[dict]:
     """`count` Analyze requests, one at a time, shortest recordings first; any failure is fatal.
     Returns the served models as the last answer's metadata names them."""
-    import grpc
-
-    from toneserve.v1 import toneserve_pb2 as pb
-    from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
-
     if count < 1:
         raise ValueError("warm-up needs at least one request")
     ordered = sorted(entries, key=lambda e: e.seconds)

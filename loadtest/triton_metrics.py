@@ -13,6 +13,8 @@ from __future__ import annotations
 import urllib.request
 from collections import defaultdict
 
+from prometheus_client.parser import text_string_to_metric_families
+
 COUNTERS = {
     "nv_inference_request_success": "success",
     "nv_inference_request_failure": "failure",
@@ -39,8 +41,6 @@ def metrics_url(address: str) -> str:
 
 def parse(text: str) -> dict[str, dict[str, float]]:
     """Prometheus text -> {model: {counter: value}}, summed over versions and failure reasons."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     out: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(COUNTERS.values(), 0.0))
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

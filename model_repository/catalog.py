@@ -4,6 +4,7 @@ The ensemble, tensor and parameter names the gateway relies on come from toneser
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -39,6 +40,7 @@ from toneserve.contract import (
 )
 from toneserve.model_repository.runners import sensevoice_decode
 from toneserve.model_repository.spec import Batching, Ensemble, OnnxModel, PythonModel, Step, Tensor
+from toneserve.samples import speechlike
 
 RUNNERS = Path(__file__).parent / "runners"
 
@@ -91,7 +93,6 @@ DEFAULT_TUNING = Tuning()
 
 def _audio(seconds: float = 1.0) -> dict[str, np.ndarray]:
     """One clip as warm-up input for a model taking (wav, wav_lens)."""
-    from toneserve.samples import speechlike
     wav = speechlike(seconds)
     return {"wav": wav, "wav_lens": np.array([len(wav)], np.int64)}
 
@@ -204,7 +205,6 @@ def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFA
 
 def silero_onnx() -> Path:
     """The standard silero VAD graph that the silero-vad wheel ships (MIT), 8 and 16 kHz."""
-    import importlib.util
     spec = importlib.util.find_spec("silero_vad")
     if spec is None or spec.origin is None:
         raise FileNotFoundError("the silero-vad package is not installed (pip install silero-vad==6.2.3)")

@@ -33,8 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+from tritonclient.grpc import aio
+from tritonclient.utils import InferenceServerException
 
 from toneserve import contract
+from toneserve.samples import speechlike
+from toneserve.triton import EmbeddedTriton, TritonPorts, TritonStartError, free_port
 
 RATE = 16000
 DEFAULT_ENSEMBLES = (contract.EMOTION, contract.ASR)
@@ -62,7 +67,6 @@ class Clip:
 
 
 def _tensor(name: str, array: np.ndarray):
-    from tritonclient.grpc import aio
     tensor = aio.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "INT64")
     tensor.set_data_from_numpy(array)
     return tensor
@@ -70,8 +74,6 @@ def _tensor(name: str, array: np.ndarray):
 
 def make_clips(lengths, extra: dict[str, int] | None = None) -> list[Clip]:
     """One clip per length (seconds of speech-like audio at 16 kHz) with the ensemble's inputs."""
-    from toneserve.samples import speechlike
-
     clips = []
     for index, seconds in enumerate(lengths):
         wav = speechlike(float(seconds), RATE, seed=index)
@@ -92,7 +94,6 @@ class _Progress:
         self.seconds = seconds
         self.errors = 0
         if enabled:
-            from tqdm import tqdm
             if requests is not None:
                 self.bar = tqdm(total=requests, desc=label, unit="req", file=sys.stderr, leave=True)
             else:
@@ -130,8 +131,6 @@ async def closed_loop(client, model: str, clips: list[Clip], concurrency: int, r
     Request i carries clip i mod len(clips). Stops after `requests` requests, or stops starting
     new ones once `seconds` have passed (those in flight are awaited and counted).
     """
-    from tritonclient.utils import InferenceServerException
-
     if (requests is None) == (seconds is None):
         raise ValueError("give exactly one of requests and seconds")
     latencies: list[float | None] = []  # per request in send order; None = failed
@@ -308,9 +307,6 @@ async def bench(url: str, ensembles=DEFAULT_ENSEMBLES, concurrency_levels=DEFAUL
                 requests: int | None = None, seconds: float | None = None, lengths=DEFAULT_LENGTHS,
                 warmup: int | None = None, timeout: float | None = 120.0, progress: bool = True) -> dict:
     """Run every level against the Triton at `url` (HOST:PORT, gRPC); returns all figures."""
-    from tritonclient.grpc import aio
-    from tritonclient.utils import InferenceServerException
-
     if requests is None and seconds is None:
         requests = DEFAULT_REQUESTS
     if (requests is not None and requests < 1) or (seconds is not None and seconds <= 0):
@@ -387,8 +383,6 @@ def run(target, ensembles=DEFAULT_ENSEMBLES, concurrency_levels=DEFAULT_CONCURRE
     kwargs = dict(ensembles=list(ensembles), concurrency_levels=list(concurrency_levels), requests=requests,
                   seconds=seconds, lengths=list(lengths), warmup=warmup, timeout=timeout, progress=progress)
     if isinstance(target, Path) or Path(str(target)).is_dir():
-        from toneserve.triton import EmbeddedTriton, TritonPorts, free_port
-
         ports = TritonPorts(free_port(), free_port(), free_port())
         with EmbeddedTriton(Path(target), ports, log_path=triton_log) as triton:
             results = asyncio.run(bench(triton.grpc_url, **kwargs))
@@ -465,8 +459,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from toneserve.triton import TritonStartError
-
     try:
         results = run(args.repository if args.repository is not None else args.url, args.ensembles,
                       args.concurrency, args.requests, args.lengths, seconds=args.seconds, warmup=args.warmup,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sentencepiece as spm
 
 FRAME_SHIFT_MS = 60  # 10 ms fbank hop x LFR n=6
 NUM_QUERY_FRAMES = 4  # [language, emotion, event, textnorm]
@@ -71,8 +72,6 @@ def load_decode_assets(path: str | os.PathLike) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=8)
 def _sentencepiece(path: str):
-    import sentencepiece as spm
-
     sp = spm.SentencePieceProcessor()
     if not sp.Load(path):
         raise ValueError(f"cannot load sentencepiece model {path}")

@@ -1,6 +1,6 @@
-"""Silero VAD on numpy + ONNX Runtime: batched frame probabilities and speech segments.
+"""Silero VAD on numpy + ONNX Runtime: speech probabilities per frame for a padded batch.
 
-Copied next to the Triton model (``silero_vad.py`` becomes ``model.py``), so it
+Copied next to the Triton model (``vad_model.py``, which becomes ``model.py``), so it
 imports nothing but numpy and onnxruntime: no torch, no package-relative imports.
 
 ``SileroVad.probabilities`` reproduces silero-vad's own ``OnnxWrapper.__call__`` /
@@ -33,11 +33,6 @@ def window_samples(sampling_rate: int = SAMPLE_RATE) -> int:
     if sampling_rate not in (8000, 16000):
         raise ValueError(f"silero VAD runs at 8000 or 16000 Hz, not {sampling_rate}")
     return 512 if sampling_rate == 16000 else 256
-
-
-def frame_count(num_samples: int, sampling_rate: int = SAMPLE_RATE) -> int:
-    """Frames silero computes for ``num_samples`` samples (the partial tail is one frame)."""
-    return -(-int(num_samples) // window_samples(sampling_rate))
 
 
 class SileroVad:
@@ -105,4 +100,4 @@ class SileroVad:
         return probs, frames
 
 
-__all__ = ["SAMPLE_RATE", "SileroVad", "frame_count", "window_samples"]
+__all__ = ["SAMPLE_RATE", "SileroVad", "window_samples"]
