@@ -198,7 +198,7 @@ def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True, reduce_rang
     """Dynamic int8 quantisation of MatMul ops with constant weights (ONNX Runtime CPU).
 
     Settings (ORT 1.31 ``quantize_dynamic``), measured on emotion2vec+ and SenseVoiceSmall
-    (tiny and full-size, random weights; numbers in tests/test_export_variants.py):
+    (tiny and full-size, random weights; numbers in tests/export/test_export_variants.py):
 
     * ``op_types_to_quantize=["MatMul"]``: the transformer's projections and FFNs, where the
       weights and the time go. Convolutions (the wav2vec-style feature extractor, FSMN memory,
