@@ -25,34 +25,24 @@ import io
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import BinaryIO, Iterator, Union
+from typing import IO, Iterator, Union
 
 import av
 import numpy as np
 import soxr
 
-from toneserve.contract import Code, ToneserveError
+from toneserve.contract import SAMPLE_RATE, Code, ToneserveError
+from toneserve.gateway.settings import Limits
 
-SAMPLE_RATE = 16000
-
-Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
+# A binary file object: an open file, a spool, or a reader of the client's stream (RawIOBase).
+BinaryFile = Union[IO[bytes], io.RawIOBase]
+Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryFile]
 
 # FFmpeg may open further files or URLs named inside an input (an ffconcat script names the
 # files to join; playlists name segments). Everything here reads through Python file objects, so
 # no FFmpeg protocol is needed at all: allowing none makes such inputs fail instead of reading
 # files of the server's.
 _CONTAINER_OPTIONS = {"protocol_whitelist": "none"}
-
-
-@dataclass(frozen=True)
-class Limits:
-    # A whole upload. The unary RPC is held to its (smaller) gRPC message size before this.
-    max_bytes: int = 1024**3
-    max_seconds: float = 4 * 3600.0
-    max_channels: int = 8
-    # Below this there is not one analysis frame of the models (25 ms fbank window, 400-sample
-    # emotion2vec receptive field) with room to spare.
-    min_seconds: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -76,7 +66,7 @@ class _LimitedReader(io.RawIOBase):
     read callback could be swallowed by a demuxer.
     """
 
-    def __init__(self, raw: BinaryIO, limit: int):
+    def __init__(self, raw: BinaryFile, limit: int):
         super().__init__()
         self.raw, self.limit, self.count, self.exceeded = raw, limit, 0, False
 
@@ -98,7 +88,7 @@ class _FromHere(io.RawIOBase):
     """A seekable file object seen from its current position on: FFmpeg's seeks are absolute, and
     offset 0 must be where the audio starts, not where the file does."""
 
-    def __init__(self, raw: BinaryIO, start: int):
+    def __init__(self, raw: BinaryFile, start: int):
         super().__init__()
         self.raw, self.start = raw, start
 
@@ -124,7 +114,7 @@ def _too_large(size: int, limits: Limits) -> ToneserveError:
     return ToneserveError(Code.AUDIO_TOO_LARGE, f"{size} bytes; the limit is {limits.max_bytes}")
 
 
-def _input(source: Source, limits: Limits) -> tuple[BinaryIO, bool, _LimitedReader | None]:
+def _input(source: Source, limits: Limits) -> tuple[BinaryFile, bool, _LimitedReader | None]:
     """(file object for PyAV, whether we opened it and so must close it, the limited reader if any).
 
     Sizes are checked before anything is parsed: a path by its file size, a seekable file object

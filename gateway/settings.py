@@ -1,11 +1,26 @@
 """The gateway's operating limits, with their defaults (the README's table repeats them;
-tests/test_thresholds.py checks it does so faithfully)."""
+test_thresholds.py checks it does so faithfully).
+
+Standard library and toneserve.contract only: the `toneserve` command builds its options from
+these defaults where only the client extra is installed (no numpy, no PyAV, no gRPC server).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from toneserve.contract import Code, ToneserveError
-from toneserve.gateway.audio import Limits
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one recording may be; checked as it is read and decoded (gateway/audio.py)."""
+    # A whole upload. The unary RPC is held to its (smaller) gRPC message size before this.
+    max_bytes: int = 1024**3
+    max_seconds: float = 4 * 3600.0
+    max_channels: int = 8
+    # Below this there is not one analysis frame of the models (25 ms fbank window, 400-sample
+    # emotion2vec receptive field) with room to spare.
+    min_seconds: float = 0.1
 
 
 @dataclass(frozen=True)
