@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tritonclient.grpc import aio as triton
@@ -16,8 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from toneserve import contract
 from toneserve.contract import Code, ToneserveError
-
-Distribution = tuple[list[str], np.ndarray]
+from toneserve.gateway.backend import AsrResult, Distribution, ModelInfo
 
 # Lengths audio is zero-padded to (WAV_LENS keeps the true length) where a model's server
 # batches only identical shapes: the onnxruntime / TensorRT backends of the gpu profile.
@@ -36,28 +35,16 @@ def _parsed(text: str):
 
 
 @dataclass(frozen=True)
-class EnsembleInfo:
-    name: str
-    version: str
-    family: str
-    preset: str
-    weights_origin: str
-    precision: str
-    parameters: dict[str, str]
+class EnsembleInfo(ModelInfo):
+    """A model as Triton serves it: its config parameters as well."""
+    parameters: dict[str, str] = field(default_factory=dict)
     # True when the server pads mixed lengths itself (cpu profile: allow_ragged_batch on WAV);
     # otherwise the gateway pads to BUCKET_SECONDS so that requests can share a batch.
     ragged: bool = False
-    max_batch_size: int = 0
 
     def json(self, key: str):
         # Read per utterance and window (labels, query ids): parsed once per distinct text.
         return _parsed(self.parameters[key])
-
-
-@dataclass(frozen=True)
-class AsrResult:
-    text: str
-    distributions: dict[str, Distribution]  # language / emotion / event / itn
 
 
 def _error(exc: InferenceServerException) -> ToneserveError:
@@ -90,6 +77,8 @@ def query_input(name: str, value: int) -> triton.InferInput:
 
 
 class Inference:
+    """The gateway's `Backend`: the models served by the Triton at `url`."""
+
     def __init__(self, url: str):
         self.url = url
         self.client = triton.InferenceServerClient(url)

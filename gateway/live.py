@@ -11,14 +11,19 @@ A bad message (a second `options`, too many bytes) ends the audio and is kept in
 the decoder then sees an ordinary end of file (an exception inside FFmpeg's read callback can
 be swallowed by a demuxer), and the service answers with `failure`, not with whatever the
 analysis of the truncated audio gave.
+
+`LiveAudio` is the AudioSource of AnalyzeStream (gateway/sources.py).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import queue
 
-from toneserve.contract import Code, ToneserveError
+from toneserve.contract import ToneserveError
+from toneserve.gateway.audio import Source
+from toneserve.gateway.sources import chunks
 
 _END = None
 
@@ -40,20 +45,30 @@ class LiveAudio(io.RawIOBase):
         return self
 
     async def feed(self, request_iterator) -> None:
-        size = 0
         try:
-            async for message in request_iterator:
-                if message.WhichOneof("part") != "chunk":
-                    raise ToneserveError(Code.INVALID_ARGUMENT, "`options` may only be the first message")
-                size += len(message.chunk)
-                if size > self.max_bytes:
-                    raise ToneserveError(Code.AUDIO_TOO_LARGE, f"more than {self.max_bytes} bytes streamed")
-                await self._room.acquire()
-                self._chunks.put(message.chunk)
+            async with contextlib.aclosing(chunks(request_iterator, self.max_bytes)) as received:
+                async for chunk in received:
+                    await self._room.acquire()
+                    self._chunks.put(chunk)
         except ToneserveError as error:
             self.failure = error
         finally:
             self._chunks.put(_END)
+
+    # --- the AudioSource -----------------------------------------------------------------------
+
+    def audio(self) -> Source:
+        return self
+
+    def interrupt(self) -> None:
+        """Stop reading the client and end the audio, so a decoder blocked in `read` returns."""
+        if self._feeder is not None:
+            self._feeder.cancel()
+        self._chunks.put(_END)
+
+    def close(self) -> None:
+        self.interrupt()
+        super().close()
 
     # --- the decoder's side (a worker thread) --------------------------------------------------
 
@@ -72,10 +87,3 @@ class LiveAudio(io.RawIOBase):
                 self._pending = chunk
         data, self._pending = self._pending[:size], self._pending[size:]
         return data
-
-    def close(self) -> None:
-        """Stop reading the client and end the audio, so a decoder blocked in `read` returns."""
-        if self._feeder is not None:
-            self._feeder.cancel()
-        self._chunks.put(_END)
-        super().close()

@@ -21,20 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from toneserve import contract
-from toneserve.contract import Code, ToneserveError
+from toneserve.contract import SAMPLE_RATE, Code, ToneserveError
 from toneserve.gateway import prosody, reconcile, rollup, sentiment, thresholds
-from toneserve.gateway.audio import SAMPLE_RATE, open_audio
-from toneserve.gateway.inference import AsrResult, Distribution, Inference
-from toneserve.gateway.live import LiveAudio
-from toneserve.gateway.segmenter import FRAME, Segmenter, Utterance
+from toneserve.gateway.audio import AudioStream, open_audio
+from toneserve.gateway.backend import AsrResult, Backend, Distribution
+from toneserve.gateway.segmenter import BLOCK_FRAMES, Segmentation, Utterance, block_seconds
 from toneserve.gateway.settings import Settings
+from toneserve.gateway.sources import AudioSource
 from toneserve.v1 import toneserve_pb2 as pb
-
-# 30.72 s: a whole number of VAD frames, so only the last block ends inside one.
-BLOCK_FRAMES = 960
-# silero restarts its recurrent state at every call; the last 0.5 s of the previous block is run
-# again in front of each block so the state is warm at the seam (those frames are dropped).
-VAD_CONTEXT = 16 * FRAME
 
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: at least one model serving this request has untrained random "
                           "weights; transcripts, emotions and tags are meaningless")
@@ -86,10 +80,23 @@ def speakers_of(channels: int, options: pb.AnalyzeRequest, mix: bool) -> list[Sp
     return [Speaker(name, c) for c, name in enumerate(names)]
 
 
+def _first_error(group: BaseExceptionGroup) -> ToneserveError | None:
+    """The error a client should see from a failed task group: its first ToneserveError, if any."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        error = stack.pop()
+        if isinstance(error, BaseExceptionGroup):
+            stack.extend(reversed(error.exceptions))
+        else:
+            leaves.append(error)
+    return next((e for e in leaves if isinstance(e, ToneserveError)), None)
+
+
 class Analysis:
     """The analysis of one request; `run` is called once."""
 
-    def __init__(self, inference: Inference, settings: Settings, triton_slots: asyncio.Semaphore,
+    def __init__(self, inference: Backend, settings: Settings, triton_slots: asyncio.Semaphore,
                  options: pb.AnalyzeRequest, request_id: str, deadline: float | None, on_triton_call=None):
         self.inference = inference
         self.settings = settings
@@ -105,7 +112,8 @@ class Analysis:
         self.warnings: dict[str, None] = {}  # ordered set, filled from worker threads
         self.lock = threading.Lock()
         self.on_segment = None
-        self._decoding: asyncio.Future | None = None  # the block being decoded in a worker thread
+        self._decoder_idle = asyncio.Event()  # clear while a worker thread opens or reads the recording
+        self._decoder_idle.set()
 
     # ------------------------------------------------------------------ helpers
 
@@ -134,16 +142,28 @@ class Analysis:
 
     # ------------------------------------------------------------------ the run
 
-    async def run(self, source, block_frames: int = BLOCK_FRAMES, on_segment=None) -> pb.AnalyzeResponse:
+    async def run(self, source: AudioSource, block_frames: int = BLOCK_FRAMES, on_segment=None) -> pb.AnalyzeResponse:
         """`block_frames`: VAD frames decoded at a time (live audio takes short blocks, so an
         utterance is analysed soon after it ends). `on_segment`: a coroutine function called with
-        each segment as soon as it is analysed."""
+        each segment as soon as it is analysed. The source is the caller's to close, after this
+        returns. A model's failure is raised as the first ToneserveError of the analysis (the
+        other tasks are cancelled)."""
+        try:
+            return await self._run(source, block_frames, on_segment)
+        except BaseExceptionGroup as group:  # of the task groups: one task failed, the rest were cancelled
+            error = _first_error(group)
+            if error is None:
+                raise
+            raise error from None
+
+    async def _run(self, source: AudioSource, block_frames: int, on_segment) -> pb.AnalyzeResponse:
         started = time.perf_counter()
         self.on_segment = on_segment
-        stream = await asyncio.to_thread(open_audio, source, self.settings.limits)
-        blocks = stream.blocks(block_frames * FRAME / SAMPLE_RATE)
+        stream: AudioStream | None = None
         try:
-            first = await self._next_block(blocks)
+            stream = await self._decode(open_audio, source.audio(), self.settings.limits)
+            blocks = stream.blocks(block_seconds(block_frames))
+            first = await self._decode(next, blocks, None)
             mix = self.options.mix_channels
             if first is not None and not mix and same_audio_on_every_channel(first):
                 mix = True
@@ -151,13 +171,14 @@ class Analysis:
             speakers = speakers_of(stream.channels, self.options, mix)
             segments, samples = await self._segments(first, blocks, speakers, mix)
         finally:
-            # A cancelled request (deadline, client gone) may leave a block being decoded in its
-            # thread: the container is closed only after that read has returned, never under it.
-            if self._decoding is not None and not self._decoding.done():
-                if isinstance(source, LiveAudio):
-                    source.close()  # a decoder waiting for the client's next chunk returns at once
-                await asyncio.wait([self._decoding])
-            stream.close()
+            # A cancelled or failed request may leave the recording being opened or read in a
+            # worker thread: the container is closed only after that thread has returned, never
+            # under it (cancelled again while waiting, it is left to the garbage collector).
+            if not self._decoder_idle.is_set():
+                source.interrupt()  # a decoder waiting for the client's next chunk returns at once
+                await self._decoder_idle.wait()
+            if stream is not None:
+                stream.close()
         if not segments:
             raise ToneserveError(Code.NO_SPEECH, f"VAD found no speech in {samples / SAMPLE_RATE:.1f} s of audio "
                                                  f"(vad_threshold {self.thresholds.vad_threshold:g})")
@@ -168,21 +189,30 @@ class Analysis:
         return pb.AnalyzeResponse(segments=segments, speakers=summaries, call=call,
                                   metadata=self._metadata(stream, duration, started))
 
-    async def _next_block(self, blocks) -> np.ndarray | None:
-        """The next decoded block (None at the end), decoded in a worker thread. Shielded: a
-        cancelled request must not forget a read still running there (see `run`)."""
-        self._decoding = asyncio.ensure_future(asyncio.to_thread(next, blocks, None))
-        return await asyncio.shield(self._decoding)
+    async def _decode(self, function, *args):
+        """`function(*args)` in a worker thread. Shielded: a cancelled request stops waiting for
+        it, but the call, once submitted, always runs to its end, and `_decoder_idle` tells when
+        it got there (see `_run`)."""
+        loop = asyncio.get_running_loop()
+        idle = self._decoder_idle
+        idle.clear()
+
+        def work():
+            try:
+                return function(*args)
+            finally:
+                loop.call_soon_threadsafe(idle.set)
+
+        return await asyncio.shield(loop.run_in_executor(None, work))
 
     async def _segments(self, first, blocks, speakers: list[Speaker], mix: bool) -> tuple[list[pb.Segment], int]:
         """Decode, VAD and segment block by block; analyse each utterance as soon as it is finished."""
         t = self.thresholds
-        segmenters = [Segmenter(s.channel, t.vad_threshold, t.min_silence_ms, self.settings.max_utterance_seconds)
-                      for s in speakers]
+        segmentation = Segmentation([s.channel for s in speakers], t.vad_threshold, t.min_silence_ms,
+                                    self.settings.max_utterance_seconds)
         names = {s.channel: s.name for s in speakers}
         slots = asyncio.Semaphore(self.settings.utterances_per_request)
         results: list[pb.Segment] = []
-        context = None
         samples = 0
         async with asyncio.TaskGroup() as group:
             async def launch(utterances: list[Utterance]) -> None:
@@ -195,26 +225,19 @@ class Analysis:
                 if mix:
                     block = block.mean(axis=0, keepdims=True)
                 samples += block.shape[1]
-                probs = await self._vad(block, context)
-                context = block[:, -VAD_CONTEXT:]
-                for row, segmenter in enumerate(segmenters):
-                    await launch(segmenter.feed(block[row], probs[row]))
-                block = await self._next_block(blocks)
-            for segmenter in segmenters:
-                await launch(segmenter.finish())
+                probs = await self._vad(segmentation.vad_input(block))
+                await launch(segmentation.feed(block, probs))
+                block = await self._decode(next, blocks, None)
+            await launch(segmentation.finish())
         return results, samples
 
-    async def _vad(self, block: np.ndarray, context: np.ndarray | None) -> np.ndarray:
-        """Frame probabilities of `block` [channels, n], with the previous block's tail as warm-up."""
-        wav = block if context is None else np.concatenate([context, block], axis=1)
-        skip = 0 if context is None else context.shape[1] // FRAME
-        frames = -(-block.shape[1] // FRAME)
+    async def _vad(self, wav: np.ndarray) -> np.ndarray:
+        """Frame probabilities of each row of `wav` [channels, n], in calls of at most the model's batch size."""
         rows = []
         batch = self.inference.models[contract.VAD].max_batch_size or len(wav)
         for first in range(0, len(wav), batch):
             rows.append(await self._triton(self.inference.vad, wav[first:first + batch]))
-        probs = np.concatenate(rows, axis=0)
-        return probs[:, skip:skip + frames]
+        return np.concatenate(rows, axis=0)
 
     async def _utterance(self, utterance: Utterance, speaker: str, slots: asyncio.Semaphore,
                          results: list[pb.Segment]) -> None:
@@ -253,7 +276,7 @@ class Analysis:
         segment.judgement.CopyFrom(reconcile.judge(segment.emotion, segment.text_sentiment, self.thresholds))
         return segment
 
-    def _metadata(self, stream, duration: float, started: float) -> pb.Metadata:
+    def _metadata(self, stream: AudioStream, duration: float, started: float) -> pb.Metadata:
         models = [pb.ModelInfo(name=m.name, version=m.version, family=m.family, preset=m.preset,
                                weights_origin=m.weights_origin, precision=m.precision)
                   for m in self.inference.models.values()]

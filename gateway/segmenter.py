@@ -13,22 +13,40 @@ out every utterance that later audio can no longer change:
 
 The region then restarts at a frame where silero's state is "not triggered", so
 re-segmenting from there gives what one pass over the whole recording gives
-(tests/test_segmenter.py checks it against ``speech_segments`` on the whole).
+(test_segmenter.py checks it against ``speech_segments`` on the whole).
 Memory per channel: the open utterance (at most ``max_utterance_s``, silero's
 ``max_speech_duration_s`` split) plus one block.
+
+``Segmentation`` walks a recording's blocks for all its channels: the VAD input of
+each block (with the previous block's tail as context) and the frames of its output
+that belong to the block. The gateway awaits VAD on Triton between the two steps;
+the load tests' compute bound runs it in-process: both cut the same utterances.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from toneserve.gateway.vad_segments import SAMPLE_RATE, speech_segments, window_samples
+from toneserve.contract import SAMPLE_RATE, VAD_FRAME
+from toneserve.gateway.vad_segments import speech_segments
 
-FRAME = window_samples(SAMPLE_RATE)
 # silero's own defaults for what this module does not expose as a threshold.
 SPEECH_PAD_MS = 30
 MIN_SPEECH_MS = 250
+# Blocks of a recording sent whole: 30.72 s, a whole number of VAD frames, so only the last
+# block ends inside one.
+BLOCK_FRAMES = 960
+# silero restarts its recurrent state at every call; the last 0.5 s of the previous block is run
+# again in front of each block so the state is warm at the seam (those frames are dropped).
+VAD_CONTEXT = 16 * VAD_FRAME
+
+
+def block_seconds(frames: int = BLOCK_FRAMES) -> float:
+    """The length of a block of `frames` VAD frames, as `AudioStream.blocks()` takes it."""
+    return frames * VAD_FRAME / SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -46,14 +64,14 @@ class Segmenter:
     def __init__(self, channel: int, vad_threshold: float = 0.5, min_silence_ms: int = 300,
                  max_utterance_s: float = 30.0):
         self.channel = channel
-        self.options = dict(threshold=vad_threshold, min_silence_ms=min_silence_ms, min_speech_ms=MIN_SPEECH_MS,
+        self.options: dict[str, Any] = dict(threshold=vad_threshold, min_silence_ms=min_silence_ms, min_speech_ms=MIN_SPEECH_MS,
                             speech_pad_ms=SPEECH_PAD_MS, max_speech_s=max_utterance_s)
         # A closed segment's padded end lies at least this far before the region's end.
         self.closed_margin = (min_silence_ms - SPEECH_PAD_MS) * SAMPLE_RATE // 1000
         # Without speech in sight the region keeps only this much (more than a starting utterance
         # shorter than MIN_SPEECH_MS plus its padding needs).
         self.idle_keep = SAMPLE_RATE
-        self.region = 0  # first sample of the region (a multiple of FRAME)
+        self.region = 0  # first sample of the region (a multiple of VAD_FRAME)
         self.audio = np.zeros(0, np.float32)  # the region's samples
         self.probs = np.zeros(0, np.float32)  # the region's frame probabilities
         self.handed_out = 0  # end of the last utterance handed out, relative to the region
@@ -61,9 +79,10 @@ class Segmenter:
     def feed(self, samples: np.ndarray, probs: np.ndarray) -> list[Utterance]:
         """Append a block (a whole number of frames, except at the very end) and its frame
         probabilities; return the utterances it finished."""
-        if len(probs) != -(-len(samples) // FRAME):
-            raise ValueError(f"{len(samples)} samples need {-(-len(samples) // FRAME)} probabilities, got {len(probs)}")
-        if len(self.audio) % FRAME:
+        if len(probs) != -(-len(samples) // VAD_FRAME):
+            raise ValueError(f"{len(samples)} samples need {-(-len(samples) // VAD_FRAME)} probabilities, "
+                             f"got {len(probs)}")
+        if len(self.audio) % VAD_FRAME:
             raise ValueError("only the last block may end inside a frame")
         self.audio = np.concatenate([self.audio, np.asarray(samples, np.float32)])
         self.probs = np.concatenate([self.probs, np.asarray(probs, np.float32)])
@@ -96,9 +115,39 @@ class Segmenter:
             restart = max(restart, segments[-1][1])
         restart = min(max(restart, 0), length)
         handed_out = segments[-1][1] if segments else self.handed_out
-        restart = restart // FRAME * FRAME  # the region starts on a frame
+        restart = restart // VAD_FRAME * VAD_FRAME  # the region starts on a frame
         self.handed_out = max(handed_out - restart, 0)
         self.region += restart
         self.audio = self.audio[restart:]
-        self.probs = self.probs[restart // FRAME:]
+        self.probs = self.probs[restart // VAD_FRAME:]
         return done
+
+
+class Segmentation:
+    """The utterances of a recording's channels, block by block.
+
+    Blocks are float32 [channels, n] at 16 kHz, every one but the last a whole number of VAD
+    frames. For each block, VAD runs on `vad_input(block)` (the block with the previous one's
+    last VAD_CONTEXT samples in front) and `feed(block, probabilities)` takes its output, one
+    row per channel, and returns the utterances that block finished; `finish()` returns the rest.
+    """
+
+    def __init__(self, channels: Iterable[int], vad_threshold: float, min_silence_ms: int,
+                 max_utterance_s: float):
+        """`channels`: the channel number of each row (reported in each Utterance)."""
+        self.segmenters = [Segmenter(channel, vad_threshold, min_silence_ms, max_utterance_s) for channel in channels]
+        self.context: np.ndarray | None = None  # the previous block's tail
+
+    def vad_input(self, block: np.ndarray) -> np.ndarray:
+        return block if self.context is None else np.concatenate([self.context, block], axis=1)
+
+    def feed(self, block: np.ndarray, probs: np.ndarray) -> list[Utterance]:
+        """`probs`: VAD's frame probabilities of `vad_input(block)`, [channels, frames]."""
+        skip = 0 if self.context is None else self.context.shape[1] // VAD_FRAME
+        probs = probs[:, skip:skip + -(-block.shape[1] // VAD_FRAME)]
+        self.context = block[:, -VAD_CONTEXT:]
+        return [utterance for row, segmenter in enumerate(self.segmenters)
+                for utterance in segmenter.feed(block[row], probs[row])]
+
+    def finish(self) -> list[Utterance]:
+        return [utterance for segmenter in self.segmenters for utterance in segmenter.finish()]

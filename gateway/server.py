@@ -78,9 +78,6 @@ class Gateway:
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("gateway listening on %s (Triton at %s)", self.address, self.triton_url)
 
-    async def wait(self) -> None:
-        await self.server.wait_for_termination()
-
     async def stop(self, grace: float = 5.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)

@@ -3,45 +3,35 @@
 The analysis itself is gateway/pipeline.py. Here: at most `max_requests` run at
 once (one more is answered OVERLOADED with gRPC's retry-pushback hint instead of
 queueing without bound); every request ends in exactly one answer or one error
-from the table in gateway/errors.py; AnalyzeUpload spools the upload (memory up
-to `spool_memory_bytes`, then a temporary file) before decoding it in blocks;
-AnalyzeStream decodes while the audio arrives and sends each segment when it is ready.
+with a code of toneserve.contract's `Code`; each RPC receives its audio as its own
+AudioSource (gateway/sources.py), which the service closes once the analysis has
+returned: Analyze's bytes; AnalyzeUpload's upload, spooled (memory up to
+`spool_memory_bytes`, then a temporary file) before decoding it in blocks;
+AnalyzeStream's, decoded while it arrives, each segment sent when it is ready.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import tempfile
 import time
 import uuid
+from typing import NoReturn
 
 import grpc
 
 from toneserve.contract import ERROR_CODE_METADATA, REQUEST_ID_METADATA, RETRY_PUSHBACK_METADATA, Code, ToneserveError
 from toneserve.gateway.auth import ApiKeys
-from toneserve.gateway.inference import Inference
+from toneserve.gateway.backend import Backend
 from toneserve.gateway.live import LiveAudio
 from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.pipeline import Analysis
 from toneserve.gateway.settings import Settings
+from toneserve.gateway.sources import AudioSource, InMessage, Spool
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
 log = logging.getLogger("toneserve.gateway")
-
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The error a client should see from a failed task group: a ToneserveError if any."""
-    leaves, stack = [], [group]
-    while stack:
-        error = stack.pop()
-        if isinstance(error, BaseExceptionGroup):
-            stack.extend(error.exceptions)
-        else:
-            leaves.append(error)
-    return next((e for e in leaves if isinstance(e, ToneserveError)), leaves[0])
 
 
 async def _options(request_iterator, rpc: str) -> pb.AnalyzeRequest:
@@ -56,7 +46,7 @@ async def _options(request_iterator, rpc: str) -> pb.AnalyzeRequest:
 
 
 class AnalyzerService(pb_grpc.AnalyzerServicer):
-    def __init__(self, inference: Inference, settings: Settings = Settings(), metrics: Metrics | None = None,
+    def __init__(self, inference: Backend, settings: Settings = Settings(), metrics: Metrics | None = None,
                  keys: ApiKeys = ApiKeys()):
         self.inference = inference
         self.settings = settings
@@ -67,32 +57,18 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         self.active_by_tenant: dict[str, int] = {}
 
     async def Analyze(self, request: pb.AnalyzeRequest, context) -> pb.AnalyzeResponse:
-        async def receive():
+        async def receive() -> tuple[pb.AnalyzeRequest, AudioSource]:
             if len(request.audio) > self.settings.max_message_bytes:
                 raise ToneserveError(Code.AUDIO_TOO_LARGE, f"{len(request.audio)} bytes; Analyze takes up to "
                                      f"{self.settings.max_message_bytes}: send larger files with AnalyzeUpload")
-            return request, request.audio
+            return request, InMessage(request.audio)
         return await self._serve("Analyze", context, receive)
 
     async def AnalyzeUpload(self, request_iterator, context) -> pb.AnalyzeResponse:
-        async def receive():
+        async def receive() -> tuple[pb.AnalyzeRequest, AudioSource]:
             options = await _options(request_iterator, "AnalyzeUpload")
-            spool = tempfile.SpooledTemporaryFile(max_size=self.settings.spool_memory_bytes)
-            try:
-                size = 0
-                async for message in request_iterator:
-                    if message.WhichOneof("part") != "chunk":
-                        raise ToneserveError(Code.INVALID_ARGUMENT, "`options` may only be the first message")
-                    size += len(message.chunk)
-                    if size > self.settings.limits.max_bytes:
-                        raise ToneserveError(Code.AUDIO_TOO_LARGE, f"more than {self.settings.limits.max_bytes} bytes "
-                                                                   "uploaded")
-                    spool.write(message.chunk)
-                spool.seek(0)
-            except BaseException:
-                spool.close()
-                raise
-            return options, spool
+            return options, await Spool.receive(request_iterator, self.settings.limits.max_bytes,
+                                                self.settings.spool_memory_bytes)
         return await self._serve("AnalyzeUpload", context, receive)
 
     async def AnalyzeStream(self, request_iterator, context):
@@ -100,7 +76,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         as soon as it is analysed, then the whole response."""
         events: asyncio.Queue = asyncio.Queue()
 
-        async def receive():
+        async def receive() -> tuple[pb.AnalyzeRequest, AudioSource]:
             options = await _options(request_iterator, "AnalyzeStream")
             return options, LiveAudio(self.settings.limits.max_bytes).start(request_iterator)
 
@@ -136,25 +112,25 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         try:
             with contextlib.ExitStack() as cleanup:
                 options, source = await receive()
-                if hasattr(source, "close"):
-                    cleanup.callback(source.close)
+                cleanup.callback(source.close)  # after the analysis, and so its decoder, has returned
                 request_id = options.request_id or request_id
                 analysis = Analysis(self.inference, self.settings, self.triton_slots, options, request_id,
                                     self._deadline(context), self.metrics.triton_in_flight.inc)
                 try:
                     response = await analysis.run(source, **run)
                 finally:
-                    if getattr(source, "failure", None):  # the client's stream was bad: that is the answer
+                    if source.failure is not None:  # the client's stream was bad: that is the answer
                         raise source.failure
             self.metrics.audio_seconds.labels(rpc, tenant).inc(response.metadata.audio_seconds)
             return response
-        except Exception as exc:  # a ToneserveError, possibly inside a task group's ExceptionGroup, or a bug
-            error = _first_error(exc) if isinstance(exc, ExceptionGroup) else exc
-            if not isinstance(error, ToneserveError):  # a bug: answer INTERNAL with the id to find it in the log
-                log.error("request %s failed", request_id, exc_info=error)
-                error = ToneserveError(Code.INTERNAL, f"internal error (request id {request_id})")
+        except ToneserveError as error:
             code = error.code.name
             await self._abort(context, error, request_id)
+        except Exception as exc:  # a bug: answer INTERNAL with the id to find it in the log
+            log.error("request %s failed", request_id, exc_info=exc)
+            code = Code.INTERNAL.name
+            await self._abort(context, ToneserveError(Code.INTERNAL, f"internal error (request id {request_id})"),
+                              request_id)
         except asyncio.CancelledError:  # the client went away or its deadline passed: gRPC answered already
             code = "CANCELLED"
             raise
@@ -181,8 +157,9 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         return time.monotonic() + min(limits) if limits else None
 
     @staticmethod
-    async def _abort(context, error: ToneserveError, request_id: str, extra=()) -> None:
+    async def _abort(context, error: ToneserveError, request_id: str, extra=()) -> NoReturn:
         log.info("request %s: %s", request_id, error.message)
         context.set_trailing_metadata(((ERROR_CODE_METADATA, error.code.name), (REQUEST_ID_METADATA, request_id),
                                        *extra))
         await context.abort(grpc.StatusCode[error.code.status], error.message)
+        raise AssertionError("grpc's context.abort ends the call by raising")

@@ -2,7 +2,7 @@
 
 A request may override any of them (`toneserve.v1.Thresholds`, every field
 optional); the resolved values are echoed in the response metadata. The README's
-table of defaults is checked against this class by tests/test_thresholds.py.
+table of defaults is checked against this class by test_thresholds.py.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The gateway gets one speech probability per 512-sample frame from the ``vad``
 model on Triton (model_repository/runners/vad_core.py) and cuts utterances here.
 ``speech_segments`` is silero-vad 6.2.3's ``get_speech_timestamps`` hysteresis
-ported line for line (tests/test_vad.py checks it gives identical segments), so
+ported line for line (test_vad.py checks it gives identical segments), so
 it stays in silero's own shape rather than ours. Pure Python and numpy: the
 gateway image has no torch and no onnxruntime.
 """
@@ -11,25 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-
-
-def window_samples(sampling_rate: int = SAMPLE_RATE) -> int:
-    """Samples per VAD frame: 512 at 16 kHz (32 ms), 256 at 8 kHz.
-
-    vad_core.py has the same function: it is copied alone into the Triton model folder and
-    cannot import the gateway."""
-    if sampling_rate not in (8000, 16000):
-        raise ValueError(f"silero VAD runs at 8000 or 16000 Hz, not {sampling_rate}")
-    return 512 if sampling_rate == 16000 else 256
+from toneserve.contract import SAMPLE_RATE, VAD_FRAME
 
 
 def speech_segments(probs, frames: int | None = None, threshold: float = 0.5,
                     neg_threshold: float | None = None, min_speech_ms: float = 250,
                     min_silence_ms: float = 100, speech_pad_ms: float = 30,
                     max_speech_s: float = float("inf"), min_silence_at_max_speech_ms: float = 98,
-                    use_max_poss_sil_at_max_speech: bool = True, num_samples: int | None = None,
-                    sampling_rate: int = SAMPLE_RATE) -> list[tuple[int, int]]:
+                    use_max_poss_sil_at_max_speech: bool = True,
+                    num_samples: int | None = None) -> list[tuple[int, int]]:
     """Speech segments (start_sample, end_sample) from one item's frame probabilities.
 
     A port of silero-vad 6.2.3 ``get_speech_timestamps_from_probs`` (what
@@ -37,9 +27,11 @@ def speech_segments(probs, frames: int | None = None, threshold: float = 0.5,
     same defaults and results. ``frames`` keeps the first ``frames`` values of
     ``probs`` (a row of a padded batch). ``num_samples`` is the audio's length in
     samples: give it to match ``get_speech_timestamps`` exactly (it bounds the
-    last segment's end); silero's default is ``frames * window``.
+    last segment's end); silero's default is ``frames * window``. 16 kHz only (silero's 8 kHz
+    mode, with its 256-sample window, is not served).
     """
-    window = window_samples(sampling_rate)
+    sampling_rate = SAMPLE_RATE
+    window = VAD_FRAME
     values = np.asarray(probs, dtype=np.float32).reshape(-1)
     if frames is not None:
         values = values[:int(frames)]

@@ -120,36 +120,24 @@ class Models:
 
 def decoded_blocks(path: Path) -> list[np.ndarray]:
     """A recording as the gateway decodes it: 16 kHz float32 [channels, n] blocks of 30.72 s."""
-    from toneserve.gateway.audio import SAMPLE_RATE, open_audio
-    from toneserve.gateway.pipeline import BLOCK_FRAMES
-    from toneserve.gateway.segmenter import FRAME
+    from toneserve.gateway.audio import open_audio
+    from toneserve.gateway.segmenter import block_seconds
 
     with open_audio(path) as stream:
-        return list(stream.blocks(BLOCK_FRAMES * FRAME / SAMPLE_RATE))
+        return list(stream.blocks(block_seconds()))
 
 
 def utterances(blocks: list[np.ndarray], models: Models):
-    """The gateway's utterances of one recording (gateway/pipeline.py `_segments`), VAD on `models`."""
-    from toneserve.gateway.pipeline import VAD_CONTEXT
-    from toneserve.gateway.segmenter import FRAME, Segmenter
+    """The gateway's utterances of one recording (its `Segmentation`), VAD on `models`."""
+    from toneserve.gateway.segmenter import Segmentation
     from toneserve.gateway.settings import Settings
-    from toneserve.gateway.thresholds import from_proto
-    from toneserve.v1 import toneserve_pb2 as pb
+    from toneserve.gateway.thresholds import DEFAULTS
 
-    defaults = from_proto(pb.Thresholds())
-    settings = Settings()
-    segmenters = [Segmenter(c, defaults.vad_threshold, defaults.min_silence_ms, settings.max_utterance_seconds)
-                  for c in range(len(blocks[0]))]
-    context = None
+    segmentation = Segmentation(range(len(blocks[0])), DEFAULTS.vad_threshold, DEFAULTS.min_silence_ms,
+                                Settings().max_utterance_seconds)
     for block in blocks:
-        wav = block if context is None else np.concatenate([context, block], axis=1)
-        skip = 0 if context is None else context.shape[1] // FRAME
-        probs = models.vad(wav)[:, skip:skip + -(-block.shape[1] // FRAME)]
-        context = block[:, -VAD_CONTEXT:]
-        for row, segmenter in enumerate(segmenters):
-            yield from segmenter.feed(block[row], probs[row])
-    for segmenter in segmenters:
-        yield from segmenter.finish()
+        yield from segmentation.feed(block, models.vad(segmentation.vad_input(block)))
+    yield from segmentation.finish()
 
 
 def instances(repository: Path) -> int:

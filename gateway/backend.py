@@ -1,0 +1,67 @@
+"""What an analysis needs of the models that serve it: `Backend`.
+
+The three calls (silero VAD, SenseVoice, emotion2vec+) and what a response's metadata says about
+the models. gateway/inference.py implements it over Triton; the unit tests implement it with
+fakes, so the pipeline is tested without a model server.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+# (labels, probabilities in the labels' order)
+Distribution = tuple[list[str], np.ndarray]
+
+
+@dataclass(frozen=True)
+class AsrResult:
+    text: str
+    distributions: dict[str, Distribution]  # language / emotion / event / itn
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One served model: its provenance (copied into every response's metadata) and batch limit."""
+    name: str
+    version: str
+    family: str
+    preset: str
+    weights_origin: str  # "random": untrained weights, every response says so
+    precision: str
+    max_batch_size: int = 0  # rows one call may carry; 0: no limit
+
+
+class Backend(Protocol):
+    @property
+    def models(self) -> Mapping[str, ModelInfo]:
+        """By name: contract.EMOTION, contract.ASR and contract.VAD."""
+        ...
+
+    @property
+    def emotion_labels(self) -> list[str]:
+        """emotion2vec+'s labels, in the order of its probabilities."""
+        ...
+
+    def label_sets(self) -> dict[str, list[str]]:
+        """Every distribution's labels, named as the Segment fields they label."""
+        ...
+
+    def language_query_id(self, language: str) -> int:
+        """SenseVoice's id of `language` ("auto", "en", ...); INVALID_ARGUMENT for one it does not know."""
+        ...
+
+    async def vad(self, block: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
+        """Speech probability per VAD frame [rows, ceil(n / VAD_FRAME)] of each row of `block` [rows, n]."""
+        ...
+
+    async def emotion(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> Distribution:
+        """emotion2vec+'s distribution over `emotion_labels` for one clip [n]."""
+        ...
+
+    async def asr(self, wav: np.ndarray, language: str = "auto", use_itn: bool = False,
+                  request_id: str = "", timeout: float | None = None) -> AsrResult:
+        """SenseVoice's transcript of one clip [n] and its four query distributions."""
+        ...
