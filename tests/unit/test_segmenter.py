@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toneserve.gateway.segmenter import FRAME, Segmenter
+from toneserve.contract import VAD_FRAME as FRAME
+from toneserve.gateway.segmenter import Segmenter
 from toneserve.gateway.vad_segments import speech_segments
 
 
