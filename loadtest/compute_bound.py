@@ -26,20 +26,30 @@ import importlib.util
 import json
 import resource
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from toneserve.gateway.audio import open_audio
+from toneserve.gateway.pipeline import emotion_windows
+from toneserve.gateway.segmenter import Segmentation, block_seconds
+from toneserve.gateway.settings import Settings
+from toneserve.gateway.thresholds import DEFAULTS
+from toneserve.loadtest import corpus as corpus_module
+from toneserve.model_repository.runners.sensevoice_decode import ctc_greedy_decode, load_decode_assets
+from toneserve.samples import speechlike
 
 MODELS = ("vad", "emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder")
 
 
 def model_config(repository: Path, name: str):
     """The model's config.pbtxt as Triton's ModelConfig protobuf."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
     path = Path(repository) / name / "config.pbtxt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: is {repository} a toneserve cpu model repository?")
@@ -54,10 +64,6 @@ class Models:
     """ONNX Runtime sessions of the repository's graphs, each timed per call."""
 
     def __init__(self, repository: Path):
-        import onnxruntime as ort
-
-        from toneserve.model_repository.runners.sensevoice_decode import load_decode_assets
-
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.threads: dict[str, int] = {}
@@ -103,8 +109,6 @@ class Models:
         return self._run("emotion_softmax", {"logits": out["logits"]})["probs"][0]
 
     def asr(self, wav: np.ndarray) -> str:
-        from toneserve.model_repository.runners.sensevoice_decode import ctc_greedy_decode
-
         front = self._run("sensevoice_frontend", {"wav": wav[None], "wav_lens": np.array([len(wav)], np.int64)})
         out = self._run("sensevoice_encoder", {"speech": front["feats"], "speech_lengths": front["feat_lens"],
                                                "language": np.array([self.language], np.int64),
@@ -120,19 +124,12 @@ class Models:
 
 def decoded_blocks(path: Path) -> list[np.ndarray]:
     """A recording as the gateway decodes it: 16 kHz float32 [channels, n] blocks of 30.72 s."""
-    from toneserve.gateway.audio import open_audio
-    from toneserve.gateway.segmenter import block_seconds
-
     with open_audio(path) as stream:
         return list(stream.blocks(block_seconds()))
 
 
 def utterances(blocks: list[np.ndarray], models: Models):
     """The gateway's utterances of one recording (its `Segmentation`), VAD on `models`."""
-    from toneserve.gateway.segmenter import Segmentation
-    from toneserve.gateway.settings import Settings
-    from toneserve.gateway.thresholds import DEFAULTS
-
     segmentation = Segmentation(range(len(blocks[0])), DEFAULTS.vad_threshold, DEFAULTS.min_silence_ms,
                                 Settings().max_utterance_seconds)
     for block in blocks:
@@ -151,13 +148,6 @@ def measure(repository: Path, corpus: Path, durations=(), formats=(), rates=(), 
     """Answer every selected corpus recording once, `streams` recordings at a time (default: as
     many as the repository has instances of its heavy models), each stream with its own
     sessions; RTFx is audio seconds over the wall time of that (decoding done beforehand)."""
-    import threading
-
-    from toneserve.gateway.pipeline import emotion_windows
-    from toneserve.gateway.settings import Settings
-    from toneserve.loadtest import corpus as corpus_module
-    from toneserve.samples import speechlike
-
     entries = corpus_module.select(corpus_module.load(corpus), durations, formats, rates, channels)
     streams = streams or instances(repository)
     started = time.perf_counter()
