@@ -68,7 +68,8 @@ def speakers_of(channels: int, options: pb.AnalyzeRequest, mix: bool) -> list[Sp
     roles = dict(options.channel_roles)
     if mix:
         if roles and options.mix_channels:
-            raise ToneserveError(Code.INVALID_ARGUMENT, "channel_roles name channels, which mix_channels merges into one")
+            raise ToneserveError(Code.INVALID_ARGUMENT,
+                                 "channel_roles name channels, which mix_channels merges into one")
         return [Speaker("mix", -1)]
     unknown = sorted(c for c in roles if not 0 <= c < channels)
     if unknown:

@@ -64,8 +64,9 @@ class Segmenter:
     def __init__(self, channel: int, vad_threshold: float = 0.5, min_silence_ms: int = 300,
                  max_utterance_s: float = 30.0):
         self.channel = channel
-        self.options: dict[str, Any] = dict(threshold=vad_threshold, min_silence_ms=min_silence_ms, min_speech_ms=MIN_SPEECH_MS,
-                            speech_pad_ms=SPEECH_PAD_MS, max_speech_s=max_utterance_s)
+        self.options: dict[str, Any] = dict(threshold=vad_threshold, min_silence_ms=min_silence_ms,
+                                            min_speech_ms=MIN_SPEECH_MS, speech_pad_ms=SPEECH_PAD_MS,
+                                            max_speech_s=max_utterance_s)
         # A closed segment's padded end lies at least this far before the region's end.
         self.closed_margin = (min_silence_ms - SPEECH_PAD_MS) * SAMPLE_RATE // 1000
         # Without speech in sight the region keeps only this much (more than a starting utterance

@@ -51,8 +51,8 @@ class Gateway:
         max_message = self.settings.max_message_bytes + 1024 * 1024
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message),
                                                ("grpc.so_reuseport", 0)])
-        toneserve_pb2_grpc.add_AnalyzerServicer_to_server(AnalyzerService(self.inference, self.settings, self.metrics, self.keys),
-                                                          self.server)
+        service = AnalyzerService(self.inference, self.settings, self.metrics, self.keys)
+        toneserve_pb2_grpc.add_AnalyzerServicer_to_server(service, self.server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
         reflection.enable_server_reflection(
