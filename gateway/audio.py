@@ -22,6 +22,7 @@ signal, and the blocks, joined, are the same samples bit for bit whatever the bl
 from __future__ import annotations
 
 import io
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -162,7 +163,7 @@ class AudioStream:
 
     def __init__(self, source: Source, limits: Limits = Limits()):
         self.limits = limits
-        self._container = None
+        self._container: av.container.InputContainer | None = None
         self._started = False
         self._file, self._owns_file, self._reader = _input(source, limits)
         try:
@@ -173,15 +174,19 @@ class AudioStream:
 
     def _open(self) -> None:
         try:
-            self._container = av.open(self._file, mode="r", container_options=_CONTAINER_OPTIONS,
-                                      metadata_errors="replace")
+            container = av.open(self._file, mode="r", container_options=_CONTAINER_OPTIONS,
+                                metadata_errors="replace")
         except (av.FFmpegError, ValueError, UnicodeDecodeError, EOFError) as exc:
             if self._reader is not None and self._reader.exceeded:
                 raise _too_large(self._reader.count, self.limits) from None
             if self._reader is not None and self._reader.count == 0:
                 raise ToneserveError(Code.EMPTY_AUDIO, "the input holds no bytes") from None
             raise ToneserveError(Code.INVALID_AUDIO, f"not a recognised media container ({exc})") from None
-        container = self._container
+        self._container = container  # closed by close(), even when its header is refused below
+        self._opened(container)
+
+    def _opened(self, container: av.container.InputContainer) -> None:
+        """The stream's properties from the open container's header."""
         self.container: str = container.format.name
         audio = list(container.streams.audio)
         if not audio:
@@ -273,7 +278,7 @@ class AudioStream:
         resampler: soxr.ResampleStream | None = None
         rate = channels = 0
         decoded = 0  # source-rate samples so far, per channel
-        too_long = None
+        too_long = float("inf")  # set from the first frame's rate
         declared_end: Fraction | None = None  # end of the last packet, in seconds
         tail: list[av.AudioFrame] = []  # frames decoded from the last packet seen
 
@@ -320,13 +325,16 @@ class AudioStream:
             keep = int(round((declared_end - frame.pts * frame.time_base) * frame.sample_rate))
             # Timestamps are only as fine as the time base (WebM: 1 ms): within one tick of the
             # frame's end is rounding, not padding, and is kept.
-            tick = int(np.ceil(frame.time_base * frame.sample_rate)) + 1
+            tick = math.ceil(frame.time_base * frame.sample_rate) + 1
             if len(block) - keep <= tick:
                 return block
             return block[:max(0, keep)]
 
         try:
-            for packet in self._container.demux(stream):
+            container = self._container
+            if container is None:
+                raise ValueError("the recording is closed")
+            for packet in container.demux(stream):
                 if self._reader is not None and self._reader.exceeded:
                     raise _too_large(self._reader.count, self.limits)
                 flushing = packet.size == 0

@@ -7,6 +7,7 @@ table of defaults is checked against this class by test_thresholds.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from toneserve.contract import Code, ToneserveError
 from toneserve.v1 import toneserve_pb2 as pb
@@ -48,7 +49,7 @@ DEFAULTS = Thresholds()
 
 def from_proto(message: pb.Thresholds, base: Thresholds = DEFAULTS) -> Thresholds:
     """The request's thresholds over `base`; a value out of range is INVALID_ARGUMENT."""
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for field in fields(Thresholds):
         if message.HasField(field.name):
             # proto floats are float32: 0.2 arrives as 0.2000000029...; 6 decimals is what was meant.
