@@ -38,8 +38,8 @@ import tritonclient.grpc as triton  # noqa: E402
 from locust import User, constant, events, task  # noqa: E402
 from locust.stats import CSV_STATS_INTERVAL_SEC  # noqa: E402
 
-from toneserve import contract
-from toneserve.gateway.audio import SAMPLE_RATE, decode  # noqa: E402
+from toneserve import contract  # noqa: E402
+from toneserve.gateway.audio import decode  # noqa: E402
 from toneserve.gateway.inference import query_input, wav_inputs  # noqa: E402
 from toneserve.loadtest import corpus  # noqa: E402
 from toneserve.loadtest.ledger import Ledger  # noqa: E402
@@ -209,7 +209,7 @@ def triton_clips(entries: list[corpus.Entry], limit: int = TRITON_CLIPS) -> list
         samples = decode(folder / entry.file).samples
         for speaker, start, end in entry.turns:
             row = samples[speaker if entry.channels > 1 else 0]
-            clips.append(np.ascontiguousarray(row[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)]))
+            clips.append(np.ascontiguousarray(row[int(start * contract.SAMPLE_RATE):int(end * contract.SAMPLE_RATE)]))
             if len(clips) >= limit:
                 return clips
     return clips
@@ -246,7 +246,7 @@ class TritonUser(_GrpcUser):
     def _infer(self, model: str) -> None:
         clip = _state["clips"][next(_next_entry) % len(_state["clips"])]
         inputs = self._inputs(model, clip)
-        self.call(f"triton {model}", len(clip) / SAMPLE_RATE,
+        self.call(f"triton {model}", len(clip) / contract.SAMPLE_RATE,
                   lambda: self.client.infer(model, inputs, client_timeout=self.options.request_timeout)
                   .get_response())
 

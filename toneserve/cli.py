@@ -143,7 +143,7 @@ def _triton_ports(args):
 
 
 def _settings(args):
-    """Gateway settings from the limit flags (defaults: gateway/settings.py and gateway/audio.py)."""
+    """Gateway settings from the limit flags (defaults: gateway/settings.py)."""
     from dataclasses import replace
 
     from toneserve.gateway.settings import Settings

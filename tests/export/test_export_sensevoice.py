@@ -189,7 +189,7 @@ def test_decode_assets_contain_every_tag_with_sentencepiece_ids(exported):
     model = sv.build_model("tiny", 64)
     assert assets["language_query_ids"] == model.lid_dict
     assert assets["textnorm_query_ids"] == model.textnorm_dict
-    # Facts from DESIGN.md, as a tripwire if FunASR ever changes them.
+    # The ids of the published SenseVoiceSmall, as a tripwire if FunASR ever changes them.
     assert model.lid_dict == {"auto": 0, "zh": 3, "en": 4, "yue": 7, "ja": 11, "ko": 12, "nospeech": 13}
     assert model.textnorm_dict == {"withitn": 14, "woitn": 15}
 
