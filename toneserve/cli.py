@@ -38,8 +38,7 @@ class Part:
 
 _EXPORT = Part(("export",), ("toneserve.export.build", "toneserve.model_repository.catalog",
                              "toneserve.model_repository.render"),
-               ("torch", "funasr", "onnx", "onnxruntime", "onnxscript", "sentencepiece", "kaldi_native_fbank",
-                "silero_vad", "modelscope", "omegaconf", "tqdm"))
+               ("torch", "funasr", "onnxruntime", "onnxscript", "kaldi_native_fbank", "silero_vad", "modelscope"))
 _GATEWAY = ("toneserve.gateway.server", "toneserve.gateway.auth")
 # The runners inside tritonserver import onnxruntime and sentencepiece from this environment.
 _SERVE = Part(("serve",), ("toneserve.triton", *_GATEWAY), ("pytriton", "onnxruntime", "sentencepiece", "snownlp"))
