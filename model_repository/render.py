@@ -24,14 +24,17 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from toneserve import contract
 from toneserve.contract import CORES
 from toneserve.model_repository.spec import Ensemble, Model, OnnxModel, PythonModel, Tensor
 
 PROFILES = ("cpu", "gpu")
 RUNNERS = Path(__file__).parent / "runners"
 ONNX_RUNNER = RUNNERS / "onnx_runner.py"
-# Runner helpers every Python-backend model.py imports by plain name: copied beside each one.
-RUNNER_HELPERS = (RUNNERS / "runner_errors.py",)
+# Runner helpers every Python-backend model.py imports by plain name: copied beside each one. The
+# contract is among them (it imports only the standard library), so the runners serve the very
+# tensor names the gateway calls.
+RUNNER_HELPERS = (RUNNERS / "runner_errors.py", Path(contract.__file__))
 VERSION = "1"
 
 WARMUP_DIR = "warmup"

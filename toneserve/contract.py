@@ -4,9 +4,10 @@ The model repository serves these names, the gateway and the load tests call the
 reads the error codes: each fact is defined here once and imported everywhere else. This module
 imports nothing but the standard library, so every part (and every extra) can import it.
 
-The code that runs inside tritonserver (model_repository/runners/) is copied into the rendered
-repository and cannot import it: the runners receive the names they need through their model's
-config parameters, rendered from the constants below.
+The code that runs inside tritonserver (model_repository/runners/) is copied flat into the
+rendered repository; the renderer copies this file beside it, and the runners import it as
+`contract`. So this module must stay standard library only, and Python 3.10 compatible (the
+Python backend of the NGC image).
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from contract import TEXT, TOKEN_MS, TOKENS  # copied next to this file
 from runner_errors import error_response  # copied next to this file
 from sensevoice_decode import ctc_greedy_decode, load_decode_assets  # copied next to this file
 
@@ -36,9 +37,9 @@ class TritonPythonModel:
             for col, token in enumerate(item["tokens"]):
                 pieces[row, col] = token["piece"].encode("utf-8")
                 starts[row, col] = token["start_ms"]
-        tensors = [pb_utils.Tensor("TEXT", np.array([[item["text"].encode("utf-8")] for item in items],
+        tensors = [pb_utils.Tensor(TEXT, np.array([[item["text"].encode("utf-8")] for item in items],
                                                     dtype=np.object_)),
-                   pb_utils.Tensor("TOKENS", pieces), pb_utils.Tensor("TOKEN_MS", starts)]
+                   pb_utils.Tensor(TOKENS, pieces), pb_utils.Tensor(TOKEN_MS, starts)]
         for family, name in self.outputs.items():
             order = list(self.assets[family])
             probs = np.array([[item[family][label] for label in order] for item in items], dtype=np.float32)

@@ -1,6 +1,6 @@
 """Triton Python-backend model: silero VAD speech probabilities for ragged batches.
 
-Copied as ``model.py`` next to ``vad_core.py``, ``runner_errors.py`` and
+Copied as ``model.py`` next to ``vad_core.py``, ``runner_errors.py``, ``contract.py`` and
 ``silero_vad.onnx`` (the standard graph from the silero-vad wheel, MIT). numpy and onnxruntime only: no
 torch at serving time.
 
@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from contract import FRAMES, SPEECH_PROBS, WAV, WAV_LENS  # copied next to this file
 from runner_errors import error_response  # copied next to this file
 from vad_core import SileroVad  # copied next to this file
 
@@ -32,8 +33,8 @@ class TritonPythonModel:
 
     @staticmethod
     def _request_inputs(request):
-        wav = pb_utils.get_input_tensor_by_name(request, "WAV").as_numpy()
-        lens = pb_utils.get_input_tensor_by_name(request, "WAV_LENS").as_numpy().reshape(-1).astype(np.int64)
+        wav = pb_utils.get_input_tensor_by_name(request, WAV).as_numpy()
+        lens = pb_utils.get_input_tensor_by_name(request, WAV_LENS).as_numpy().reshape(-1).astype(np.int64)
         if wav.ndim != 2 or wav.dtype != np.float32:
             raise ValueError(f"WAV must be float32 [batch, samples], got {wav.dtype} {wav.shape}")
         if len(lens) != wav.shape[0]:
@@ -62,8 +63,8 @@ class TritonPythonModel:
                     start += len(wav)
                     keep = int(frames[rows].max()) if len(wav) else 0
                     responses[index] = pb_utils.InferenceResponse(output_tensors=[
-                        pb_utils.Tensor("SPEECH_PROBS", np.ascontiguousarray(probs[rows, :keep])),
-                        pb_utils.Tensor("FRAMES", frames[rows].reshape(-1, 1).astype(np.int64))])
+                        pb_utils.Tensor(SPEECH_PROBS, np.ascontiguousarray(probs[rows, :keep])),
+                        pb_utils.Tensor(FRAMES, frames[rows].reshape(-1, 1).astype(np.int64))])
         except Exception as exc:  # answer every request, never crash the instance
             for index, _, _ in parsed:
                 responses[index] = error_response(exc)

@@ -15,6 +15,7 @@ import pytest
 from tests.support import RUNNERS, load_file, silero_vad_onnx, talk
 from tests.support import VAD_WINDOW as WINDOW
 from toneserve.gateway.vad_segments import speech_segments
+from toneserve.model_repository.render import RUNNER_HELPERS
 from toneserve.samples import speechlike
 
 vad_core = load_file("vad_core", RUNNERS / "vad_core.py")
@@ -105,13 +106,13 @@ def get_input_tensor_by_name(request, name):
 
 
 def _version_dir(tmp_path: Path, onnx_path: Path) -> Path:
-    """What the rendered repository holds: model.py, vad_core.py, runner_errors.py and silero_vad.onnx side by
-    side."""
+    """What the rendered repository holds: model.py, its helpers (vad_core.py, runner_errors.py, contract.py)
+    and silero_vad.onnx side by side."""
     version = tmp_path / "vad" / "1"
     version.mkdir(parents=True)
     (version / "model.py").write_text((RUNNERS / "vad_model.py").read_text())
-    for helper in ("vad_core.py", "runner_errors.py"):
-        (version / helper).write_text((RUNNERS / helper).read_text())
+    for helper in (RUNNERS / "vad_core.py", *RUNNER_HELPERS):
+        (version / helper.name).write_text(helper.read_text())
     (version / "silero_vad.onnx").write_bytes(onnx_path.read_bytes())
     return version
 
@@ -146,7 +147,8 @@ def runner(tmp_path, onnx_path, monkeypatch):
     exec(FAKE_PB_UTILS, pb.__dict__)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     monkeypatch.setitem(sys.modules, "vad_core", vad_core)
-    monkeypatch.setitem(sys.modules, "runner_errors", load_file("runner_errors", version / "runner_errors.py"))
+    for helper in RUNNER_HELPERS:
+        monkeypatch.setitem(sys.modules, helper.stem, load_file(helper.stem, version / helper.name))
     model = load_file("silero_vad_triton_model", version / "model.py").TritonPythonModel()
     model.initialize({"model_config": '{"parameters": {"intra_op_threads": {"string_value": "1"}}}',
                       "model_repository": str(version.parent), "model_version": "1"})
