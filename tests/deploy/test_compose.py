@@ -614,7 +614,8 @@ def test_python_backend_runners_need_only_what_the_triton_image_installs():
 
     runners = sorted(render.RUNNERS.glob("*.py"))
     assert runners
-    check_python_backend_sources(runners + [Path(decode.__file__)], _triton_image_modules())
+    # The helpers the renderer copies beside every runner (the contract among them) run there too.
+    check_python_backend_sources(runners + [Path(decode.__file__), *render.RUNNER_HELPERS], _triton_image_modules())
 
 
 def test_triton_dockerfile_installs_the_pinned_file_only():

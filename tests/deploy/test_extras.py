@@ -35,6 +35,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.support import ROOT, gateway_process, stop_stack, wait_for_health
+from toneserve.model_repository.render import RUNNER_HELPERS, RUNNERS
 
 PYPROJECT = ROOT / "pyproject.toml"
 REQUIREMENTS = ROOT / "requirements.txt"
@@ -122,6 +123,8 @@ def providers(module: str) -> set[str]:
 def third_party_imports(path: Path) -> dict[str, str]:
     """Top-level third-party modules `path` imports (also inside functions) -> where."""
     siblings = {p.stem for p in path.parent.glob("*.py")}  # runners import each other by plain name
+    if path.parent.resolve() == RUNNERS.resolve():  # and the helpers the renderer copies beside them (the contract)
+        siblings |= {p.stem for p in RUNNER_HELPERS}
     found = {}
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         names = []
