@@ -157,11 +157,11 @@ def _settings(args):
 
 def _security(args):
     """(API keys, TLS key pair) from the flags; a bad file is a clear error."""
-    from toneserve.gateway.auth import ApiKeys, KeyFileError, read_keys
+    from toneserve.gateway.auth import ApiKeys, KeyFileError
     from toneserve.gateway.server import GatewayStartError
 
     try:
-        keys = ApiKeys(read_keys(args.api_keys)) if args.api_keys else ApiKeys()
+        keys = ApiKeys.load(args.api_keys)
     except KeyFileError as exc:
         raise GatewayStartError(str(exc)) from None
     if bool(args.tls_cert) != bool(args.tls_key):
