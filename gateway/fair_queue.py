@@ -1,0 +1,118 @@
+"""Triton call slots shared fairly between tenants.
+
+The gateway keeps at most `capacity` calls in flight to Triton. With one FIFO of waiting calls a
+tenant whose request fans out into many calls (short emotion windows, many channels) would hold
+every slot, and everyone else's calls would wait behind all of its own. Here each tenant has its
+own FIFO, and a freed slot goes to the next tenant in a deficit round robin over the tenants with
+calls waiting: a tenant of weight w receives w slots per round (weights below 1 take several
+rounds per slot), whatever the number of calls it has queued. A slot is granted at once while
+none is waiting, so an idle gateway adds no delay.
+
+Single event loop only (asyncio): no locks, every method runs on the loop.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+
+class FairSlots:
+    def __init__(self, capacity: int, weight: Callable[[str], float] = lambda tenant: 1.0):
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self.free = capacity
+        self.weight = weight
+        self.queues: dict[str, deque[asyncio.Future]] = {}  # tenants with calls waiting, FIFO each
+        self.order: deque[str] = deque()  # the round: its head is the tenant whose turn it is
+        self.deficit: dict[str, float] = {}
+        self._credited = False  # the head has received this turn's quantum
+
+    def tenant(self, tenant: str) -> "TenantSlots":
+        """`async with slots.tenant(name):` holds one slot for the block."""
+        return TenantSlots(self, tenant)
+
+    def waiting(self, tenant: str | None = None) -> int:
+        """Calls waiting for a slot: of one tenant, or of all."""
+        if tenant is not None:
+            return len(self.queues.get(tenant, ()))
+        return sum(len(q) for q in self.queues.values())
+
+    async def acquire(self, tenant: str) -> None:
+        if self.free > 0 and not self.queues:
+            self.free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if tenant not in self.queues:
+            self.queues[tenant] = deque()
+            self.order.append(tenant)
+            self.deficit[tenant] = 0.0
+        self.queues[tenant].append(waiter)
+        self._dispatch()  # slots may be free (the queue was just opened by a cancelled waiter's tenant)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted just as the caller gave up: pass the slot on
+            else:
+                self._withdraw(tenant, waiter)
+            raise
+
+    def release(self) -> None:
+        self.free += 1
+        if self.free > self.capacity:
+            raise RuntimeError("FairSlots released more often than acquired")
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.free > 0 and self.order:
+            waiter = self._next()
+            self.free -= 1
+            waiter.set_result(None)
+
+    def _next(self) -> asyncio.Future:
+        """The waiter whose turn it is (deficit round robin, each call costing 1)."""
+        while True:
+            tenant = self.order[0]
+            if not self._credited:
+                self.deficit[tenant] += max(self.weight(tenant), 1e-3)
+                self._credited = True
+            if self.deficit[tenant] >= 1.0:
+                self.deficit[tenant] -= 1.0
+                queue = self.queues[tenant]
+                waiter = queue.popleft()
+                if not queue:
+                    self._drop(tenant)
+                return waiter
+            self.order.rotate(-1)
+            self._credited = False
+
+    def _withdraw(self, tenant: str, waiter: asyncio.Future) -> None:
+        queue = self.queues.get(tenant)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            if not queue:
+                self._drop(tenant)
+
+    def _drop(self, tenant: str) -> None:
+        """A tenant with nothing left waiting leaves the round, and its unused credit with it."""
+        if self.order[0] == tenant:
+            self._credited = False
+        self.order.remove(tenant)
+        del self.queues[tenant]
+        del self.deficit[tenant]
+
+
+class TenantSlots:
+    """One tenant's view of the slots: an async context manager holding one slot."""
+
+    def __init__(self, slots: FairSlots, tenant: str):
+        self.slots = slots
+        self.tenant = tenant
+
+    async def __aenter__(self) -> None:
+        await self.slots.acquire(self.tenant)
+
+    async def __aexit__(self, *exc) -> None:
+        self.slots.release()

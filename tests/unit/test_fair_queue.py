@@ -1,0 +1,92 @@
+"""The fair Triton call slots: no tenant starves another, weights share the slots, cancelled waiters
+give nothing away. Deterministic: slots are released one at a time and the order of grants is read."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from toneserve.gateway.fair_queue import FairSlots
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def _grant_order(slots: FairSlots, calls: list[str], cancel: tuple[int, ...] = ()) -> list[str]:
+    """Hold every slot, queue `calls` (one tenant name per call) in that order, cancel the calls at
+    `cancel`, then free one slot at a time and return which tenant each freed slot went to."""
+    for _ in range(slots.capacity):
+        await slots.acquire("holder")
+    granted: list[str] = []
+
+    async def call(tenant: str) -> None:
+        await slots.acquire(tenant)
+        granted.append(tenant)
+
+    tasks = [asyncio.create_task(call(tenant)) for tenant in calls]
+    await _settle()
+    assert slots.waiting() == len(calls)
+    for index in cancel:
+        tasks[index].cancel()
+    await _settle()
+    for _ in range(len(calls) - len(cancel)):
+        slots.release()
+        await _settle()
+    assert slots.waiting() == 0 and slots.free == 0
+    return granted
+
+
+def test_a_quiet_tenant_is_not_starved_by_a_noisy_one_queued_before_it():
+    granted = asyncio.run(_grant_order(FairSlots(1), ["noisy"] * 20 + ["quiet"] * 3))
+    assert granted[:6] == ["noisy", "quiet"] * 3
+    assert granted[6:] == ["noisy"] * 17
+
+
+def test_weights_share_the_slots_in_proportion():
+    weights = {"gold": 2.0, "bronze": 1.0, "lead": 0.5}
+    granted = asyncio.run(_grant_order(FairSlots(1, weights.__getitem__),
+                                       ["gold"] * 40 + ["bronze"] * 40 + ["lead"] * 40))
+    first = granted[:35]  # while all three still wait: 2 : 1 : 0.5
+    assert first.count("gold") == 20 and first.count("bronze") == 10 and first.count("lead") == 5
+
+
+def test_many_slots_are_shared_per_round_too():
+    granted = asyncio.run(_grant_order(FairSlots(4), ["a"] * 12 + ["b"] * 4))
+    assert granted[:8].count("b") == 4
+
+
+def test_a_cancelled_waiter_takes_no_slot_and_its_tenant_leaves_the_round():
+    granted = asyncio.run(_grant_order(FairSlots(1), ["a", "b", "a", "c"], cancel=(1,)))
+    assert granted == ["a", "c", "a"]
+
+
+def test_slots_are_granted_at_once_while_none_waits_and_released_on_errors():
+    async def scenario():
+        slots = FairSlots(2)
+        with pytest.raises(ZeroDivisionError):
+            async with slots.tenant("t"):
+                assert slots.free == 1
+                1 / 0
+        assert slots.free == 2
+        async with slots.tenant("t"), slots.tenant("u"):
+            assert slots.free == 0
+        assert slots.free == 2
+        with pytest.raises(RuntimeError):
+            slots.release()
+    asyncio.run(scenario())
+
+
+def test_a_slot_granted_to_a_caller_cancelled_meanwhile_is_passed_on():
+    async def scenario():
+        slots = FairSlots(1)
+        await slots.acquire("holder")
+        first = asyncio.create_task(slots.acquire("a"))
+        second = asyncio.create_task(slots.acquire("b"))
+        await _settle()
+        slots.release()  # grants `first`'s future ...
+        first.cancel()  # ... which is cancelled before it resumes
+        await _settle()
+        assert second.done() and slots.free == 0 and slots.waiting() == 0
+    asyncio.run(scenario())
