@@ -59,7 +59,7 @@ CORES = "cpu_cores"
 # Trailing metadata of a failed call: the stable code, and the id the gateway logged the request under.
 ERROR_CODE_METADATA = "toneserve-error-code"
 REQUEST_ID_METADATA = "toneserve-request-id"
-# gRPC's own retry hint (gRFC A6), sent with OVERLOADED.
+# gRPC's own retry hint (gRFC A6), sent with OVERLOADED, QUOTA_EXCEEDED and TRITON_UNAVAILABLE.
 RETRY_PUSHBACK_METADATA = "grpc-retry-pushback-ms"
 
 
@@ -80,6 +80,8 @@ class Code(enum.Enum):
     INVALID_ARGUMENT = ("INVALID_ARGUMENT", "a request field is out of range")
     UNAUTHENTICATED = ("UNAUTHENTICATED", "a valid API key is required")
     OVERLOADED = ("RESOURCE_EXHAUSTED", "the gateway is at capacity; retry after the hinted delay")
+    QUOTA_EXCEEDED = ("RESOURCE_EXHAUSTED", "the tenant's audio quota for this minute or day is used up; "
+                                            "retry after the hinted delay")
     TRITON_UNAVAILABLE = ("UNAVAILABLE", "the inference server is unavailable")
     DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", "the request ran out of time")
     INTERNAL = ("INTERNAL", "internal error")
