@@ -21,6 +21,14 @@ class Limits:
     # Below this there is not one analysis frame of the models (25 ms fbank window, 400-sample
     # emotion2vec receptive field) with room to spare.
     min_seconds: float = 0.1
+    # Source sample rates accepted. Everything is resampled to 16 kHz, so the work grows with
+    # 16 kHz / rate below it: a 1 Hz file of 164 bytes would be a minute of audio to analyse.
+    min_rate: int = 4000
+    max_rate: int = 192000
+    # Per-request budget of samples: rate x channels x seconds, the rate counted as at least 16 kHz
+    # (what the models see). Checked against the header's duration before decoding, and as the
+    # samples are decoded. 1.5e9: 4 h of 48 kHz stereo, or 3 h of 8 channels at 16 kHz.
+    max_samples: float = 1.5e9
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,16 @@ class Settings:
     # Retry hint sent with OVERLOADED (gRPC's grpc-retry-pushback-ms trailer).
     retry_after_ms: int = 1000
     # Server-side cap on a request's time when the client sets no (or a longer) deadline; None: none.
-    max_request_seconds: float | None = None
+    # An AnalyzeStream lasts as long as its live audio: the default is the longest recording plus 30 min.
+    max_request_seconds: float | None = 4.5 * 3600.0
+    # AnalyzeUpload and AnalyzeStream: a client that sends nothing for this long (between its options
+    # and the first chunk, or between two chunks) is answered DEADLINE_EXCEEDED.
+    chunk_timeout_seconds: float = 30.0
+    # AnalyzeUpload: the whole upload must have arrived within this (1 GiB at 2.4 Mbit/s).
+    upload_timeout_seconds: float = 3600.0
+    # AnalyzeStream: audio received but not decoded yet, at most (a single larger chunk is taken
+    # alone); beyond it the gateway stops reading and gRPC's flow control holds the client back.
+    live_buffer_bytes: int = 4 * 1024 * 1024
     # AnalyzeUpload keeps this much of an upload in memory, the rest in a temporary file.
     spool_memory_bytes: int = 8 * 1024 * 1024
     # AnalyzeStream decodes and runs VAD on blocks of this many 32 ms frames (1.024 s): an utterance
