@@ -1,6 +1,7 @@
 """The gateway's gRPC server: Analyzer plus standard health checking and reflection."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import grpc
@@ -26,18 +27,46 @@ class GatewayStartError(CommandError):
 SERVICE_NAME = toneserve_pb2.DESCRIPTOR.services_by_name["Analyzer"].full_name
 
 
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`. A name other than localhost counts as the network:
+    what it resolves to can change."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, keys: ApiKeys, allow_unauthenticated: bool = False) -> None:
+    """Refuse to serve the network without API keys, unless told to on purpose."""
+    if not keys.enabled and not is_loopback(host) and not allow_unauthenticated:
+        raise GatewayStartError(
+            f"refusing to listen on {host} without API keys: anyone who can reach it could use it. Give keys "
+            "(--api-keys FILE, TONESERVE_API_KEYS_FILE or TONESERVE_API_KEYS; docs/security.md), listen on "
+            "127.0.0.1, or pass --allow-unauthenticated if the network in front of it does the checking")
+
+
 class Gateway:
     def __init__(self, triton_url: str, host: str = "127.0.0.1", port: int = 50051,
                  settings: Settings = Settings(), metrics_port: int | None = None,
-                 keys: ApiKeys = ApiKeys(), tls: tuple[bytes, bytes] | None = None):
-        """`keys`: API keys -> tenants (default: no authentication); `tls`: (PEM private key, PEM
-        certificate chain) to serve TLS instead of plaintext."""
+                 keys: ApiKeys = ApiKeys(), tls: tuple[bytes, bytes] | None = None,
+                 metrics_host: str = "127.0.0.1", allow_unauthenticated: bool = False):
+        """`keys`: API keys -> tenants (default: no authentication, which only a loopback `host` allows
+        unless `allow_unauthenticated`); `tls`: (PEM private key, PEM certificate chain) to serve TLS
+        instead of plaintext; metrics (tenant names and volumes) on `metrics_host`, loopback by default."""
+        check_exposure(host, keys, allow_unauthenticated)
+        if keys.enabled and not tls and not is_loopback(host):
+            log.warning("API keys travel in plaintext to %s: serve TLS (--tls-cert, --tls-key) or put a TLS "
+                        "proxy in front", host)
         self.triton_url = triton_url
         self.host = host
         self.address = f"{host}:{port}"
         self.settings = settings
         self.metrics = Metrics()
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.keys = keys
         self.tls = tls
         self.inference: Inference | None = None
@@ -69,10 +98,10 @@ class Gateway:
         await self.server.start()
         if self.metrics_port is not None:
             try:
-                self.metrics.serve(self.host, self.metrics_port)
+                self.metrics.serve(self.metrics_host, self.metrics_port)
             except OSError as exc:
                 await self.server.stop(0)
-                raise GatewayStartError(f"cannot serve metrics on {self.host}:{self.metrics_port} ({exc}); "
+                raise GatewayStartError(f"cannot serve metrics on {self.metrics_host}:{self.metrics_port} ({exc}); "
                                         "choose another with --metrics-port") from None
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -175,33 +175,41 @@ def _security(args):
     return keys, tls
 
 
-async def _run_gateway(triton_url: str, args) -> None:
+async def _run_gateway(triton_url: str, args, security=None) -> None:
     from toneserve.gateway.server import Gateway
 
     host, port = args.host, args.port
-    keys, tls = _security(args)
+    keys, tls = security or _security(args)
     gateway = Gateway(triton_url, host=host, port=port, settings=_settings(args),
-                      metrics_port=args.metrics_port or None, keys=keys, tls=tls)
+                      metrics_port=args.metrics_port or None, keys=keys, tls=tls, metrics_host=args.metrics_host,
+                      allow_unauthenticated=args.allow_unauthenticated)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, keys.reload)  # a bad new key file keeps the old keys (logged)
     try:
         await gateway.start()
         say(f"toneserve gateway listening on {host}:{port}"
-            + (f", metrics on http://{host}:{args.metrics_port}/metrics" if args.metrics_port else ""))
+            + (f", metrics on http://{args.metrics_host}:{args.metrics_port}/metrics" if args.metrics_port else "")
+            + (f", API keys of {len(keys.tenants)} tenant(s)" if keys.enabled else ", no API keys"))
         await stop.wait()
     finally:
         await gateway.stop()
 
 
 def cmd_serve(args) -> int:
+    from toneserve.gateway.server import check_exposure
     from toneserve.triton import EmbeddedTriton
 
+    # Key and exposure mistakes are known before Triton takes a minute to start.
+    security = _security(args)
+    check_exposure(args.host, security[0], args.allow_unauthenticated)
     repository = _repository(args)
-    with EmbeddedTriton(repository, _triton_ports(args), host=args.host) as triton:
+    # Triton listens on 127.0.0.1 whatever --host says (toneserve/triton.py): only the gateway serves the network.
+    with EmbeddedTriton(repository, _triton_ports(args)) as triton:
         say(f"tritonserver ready on {triton.grpc_url} (repository {repository}, log {triton.log_path})")
-        asyncio.run(_run_gateway(triton.grpc_url, args))
+        asyncio.run(_run_gateway(triton.grpc_url, args, security))
     say("stopped")
     return 0
 
@@ -321,7 +329,14 @@ def _add_gateway_options(p):
                         f"(default {defaults.max_requests})")
     p.add_argument("--max-requests-per-tenant", type=int,
                    help="requests one tenant may have in progress (default: no cap)")
-    p.add_argument("--api-keys", metavar="FILE", help="require API keys: one `KEY TENANT` per line (default: open)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address of /metrics, which names tenants and their volumes (default 127.0.0.1)")
+    p.add_argument("--api-keys", metavar="FILE",
+                   help="require API keys: `KEY TENANT [weight=W] [seconds_per_minute=S] [seconds_per_day=S]` per "
+                        "line, KEY raw or sha256:HEX; reloaded on SIGHUP (default: TONESERVE_API_KEYS_FILE, "
+                        "TONESERVE_API_KEYS, else no keys, which only a loopback --host allows)")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve a non-loopback --host without API keys (anyone who reaches it may use it)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
 

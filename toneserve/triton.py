@@ -5,6 +5,11 @@ backend stub per interpreter version. We assemble a backend directory with the
 stub for the running interpreter, point the server at a rendered model
 repository, wait for readiness, and own the whole process group so that no
 server or stub process outlives us (Ctrl-C, failed start or normal stop).
+
+The server listens on 127.0.0.1 only, whatever address the gateway serves: Triton has no
+authentication, and the 2.51 in the wheel predates the fixes of release 25.07 (2.59) for
+unauthenticated flaws in its HTTP front end and Python backend (docs/security.md). Only
+processes of this machine can reach it; the gateway is its one intended client.
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ from toneserve.contract import CORES
 
 class TritonStartError(CommandError):
     """Triton could not be started; the message says why, quoting Triton's own log."""
+
+
+HOST = "127.0.0.1"  # never anything else: see the module's docstring
 
 
 @dataclass(frozen=True)
@@ -125,12 +133,12 @@ def error_lines(log: str, limit: int = 20) -> list[str]:
 class EmbeddedTriton:
     """A tritonserver child process serving one model repository; use as a context manager."""
 
-    def __init__(self, repository: Path, ports: TritonPorts = TritonPorts(), host: str = "127.0.0.1",
+    def __init__(self, repository: Path, ports: TritonPorts = TritonPorts(),
                  log_path: Path | None = None, startup_timeout: float = 180.0,
                  binary: Path | None = None, log_verbose: int = 0):
         self.repository = Path(repository).resolve()
         self.ports = ports
-        self.host = host
+        self.host = HOST
         self.log_path = Path(log_path) if log_path else paths.home() / "logs" / f"tritonserver-{ports.grpc}.log"
         self.startup_timeout = startup_timeout
         self.binary = binary
