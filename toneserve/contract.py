@@ -62,6 +62,31 @@ REQUEST_ID_METADATA = "toneserve-request-id"
 # gRPC's own retry hint (gRFC A6), sent with OVERLOADED, QUOTA_EXCEEDED and TRITON_UNAVAILABLE.
 RETRY_PUSHBACK_METADATA = "grpc-retry-pushback-ms"
 
+# Request options the SDK checks before sending and the gateway before reading any audio. The
+# request id travels back in trailing metadata (ASCII only, a few KiB in all) and into logs; a
+# role is copied into every segment and timeline point of the response.
+MAX_REQUEST_ID_CHARS = 64
+REQUEST_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
+MAX_ROLE_CHARS = 64
+
+
+def request_id_problem(request_id: str) -> str | None:
+    """Why `request_id` cannot be used ("" is fine: the server makes one), or None."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        return f"request_id is {len(request_id)} characters; at most {MAX_REQUEST_ID_CHARS} are allowed"
+    if not set(request_id) <= REQUEST_ID_CHARS:
+        return "request_id may hold only ASCII letters, digits and - _ . :"
+    return None
+
+
+def role_problem(role: str) -> str | None:
+    """Why `role` cannot name a channel's speaker ("" is fine: the channel's default name), or None."""
+    if len(role) > MAX_ROLE_CHARS:
+        return f"a channel role is {len(role)} characters; at most {MAX_ROLE_CHARS} are allowed"
+    if not role.isprintable():
+        return f"channel role {role[:MAX_ROLE_CHARS]!r} holds characters that are not printable"
+    return None
+
 
 class Code(enum.Enum):
     """Every error a client can see: its gRPC status (by name) and a default message. Clients
