@@ -117,12 +117,14 @@ async def _chunks_async(options: pb.AnalyzeRequest, audio: Audio):
 class _Base(abc.ABC):
     def __init__(self, address: str | None = None, *, api_key: str | None = None,
                  ca_cert: str | os.PathLike | None = None, tls: bool | None = None,
-                 retry: RetryPolicy | None = None, max_attempts: int | None = None):
+                 retry: RetryPolicy | None = None, max_attempts: int | None = None,
+                 allow_plaintext_key: bool | None = None):
         """address "host:port", api_key and ca_cert (a PEM file) default to TONESERVE_ADDRESS,
         TONESERVE_API_KEY and TONESERVE_CA_CERT, then to a local plaintext gateway without a key.
         `tls=True` without a CA certificate trusts the system's roots. `max_attempts` is a shortcut
-        for RetryPolicy(max_attempts=...)."""
-        self.connection = Connection.resolve(address, api_key, ca_cert, tls)
+        for RetryPolicy(max_attempts=...). An API key is refused (ValueError) in plaintext to an address
+        beyond this machine unless `allow_plaintext_key` (default: TONESERVE_ALLOW_PLAINTEXT_KEY=1)."""
+        self.connection = Connection.resolve(address, api_key, ca_cert, tls, allow_plaintext_key)
         self.retry = retry or RetryPolicy()
         if max_attempts is not None:
             self.retry = dataclasses.replace(self.retry, max_attempts=max_attempts)
