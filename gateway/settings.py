@@ -51,8 +51,18 @@ class Settings:
     # Utterances of one request analysed at once: bounds its memory (30 s each) and keeps one long
     # recording from taking every Triton slot.
     utterances_per_request: int = 8
-    # Retry hint sent with OVERLOADED (gRPC's grpc-retry-pushback-ms trailer).
+    # Retry hint sent with OVERLOADED and TRITON_UNAVAILABLE (gRPC's grpc-retry-pushback-ms trailer).
     retry_after_ms: int = 1000
+    # Every Triton call is given up after this long (TRITON_UNAVAILABLE), so that a stalled Triton
+    # cannot hold requests without a deadline forever; the client's earlier deadline wins.
+    triton_timeout_seconds: float = 120.0
+    # Triton's readiness is polled this often; the gateway's gRPC health follows it (NOT_SERVING,
+    # and new requests refused at once with a retry hint, while Triton is not ready).
+    triton_poll_seconds: float = 1.0
+    # Audio seconds a tenant may have analysed per UTC minute / day, for tenants whose key-file line
+    # sets none (seconds_per_minute=, seconds_per_day=); None: unlimited. Failed requests count too.
+    tenant_audio_seconds_per_minute: float | None = None
+    tenant_audio_seconds_per_day: float | None = None
     # Server-side cap on a request's time when the client sets no (or a longer) deadline; None: none.
     # An AnalyzeStream lasts as long as its live audio: the default is the longest recording plus 30 min.
     max_request_seconds: float | None = 4.5 * 3600.0
