@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.grpc import aio as triton
 from tritonclient.utils import InferenceServerException
 
@@ -47,13 +48,40 @@ class EnsembleInfo(ModelInfo):
         return _parsed(self.parameters[key])
 
 
-def _error(exc: InferenceServerException) -> ToneserveError:
+# tritonclient's own channel options, and a short reconnection backoff: once a restarted Triton
+# listens again the gateway reaches it within a couple of seconds, not gRPC's default of up to 2 min.
+_KEEPALIVE = KeepAliveOptions()
+_CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+                    ("grpc.keepalive_time_ms", _KEEPALIVE.keepalive_time_ms),
+                    ("grpc.keepalive_timeout_ms", _KEEPALIVE.keepalive_timeout_ms),
+                    ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
+                    ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
+                    ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                    ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+def _error(exc: InferenceServerException, stalled: float | None = None) -> ToneserveError:
+    """`stalled`: the gateway's own timeout of the call, when it (not the client's deadline) expired."""
     status = str(exc.status() or "")
     if "DEADLINE_EXCEEDED" in status or "Deadline" in str(exc):
+        if stalled is not None:
+            return ToneserveError(Code.TRITON_UNAVAILABLE, f"Triton did not answer within {stalled:g} s")
         return ToneserveError(Code.DEADLINE_EXCEEDED, f"Triton did not answer in time: {exc.message()}")
     if "UNAVAILABLE" in status:
         return ToneserveError(Code.TRITON_UNAVAILABLE, f"Triton: {exc.message()}")
     return ToneserveError(Code.INTERNAL, f"Triton: {exc.message()}")
+
+
+def checked(model: str, output: str, array: np.ndarray, width: int | None = None) -> np.ndarray:
+    """A model's output, refused (INTERNAL, naming the model) unless every value is finite and, for a
+    distribution, there is one value per label: a broken model must not answer with garbage."""
+    if width is not None and (array.ndim == 0 or array.shape[-1] != width):
+        raise ToneserveError(Code.INTERNAL, f"model {model!r} returned {output} of shape {list(array.shape)}; "
+                                            f"its label set has {width} labels")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        raise ToneserveError(Code.INTERNAL, f"model {model!r} returned non-finite values in {output}")
+    return array
 
 
 def _input(name: str, array: np.ndarray) -> triton.InferInput:
@@ -79,10 +107,19 @@ def query_input(name: str, value: int) -> triton.InferInput:
 class Inference:
     """The gateway's `Backend`: the models served by the Triton at `url`."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout: float | None = None):
+        """`timeout`: seconds after which any Triton call is given up (TRITON_UNAVAILABLE); None: none."""
         self.url = url
-        self.client = triton.InferenceServerClient(url)
+        self.timeout = timeout
+        self.client = triton.InferenceServerClient(url, channel_args=_CHANNEL_OPTIONS)
         self.models: dict[str, EnsembleInfo] = {}
+
+    async def ready(self, timeout: float) -> bool:
+        """Whether Triton answers that it and every model are ready (the server runs with strict readiness)."""
+        try:
+            return bool(await self.client.is_server_ready(client_timeout=timeout))
+        except InferenceServerException:
+            return False
 
     async def load(self) -> None:
         """Read the ensembles' configs; fails with TRITON_UNAVAILABLE when Triton or a model is not ready."""
@@ -124,12 +161,13 @@ class Inference:
         return int(self.models[contract.ASR].json(contract.TEXTNORM_QUERY_IDS)["withitn" if use_itn else "woitn"])
 
     async def _infer(self, model: str, inputs, outputs: list[str], request_id: str, timeout: float | None):
+        own = self.timeout is not None and (timeout is None or self.timeout < timeout)
         try:
             result = await self.client.infer(
                 model, inputs, outputs=[triton.InferRequestedOutput(o) for o in outputs],
-                request_id=request_id, client_timeout=timeout)
+                request_id=request_id, client_timeout=self.timeout if own else timeout)
         except InferenceServerException as exc:
-            raise _error(exc) from None
+            raise _error(exc, self.timeout if own else None) from None
         return result
 
     async def vad(self, block: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
@@ -137,12 +175,17 @@ class Inference:
         inputs = [_input(contract.WAV, np.ascontiguousarray(block, np.float32)),
                   _input(contract.WAV_LENS, np.full((len(block), 1), block.shape[1], np.int64))]
         result = await self._infer(contract.VAD, inputs, [contract.SPEECH_PROBS], request_id, timeout)
-        return result.as_numpy(contract.SPEECH_PROBS)
+        probs = checked(contract.VAD, contract.SPEECH_PROBS, result.as_numpy(contract.SPEECH_PROBS))
+        if probs.ndim != 2 or len(probs) != len(block):
+            raise ToneserveError(Code.INTERNAL, f"model {contract.VAD!r} returned {contract.SPEECH_PROBS} of shape "
+                                                f"{list(probs.shape)} for {len(block)} rows")
+        return probs
 
     async def emotion(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> Distribution:
         inputs = wav_inputs(wav, self.models[contract.EMOTION].ragged)
         result = await self._infer(contract.EMOTION, inputs, [contract.PROBS], request_id, timeout)
-        return self.emotion_labels, result.as_numpy(contract.PROBS)[0]
+        labels = self.emotion_labels
+        return labels, checked(contract.EMOTION, contract.PROBS, result.as_numpy(contract.PROBS)[0], len(labels))
 
     async def asr(self, wav: np.ndarray, language: str = "auto", use_itn: bool = False,
                   request_id: str = "", timeout: float | None = None) -> AsrResult:
@@ -152,10 +195,12 @@ class Inference:
         outputs = [contract.TEXT, *contract.ASR_DISTRIBUTIONS.values()]
         result = await self._infer(contract.ASR, inputs, outputs, request_id, timeout)
         info = self.models[contract.ASR]
-        return AsrResult(
-            text=result.as_numpy(contract.TEXT).reshape(-1)[0].decode("utf-8"),
-            distributions={name: (info.json(contract.ASR_LABELS[name]), result.as_numpy(out)[0])
-                           for name, out in contract.ASR_DISTRIBUTIONS.items()})
+        distributions = {}
+        for name, out in contract.ASR_DISTRIBUTIONS.items():
+            labels = info.json(contract.ASR_LABELS[name])
+            distributions[name] = (labels, checked(contract.ASR, out, result.as_numpy(out)[0], len(labels)))
+        return AsrResult(text=result.as_numpy(contract.TEXT).reshape(-1)[0].decode("utf-8"),
+                         distributions=distributions)
 
     async def close(self) -> None:
         await self.client.close()
