@@ -1,0 +1,63 @@
+"""Follows Triton's readiness, so that the gateway's health says what it can serve.
+
+A task polls Triton (`probe`) every `interval` seconds. After `failures` failed probes in a row
+Triton counts as down: `on_change(False)` turns the gateway's gRPC health to NOT_SERVING (load
+balancers and orchestrators take the replica out) and `ready` is False, which the service reads to
+refuse new requests at once with TRITON_UNAVAILABLE and a retry hint instead of letting them time
+out one Triton call at a time. One good probe and it is back: `on_change(True)`, SERVING, no
+restart. Requests already in progress are not touched: their Triton calls fail or succeed on
+their own, each request still gets exactly one answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("toneserve.gateway")
+
+
+class TritonWatch:
+    def __init__(self, probe: Callable[[float], Awaitable[bool]], on_change: Callable[[bool], Awaitable[None]],
+                 interval: float = 1.0, failures: int = 2):
+        """`probe(timeout)`: True when Triton is ready; `failures`: failed probes in a row that mean down
+        (one slow answer under heavy load is not an outage)."""
+        self.probe = probe
+        self.on_change = on_change
+        self.interval = interval
+        self.failures = failures
+        self.ready = True  # the gateway starts only once Triton served its model configs
+        self._failed = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="triton-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def poll(self) -> None:
+        """One probe, and the change of state it may bring."""
+        ok = await self.probe(max(self.interval, 1.0))
+        self._failed = 0 if ok else self._failed + 1
+        if ok and not self.ready:
+            self.ready = True
+            log.warning("Triton is ready again: serving")
+            await self.on_change(True)
+        elif self.ready and self._failed >= self.failures:
+            self.ready = False
+            log.warning("Triton is not ready (%d probes failed): NOT_SERVING until it is", self._failed)
+            await self.on_change(False)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except Exception as exc:  # the watcher must outlive any one failed probe or callback
+                log.error("Triton readiness probe failed: %s", exc, exc_info=exc)
+            await asyncio.sleep(self.interval)
