@@ -13,6 +13,7 @@ segments) and the rollups.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -97,7 +98,7 @@ def _first_error(group: BaseExceptionGroup) -> ToneserveError | None:
 class Analysis:
     """The analysis of one request; `run` is called once."""
 
-    def __init__(self, inference: Backend, settings: Settings, triton_slots: asyncio.Semaphore,
+    def __init__(self, inference: Backend, settings: Settings, triton_slots: contextlib.AbstractAsyncContextManager,
                  options: pb.AnalyzeRequest, request_id: str, deadline: float | None, on_triton_call=None):
         self.inference = inference
         self.settings = settings
@@ -113,6 +114,7 @@ class Analysis:
         self.warnings: dict[str, None] = {}  # ordered set, filled from worker threads
         self.lock = threading.Lock()
         self.on_segment = None
+        self.samples = 0  # decoded so far, per channel: what a request that fails is charged (quotas)
         self._decoder_idle = asyncio.Event()  # clear while a worker thread opens or reads the recording
         self._decoder_idle.set()
 
@@ -226,6 +228,7 @@ class Analysis:
                 if mix:
                     block = block.mean(axis=0, keepdims=True)
                 samples += block.shape[1]
+                self.samples = samples
                 probs = await self._vad(segmentation.vad_input(block))
                 await launch(segmentation.feed(block, probs))
                 block = await self._decode(next, blocks, None)
