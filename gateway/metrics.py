@@ -24,6 +24,16 @@ class Metrics:
         self.in_flight = Gauge("toneserve_requests_in_flight", "Requests being analysed", registry=self.registry)
         self.triton_in_flight = Gauge("toneserve_triton_calls_in_flight", "Calls to Triton awaiting an answer",
                                       registry=self.registry)
+        # Per tenant: what its quotas are charged (every outcome: a failed request is charged the audio
+        # it had decoded), and its Triton calls waiting for a fair share of the slots.
+        self.tenant_audio_seconds = Counter("toneserve_tenant_audio_seconds", "Seconds of audio charged to a "
+                                            "tenant's quotas, failed requests included", ["tenant"],
+                                            registry=self.registry)
+        self.triton_waiting = Gauge("toneserve_triton_calls_waiting", "Calls waiting for a Triton slot",
+                                    registry=self.registry)
+        self.triton_ready = Gauge("toneserve_triton_ready", "1 while Triton answers ready, 0 while the gateway "
+                                  "reports NOT_SERVING", registry=self.registry)
+        self.triton_ready.set(1)
         self.server = None
 
     def serve(self, host: str, port: int) -> None:
