@@ -22,6 +22,7 @@ signal, and the blocks, joined, are the same samples bit for bit whatever the bl
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from toneserve.gateway.settings import Limits
 # A binary file object: an open file, a spool, or a reader of the client's stream (RawIOBase).
 BinaryFile = Union[IO[bytes], io.RawIOBase]
 Source = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryFile]
+
+log = logging.getLogger("toneserve.gateway")
 
 # FFmpeg may open further files or URLs named inside an input (an ffconcat script names the
 # files to join; playlists name segments). Everything here reads through Python file objects, so
@@ -133,8 +136,8 @@ def _input(source: Source, limits: Limits) -> tuple[BinaryFile, bool, _LimitedRe
         size = os.stat(source).st_size
         if size > limits.max_bytes:
             raise _too_large(size, limits)
-        if size == 0:
-            raise ToneserveError(Code.EMPTY_AUDIO, f"{os.fspath(source)!r} is empty")
+        if size == 0:  # the path is the server's own business: not in the message
+            raise ToneserveError(Code.EMPTY_AUDIO, "the input holds no bytes")
         return open(source, "rb"), True, None
     if not hasattr(source, "read"):
         raise TypeError(f"audio source must be bytes, a path or a binary file object, not {type(source).__name__}")
@@ -181,7 +184,9 @@ class AudioStream:
                 raise _too_large(self._reader.count, self.limits) from None
             if self._reader is not None and self._reader.count == 0:
                 raise ToneserveError(Code.EMPTY_AUDIO, "the input holds no bytes") from None
-            raise ToneserveError(Code.INVALID_AUDIO, f"not a recognised media container ({exc})") from None
+            # FFmpeg's text can name the server's files: the log has it, the client gets the code.
+            log.info("audio not opened: %s", exc)
+            raise ToneserveError(Code.INVALID_AUDIO, "not a recognised media container") from None
         self._container = container  # closed by close(), even when its header is refused below
         self._opened(container)
 
@@ -208,17 +213,44 @@ class AudioStream:
         if self.source_rate <= 0:
             raise ToneserveError(Code.INVALID_AUDIO, f"the {self.codec} stream has no known sample rate")
         self._check_channels(self.channels)
+        self._check_rate(self.source_rate)
         if stream.duration is not None and stream.time_base:
             self.duration_hint: float | None = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             self.duration_hint = container.duration / av.time_base
         else:
-            self.duration_hint = None
+            self.duration_hint = None  # a live stream's header says "unknown"
+        if self.duration_hint is not None:
+            # Refused before any decoding: a header may declare hours that would cost minutes of CPU.
+            self._check_length(self.duration_hint * self.source_rate, self.source_rate, self.channels, "declares")
 
     def _check_channels(self, channels: int) -> None:
         if channels > self.limits.max_channels:
             raise ToneserveError(Code.TOO_MANY_CHANNELS,
                                  f"{channels} channels; the limit is {self.limits.max_channels}")
+
+    def _check_rate(self, rate: int) -> None:
+        low, high = self.limits.min_rate, self.limits.max_rate
+        if not low <= rate <= high:
+            raise ToneserveError(Code.INVALID_AUDIO, f"a sample rate of {rate} Hz; from {low} to {high} Hz is accepted")
+
+    def _samples_allowed(self, rate: int, channels: int) -> float:
+        """Source-rate samples per channel a recording may hold: the length limit, and the sample
+        budget (the rate counted as at least SAMPLE_RATE, what the models are given)."""
+        budget = self.limits.max_samples / (max(rate, SAMPLE_RATE) * channels) * rate
+        return min(self.limits.max_seconds * rate, budget)
+
+    def _check_length(self, samples: float, rate: int, channels: int, verb: str) -> None:
+        """AUDIO_TOO_LONG when `samples` (per channel, at `rate`) exceed the length limit or the budget."""
+        if samples <= self._samples_allowed(rate, channels):
+            return
+        limit = self.limits.max_seconds
+        if samples > limit * rate:
+            raise ToneserveError(Code.AUDIO_TOO_LONG, f"the audio {verb} {samples / rate:.6g} s; the limit is {limit:g} s")
+        raise ToneserveError(Code.AUDIO_TOO_LONG,
+                             f"the audio {verb} {samples / rate:.6g} s of {channels} channel(s) at {rate} Hz: more "
+                             f"than the {self.limits.max_samples:.3g} samples (rate x channels x seconds) a request "
+                             "may hold")
 
     # --- context manager ----------------------------------------------------------------------
 
@@ -291,8 +323,9 @@ class AudioStream:
                     if channels <= 0:
                         raise ToneserveError(Code.INVALID_AUDIO, "a decoded frame has no channels")
                     self._check_channels(channels)
+                    self._check_rate(rate)
                     self.source_rate, self.channels = rate, channels
-                    too_long = self.limits.max_seconds * rate
+                    too_long = self._samples_allowed(rate, channels)
                     if rate != SAMPLE_RATE:
                         resampler = soxr.ResampleStream(rate, SAMPLE_RATE, channels, dtype="float32", quality="HQ")
                 elif frame.sample_rate != rate or frame.layout.nb_channels != channels:
@@ -309,8 +342,11 @@ class AudioStream:
             nonlocal decoded
             decoded += block.shape[0]
             if decoded > too_long:
-                limit = self.limits.max_seconds
-                raise ToneserveError(Code.AUDIO_TOO_LONG, f"more than {limit:g} s; the limit is {limit:g} s")
+                self._check_length(decoded, rate, channels, "holds more than")
+            # Refused, not cleaned: a float file holding NaN or Inf is corrupt, and one such sample
+            # would spread through the resampler's filter into every model's input.
+            if not np.isfinite(block).all():
+                raise ToneserveError(Code.INVALID_AUDIO, "the audio holds NaN or infinite samples")
             if resampler is None:
                 return block.T
             return resampler.resample_chunk(np.ascontiguousarray(block, dtype=np.float32), last=last).T
@@ -363,13 +399,16 @@ class AudioStream:
                 yield to_16k(flushed, last=True)
             else:
                 raise ToneserveError(Code.EMPTY_AUDIO, f"the {self.codec} stream decodes to no samples")
+        # FFmpeg's and PyAV's own text goes to the log, not to the client (it can name the server's files).
         except (av.DecoderNotFoundError, av.PatchWelcomeError) as exc:
-            raise ToneserveError(Code.UNSUPPORTED_CODEC,
-                                 f"FFmpeg cannot decode this {self.codec} stream ({exc})") from None
+            log.info("%s not decoded: %s", self.codec, exc)
+            raise ToneserveError(Code.UNSUPPORTED_CODEC, f"FFmpeg cannot decode this {self.codec} stream") from None
         except av.FFmpegError as exc:
-            raise ToneserveError(Code.INVALID_AUDIO, f"the {self.codec} stream is corrupt ({exc})") from None
+            log.info("%s stream corrupt: %s", self.codec, exc)
+            raise ToneserveError(Code.INVALID_AUDIO, f"the {self.codec} stream is corrupt") from None
         except ValueError as exc:  # PyAV's converter rejects a frame that changed format mid-stream
-            raise ToneserveError(Code.INVALID_AUDIO, f"the {self.codec} stream is inconsistent ({exc})") from None
+            log.info("%s stream inconsistent: %s", self.codec, exc)
+            raise ToneserveError(Code.INVALID_AUDIO, f"the {self.codec} stream is inconsistent") from None
 
 
 def _take(pieces: list[np.ndarray], size: int) -> tuple[np.ndarray, list[np.ndarray]]:
