@@ -20,12 +20,21 @@ from typing import NoReturn
 
 import grpc
 
-from toneserve.contract import ERROR_CODE_METADATA, REQUEST_ID_METADATA, RETRY_PUSHBACK_METADATA, Code, ToneserveError
+from toneserve.contract import (
+    ERROR_CODE_METADATA,
+    REQUEST_ID_METADATA,
+    RETRY_PUSHBACK_METADATA,
+    SAMPLE_RATE,
+    Code,
+    ToneserveError,
+)
 from toneserve.gateway.auth import ApiKeys
 from toneserve.gateway.backend import Backend
+from toneserve.gateway.fair_queue import FairSlots
 from toneserve.gateway.live import LiveAudio
 from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.pipeline import Analysis
+from toneserve.gateway.quota import Allowance, QuotaExceeded, Quotas
 from toneserve.gateway.settings import Settings
 from toneserve.gateway.sources import AudioSource, InMessage, Spool
 from toneserve.v1 import toneserve_pb2 as pb
@@ -52,7 +61,12 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.keys = keys
-        self.triton_slots = asyncio.Semaphore(settings.max_inflight)
+        # Triton calls in flight, shared between tenants by weight (the key file's weight=).
+        self.triton_slots = FairSlots(settings.max_inflight, lambda tenant: self.keys.policy(tenant).weight)
+        self.metrics.triton_waiting.set_function(self.triton_slots.waiting)
+        self.quotas = Quotas(self._allowance)
+        # Whether Triton is ready (the server's TritonWatch follows it); while not, requests are refused at once.
+        self.triton_ready = lambda: True
         self.active = 0
         self.active_by_tenant: dict[str, int] = {}
 
@@ -102,9 +116,8 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             self._admit(tenant)
         except ToneserveError as error:
             self.metrics.requests.labels(rpc, error.code.name, tenant).inc()
-            extra = ((RETRY_PUSHBACK_METADATA, str(self.settings.retry_after_ms)),) \
-                if error.code is Code.OVERLOADED else ()
-            await self._abort(context, error, request_id, extra)
+            await self._abort(context, error, request_id, self._retry_hint(error))
+        analysis: Analysis | None = None
         code = "OK"
         self.active_by_tenant[tenant] = self.active_by_tenant.get(tenant, 0) + 1
         self.active += 1
@@ -114,8 +127,8 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
                 options, source = await receive()
                 cleanup.callback(source.close)  # after the analysis, and so its decoder, has returned
                 request_id = options.request_id or request_id
-                analysis = Analysis(self.inference, self.settings, self.triton_slots, options, request_id,
-                                    self._deadline(context), self.metrics.triton_in_flight.inc)
+                analysis = Analysis(self.inference, self.settings, self.triton_slots.tenant(tenant), options,
+                                    request_id, self._deadline(context), self.metrics.triton_in_flight.inc)
                 try:
                     response = await analysis.run(source, **run)
                 finally:
@@ -125,7 +138,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             return response
         except ToneserveError as error:
             code = error.code.name
-            await self._abort(context, error, request_id)
+            await self._abort(context, error, request_id, self._retry_hint(error))
         except Exception as exc:  # a bug: answer INTERNAL with the id to find it in the log
             log.error("request %s failed", request_id, exc_info=exc)
             code = Code.INTERNAL.name
@@ -138,11 +151,34 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             self.active -= 1
             self.active_by_tenant[tenant] -= 1
             self.metrics.in_flight.dec()
+            # Charged whatever the outcome: the audio decoded before a failure cost the models too.
+            charged = analysis.samples / SAMPLE_RATE if analysis is not None else 0.0
+            self.quotas.charge(tenant, charged)
+            self.metrics.tenant_audio_seconds.labels(tenant).inc(charged)
             self.metrics.requests.labels(rpc, code, tenant).inc()
             self.metrics.latency.labels(rpc).observe(time.perf_counter() - started)
 
+    def _allowance(self, tenant: str) -> Allowance:
+        """The tenant's quotas: its key-file line's, else the gateway's defaults."""
+        policy = self.keys.policy(tenant)
+        per_minute, per_day = policy.audio_seconds_per_minute, policy.audio_seconds_per_day
+        return Allowance(self.settings.tenant_audio_seconds_per_minute if per_minute is None else per_minute,
+                         self.settings.tenant_audio_seconds_per_day if per_day is None else per_day)
+
+    def _retry_hint(self, error: ToneserveError) -> tuple[tuple[str, str], ...]:
+        """gRPC's retry-pushback trailer for the errors that a later try can get past."""
+        if isinstance(error, QuotaExceeded):
+            return ((RETRY_PUSHBACK_METADATA, str(error.retry_after_ms)),)
+        if error.code in (Code.OVERLOADED, Code.TRITON_UNAVAILABLE):
+            return ((RETRY_PUSHBACK_METADATA, str(self.settings.retry_after_ms)),)
+        return ()
+
     def _admit(self, tenant: str) -> None:
-        """OVERLOADED when the gateway, or this tenant's share of it, is at capacity."""
+        """TRITON_UNAVAILABLE while Triton is not ready; OVERLOADED when the gateway, or this tenant's
+        share of it, is at capacity; QUOTA_EXCEEDED when the tenant's audio quota is used up."""
+        if not self.triton_ready():
+            raise ToneserveError(Code.TRITON_UNAVAILABLE, f"Triton is not ready; retry in "
+                                                          f"{self.settings.retry_after_ms} ms")
         if self.active >= self.settings.max_requests:
             raise ToneserveError(Code.OVERLOADED, f"{self.active} requests in progress; retry in "
                                                   f"{self.settings.retry_after_ms} ms")
@@ -150,6 +186,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         if limit is not None and self.active_by_tenant.get(tenant, 0) >= limit:
             raise ToneserveError(Code.OVERLOADED, f"tenant {tenant!r} has {limit} requests in progress, its limit; "
                                                   f"retry in {self.settings.retry_after_ms} ms")
+        self.quotas.check(tenant)
 
     def _deadline(self, context) -> float | None:
         """time.monotonic() by which to answer: the client's deadline, capped by the server's."""
