@@ -15,6 +15,7 @@ from toneserve.gateway.inference import Inference
 from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.service import AnalyzerService
 from toneserve.gateway.settings import Settings
+from toneserve.gateway.triton_watch import TritonWatch
 from toneserve.v1 import toneserve_pb2, toneserve_pb2_grpc
 
 log = logging.getLogger("toneserve.gateway")
@@ -71,9 +72,10 @@ class Gateway:
         self.tls = tls
         self.inference: Inference | None = None
         self.server: grpc.aio.Server | None = None
+        self.watch: TritonWatch | None = None
 
     async def start(self) -> None:
-        self.inference = Inference(self.triton_url)
+        self.inference = Inference(self.triton_url, self.settings.triton_timeout_seconds)
         await self.inference.load()
         # Room for the largest Analyze audio plus the rest of the message (a larger one gets gRPC's
         # own RESOURCE_EXHAUSTED before it reaches us).
@@ -105,9 +107,21 @@ class Gateway:
                                         "choose another with --metrics-port") from None
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+        async def follow(ready: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            self.metrics.triton_ready.set(1 if ready else 0)
+            for name in (SERVICE_NAME, ""):
+                await health.set(name, status)
+
+        self.watch = TritonWatch(self.inference.ready, follow, self.settings.triton_poll_seconds)
+        service.triton_ready = lambda: self.watch is not None and self.watch.ready
+        self.watch.start()
         log.info("gateway listening on %s (Triton at %s)", self.address, self.triton_url)
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.watch is not None:
+            await self.watch.stop()
         if self.server is not None:
             await self.server.stop(grace)
         self.metrics.stop()
