@@ -152,7 +152,10 @@ def _settings(args):
                      max_bytes=args.max_upload_mb * 1024 * 1024)
     return replace(defaults, limits=limits, max_requests=args.max_requests,
                    max_requests_per_tenant=args.max_requests_per_tenant,
-                   max_message_bytes=args.max_message_mb * 1024 * 1024)
+                   max_message_bytes=args.max_message_mb * 1024 * 1024,
+                   triton_timeout_seconds=args.triton_timeout,
+                   tenant_audio_seconds_per_minute=args.tenant_seconds_per_minute,
+                   tenant_audio_seconds_per_day=args.tenant_seconds_per_day)
 
 
 def _security(args):
@@ -329,6 +332,14 @@ def _add_gateway_options(p):
                         f"(default {defaults.max_requests})")
     p.add_argument("--max-requests-per-tenant", type=int,
                    help="requests one tenant may have in progress (default: no cap)")
+    p.add_argument("--tenant-seconds-per-minute", type=float, metavar="S",
+                   help="audio seconds a tenant may have analysed per UTC minute, failures included, unless its "
+                        "key line says otherwise (default: no quota)")
+    p.add_argument("--tenant-seconds-per-day", type=float, metavar="S",
+                   help="the same per UTC day (default: no quota)")
+    p.add_argument("--triton-timeout", type=float, default=defaults.triton_timeout_seconds, metavar="S",
+                   help="give up a Triton call after this long: TRITON_UNAVAILABLE "
+                        f"(default {defaults.triton_timeout_seconds:g})")
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address of /metrics, which names tenants and their volumes (default 127.0.0.1)")
     p.add_argument("--api-keys", metavar="FILE",
