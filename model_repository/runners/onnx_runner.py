@@ -18,7 +18,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-from runner_errors import error_response  # copied next to this file
+from runner_errors import cancelled, cancelled_response, error_response  # copied next to this file
 
 
 def pad_concat(arrays):
@@ -73,18 +73,20 @@ class TritonPythonModel:
         return arrays
 
     def execute(self, requests):
+        # Requests their client gave up on while they waited are answered CANCELLED, not run.
+        responses = [cancelled_response() if cancelled(r) else None for r in requests]
+        live = [index for index, response in enumerate(responses) if response is None]
         try:
-            per_request = [self._request_inputs(r) for r in requests]
+            per_request = [self._request_inputs(requests[index]) for index in live]
         except Exception as exc:  # answer every request, never crash the instance
-            return [error_response(exc) for _ in requests]
-        responses = [None] * len(requests)
+            return [response or error_response(exc) for response in responses]
         for group in length_groups(per_request, self.max_pad_ratio):
             try:
                 for index, response in zip(group, self._run([per_request[i] for i in group])):
-                    responses[index] = response
+                    responses[live[index]] = response
             except Exception as exc:
                 for index in group:
-                    responses[index] = error_response(exc)
+                    responses[live[index]] = error_response(exc)
         return responses
 
     def _run(self, per_request):

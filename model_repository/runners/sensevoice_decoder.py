@@ -14,7 +14,7 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from contract import TEXT, TOKEN_MS, TOKENS  # copied next to this file
-from runner_errors import error_response  # copied next to this file
+from runner_errors import cancelled, cancelled_response, error_response  # copied next to this file
 from sensevoice_decode import ctc_greedy_decode, load_decode_assets  # copied next to this file
 
 
@@ -49,6 +49,9 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
+            if cancelled(request):  # its client gave up while it waited: not decoded
+                responses.append(cancelled_response())
+                continue
             try:
                 responses.append(self._decode(request))
             except Exception as exc:  # one bad item fails its own request only

@@ -18,7 +18,7 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from contract import FRAMES, SPEECH_PROBS, WAV, WAV_LENS  # copied next to this file
-from runner_errors import error_response  # copied next to this file
+from runner_errors import cancelled, cancelled_response, error_response  # copied next to this file
 from vad_core import SileroVad  # copied next to this file
 
 
@@ -47,6 +47,9 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         parsed = []  # (index, wav, lens) of the requests that are well formed
         for index, request in enumerate(requests):
+            if cancelled(request):  # its client gave up while it waited: not run
+                responses[index] = cancelled_response()
+                continue
             try:
                 parsed.append((index,) + self._request_inputs(request))
             except Exception as exc:  # a malformed request fails on its own
