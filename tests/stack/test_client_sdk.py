@@ -116,7 +116,7 @@ def secured(stack, tmp_path_factory):
     folder = tmp_path_factory.mktemp("secured")
     cert, key = self_signed(folder)
     keys = folder / "keys.txt"
-    keys.write_text("k-sdk-test acme\n")
+    keys.write_text("k-sdk-test-Zt7q8mXo2Lw1bV9cR4yPn6Ks3 acme\n")
     with gateway_process(stack.triton_grpc, folder / "gateway.log", "--api-keys", str(keys), "--tls-cert", str(cert),
                          "--tls-key", str(key), root_certificates=cert.read_bytes()) as gateway:
         gateway.cert = cert
@@ -131,7 +131,7 @@ def short(tmp_path_factory):
 
 
 def test_api_key_and_ca_certificate_from_arguments(secured, short):
-    with Client(secured.address, api_key="k-sdk-test", ca_cert=secured.cert) as client:
+    with Client(secured.address, api_key="k-sdk-test-Zt7q8mXo2Lw1bV9cR4yPn6Ks3", ca_cert=secured.cert) as client:
         assert client.analyze(short).segments
     with Client(secured.address, ca_cert=secured.cert) as client, pytest.raises(AnalyzeError) as no_key:
         client.analyze(short)
@@ -144,7 +144,7 @@ def test_api_key_and_ca_certificate_from_arguments(secured, short):
 
 
 def test_plaintext_against_tls_is_unreachable_not_a_hang(secured, short):
-    with Client(secured.address, api_key="k-sdk-test", max_attempts=1) as client, \
+    with Client(secured.address, api_key="k-sdk-test-Zt7q8mXo2Lw1bV9cR4yPn6Ks3", max_attempts=1) as client, \
             pytest.raises(AnalyzeError) as error:
         client.analyze(short, timeout=20)
     assert error.value.unreachable and f"cannot reach the toneserve gateway at {secured.address}" in str(error.value)
@@ -152,7 +152,7 @@ def test_plaintext_against_tls_is_unreachable_not_a_hang(secured, short):
 
 def test_async_client_with_credentials_from_the_environment(secured, short, monkeypatch):
     monkeypatch.setenv("TONESERVE_ADDRESS", secured.address)
-    monkeypatch.setenv("TONESERVE_API_KEY", "k-sdk-test")
+    monkeypatch.setenv("TONESERVE_API_KEY", "k-sdk-test-Zt7q8mXo2Lw1bV9cR4yPn6Ks3")
     monkeypatch.setenv("TONESERVE_CA_CERT", str(secured.cert))
 
     async def main():
@@ -168,14 +168,14 @@ def cli(*arguments, env):
 
 
 def test_cli_credentials_from_environment_and_flags_that_win(secured, short):
-    env = {"TONESERVE_ADDRESS": secured.address, "TONESERVE_API_KEY": "k-sdk-test",
+    env = {"TONESERVE_ADDRESS": secured.address, "TONESERVE_API_KEY": "k-sdk-test-Zt7q8mXo2Lw1bV9cR4yPn6Ks3",
            "TONESERVE_CA_CERT": str(secured.cert)}
     from_env = cli(str(short), "--format", "csv", env=env)
     assert from_env.returncode == 0, from_env.stderr
     wrong_env = {**env, "TONESERVE_API_KEY": "k-wrong"}
     refused = cli(str(short), env=wrong_env)
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr and "Traceback" not in refused.stderr
-    flags_win = cli(str(short), "--api-key", "k-sdk-test", "--ca-cert", str(secured.cert), "--address",
+    flags_win = cli(str(short), "--api-key", "k-sdk-test-Zt7q8mXo2Lw1bV9cR4yPn6Ks3", "--ca-cert", str(secured.cert), "--address",
                     secured.address, env={**wrong_env, "TONESERVE_CA_CERT": "/nonexistent.pem",
                                           "TONESERVE_ADDRESS": "127.0.0.1:1"})
     assert flags_win.returncode == 0, flags_win.stderr
