@@ -13,6 +13,7 @@ segments) and the rollups.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
 import threading
@@ -48,7 +49,9 @@ def distribution(dist: Distribution) -> pb.Distribution:
 
 
 def emotion_windows(n: int, window_seconds: float) -> list[tuple[int, int]]:
-    """[0, n) cut into the fewest equal windows no longer than `window_seconds`."""
+    """[0, n) cut into the fewest equal windows no longer than `window_seconds`. Bounded per
+    utterance: max_utterance_seconds / min_window_seconds (60 by default), the window being checked
+    against its range (Settings.window) and the utterance cut at its maximum (the segmenter)."""
     count = max(1, math.ceil(n / (window_seconds * SAMPLE_RATE)))
     edges = np.linspace(0, n, count + 1).round().astype(int)
     return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
@@ -99,7 +102,11 @@ class Analysis:
     """The analysis of one request; `run` is called once."""
 
     def __init__(self, inference: Backend, settings: Settings, triton_slots: contextlib.AbstractAsyncContextManager,
-                 options: pb.AnalyzeRequest, request_id: str, deadline: float | None, on_triton_call=None):
+                 options: pb.AnalyzeRequest, request_id: str, deadline: float | None, on_triton_call=None,
+                 executor: concurrent.futures.Executor | None = None):
+        """`executor`: the threads that open and read the recording (None: asyncio's default pool).
+        A live recording's reads wait for the client, so the service gives those their own."""
+        self.executor = executor
         self.inference = inference
         self.settings = settings
         self.triton_slots = triton_slots
@@ -206,7 +213,7 @@ class Analysis:
             finally:
                 loop.call_soon_threadsafe(idle.set)
 
-        return await asyncio.shield(loop.run_in_executor(None, work))
+        return await asyncio.shield(loop.run_in_executor(self.executor, work))
 
     async def _segments(self, first, blocks, speakers: list[Speaker], mix: bool) -> tuple[list[pb.Segment], int]:
         """Decode, VAD and segment block by block; analyse each utterance as soon as it is finished."""

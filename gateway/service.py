@@ -12,6 +12,7 @@ AnalyzeStream's, decoded while it arrives, each segment sent when it is ready.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -33,19 +34,20 @@ from toneserve.gateway.backend import Backend
 from toneserve.gateway.fair_queue import FairSlots
 from toneserve.gateway.live import LiveAudio
 from toneserve.gateway.metrics import Metrics
+from toneserve.gateway.options import check as check_options
 from toneserve.gateway.pipeline import Analysis
 from toneserve.gateway.quota import Allowance, QuotaExceeded, Quotas
 from toneserve.gateway.settings import Settings
-from toneserve.gateway.sources import AudioSource, InMessage, Spool
+from toneserve.gateway.sources import AudioSource, InMessage, Spool, next_message
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
 log = logging.getLogger("toneserve.gateway")
 
 
-async def _options(request_iterator, rpc: str) -> pb.AnalyzeRequest:
+async def _options(request_iterator, rpc: str, timeout: float | None) -> pb.AnalyzeRequest:
     """The options that open an AnalyzeUpload or AnalyzeStream call."""
-    first = await anext(request_iterator, None)
+    first = await next_message(request_iterator, timeout, "options")
     if first is None or first.WhichOneof("part") != "options":
         raise ToneserveError(Code.INVALID_ARGUMENT, f"the first {rpc} message must carry `options`")
     if first.options.audio:
@@ -69,36 +71,52 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         self.triton_ready = lambda: True
         self.active = 0
         self.active_by_tenant: dict[str, int] = {}
+        # Threads that open and read recordings, one per request the gateway admits: a request has at
+        # most one read in progress, so none ever waits for a thread. A live stream's reads wait for
+        # its client: they get threads of their own, never those of asyncio's small default pool,
+        # which the other requests' CPU work (and the other RPCs' decoding) need.
+        self.decoders = concurrent.futures.ThreadPoolExecutor(settings.max_requests, "toneserve-decode")
+        self.live_decoders = concurrent.futures.ThreadPoolExecutor(settings.max_requests, "toneserve-live")
 
     async def Analyze(self, request: pb.AnalyzeRequest, context) -> pb.AnalyzeResponse:
-        async def receive() -> tuple[pb.AnalyzeRequest, AudioSource]:
+        async def options() -> pb.AnalyzeRequest:
+            return request
+
+        async def receive(deadline: float | None) -> AudioSource:
             if len(request.audio) > self.settings.max_message_bytes:
                 raise ToneserveError(Code.AUDIO_TOO_LARGE, f"{len(request.audio)} bytes; Analyze takes up to "
                                      f"{self.settings.max_message_bytes}: send larger files with AnalyzeUpload")
-            return request, InMessage(request.audio)
-        return await self._serve("Analyze", context, receive)
+            return InMessage(request.audio)
+        return await self._serve("Analyze", context, options, receive, self.decoders)
 
     async def AnalyzeUpload(self, request_iterator, context) -> pb.AnalyzeResponse:
-        async def receive() -> tuple[pb.AnalyzeRequest, AudioSource]:
-            options = await _options(request_iterator, "AnalyzeUpload")
-            return options, await Spool.receive(request_iterator, self.settings.limits.max_bytes,
-                                                self.settings.spool_memory_bytes)
-        return await self._serve("AnalyzeUpload", context, receive)
+        async def options() -> pb.AnalyzeRequest:
+            return await _options(request_iterator, "AnalyzeUpload", self.settings.chunk_timeout_seconds)
+
+        async def receive(deadline: float | None) -> AudioSource:
+            until = time.monotonic() + self.settings.upload_timeout_seconds
+            return await Spool.receive(request_iterator, self.settings.limits.max_bytes,
+                                       self.settings.spool_memory_bytes, self.settings.chunk_timeout_seconds,
+                                       until if deadline is None else min(until, deadline))
+        return await self._serve("AnalyzeUpload", context, options, receive, self.decoders)
 
     async def AnalyzeStream(self, request_iterator, context):
         """AnalyzeUpload's messages, analysed as they arrive (gateway/live.py); each segment is sent
         as soon as it is analysed, then the whole response."""
         events: asyncio.Queue = asyncio.Queue()
 
-        async def receive() -> tuple[pb.AnalyzeRequest, AudioSource]:
-            options = await _options(request_iterator, "AnalyzeStream")
-            return options, LiveAudio(self.settings.limits.max_bytes).start(request_iterator)
+        async def options() -> pb.AnalyzeRequest:
+            return await _options(request_iterator, "AnalyzeStream", self.settings.chunk_timeout_seconds)
+
+        async def receive(deadline: float | None) -> AudioSource:
+            return LiveAudio(self.settings.limits.max_bytes, self.settings.live_buffer_bytes,
+                             self.settings.chunk_timeout_seconds, deadline).start(request_iterator)
 
         async def send(segment: pb.Segment) -> None:
             events.put_nowait(pb.AnalyzeEvent(segment=segment))  # a copy: later flags go to `result` only
 
-        serving = asyncio.create_task(self._serve("AnalyzeStream", context, receive, on_segment=send,
-                                                  block_frames=self.settings.live_block_frames))
+        serving = asyncio.create_task(self._serve("AnalyzeStream", context, options, receive, self.live_decoders,
+                                                  on_segment=send, block_frames=self.settings.live_block_frames))
         serving.add_done_callback(lambda _: events.put_nowait(None))
         try:
             while (event := await events.get()) is not None:
@@ -107,7 +125,10 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         finally:
             serving.cancel()  # the client went away: stop analysing
 
-    async def _serve(self, rpc: str, context, receive, **run) -> pb.AnalyzeResponse:
+    async def _serve(self, rpc: str, context, options_of, receive, decoders: concurrent.futures.Executor,
+                     **run) -> pb.AnalyzeResponse:
+        """`options_of()`: the request's options; `receive(deadline)`: its AudioSource, called only once
+        the options are known good, so a bad option is answered before any audio is read."""
         started = time.perf_counter()
         request_id = uuid.uuid4().hex
         tenant = ""  # not known until the key is checked
@@ -124,11 +145,15 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         self.metrics.in_flight.inc()
         try:
             with contextlib.ExitStack() as cleanup:
-                options, source = await receive()
-                cleanup.callback(source.close)  # after the analysis, and so its decoder, has returned
+                options = await options_of()
+                check_options(options, self.settings)  # the request id is echoed only once it is known good
                 request_id = options.request_id or request_id
+                deadline = self._deadline(context)
+                # Its constructor checks the language, window and thresholds: also before any audio.
                 analysis = Analysis(self.inference, self.settings, self.triton_slots.tenant(tenant), options,
-                                    request_id, self._deadline(context), self.metrics.triton_in_flight.inc)
+                                    request_id, deadline, self.metrics.triton_in_flight.inc, executor=decoders)
+                source = await receive(deadline)
+                cleanup.callback(source.close)  # after the analysis, and so its decoder, has returned
                 try:
                     response = await analysis.run(source, **run)
                 finally:

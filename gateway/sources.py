@@ -8,8 +8,10 @@ decoding early.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
+import time
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
@@ -37,11 +39,33 @@ class AudioSource(Protocol):
         ...
 
 
-async def chunks(request_iterator, max_bytes: int) -> AsyncGenerator[bytes, None]:
+async def next_message(request_iterator, timeout: float | None, waiting_for: str):
+    """The call's next message (None at its end); DEADLINE_EXCEEDED after `timeout` seconds without one."""
+    try:
+        return await asyncio.wait_for(anext(request_iterator, None), timeout)
+    except TimeoutError:
+        raise ToneserveError(Code.DEADLINE_EXCEEDED, f"no {waiting_for} from the client within "
+                                                     f"{max(timeout or 0, 0):g} s") from None
+
+
+async def chunks(request_iterator, max_bytes: int, chunk_timeout: float | None = None,
+                 until: float | None = None) -> AsyncGenerator[bytes, None]:
     """The audio chunks of an AnalyzeUpload or AnalyzeStream call after its `options`: a second
-    `options` is INVALID_ARGUMENT, more than `max_bytes` in all AUDIO_TOO_LARGE."""
+    `options` is INVALID_ARGUMENT, more than `max_bytes` in all AUDIO_TOO_LARGE; no chunk for
+    `chunk_timeout` seconds, or the stream still open at time.monotonic() `until`, DEADLINE_EXCEEDED
+    (a client that opens calls and sends nothing holds no gateway resource for long)."""
     size = 0
-    async for message in request_iterator:
+    while True:
+        timeout, waiting_for = chunk_timeout, "audio chunk"
+        if until is not None:
+            left = until - time.monotonic()
+            if left <= 0:
+                raise ToneserveError(Code.DEADLINE_EXCEEDED, "the upload did not end in the time it is allowed")
+            if timeout is None or left < timeout:
+                timeout, waiting_for = left, "end of the upload"
+        message = await next_message(request_iterator, timeout, waiting_for)
+        if message is None:
+            return
         if message.WhichOneof("part") != "chunk":
             raise ToneserveError(Code.INVALID_ARGUMENT, "`options` may only be the first message")
         size += len(message.chunk)
@@ -78,11 +102,13 @@ class Spool:
         self.file = tempfile.SpooledTemporaryFile(max_size=memory_bytes)
 
     @classmethod
-    async def receive(cls, request_iterator, max_bytes: int, memory_bytes: int) -> Spool:
-        """The rest of the call's messages, spooled (closed again if they are bad)."""
+    async def receive(cls, request_iterator, max_bytes: int, memory_bytes: int, chunk_timeout: float | None = None,
+                      until: float | None = None) -> Spool:
+        """The rest of the call's messages, spooled (closed again if they are bad); `chunk_timeout`
+        and `until` as `chunks` takes them."""
         spool = cls(memory_bytes)
         try:
-            async with contextlib.aclosing(chunks(request_iterator, max_bytes)) as received:
+            async with contextlib.aclosing(chunks(request_iterator, max_bytes, chunk_timeout, until)) as received:
                 async for chunk in received:
                     spool.file.write(chunk)
             spool.file.seek(0)
