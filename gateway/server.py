@@ -80,8 +80,13 @@ class Gateway:
         # Room for the largest Analyze audio plus the rest of the message (a larger one gets gRPC's
         # own RESOURCE_EXHAUSTED before it reaches us).
         max_message = self.settings.max_message_bytes + 1024 * 1024
+        # Responses are bounded too (roles and request ids are short, recordings limited in length).
+        # RPCs in progress at once: the admitted requests, as many being refused OVERLOADED, and room
+        # for health checks; gRPC refuses more before any handler runs.
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message),
-                                               ("grpc.so_reuseport", 0)])
+                                               ("grpc.max_send_message_length", max_message),
+                                               ("grpc.so_reuseport", 0)],
+                                      maximum_concurrent_rpcs=2 * self.settings.max_requests + 32)
         service = AnalyzerService(self.inference, self.settings, self.metrics, self.keys)
         toneserve_pb2_grpc.add_AnalyzerServicer_to_server(service, self.server)
         health = health_aio.HealthServicer()
