@@ -149,8 +149,10 @@ def _settings(args):
 
     defaults = Settings()
     limits = replace(defaults.limits, max_seconds=args.max_minutes * 60, max_channels=args.max_channels,
-                     max_bytes=args.max_upload_mb * 1024 * 1024)
+                     max_bytes=args.max_upload_mb * 1024 * 1024, max_samples=args.max_samples)
     return replace(defaults, limits=limits, max_requests=args.max_requests,
+                   max_request_seconds=args.max_request_minutes * 60 if args.max_request_minutes else None,
+                   chunk_timeout_seconds=args.chunk_timeout, upload_timeout_seconds=args.upload_timeout_minutes * 60,
                    max_requests_per_tenant=args.max_requests_per_tenant,
                    max_message_bytes=args.max_message_mb * 1024 * 1024,
                    triton_timeout_seconds=args.triton_timeout,
@@ -327,6 +329,19 @@ def _add_gateway_options(p):
                         f"(default {defaults.limits.max_bytes // 2**20})")
     p.add_argument("--max-message-mb", type=int, default=defaults.max_message_bytes // 2**20,
                    help=f"largest Analyze request in MiB (default {defaults.max_message_bytes // 2**20})")
+    p.add_argument("--max-samples", type=float, default=defaults.limits.max_samples,
+                   help="a request's budget of sample rate x channels x seconds, the rate counted as at least "
+                        f"16 kHz (default {defaults.limits.max_samples:g})")
+    request_minutes = (defaults.max_request_seconds or 0) / 60
+    p.add_argument("--max-request-minutes", type=float, default=request_minutes,
+                   help="longest any request may take, when its client's deadline is longer or unset; 0: no cap "
+                        f"(default {request_minutes:g})")
+    p.add_argument("--chunk-timeout", type=float, default=defaults.chunk_timeout_seconds, metavar="S",
+                   help="an upload or stream that sends nothing for this long is ended: DEADLINE_EXCEEDED "
+                        f"(default {defaults.chunk_timeout_seconds:g})")
+    p.add_argument("--upload-timeout-minutes", type=float, default=defaults.upload_timeout_seconds / 60,
+                   help="an AnalyzeUpload must have arrived whole within this "
+                        f"(default {defaults.upload_timeout_seconds / 60:g})")
     p.add_argument("--max-requests", type=int, default=defaults.max_requests,
                    help="requests analysed at once; more are refused with a retry hint "
                         f"(default {defaults.max_requests})")
