@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from toneserve import contract
 from toneserve.contract import ToneserveError
 from toneserve.gateway import thresholds
 from toneserve.gateway.settings import Settings
@@ -41,6 +42,17 @@ def test_readme_states_the_limits_the_code_has():
     assert int(table["requests analysed at once"]) == defaults.max_requests
     assert table["requests of one tenant at once"] == "no cap" and defaults.max_requests_per_tenant is None
     assert float(table["shortest recording"].split()[0]) == defaults.limits.min_seconds
+    low, _, high, _ = table["source sample rate"].split()
+    assert (int(low), int(high)) == (defaults.limits.min_rate, defaults.limits.max_rate)
+    assert float(next(v for k, v in table.items() if k.startswith("samples per request"))) == defaults.limits.max_samples
+    minutes = next(v for k, v in table.items() if k.startswith("request time"))
+    assert float(minutes.split()[0]) * 60 == defaults.max_request_seconds
+    assert float(next(v for k, v in table.items() if k.startswith("time without a message")).split()[0]) \
+        == defaults.chunk_timeout_seconds
+    assert float(table["whole `AnalyzeUpload".strip("`")].split()[0]) * 60 == defaults.upload_timeout_seconds
+    assert mib(next(v for k, v in table.items() if "buffered" in k)) == defaults.live_buffer_bytes
+    assert table["request_id"].startswith(f"{contract.MAX_REQUEST_ID_CHARS} characters")
+    assert table["channel role"].startswith(f"{contract.MAX_ROLE_CHARS} printable")
 
 
 def test_request_overrides_and_ranges():
