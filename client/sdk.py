@@ -34,6 +34,7 @@ from toneserve.client.connection import Connection
 from toneserve.client.errors import AnalyzeError
 from toneserve.client.results import Result, Segment, from_event
 from toneserve.client.retry import Deadline, RetryPolicy
+from toneserve.contract import request_id_problem, role_problem
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
@@ -58,6 +59,11 @@ def _analyze_request(*, language: str, window_seconds: float, use_itn: bool,
     unknown = set(thresholds or {}) - known
     if unknown:
         raise ValueError(f"unknown threshold(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    # The gateway's own rules, checked here first: a bad option is a programming error, not worth a call.
+    problem = request_id_problem(request_id) or next(filter(None, map(role_problem, (channel_roles or {}).values())),
+                                                     None)
+    if problem:
+        raise ValueError(problem)
     return pb.AnalyzeRequest(language=language, window_seconds=window_seconds, use_itn=use_itn,
                              channel_roles=channel_roles or {}, mix_channels=mix_channels,
                              # Field types are protobuf's to check (an int field refuses a float).
