@@ -6,7 +6,13 @@ Encoder output frames 0..3 answer the four query embeddings [language, emotion, 
 textnorm]; they are read as probability distributions over the token ids of each tag
 family (softmax restricted to those ids, i.e. renormalised over them).  Frames
 4..length-1 are CTC frames: argmax, collapse repeats, drop blank, detokenise.  One CTC
-frame is 60 ms (10 ms hop x LFR n=6).
+frame is 60 ms (10 ms hop x LFR n=6); a token's times are the ones FunASR's SenseVoice reports
+(``max(frame * 60 - 30, 0)`` ms for its start), so that both give the same times for a clip.
+
+The language distribution is renormalised over the six languages FunASR's SenseVoiceSmall can be
+asked for (its ``lid_dict``: zh, en, yue, ja, ko, nospeech). The real vocabulary has tags for about
+a hundred more languages (de, es, fr, ...); their scores on the language frame are left out, not
+counted as a seventh "other language" class, so the six probabilities sum to 1.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ NUM_QUERY_FRAMES = 4  # [language, emotion, event, textnorm]
 # Tag families, in the form of the real SenseVoice vocabulary ("<|name|>"), as listed by
 # funasr.utils.postprocess_utils (lang_dict / emo_dict / event_dict / emoji_dict).
 LANGUAGE_TAGS = ("zh", "en", "yue", "ja", "ko", "nospeech")
-EMOTION_TAGS = ("HAPPY", "SAD", "ANGRY", "NEUTRAL", "FEARFUL", "DISGUSTED", "SURPRISED", "EMO_UNKNOWN")
+# OTHER (id 25008 in the real vocabulary, between SURPRISED and EMO_UNKNOWN) is one of the classes the
+# emotion frame is scored over, as in FunASR's emotion list; leaving it out would inflate the others.
+EMOTION_TAGS = ("HAPPY", "SAD", "ANGRY", "NEUTRAL", "FEARFUL", "DISGUSTED", "SURPRISED", "OTHER", "EMO_UNKNOWN")
 EVENT_TAGS = ("Speech", "BGM", "Laughter", "Applause", "Cry", "Sneeze", "Breath", "Cough", "Event_UNK")
 # Listed by FunASR's emoji_dict, presence in the real vocabulary unconfirmed: used when the
 # tokenizer has them, never required.
@@ -87,6 +95,13 @@ def _softmax_over(row: np.ndarray, ids: dict[str, int]) -> dict[str, float]:
     return {n: float(v) for n, v in zip(names, p)}
 
 
+def token_times(start: int, end: int, frames: int) -> tuple[int, int]:
+    """Milliseconds of a token spanning CTC frames [start, end) of ``frames``, as FunASR's SenseVoice
+    reports them: ``max(start * 60 - 30, 0)`` and ``min(end * 60 - 30, frames * 60 - 30)``."""
+    half = FRAME_SHIFT_MS // 2
+    return max(start * FRAME_SHIFT_MS - half, 0), min(end * FRAME_SHIFT_MS - half, frames * FRAME_SHIFT_MS - half)
+
+
 def ctc_greedy_decode(
     ctc_logits_2d: np.ndarray,
     length: int,
@@ -104,7 +119,8 @@ def ctc_greedy_decode(
 
     Returns {"language"|"emotion"|"event"|"itn": {name: prob}, "text": str,
     "token_ids": [...], "tokens": [{"id", "piece", "frame", "start_ms", "end_ms"}]} where
-    frame is relative to frame 4 and start_ms = frame * 60.
+    frame is relative to frame 4 and the times are FunASR's: start_ms = max(frame * 60 - 30, 0),
+    end_ms = min(end_frame * 60 - 30, frames * 60 - 30) (:func:`token_times`).
     """
     logits = np.asarray(ctc_logits_2d)
     if logits.ndim != 2:
@@ -130,15 +146,9 @@ def ctc_greedy_decode(
             tok = int(best[s])
             if tok == blank:
                 continue
-            tokens.append(
-                {
-                    "id": tok,
-                    "piece": assets["tokens"][tok],
-                    "frame": s,
-                    "start_ms": s * FRAME_SHIFT_MS,
-                    "end_ms": e * FRAME_SHIFT_MS,
-                }
-            )
+            start_ms, end_ms = token_times(s, e, best.size)
+            tokens.append({"id": tok, "piece": assets["tokens"][tok], "frame": s,
+                           "start_ms": start_ms, "end_ms": end_ms})
     ids = [t["id"] for t in tokens]
     if sp is None:
         sp = _sentencepiece(str(assets["bpe_model_path"]))
@@ -161,4 +171,5 @@ __all__ = [
     "ctc_greedy_decode",
     "load_decode_assets",
     "tag_piece",
+    "token_times",
 ]

@@ -6,7 +6,8 @@ frames give the language / emotion / event / ITN distributions over the token
 ids named in decode_assets.json (derived from the tokenizer at export time);
 they are returned in that file's order, which is also the order of the labels
 the ensemble publishes. TOKENS / TOKEN_MS give each emitted piece and its start (ms from
-the start of the input; 60 ms per frame); -1 and b"" pad rows of a multi-item request.
+the start of the input, as FunASR reports it: max(frame * 60 - 30, 0)); -1 and b"" pad rows
+of a multi-item request.
 """
 import json
 import os
