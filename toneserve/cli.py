@@ -155,7 +155,7 @@ def _settings(args):
                    chunk_timeout_seconds=args.chunk_timeout, upload_timeout_seconds=args.upload_timeout_minutes * 60,
                    max_requests_per_tenant=args.max_requests_per_tenant,
                    max_message_bytes=args.max_message_mb * 1024 * 1024,
-                   triton_timeout_seconds=args.triton_timeout,
+                   triton_timeout_seconds=args.triton_timeout, max_inflight=args.max_triton_calls,
                    tenant_audio_seconds_per_minute=args.tenant_seconds_per_minute,
                    tenant_audio_seconds_per_day=args.tenant_seconds_per_day)
 
@@ -352,6 +352,10 @@ def _add_gateway_options(p):
                         "key line says otherwise (default: no quota)")
     p.add_argument("--tenant-seconds-per-day", type=float, metavar="S",
                    help="the same per UTC day (default: no quota)")
+    p.add_argument("--max-triton-calls", type=int, default=defaults.max_inflight, metavar="N",
+                   help="Triton calls in flight at once, shared fairly between tenants (key-file weight=); near "
+                        f"what Triton runs at once, tenants wait in the gateway's fair queue, not Triton's FIFO "
+                        f"(default {defaults.max_inflight})")
     p.add_argument("--triton-timeout", type=float, default=defaults.triton_timeout_seconds, metavar="S",
                    help="give up a Triton call after this long: TRITON_UNAVAILABLE "
                         f"(default {defaults.triton_timeout_seconds:g})")
