@@ -38,7 +38,8 @@ class Part:
 
 _EXPORT = Part(("export",), ("toneserve.export.build", "toneserve.model_repository.catalog",
                              "toneserve.model_repository.render"),
-               ("torch", "funasr", "onnxruntime", "onnxscript", "kaldi_native_fbank", "silero_vad", "modelscope"))
+               ("torch", "funasr", "onnxruntime", "onnxscript", "kaldi_native_fbank", "silero_vad", "modelscope",
+                "huggingface_hub"))
 _GATEWAY = ("toneserve.gateway.server", "toneserve.gateway.auth")
 # The runners inside tritonserver import onnxruntime and sentencepiece from this environment.
 _SERVE = Part(("serve",), ("toneserve.triton", *_GATEWAY), ("pytriton", "onnxruntime", "sentencepiece", "snownlp"))
@@ -98,6 +99,14 @@ def _models(args) -> Path:
 
 
 def cmd_export(args) -> int:
+    if args.check:
+        from toneserve.export.check import check
+
+        reports = [check(spec, trust_checkpoint=args.trust_checkpoint, revision=args.revision)
+                   for spec in args.check]
+        print("\n".join(str(r) for r in reports))
+        return 0 if all(r.loads for r in reports) else 1
+
     from toneserve.export.build import export_models
     from toneserve.model_repository.catalog import DEFAULT_TUNING, describe
     from toneserve.model_repository.render import render_repository
@@ -105,7 +114,7 @@ def cmd_export(args) -> int:
     tuning = _tuning(args, DEFAULT_TUNING)
     models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
                            sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice},
-                           variants=args.variants)
+                           variants=args.variants, revision=args.revision, trust_checkpoint=args.trust_checkpoint)
     for profile, precision in _renderings(args.profiles, args.variants):
         out = (Path(args.repository) / paths.repository_name(profile, precision) if args.repository
                else paths.repository_dir(args.size, profile, precision))
@@ -379,11 +388,20 @@ def _add_triton_ports(p, defaults=(8000, 8001, 8002)):
 def _export_arguments(p):
     _add_size(p, default="base")
     p.add_argument("--emotion2vec", metavar="SOURCE",
-                   help="hub id (iic/emotion2vec_plus_base, iic/emotion2vec_plus_large), a local model folder "
+                   help="hub id (ModelScope iic/emotion2vec_plus_base, iic/emotion2vec_plus_large; Hugging Face "
+                        "emotion2vec/emotion2vec_plus_*; ms:ID / hf:ID name the hub), a local model folder "
                         "(config.yaml, model.pt, tokens.txt) or random:PRESET (tiny, base, large)")
     p.add_argument("--sensevoice", metavar="SOURCE",
-                   help="hub id (iic/SenseVoiceSmall), a local model folder (config.yaml, model.pt, am.mvn, "
-                        "chn_jpn_yue_eng_ko_spectok.bpe.model) or random:PRESET (tiny, small)")
+                   help="hub id (iic/SenseVoiceSmall on ModelScope, FunAudioLLM/SenseVoiceSmall on Hugging Face), "
+                        "a local model folder (config.yaml, model.pt, am.mvn, chn_jpn_yue_eng_ko_spectok.bpe.model) "
+                        "or random:PRESET (tiny, small)")
+    p.add_argument("--revision", help="pin the hub ids given to this revision (branch, tag or commit)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load model.pt files that torch.load(weights_only=True) refuses with a full load, which "
+                        "runs code stored in them: only for folders you trust")
+    p.add_argument("--check", metavar="SOURCE", action="append",
+                   help="say what a model folder or hub id is (family, preset, files, whether it loads) without "
+                        "exporting; FAMILY=SOURCE says which family it should be; repeatable")
     p.add_argument("--variants", nargs="*", default=["int8", "fp16"], choices=["int8", "fp16"],
                    help="derived graphs to build next to fp32 (default: int8 fp16)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
