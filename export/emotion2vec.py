@@ -2,15 +2,15 @@
 
 What is here
 ------------
-* ``PRESETS`` / ``UNCONFIRMED``: the architecture configs (one place) and which of their values
-  no source available on the build machine confirms.
+* ``PRESETS`` / ``UNCONFIRMED``: the architecture configs (``toneserve.export.presets``).
 * ``build_model(preset, seed)``: the real FunASR class (``tables.model_classes["Emotion2vec"]``,
   what ``AutoModel`` instantiates for ``iic/emotion2vec_plus_*``) with random weights, eval mode.
 * ``Emotion2vecWrapper``: ``(wav[B,S] f32, wav_lens[B] i64) -> (logits[B,9] f32, embedding[B,D] f32)``
   that gives a padded batch the same answer as unbatched FunASR inference.
-* ``export_onnx(out_dir, preset, seed, model_dir=None, source=None)``: writes ``model.onnx``,
+* ``export_onnx(out_dir, preset, seed, loaded=None, source=None)``: writes ``model.onnx``,
   ``tokens.txt``, ``manifest.json`` atomically and returns the manifest; random weights of
-  ``preset``, or a FunASR model directory's own weights and tokens (``sources.py``).
+  ``preset``, or a model folder's own weights and tokens as the family loaded them
+  (``toneserve.export.families.emotion2vec``).
 
 Why a wrapper
 -------------
@@ -33,6 +33,7 @@ import copy
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,159 +43,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toneserve.export import presets
 from toneserve.export.artifacts import atomic_write_bytes, sha256_file, versions
-from toneserve.export.sources import SourceError, load_local_model, manifest_source
+from toneserve.export.emotion2vec_tokens import EXPECTED_LABELS, REAL_TOKENS, read_labels, read_tokens, token_to_label
+from toneserve.export.errors import SourceError
+from toneserve.export.family import LoadedModel, Manifest, Parity, Tensor, loaded_weights_entry, source_entry
+from toneserve.export.loading import model_class
 from toneserve.export.variants import run_onnx
 
 # funasr is imported inside the functions that use it: importing it takes seconds and prints notices.
 
 SAMPLE_RATE = 16000
 OPSET = 18
+FUNASR_MODULE = "funasr.models.emotion2vec.model"  # importing it registers the class
 
-# --------------------------------------------------------------------------------------------
-# Labels / tokens file
-# --------------------------------------------------------------------------------------------
-
-# The tokens file of iic/emotion2vec_plus_{seed,base,large}, line for line (checked against a
-# public copy of emotion2vec_plus_large/tokens.txt: 9 lines, no trailing newline). Written
-# next to the random-weight model so that it is read exactly the way a real model's file is.
-REAL_TOKENS: tuple[str, ...] = (
-    "生气/angry",
-    "厌恶/disgusted",
-    "恐惧/fearful",
-    "开心/happy",
-    "中立/neutral",
-    "其他/other",
-    "难过/sad",
-    "吃惊/surprised",
-    "<unk>",
-)
-# The labels an emotion2vec+ tokens file must give, in this order (REAL_TOKENS as read_labels names
-# them): an export whose tokens file says otherwise is refused rather than served with its classes
-# mislabelled. Only used to *check* what a tokens file says.
-EXPECTED_LABELS: tuple[str, ...] = (
-    "angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown",
-)
-
-
-def read_tokens(path: str | os.PathLike) -> list[str]:
-    """Token lines as FunASR's ``BaseTokenizer`` reads a ``.txt`` token list (``line.rstrip()``)."""
-    with open(path, "r", encoding="utf-8") as f:
-        return [line.rstrip() for line in f]
-
-
-def token_to_label(token: str) -> str:
-    """``"生气/angry" -> "angry"``, ``"<unk>" -> "unknown"``; anything else is returned as is."""
-    if token == "<unk>":
-        return "unknown"
-    if "/" in token:
-        return token.rsplit("/", 1)[1]
-    return token
-
-
-def read_labels(path: str | os.PathLike) -> list[str]:
-    """Plain English labels, in model output order, from a tokens file."""
-    labels = [token_to_label(t) for t in read_tokens(path)]
-    if not labels or any(not lab for lab in labels):
-        raise SourceError(f"{path}: empty tokens file or empty token line")
-    return labels
-
-
-# --------------------------------------------------------------------------------------------
-# Architecture configs (the one place)
-# --------------------------------------------------------------------------------------------
-
-_FEATURE_ENCODER_512 = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]"
-
-_DECODER_BASE = dict(
-    decoder_dim=384, decoder_groups=16, decoder_kernel=7, decoder_layers=4, input_dropout=0.1,
-    add_positions_masked=False, add_positions_all=False, decoder_residual=True,
-    projection_layers=1, projection_ratio=2.0,
-)
-
-
-def _make_conf(
-    *, embed_dim: int, depth: int, num_heads: int, prenet_depth: int,
-    feature_encoder_spec: str = _FEATURE_ENCODER_512, num_extra_tokens: int = 10,
-    conv_pos_width: int = 95, conv_pos_depth: int = 5, conv_pos_groups: int = 16,
-    decoder: dict | None = None,
-) -> dict[str, Any]:
-    """A FunASR ``model_conf`` for ``Emotion2vec`` (keys as in emotion2vec config.yaml).
-
-    Dropout / layerdrop / masking values only matter in training; the model is used in eval.
-    """
-    audio = dict(
-        type="AUDIO",
-        prenet_depth=prenet_depth, prenet_layerdrop=0.05, prenet_dropout=0.1,
-        start_drop_path_rate=0.0, end_drop_path_rate=0.0,
-        num_extra_tokens=num_extra_tokens, init_extra_token_zero=True,
-        mask_noise_std=0.01, mask_prob_min=None, mask_prob=0.5, inverse_mask=False,
-        mask_prob_adjust=0.05, keep_masked_pct=0.0, mask_length=5, add_masks=False,
-        remove_masks=False, mask_dropout=0.0, encoder_zero_mask=True,
-        mask_channel_prob=0.0, mask_channel_length=64,
-        ema_local_encoder=False, local_grad_mult=1.0,
-        use_alibi_encoder=True, alibi_scale=1.0, learned_alibi=False, alibi_max_pos=None,
-        learned_alibi_scale=True, learned_alibi_scale_per_head=True,
-        learned_alibi_scale_per_layer=False, num_alibi_heads=num_heads,
-        model_depth=depth,
-        decoder=copy.deepcopy(decoder),
-        extractor_mode="layer_norm",
-        feature_encoder_spec=feature_encoder_spec,
-        conv_pos_width=conv_pos_width, conv_pos_groups=conv_pos_groups,
-        conv_pos_depth=conv_pos_depth, conv_pos_pre_ln=False,
-    )
-    return dict(
-        loss_beta=0.0, loss_scale=None,
-        depth=depth, start_drop_path_rate=0.0, end_drop_path_rate=0.0,
-        num_heads=num_heads, norm_eps=1e-05, norm_affine=True,
-        encoder_dropout=0.1, post_mlp_drop=0.1, attention_dropout=0.1,
-        activation_dropout=0.0, dropout_input=0.0, layerdrop=0.05,
-        embed_dim=embed_dim, mlp_ratio=4.0, layer_norm_first=False,
-        average_top_k_layers=depth, end_of_block_targets=False, clone_batch=8,
-        normalize=True,
-        modalities=dict(audio=audio),
-    )
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Tests only: same code path (layer_norm conv front end with the real kernels/strides, so
-    # 50 frames/s and the same frame-count arithmetic; 10 extra tokens; ALiBi with learned
-    # per-head scale; 5 grouped position convs; post-LN blocks), tiny widths.
-    "tiny": _make_conf(
-        embed_dim=64, depth=2, num_heads=4, prenet_depth=1,
-        feature_encoder_spec="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] + [(32,2,2)]",
-    ),
-    # iic/emotion2vec_plus_base (~93M).
-    "base": _make_conf(embed_dim=768, depth=8, num_heads=12, prenet_depth=4, decoder=_DECODER_BASE),
-    # iic/emotion2vec_plus_large (~313M). The pretraining decoder is left out (not used at
-    # inference, not exported); with it the count would be ~314M.
-    "large": _make_conf(embed_dim=1024, depth=16, num_heads=16, prenet_depth=8, decoder=None),
-}
-
-# Values no source visible from this build machine confirms for the *plus* checkpoints. Sources
-# that were visible: FunASR 1.4.16 code (class, key names, code path); a public copy of an
-# emotion2vec config.yaml (depth 8, num_heads 12, embed_dim 768, norm_eps 1e-5, mlp_ratio 4,
-# layer_norm_first false); a third-party port of the emotion2vec_base checkpoint (7-layer 512-ch
-# conv front end with per-layer LayerNorm, prenet_depth 4, 10 extra tokens, conv_pos
-# width/depth/groups 95/5/16 -> kernel 19 from the weight shape [768, 48, 19], ALiBi with learned
-# per-head scale, decoder 384/16/7/4); the emotion2vec_plus_large model card (~300M, 9 labels)
-# and its tokens.txt; a third-party extractor stating 1024-d embeddings for plus_large.
-UNCONFIRMED: dict[str, list[str]] = {
-    "tiny": ["all sizes are made up for tests (not a released model)"],
-    "base": [
-        "emotion2vec_plus_base is assumed to share emotion2vec_base's architecture; base values "
-        "(prenet_depth 4, num_extra_tokens 10, conv_pos 95/5/16, extractor_mode layer_norm, "
-        "normalize true, ALiBi per-head learned scale, decoder 384/16/7/4) come from a "
-        "third-party port of emotion2vec_base, not from the plus_base config.yaml",
-    ],
-    "large": [
-        "embed_dim 1024 from a third-party source; depth 16, num_heads 16, prenet_depth 8 are "
-        "data2vec 2.0 large audio values, chosen because they give ~313M parameters",
-        "num_extra_tokens 10, conv_pos 95/5/16, extractor_mode layer_norm, normalize true, "
-        "ALiBi per-head learned scale, 512-channel conv front end: assumed equal to base",
-        "pretraining decoder omitted (unknown in the plus_large config; not used at inference)",
-    ],
-}
+PRESETS = presets.EMOTION2VEC
+UNCONFIRMED = presets.EMOTION2VEC_UNCONFIRMED
+_DECODER_BASE = presets._DECODER_BASE
 
 
 def preset_config(preset: str) -> dict[str, Any]:
@@ -209,13 +74,7 @@ def preset_config(preset: str) -> dict[str, Any]:
 
 
 def _emotion2vec_class():
-    import funasr.models.emotion2vec.model  # noqa: F401  (registers the class)
-    from funasr.register import tables
-
-    cls = tables.model_classes.get("Emotion2vec")
-    if cls is None:  # pragma: no cover - depends on the funasr install
-        raise RuntimeError("funasr has no registered 'Emotion2vec' model class")
-    return cls
+    return model_class("Emotion2vec", FUNASR_MODULE)
 
 
 @torch.no_grad()
@@ -555,33 +414,25 @@ def _onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: bool = True,
-                model_dir: Path | None = None, source: dict | None = None) -> dict:
-    """Write ``model.onnx``, ``tokens.txt`` and ``manifest.json`` into ``out_dir``; return the
-    manifest.
+                loaded: LoadedModel | None = None, source: dict | None = None) -> dict:
+    """Write ``model.onnx``, ``tokens.txt`` and ``manifest.json`` into ``out_dir``; return the manifest.
 
-    Weights: random of ``preset``'s architecture (seeded by ``seed``), or, with ``model_dir``, the
-    model directory's own (``config.yaml`` + ``model.pt`` + ``tokens.txt``, loaded by
-    ``sources.load_local_model`` the way FunASR's AutoModel loads them; ``preset`` is then
-    ignored and the manifest's ``preset`` says which preset's size the config has, or
-    "custom"). ``source`` (``{"kind", "ref"}``) is recorded in the manifest; by default
-    ``{"kind": "local", "ref": <absolute model_dir>}`` or ``{"kind": "random", "ref": preset}``.
-    ``weights_origin`` is the source kind: "hub", "local" or "random".
+    Weights: random of ``preset``'s architecture (seeded by ``seed``), or ``loaded``'s (a folder loaded by
+    the family, as FunASR's AutoModel loads it; ``preset`` is then the preset its config matches, or
+    "custom"). ``source`` (``{"kind", "ref", ...}``) is recorded in the manifest.
 
-    Everything is first written under temporary names in ``out_dir``; only when the export, the
-    IO check and (with ``verify``) the parity gate (ONNX Runtime CPU vs the torch wrapper on a
-    padded batch, max abs error <= 1e-4) have passed are the three files renamed into place
-    (``os.replace``), model first, manifest last. A failure leaves earlier files untouched and
-    removes the temporaries."""
+    Everything is first written under temporary names in ``out_dir``; only when the export, the IO check
+    and (with ``verify``) the parity gate (ONNX Runtime CPU vs the torch wrapper on a padded batch, max abs
+    error <= 1e-4) have passed are the three files renamed into place (``os.replace``), model first,
+    manifest last. A failure leaves earlier files untouched and removes the temporaries."""
     out_dir = Path(out_dir)
-    source = manifest_source(source, model_dir, preset)
-    loaded = None
-    if model_dir is not None:
-        loaded = load_local_model("emotion2vec", model_dir)
+    if loaded is not None:
         preset = loaded.preset
         tokens_bytes = loaded.files.tokens.read_bytes()
     else:
         preset_config(preset)  # unknown preset -> ValueError before anything is written
         tokens_bytes = "\n".join(REAL_TOKENS).encode("utf-8")
+    source = source_entry(source, None if loaded is None else loaded.files.root, preset)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tag = f"{os.getpid()}.{time.monotonic_ns()}"
@@ -611,60 +462,36 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
             with torch.no_grad():
                 tl, te = wrapper(wav, lens)
             onnx_out = run_onnx(tmp["model.onnx"], {"wav": wav.numpy(), "wav_lens": lens.numpy()})
-            ol, oe = onnx_out["logits"], onnx_out["embedding"]
-            parity = {
-                "reference": "torch wrapper",
-                "lengths": lens.tolist(),
-                "max_abs_logits": float(np.abs(ol - tl.numpy()).max()),
-                "max_abs_embedding": float(np.abs(oe - te.numpy()).max()),
-            }
-            if not max(parity["max_abs_logits"], parity["max_abs_embedding"]) <= 1e-4:
+            parity = Parity(reference="torch wrapper (FunASR's modules, lengths-aware)", gates={"logits": PARITY_GATE, "embedding": PARITY_GATE},
+                            inputs=f"padded batch of lengths {lens.tolist()}",
+                            max_abs_err={"logits": float(np.abs(onnx_out["logits"] - tl.numpy()).max()),
+                                         "embedding": float(np.abs(onnx_out["embedding"] - te.numpy()).max())})
+            if not parity.passed():
                 raise RuntimeError(f"ONNX parity gate failed: {parity}")
 
         D = wrapper.embed_dim
-        manifest = {
-            "model": "emotion2vec",
-            "preset": preset,
-            "weights_origin": source["kind"],
-            "source": source,
-            "seed": seed,
-            "files": {name: sha256_file(tmp[name]) for name in ("model.onnx", "tokens.txt")},
-            "inputs": [
-                {"name": "wav", "dtype": "float32", "shape": [-1, -1]},
-                {"name": "wav_lens", "dtype": "int64", "shape": [-1]},
-            ],
-            "outputs": [
-                {"name": "logits", "dtype": "float32", "shape": [-1, len(labels)]},
-                {"name": "embedding", "dtype": "float32", "shape": [-1, D]},
-            ],
-            "labels": labels,
-            "sample_rate": SAMPLE_RATE,
-            "embedding_dim": D,
-            "min_samples": min_samples(wrapper.spec),
-            "frames_per_second": SAMPLE_RATE / float(np.prod([s for _, _, s in wrapper.spec])),
-            "num_params": int(sum(p.numel() for p in model.parameters())),
-            "opset": OPSET,
-            "exporter": "torch.onnx.export(dynamo=True)",
-            "export_seconds": round(export_s, 3),
-            "parity": parity,
-            "config": preset_config(preset) if loaded is None else loaded.arch_config,
-            "config_source": (f"preset {preset!r} (random weights)" if loaded is None
-                              else f"{loaded.files.config}"),
-            "unconfirmed": list(UNCONFIRMED[preset]) if loaded is None else [],
-            "versions": versions(),
-        }
-        # Declared IO must be what the graph says (names, dtypes, ranks, static dims).
-        inputs, outputs = _onnx_io(tmp["model.onnx"])
-        for declared, actual in ((manifest["inputs"], inputs), (manifest["outputs"], outputs)):
-            if [d["name"] for d in declared] != [a["name"] for a in actual]:
-                raise RuntimeError(f"ONNX IO {actual} differs from manifest {declared}")
-            for d, a in zip(declared, actual):
-                if d["dtype"] != a["dtype"] or len(d["shape"]) != len(a["shape"]) or any(
-                        dd != ad for dd, ad in zip(d["shape"], a["shape"]) if dd != -1):
-                    raise RuntimeError(f"ONNX IO {a} differs from manifest {d}")
-        if loaded is not None:
-            manifest["weights"] = {"file": loaded.files.weights.name, "sha256": loaded.weights_sha256,
-                                   "model_dir": str(loaded.files.root), **loaded.load}
+        graph = {"inputs": [Tensor("wav", "float32", ("batch", "samples")).describe(),
+                            Tensor("wav_lens", "int64", ("batch",)).describe()],
+                 "outputs": [Tensor("logits", "float32", ("batch", len(labels))).describe(),
+                             Tensor("embedding", "float32", ("batch", D)).describe()]}
+        _check_io(tmp["model.onnx"], graph)
+        manifest = Manifest(
+            model="emotion2vec", preset=preset, source=source, seed=seed,
+            files={name: sha256_file(tmp[name]) for name in ("model.onnx", "tokens.txt")},
+            graphs={"model.onnx": graph},
+            parity=None if parity is None else asdict(parity),
+            serving={"labels": labels, "embedding_dim": D, "sample_rate": SAMPLE_RATE,
+                     "min_samples": min_samples(wrapper.spec),
+                     "frames_per_second": SAMPLE_RATE / float(np.prod([s for _, _, s in wrapper.spec])),
+                     "num_params": int(sum(p.numel() for p in model.parameters()))},
+            config=preset_config(preset) if loaded is None else loaded.arch_config,
+            config_source=(f"preset {preset!r} (random weights)" if loaded is None else str(loaded.files.config)),
+            unconfirmed=list(UNCONFIRMED.get(preset, [])),
+            exporter={"torch.onnx.export": "dynamo=True", "opset": OPSET},
+            versions=versions(), export_seconds=round(time.perf_counter() - t0, 3),
+            weights=None if loaded is None else loaded_weights_entry(loaded),
+            notes={"export_seconds_graph": f"{export_s:.1f}"},
+        ).to_dict()
         atomic_write_bytes(
             tmp["manifest.json"],
             (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -678,10 +505,25 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
                 p.unlink()
 
 
+PARITY_GATE = 1e-4
+
+
+def _check_io(path: Path, graph: dict) -> None:
+    """Declared IO must be what the graph says (names, dtypes, ranks, static dims)."""
+    inputs, outputs = _onnx_io(path)
+    for declared, actual in ((graph["inputs"], inputs), (graph["outputs"], outputs)):
+        if [d["name"] for d in declared] != [a["name"] for a in actual]:
+            raise RuntimeError(f"ONNX IO {actual} differs from manifest {declared}")
+        for d, a in zip(declared, actual):
+            if d["dtype"] != a["dtype"] or len(d["shape"]) != len(a["shape"]) or any(
+                    dd != ad for dd, ad in zip(d["shape"], a["shape"]) if isinstance(dd, int)):
+                raise RuntimeError(f"ONNX IO {a} differs from manifest {d}")
+
+
 __all__ = [
     "PRESETS", "UNCONFIRMED", "REAL_TOKENS", "EXPECTED_LABELS", "SAMPLE_RATE",
     "build_model", "build_from_config", "preset_config", "Emotion2vecWrapper", "export_onnx",
-    "read_tokens", "read_labels", "token_to_label", "conv_frames", "min_samples",
+    "read_tokens", "read_labels", "token_to_label", "conv_frames", "min_samples", "EXPECTED_LABELS",
     "samples_for_frames",
     "example_batch",
 ]

@@ -8,16 +8,15 @@ memory and the attention), and ``ctc.ctc_lo`` gives RAW LOGITS (FunASR's inferen
 applies log_softmax; argmax and the per-family softmax in ``sensevoice_decode`` do not
 care which).
 
-Weights are random (the build machine reaches no model hub) unless a FunASR model
-directory is given (``model_dir``: hub download or local copy, see sources.py); manifest.json
-says which (``weights_origin``, ``source``).  Exporter: TorchScript-based ``torch.onnx.export(dynamo=False)``, opset 17
+Weights are random unless a model folder loaded by the family is given (``loaded``: hub
+download or local copy, see ``toneserve.export.families.sensevoice``); manifest.json says which
+(``weights_origin``, ``source``). Exporter: TorchScript-based ``torch.onnx.export(dynamo=False)``, opset 17
 (the same path FunASR's own export uses; about 20x faster to export than dynamo=True on
 this model and the tests show padded-batch parity).
 
 Public API:
   PRESETS, build_model(preset, vocab_size, seed=0), export_onnx(out_dir, preset="tiny",
-  seed=0, bpe_model=None, cmvn_file=None, model_dir=None, source=None) -> manifest dict
-  (``model_dir``: a FunASR model directory's own weights, tokenizer and am.mvn; sources.py).
+  seed=0, bpe_model=None, cmvn_file=None, loaded=None, source=None) -> manifest dict.
 Decode helpers live in the torch-free ``toneserve.model_repository.runners.sensevoice_decode``.
 """
 
@@ -28,6 +27,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,10 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
+from toneserve.export import presets
 from toneserve.export.artifacts import atomic_write_json, sha256_file, versions
+from toneserve.export.errors import SourceError
+from toneserve.export.family import LoadedModel, Manifest, Parity, loaded_weights_entry, source_entry
 from toneserve.export.sensevoice_frontend import (
     FEAT_DIM,
     FRONTEND_CONF,
@@ -47,7 +50,6 @@ from toneserve.export.sensevoice_frontend import (
     standin_cmvn_text,
 )
 from toneserve.export.sensevoice_tokenizer import CTC_BLANK_ID, decode_assets, train_standin_bpe
-from toneserve.export.sources import SourceError, load_local_model, manifest_source
 from toneserve.export.variants import run_onnx
 from toneserve.model_repository.runners.sensevoice_decode import FRAME_SHIFT_MS, NUM_QUERY_FRAMES
 
@@ -56,62 +58,18 @@ from toneserve.model_repository.runners.sensevoice_decode import FRAME_SHIFT_MS,
 OPSET = 17
 SAMPLE_RATE = 16000
 
-# Real SenseVoiceSmall config.yaml (FunASR docs "Registration New Model Tutorial", which
-# reproduces iic/SenseVoiceSmall's config.yaml): encoder SenseVoiceEncoderSmall with the
-# values below; input_size = frontend n_mels * lfr_m = 560 (FunASR AutoModel sets it from
-# the frontend); vocab 25055 = pieces of chn_jpn_yue_eng_ko_spectok.bpe.model.
-_SMALL_ENCODER = {
-    "output_size": 512,
-    "attention_heads": 4,
-    "linear_units": 2048,
-    "num_blocks": 50,
-    "tp_blocks": 20,
-    "dropout_rate": 0.1,
-    "positional_dropout_rate": 0.1,
-    "attention_dropout_rate": 0.1,
-    "input_layer": "pe",
-    "pos_enc_class": "SinusoidalPositionEncoder",
-    "normalize_before": True,
-    "kernel_size": 11,
-    "sanm_shfit": 0,
-    "selfattention_layer_type": "sanm",
-}
+PRESETS = presets.SENSEVOICE
+UNCONFIRMED = presets.SENSEVOICE_UNCONFIRMED
+FUNASR_MODULE = "funasr.models.sense_voice.model"  # importing it registers the class
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "encoder_conf": {
-            **_SMALL_ENCODER,
-            "output_size": 128,
-            "attention_heads": 4,
-            "linear_units": 256,
-            "num_blocks": 3,
-            "tp_blocks": 1,
-        },
-        "input_size": FEAT_DIM,
-        "vocab_size": 320,  # stand-in tokenizer size for tests
-        "source": "test-sized variant of the SenseVoiceSmall architecture",
-        "unconfirmed": [],
-    },
-    "small": {
-        "encoder_conf": dict(_SMALL_ENCODER),
-        "input_size": FEAT_DIM,
-        "vocab_size": 25055,
-        "source": (
-            "encoder_conf from iic/SenseVoiceSmall config.yaml as reproduced in FunASR's docs "
-            "(Registration New Model Tutorial); builds 234.0M parameters, matching the published 234M"
-        ),
-        "unconfirmed": [
-            "vocab_size=25055: from third-party READMEs (tokens.txt of iic/SenseVoiceSmall) and "
-            "consistent with FunASR's hard-coded tag ids (up to 25017); the real bpe model was not "
-            "available to count its pieces",
-            "real tokenizer has <unk> at id 0 (the CTC blank, blank_id=0 is confirmed from FunASR "
-            "code) and contains every '<|tag|>' piece listed by funasr.utils.postprocess_utils: "
-            "not checked against the real bpe model (decode_assets raises if a tag is missing)",
-            "<|Sing|>, <|Speech_Noise|>, <|GBG|> (in FunASR's emoji_dict) being real vocabulary "
-            "pieces: unconfirmed; used only when present",
-        ],
-    },
-}
+# What the exported frontend does that FunASR's WavFrontend, as the published config sets it up, does not.
+DITHER_NOTE = (
+    "dither 0: the published config.yaml leaves WavFrontend's dither at its default 1.0, which adds Gaussian "
+    "noise (std 1 on the int16 scale) to every sample before the fbank, so FunASR's own features differ from "
+    "run to run by that noise. The export computes them with dither 0: deterministic, and equal to FunASR's "
+    "with dither=0 on speech; digital silence (exact zeros) then gives every mel bin the log-energy floor "
+    "log(FLT_EPSILON) where FunASR would see the noise's level, so the encoder meets features on silence that "
+    "it never saw in training (whatever it says there is not FunASR's)")
 
 ENCODER_INPUTS = [
     {"name": "speech", "dtype": "float32", "shape": ["batch", "frames", FEAT_DIM]},
@@ -123,15 +81,16 @@ ENCODER_INPUTS = [
 
 def _encoder_outputs(vocab_size: int) -> list[dict[str, Any]]:
     return [
-        {"name": "ctc_logits", "dtype": "float32", "shape": ["batch", "frames+4", vocab_size]},
+        {"name": "ctc_logits", "dtype": "float32", "shape": ["batch", "frames_plus_4", vocab_size]},
         {"name": "encoder_out_lens", "dtype": "int64", "shape": ["batch"]},
     ]
 
 
 def build_model(preset: str, vocab_size: int, seed: int = 0):
     """FunASR SenseVoiceSmall of the preset's architecture with random weights, eval mode."""
-    from funasr.models.sense_voice.model import SenseVoiceSmall
+    from toneserve.export.loading import model_class
 
+    SenseVoiceSmall = model_class("SenseVoiceSmall", FUNASR_MODULE)
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     cfg = PRESETS[preset]
@@ -249,6 +208,10 @@ def _parity(stage: Path, model, cmvn: np.ndarray, seed: int) -> dict[str, float]
     return {"frontend_vs_kaldi_native_fbank": fe_err, "encoder_onnx_vs_torch": enc_err}
 
 
+# Largest absolute error allowed: fbank features (log mel after CMVN) and CTC logits.
+PARITY_GATES = {"frontend_vs_kaldi_native_fbank": 1e-3, "encoder_onnx_vs_torch": 1e-3}
+
+
 def export_onnx(
     out_dir: Path,
     preset: str = "tiny",
@@ -257,40 +220,36 @@ def export_onnx(
     cmvn_file: Path | None = None,
     verify: bool = True,
     *,
-    model_dir: Path | None = None,
+    loaded: LoadedModel | None = None,
     source: dict | None = None,
 ) -> dict:
     """Write frontend.onnx, encoder.onnx, am.mvn, bpe.model, decode_assets.json, manifest.json.
 
-    Everything is built in a staging folder inside ``out_dir`` and moved into place with
-    os.replace, manifest.json last: a failure never leaves a half-written file, and a
-    manifest always describes complete files (its sha256s can be checked).
+    Everything is built in a staging folder inside ``out_dir`` and moved into place with os.replace,
+    manifest.json last: a failure never leaves a half-written file, and a manifest always describes
+    complete files (its sha256s can be checked).
     ``bpe_model``: the real tokenizer (copied); without it a stand-in is trained.
     ``cmvn_file``: a real am.mvn (copied); without it a plausible one is generated.
-    ``model_dir``: a FunASR SenseVoiceSmall model directory (config.yaml, model.pt, am.mvn, the
-    bpe model; see ``sources.locate_files``): its weights, tokenizer and am.mvn replace the
-    random ones (``preset``, ``bpe_model`` and ``cmvn_file`` must then not be given / are
-    ignored: the manifest's ``preset`` says which preset's size config.yaml has, or "custom").
-    ``source``: ``{"kind", "ref"}`` recorded in the manifest (default: local ``model_dir`` or
-    random ``preset``); ``weights_origin`` is its kind.
-    ``verify``: run a padded mixed-length batch through both ONNX models and record the
-    max errors vs kaldi-native-fbank/FunASR and vs torch in the manifest.
+    ``loaded``: a SenseVoiceSmall folder as the family loaded it: its weights, tokenizer and am.mvn replace
+    the random ones (``preset``, ``bpe_model`` and ``cmvn_file`` are then not given; the manifest's
+    ``preset`` says which preset's size config.yaml has, or "custom").
+    ``source``: recorded in the manifest (default: local folder or random ``preset``).
+    ``verify``: run a padded mixed-length batch through both ONNX models; the max errors vs
+    kaldi-native-fbank/FunASR and vs torch are the manifest's ``parity`` and must pass its gate.
     """
-    loaded = None
-    if model_dir is not None:
+    if loaded is not None:
         if bpe_model is not None or cmvn_file is not None:
-            raise ValueError("give either model_dir or bpe_model/cmvn_file: the model directory "
+            raise ValueError("give either a loaded folder or bpe_model/cmvn_file: the model folder "
                              "brings its own tokenizer and am.mvn")
-        loaded = load_local_model("sensevoice", model_dir)
         preset = loaded.preset
         bpe_model, cmvn_file = loaded.files.bpe_model, loaded.files.cmvn
-        arch = {k: loaded.arch_config[k] for k in ("encoder", "encoder_conf", "input_size")}
-        cfg = {**arch, "source": f"{loaded.files.config}", "unconfirmed": []}
+        cfg = {k: loaded.arch_config[k] for k in ("encoder", "encoder_conf", "input_size")}
+        cfg["source"] = str(loaded.files.config)
     elif preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     else:
         cfg = PRESETS[preset]
-    source = manifest_source(source, model_dir, preset)
+    source = source_entry(source, None if loaded is None else loaded.files.root, preset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -335,56 +294,48 @@ def export_onnx(
         assets["bpe_model"] = "bpe.model"
         atomic_write_json(stage / "decode_assets.json", assets)
 
-        parity = _parity(stage, model, cmvn, seed) if verify else None
+        parity = None
+        if verify:
+            errors = _parity(stage, model, cmvn, seed)
+            parity = Parity(reference="frontend: FunASR's fbank (kaldi-native-fbank, dither 0) + LFR/CMVN; "
+                                      "encoder: FunASR's export_forward in torch",
+                            max_abs_err=errors, gates=dict(PARITY_GATES),
+                            inputs="padded batch of 0.7, 1.9 and 1.3 s, languages auto/zh/en")
+            if not parity.passed():
+                raise RuntimeError(f"ONNX parity gate failed: {parity}")
 
         names = ["frontend.onnx", "encoder.onnx", "am.mvn", "bpe.model", "decode_assets.json"]
-        unconfirmed = list(cfg["unconfirmed"])
+        unconfirmed = list(UNCONFIRMED.get(preset, []))
         if tokenizer_origin == "stand-in":
             unconfirmed.append(
                 "tokenizer is a stand-in BPE: piece ids differ from the real SenseVoice tokenizer; "
-                "only tag names and the blank id carry over"
-            )
-        manifest = {
-            "model": "sensevoice",
-            "preset": preset,
-            "weights_origin": source["kind"],
-            "source": source,
-            "tokenizer_origin": tokenizer_origin,
-            "cmvn_origin": cmvn_origin,
-            "seed": seed,
-            "files": {n: sha256_file(stage / n) for n in names},
-            "frontend": {
-                "inputs": FRONTEND_INPUTS,
-                "outputs": FRONTEND_OUTPUTS,
-                "config": FRONTEND_CONF,
-                "note": "items shorter than 400 samples (25 ms) give 0 frames",
-            },
-            "encoder": {
-                "inputs": ENCODER_INPUTS,
-                "outputs": _encoder_outputs(vocab_size),
-                "ctc_output": "logits",
-                "query_frames": NUM_QUERY_FRAMES,
+                "only tag names and the blank id carry over")
+        manifest = Manifest(
+            model="sensevoice", preset=preset, source=source, seed=seed,
+            files={n: sha256_file(stage / n) for n in names},
+            graphs={"frontend.onnx": {"inputs": FRONTEND_INPUTS, "outputs": FRONTEND_OUTPUTS},
+                    "encoder.onnx": {"inputs": ENCODER_INPUTS, "outputs": _encoder_outputs(vocab_size)}},
+            parity=None if parity is None else asdict(parity),
+            serving={
+                "vocab_size": vocab_size, "blank_id": assets["blank_id"], "sample_rate": SAMPLE_RATE,
+                "frame_shift_ms": FRAME_SHIFT_MS, "feat_dim": FEAT_DIM, "frontend": FRONTEND_CONF,
+                "ctc_output": "logits", "query_frames": NUM_QUERY_FRAMES,
                 "query_order": ["language", "emotion", "event", "textnorm"],
                 "language_query_ids": assets["language_query_ids"],
                 "textnorm_query_ids": assets["textnorm_query_ids"],
-                "config": {"encoder": cfg.get("encoder", "SenseVoiceEncoderSmall"), **cfg["encoder_conf"],
-                           "input_size": cfg["input_size"]},
-                "config_source": cfg["source"],
-                "funasr_export": "funasr.models.sense_voice.export_meta.export_forward",
+                "tokenizer_origin": tokenizer_origin, "cmvn_origin": cmvn_origin,
+                "short_input": "items shorter than 400 samples (25 ms) give 0 frames",
             },
-            "vocab_size": vocab_size,
-            "blank_id": assets["blank_id"],
-            "sample_rate": SAMPLE_RATE,
-            "frame_shift_ms": FRAME_SHIFT_MS,
-            "exporter": {"torch.onnx.export": "dynamo=False", "opset": OPSET},
-            "parity_max_abs_err": parity,
-            "unconfirmed": unconfirmed,
-            "versions": versions(),
-            "export_seconds": round(time.perf_counter() - t0, 3),
-        }
-        if loaded is not None:
-            manifest["weights"] = {"file": loaded.files.weights.name, "sha256": loaded.weights_sha256,
-                                   "model_dir": str(loaded.files.root), **loaded.load}
+            config={"encoder": cfg.get("encoder", "SenseVoiceEncoderSmall"), **cfg["encoder_conf"],
+                    "input_size": cfg["input_size"]},
+            config_source=cfg["source"],
+            unconfirmed=unconfirmed,
+            exporter={"torch.onnx.export": "dynamo=False", "opset": OPSET,
+                      "encoder_forward": "funasr.models.sense_voice.export_meta.export_forward"},
+            versions=versions(), export_seconds=round(time.perf_counter() - t0, 3),
+            weights=None if loaded is None else loaded_weights_entry(loaded),
+            notes={"dither": DITHER_NOTE},
+        ).to_dict()
         for n in names:
             os.replace(stage / n, out_dir / n)
         atomic_write_json(out_dir / "manifest.json", manifest)

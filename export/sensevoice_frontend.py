@@ -27,7 +27,7 @@ import kaldi_native_fbank as knf
 import numpy as np
 import torch
 
-from toneserve.export.sources import SourceError
+from toneserve.export.errors import SourceError
 
 # funasr is imported inside the functions that use it: importing it takes seconds and prints notices.
 

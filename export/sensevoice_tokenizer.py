@@ -7,7 +7,7 @@ English + Chinese corpus with the same tags as user-defined symbols, so the rest
 pipeline (ids looked up by name, CTC blank 0, detokenisation) runs unchanged.
 
 Decode assets are always derived from the tokenizer's own vocabulary: nothing here is an
-id table.  Torch-free except for ``query_ids_from_funasr`` (lazy).
+id table.  Torch-free.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import sentencepiece as spm
 
-from toneserve.export.sources import SourceError
+from toneserve.export.errors import SourceError
 from toneserve.model_repository.runners.sensevoice_decode import (
     OPTIONAL_EVENT_TAGS,
     TAG_FAMILIES,
@@ -131,27 +131,18 @@ def train_standin_bpe(
     return vocab_size
 
 
-def query_ids_from_funasr() -> tuple[dict[str, int], dict[str, int]]:
-    """FunASR's query-embedding ids (lid_dict, textnorm_dict), read off a model object."""
-    from toneserve.export.sensevoice import build_model  # imports this module; and torch, which the rest avoids
-
-    model = build_model("tiny", vocab_size=64)
-    return dict(model.lid_dict), dict(model.textnorm_dict)
-
-
 def decode_assets(
     bpe_model_path: str | os.PathLike,
     *,
     blank_id: int = CTC_BLANK_ID,
-    lid_dict: dict[str, int] | None = None,
-    textnorm_dict: dict[str, int] | None = None,
+    lid_dict: dict[str, int],
+    textnorm_dict: dict[str, int],
 ) -> dict[str, Any]:
     """Decode assets from the tokenizer's own vocabulary.
 
     Tag ids are looked up by piece name; a missing required tag raises ValueError.
     ``language_query_ids`` / ``textnorm_query_ids`` are the encoder INPUT ids (rows of
-    FunASR's query embedding), taken from the FunASR model's lid_dict / textnorm_dict;
-    pass them from a built model, or they are read off a tiny FunASR model.
+    FunASR's query embedding), taken from the FunASR model's lid_dict / textnorm_dict.
     """
     sp = spm.SentencePieceProcessor()
     if not sp.Load(str(bpe_model_path)):
@@ -182,10 +173,6 @@ def decode_assets(
     if blank_id in tag_ids:
         raise ValueError(f"blank_id {blank_id} collides with a tag token")
 
-    if lid_dict is None or textnorm_dict is None:
-        lid, tn = query_ids_from_funasr()
-        lid_dict = lid if lid_dict is None else lid_dict
-        textnorm_dict = tn if textnorm_dict is None else textnorm_dict
     assets["language_query_ids"] = {k: int(v) for k, v in lid_dict.items()}
     assets["textnorm_query_ids"] = {k: int(v) for k, v in textnorm_dict.items()}
     assets["vocab_size"] = n
@@ -196,4 +183,4 @@ def decode_assets(
     return assets
 
 
-__all__ = ["CTC_BLANK_ID", "decode_assets", "query_ids_from_funasr", "train_standin_bpe"]
+__all__ = ["CTC_BLANK_ID", "decode_assets", "train_standin_bpe"]

@@ -107,7 +107,8 @@ def funasr_folder(family: str, models_dir: Path, work: Path) -> Path:
     if source["kind"] == "local":
         return Path(source["ref"])
     if source["kind"] == "hub":
-        return sources.resolve(sources.Source("hub", source["ref"], family))
+        return sources.resolve(sources.Source("hub", source["ref"], family, hub=source.get("hub"),
+                                              revision=source.get("revision")))
     folder = work / family
     stamp = {"export_files": manifest["files"], "preset": manifest["preset"], "seed": manifest["seed"]}
     marker = folder / "toneserve-export.json"
@@ -250,7 +251,7 @@ def build(models_dir: Path, workers: int, threads: int) -> Baseline:
     manifests = {family: load_manifest(models_dir, family) for family in folders}
     models = [pb.ModelInfo(name=f"funasr:{family}", family=family, preset=m["preset"],
                            weights_origin=m["weights_origin"], precision="fp32") for family, m in manifests.items()]
-    return Baseline(loaded, list(manifests["emotion2vec"]["labels"]), models,
+    return Baseline(loaded, list(manifests["emotion2vec"]["serving"]["labels"]), models,
                     any(m["weights_origin"] == "random" for m in manifests.values()))
 
 

@@ -127,13 +127,14 @@ def _graph(folder: Path, manifest: dict, fp32_name: str, precision: str) -> Path
 def emotion_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING) -> list:
     manifest = load_manifest(models_root, "emotion2vec")
     folder = Path(models_root) / "emotion2vec"
-    classes, dim = len(manifest["labels"]), manifest["embedding_dim"]
+    serving = manifest["serving"]
+    classes, dim = len(serving["labels"]), serving["embedding_dim"]
     encoder = OnnxModel(
         name="emotion2vec", onnx_file=_graph(folder, manifest, "model.onnx", precision), **tuning.heavy(),
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
         outputs=(Tensor("logits", "float32", (classes,)), Tensor("embedding", "float32", (dim,))),
         warmup=_audio())
-    labels = tuple(manifest["labels"])
+    labels = tuple(serving["labels"])
     softmax = OnnxModel(
         name="emotion_softmax", onnx_file=folder / "softmax.onnx", batching=tuning.batching,
         inputs=(Tensor("logits", "float32", (classes,)),),
@@ -146,7 +147,7 @@ def emotion_models(models_root: Path, precision: str = "fp32", tuning: Tuning = 
         steps=(Step("emotion2vec", {"wav": WAV, "wav_lens": WAV_LENS},
                     {"logits": "_logits", "embedding": EMBEDDING}),
                Step("emotion_softmax", {"logits": "_logits"}, {"probs": PROBS})),
-        parameters={**_provenance(manifest, precision), EMOTION_LABELS: json.dumps(manifest["labels"])})
+        parameters={**_provenance(manifest, precision), EMOTION_LABELS: json.dumps(serving["labels"])})
     return [encoder, softmax, ensemble]
 
 
@@ -154,8 +155,7 @@ def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFA
     manifest = load_manifest(models_root, "sensevoice")
     folder = Path(models_root) / "sensevoice"
     assets = json.loads((folder / "decode_assets.json").read_text())
-    feat_dim = manifest["frontend"]["outputs"][0]["shape"][-1]
-    vocab = manifest["vocab_size"]
+    feat_dim, vocab = manifest["serving"]["feat_dim"], manifest["serving"]["vocab_size"]
     frontend = OnnxModel(
         name="sensevoice_frontend", onnx_file=folder / "frontend.onnx", batching=tuning.batching,
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),

@@ -1,0 +1,135 @@
+"""Every family's architecture presets: the one place their names and values live.
+
+A preset is what random weights are built with (``random:<preset>``) and what a loaded config is
+matched against (the manifest's ``preset``: a preset's name, or ``custom``). Pure data: the family
+modules read it, and the exporters build from it.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+# ------------------------------------------------------------------------------------ emotion2vec+
+
+_FEATURE_ENCODER_512 = "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]"
+
+_DECODER_BASE = dict(
+    decoder_dim=384, decoder_groups=16, decoder_kernel=7, decoder_layers=4, input_dropout=0.1,
+    add_positions_masked=False, add_positions_all=False, decoder_residual=True,
+    projection_layers=1, projection_ratio=2.0,
+)
+# The published emotion2vec_plus_large config.yaml's audio decoder (pretraining only; built by FunASR,
+# stored in model.pt, never run at inference).
+_DECODER_PLUS_LARGE = dict(_DECODER_BASE, decoder_dim=768)
+
+
+def _make_conf(
+    *, embed_dim: int, depth: int, num_heads: int, prenet_depth: int,
+    feature_encoder_spec: str = _FEATURE_ENCODER_512, num_extra_tokens: int = 10,
+    conv_pos_width: int = 95, conv_pos_depth: int = 5, conv_pos_groups: int = 16,
+    decoder: dict | None = None, average_top_k_layers: int | None = None,
+) -> dict[str, Any]:
+    """A FunASR ``model_conf`` for ``Emotion2vec`` (keys as in the published config.yaml).
+
+    Dropout / layerdrop / masking values only matter in training; the model is used in eval.
+    """
+    audio = dict(
+        type="AUDIO",
+        prenet_depth=prenet_depth, prenet_layerdrop=0.0, prenet_dropout=0.1,
+        start_drop_path_rate=0.0, end_drop_path_rate=0.0,
+        num_extra_tokens=num_extra_tokens, init_extra_token_zero=True,
+        mask_noise_std=0.01, mask_prob_min=None, mask_prob=0.55, inverse_mask=False,
+        mask_prob_adjust=0.1, keep_masked_pct=0.0, mask_length=5, add_masks=False,
+        remove_masks=False, mask_dropout=0.0, encoder_zero_mask=True,
+        mask_channel_prob=0.0, mask_channel_length=64,
+        ema_local_encoder=False, local_grad_mult=1.0,
+        use_alibi_encoder=True, alibi_scale=1.0, learned_alibi=False, alibi_max_pos=None,
+        learned_alibi_scale=True, learned_alibi_scale_per_head=True,
+        learned_alibi_scale_per_layer=False, num_alibi_heads=num_heads,
+        model_depth=depth,
+        decoder=copy.deepcopy(decoder),
+        extractor_mode="layer_norm",
+        feature_encoder_spec=feature_encoder_spec,
+        conv_pos_width=conv_pos_width, conv_pos_groups=conv_pos_groups,
+        conv_pos_depth=conv_pos_depth, conv_pos_pre_ln=False,
+    )
+    return dict(
+        loss_beta=0.0, loss_scale=None,
+        depth=depth, start_drop_path_rate=0.0, end_drop_path_rate=0.0,
+        num_heads=num_heads, norm_eps=1e-05, norm_affine=True,
+        encoder_dropout=0.1, post_mlp_drop=0.1, attention_dropout=0.1,
+        activation_dropout=0.0, dropout_input=0.0, layerdrop=0.0,
+        embed_dim=embed_dim, mlp_ratio=4.0, layer_norm_first=False,
+        average_top_k_layers=average_top_k_layers or depth, end_of_block_targets=False, clone_batch=12,
+        normalize=True, supported_modality="AUDIO",
+        modalities=dict(audio=audio),
+    )
+
+
+EMOTION2VEC: dict[str, dict[str, Any]] = {
+    # Tests only: the real code path (layer_norm conv front end with the real kernels/strides, so 50
+    # frames/s; 10 extra tokens; ALiBi with learned per-head scale; 5 grouped position convs; post-LN
+    # blocks) at tiny widths.
+    "tiny": _make_conf(
+        embed_dim=64, depth=2, num_heads=4, prenet_depth=1,
+        feature_encoder_spec="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] + [(32,2,2)]",
+    ),
+    # The plus_large architecture at emotion2vec_base's width (768, 12 heads), with its 384-wide decoder.
+    "base": _make_conf(embed_dim=768, depth=8, num_heads=12, prenet_depth=4, decoder=_DECODER_BASE),
+    # The published iic/emotion2vec_plus_large config.yaml: 8 blocks after a 4-block prenet at width 1024,
+    # 16 heads, a 768-wide pretraining decoder (about 164 M parameters under FunASR 1.4.16).
+    "large": _make_conf(embed_dim=1024, depth=8, num_heads=16, prenet_depth=4, decoder=_DECODER_PLUS_LARGE,
+                        average_top_k_layers=16),
+}
+EMOTION2VEC_UNCONFIRMED: dict[str, list[str]] = {
+    "tiny": ["all sizes are made up for tests (not a released model)"],
+    "base": [
+        "no published config.yaml of emotion2vec_plus_base was found: this is the plus_large config at "
+        "emotion2vec_base's width (768, 12 heads) with a 384-wide pretraining decoder, both from a "
+        "third-party port of emotion2vec_base",
+    ],
+    "large": [
+        "the model card of emotion2vec_plus_large says ~300M parameters; its published config.yaml (which "
+        "the published model.pt fits) builds about 164M under FunASR 1.4.16: the card's figure stays "
+        "unconfirmed",
+    ],
+}
+
+# ------------------------------------------------------------------------------------ SenseVoice
+
+# iic/SenseVoiceSmall's published config.yaml: encoder SenseVoiceEncoderSmall with these values;
+# input_size = frontend n_mels * lfr_m = 560 (AutoModel sets it from the frontend); vocab 25055 =
+# pieces of chn_jpn_yue_eng_ko_spectok.bpe.model.
+_SMALL_ENCODER = {
+    "output_size": 512, "attention_heads": 4, "linear_units": 2048, "num_blocks": 50, "tp_blocks": 20,
+    "dropout_rate": 0.1, "positional_dropout_rate": 0.1, "attention_dropout_rate": 0.1,
+    "input_layer": "pe", "pos_enc_class": "SinusoidalPositionEncoder", "normalize_before": True,
+    "kernel_size": 11, "sanm_shfit": 0, "selfattention_layer_type": "sanm",
+}
+SENSEVOICE_FEAT_DIM = 80 * 7  # n_mels * lfr_m
+
+SENSEVOICE: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "encoder_conf": {**_SMALL_ENCODER, "output_size": 128, "attention_heads": 4, "linear_units": 256,
+                         "num_blocks": 3, "tp_blocks": 1},
+        "input_size": SENSEVOICE_FEAT_DIM,
+        "vocab_size": 320,  # stand-in tokenizer size for tests
+        "source": "test-sized variant of the SenseVoiceSmall architecture",
+    },
+    "small": {
+        "encoder_conf": dict(_SMALL_ENCODER),
+        "input_size": SENSEVOICE_FEAT_DIM,
+        "vocab_size": 25055,
+        "source": "encoder_conf of iic/SenseVoiceSmall's published config.yaml (234.0M parameters, as published)",
+    },
+}
+SENSEVOICE_UNCONFIRMED: dict[str, list[str]] = {
+    "tiny": ["all sizes are made up for tests (not a released model)"],
+    "small": [],
+}
+
+# ------------------------------------------------------------------------------------ silero VAD
+
+# One "preset": the graph the silero-vad wheel ships.
+SILERO_VAD: dict[str, dict[str, Any]] = {"wheel": {"source": "silero_vad/data/silero_vad.onnx of the installed wheel"}}
+SILERO_VAD_UNCONFIRMED: dict[str, list[str]] = {"wheel": []}
