@@ -10,6 +10,9 @@ What runs here:
   resolves it, with defaults and with overrides, where one is installed (a GPU host has it);
   skipped with the reason on build machines without it;
 - pinned images, read-only repository, GPU reservation, ports, health checks, start order;
+- secure by default: keys and TLS as secrets, only the gateway published (its metrics on loopback),
+  Triton's admin APIs behind a secret header, an NGC image at or past the release that fixed the
+  2025 unauthenticated Triton flaws (deploy/triton/ngc-versions.txt maps tags to Triton versions);
 - the images' Python requirements: equal pins with requirements.txt (no drift), no torch in the
   gateway image, and the gateway importing with nothing but its own requirements;
 - the Python-backend runners use only what the Triton image installs and parse as Python 3.10
@@ -47,22 +50,33 @@ TRITON_REQUIREMENTS = ROOT / "deploy" / "triton" / "requirements.txt"
 GATEWAY_REQUIREMENTS = ROOT / "deploy" / "gateway" / "requirements.txt"
 HEALTHCHECK = ROOT / "deploy" / "gateway" / "healthcheck.py"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+SECURITY_DOC = ROOT / "docs" / "security.md"
+NGC_VERSIONS = ROOT / "deploy" / "triton" / "ngc-versions.txt"
 
-# The NGC image of the gpu profile: Triton 2.51.0, the server that nvidia-pytriton 0.7.0 embeds for
-# the cpu profile; its onnxruntime backend is ONNX Runtime 1.19.2 (docs/deploy.md has the sources).
-TRITON_BASE_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-TRITON_VERSION = "2.51.0"
-PYTRITON_PIN = "0.7.0"
-NGC_ONNXRUNTIME = "1.19.2"
-NGC_ORT_MAX_IR, NGC_ORT_MAX_OPSET = 10, 21  # ONNX Runtime 1.19 = ONNX 1.16: IR 10, opset 21
-NGC_PYTHON = (3, 10)
+# The NGC image of the gpu profile: Triton 2.59.1, ONNX Runtime 1.22.0, Python 3.12 (the table
+# deploy/triton/ngc-versions.txt, with its sources; docs/deploy.md repeats them).
+TRITON_BASE_IMAGE = "nvcr.io/nvidia/tritonserver:25.07-py3"
+TRITON_VERSION = "2.59.1"
+# Release 25.07 fixed CVE-2025-23310, -23311 (HTTP front end), -23319, -23320, -23334 (Python backend).
+FIRST_FIXED = ("25.07", (2, 59, 1))
+# The embedded cpu profile's server (the nvidia-pytriton wheel): older, hence loopback only (docs/security.md).
+PYTRITON_PIN, PYTRITON_TRITON = "0.7.0", "2.51.0"
+NGC_ONNXRUNTIME = "1.22.0"
+# What ONNX Runtime 1.19 (ONNX 1.16) loads, IR 10 and opset 21, was verified with its wheel; 1.22 loads
+# at least as much, so this bound is conservative for the image's 1.22.0.
+NGC_ORT_MAX_IR, NGC_ORT_MAX_OPSET = 10, 21
+NGC_PYTHON = (3, 12)
 GATEWAY_BASE_IMAGE = "python:3.11.14-slim-bookworm"
 
 # Pins of deploy/triton/requirements.txt allowed to differ from requirements.txt (each line says why).
-TRITON_PIN_EXCEPTIONS = {"onnxruntime", "coloredlogs", "humanfriendly"}
+TRITON_PIN_EXCEPTIONS: set[str] = set()
 # Never in the gateway image: the export side of the project.
 HEAVY = {"torch", "torchaudio", "funasr", "modelscope", "onnx", "onnxruntime", "onnxscript", "transformers"}
-PORTS = {"triton": {8000, 8001, 8002}, "gateway": {50051, 9464}}
+PORTS = {"triton": set(), "gateway": {50051, 9464}}  # Triton is reached over the compose network only
+# Triton's APIs that answer only with the admin header; the gateway calls none of them.
+RESTRICTED = {"shared-memory", "model-repository", "logging", "trace"}
+SECRETS = {"api_keys": "api_keys.txt", "tls_cert": "tls.crt", "tls_key": "tls.key", "tls_ca": "tls.crt",
+           "triton_admin_token": "triton_admin_token.txt"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -278,9 +292,9 @@ def test_docker_compose_config_resolves_it(tmp_path):
     triton, gateway = config["services"]["triton"], config["services"]["gateway"]
     (volume,) = triton["volumes"]
     assert (volume["source"], volume["target"], volume["read_only"]) == (str(tmp_path), "/models", True)
-    assert {int(p["published"]) for p in triton["ports"]} == PORTS["triton"]
-    assert {p["host_ip"] for p in triton["ports"]} == {"127.0.0.1"}
+    assert not triton.get("ports")
     assert {int(p["published"]) for p in gateway["ports"]} == PORTS["gateway"]
+    assert {p["host_ip"] for p in gateway["ports"] if p["target"] == 9464} == {"127.0.0.1"}
     assert triton["deploy"]["resources"]["reservations"]["devices"] == [
         {"capabilities": ["gpu"], "driver": "nvidia", "count": 1}]
     assert int(triton["shm_size"]) == 2 << 30
@@ -288,13 +302,9 @@ def test_docker_compose_config_resolves_it(tmp_path):
 
     overridden = compose_config(cli, {
         "TONESERVE_REPOSITORY": str(tmp_path), "TONESERVE_GPU_COUNT": "2", "TRITON_SHM_SIZE": "4g",
-        "TRITON_HTTP_PORT": "18000", "TRITON_GRPC_PORT": "18001", "TRITON_METRICS_PORT": "18002",
-        "TRITON_HOST_IP": "0.0.0.0", "GATEWAY_PORT": "15051", "TRITON_LOG_VERBOSE": "1"})
+        "GATEWAY_PORT": "15051", "GATEWAY_METRICS_PORT": "19464", "TRITON_LOG_VERBOSE": "1"})
     triton, gateway = overridden["services"]["triton"], overridden["services"]["gateway"]
-    assert {(int(p["published"]), p["target"]) for p in triton["ports"]} == {
-        (18000, 8000), (18001, 8001), (18002, 8002)}
-    assert {p["host_ip"] for p in triton["ports"]} == {"0.0.0.0"}
-    assert [(int(p["published"]), p["target"]) for p in gateway["ports"]] == [(15051, 50051)]
+    assert {(int(p["published"]), p["target"]) for p in gateway["ports"]} == {(15051, 50051), (19464, 9464)}
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
     assert int(triton["shm_size"]) == 4 << 30
     assert "--log-verbose=1" in triton["command"]
@@ -332,14 +342,21 @@ def test_every_image_is_pinned():
     assert services["gateway"]["image"].endswith(f":{pyproject_version}")
 
 
-def test_triton_version_matches_the_embedded_cpu_server():
-    """The NGC tag was chosen for nvidia-pytriton 0.7.0's Triton 2.51.0: re-check it when that pin moves."""
-    assert host_pins()["nvidia-pytriton"] == PYTRITON_PIN, (
-        "nvidia-pytriton moved: check which Triton it embeds and move TRITON_BASE_IMAGE, "
-        "deploy/triton/Dockerfile and docs/deploy.md with it")
+def test_docs_state_the_versions_and_the_embedded_servers_limits():
+    """docs/deploy.md states the image's versions; docs/security.md says the embedded cpu profile's Triton
+    (from the nvidia-pytriton wheel) predates the fixes, which is why it binds 127.0.0.1 only."""
     doc = DEPLOY_DOC.read_text()
     for fact in (TRITON_BASE_IMAGE, TRITON_VERSION, NGC_ONNXRUNTIME, GATEWAY_BASE_IMAGE):
         assert fact in doc, f"docs/deploy.md does not state {fact}"
+    assert host_pins()["nvidia-pytriton"] == PYTRITON_PIN, (
+        "nvidia-pytriton moved: check which Triton it embeds and update PYTRITON_TRITON and docs/security.md")
+    security = SECURITY_DOC.read_text()
+    for fact in (f"nvidia-pytriton {PYTRITON_PIN}", PYTRITON_TRITON, "127.0.0.1", *(
+            f"CVE-2025-{n}" for n in (23310, 23311, 23319, 23320, 23334))):
+        assert fact in security, f"docs/security.md does not state {fact}"
+    from toneserve import triton
+
+    assert triton.HOST == "127.0.0.1"
 
 
 def test_repository_is_mounted_read_only_and_nothing_is_writable():
@@ -376,25 +393,142 @@ def test_shared_memory_and_ulimits_for_the_python_backend():
 
 
 def test_ports_published_with_defaults():
+    """Only the gateway is published; its metrics (tenant names and volumes) on loopback by default."""
     services = resolved()["services"]
     for name, expected in PORTS.items():
         ports = published_ports(services[name])
         assert set(ports) == expected, name
         assert {host for _, host in ports.values()} == expected, f"{name}: default host ports"
-    assert {ip for ip, _ in published_ports(services["triton"]).values()} == {"127.0.0.1"}
-    moved = published_ports(resolved({"TRITON_GRPC_PORT": "9001", "GATEWAY_PORT": "6000"})["services"]["triton"])
-    assert moved[8001] == ("127.0.0.1", 9001)
-    flags = {flag.split("=")[0]: int(flag.split("=")[1]) for flag in compose()["services"]["triton"]["command"]
+    assert "ports" not in compose()["services"]["triton"], "Triton has no authentication: never published"
+    gateway = published_ports(services["gateway"])
+    assert gateway[50051][0] == "0.0.0.0" and gateway[9464][0] == "127.0.0.1"
+    moved = published_ports(resolved({"GATEWAY_PORT": "6000", "GATEWAY_METRICS_HOST_IP": "10.0.0.2"})["services"]
+                            ["gateway"])
+    assert moved[50051] == ("0.0.0.0", 6000) and moved[9464] == ("10.0.0.2", 9464)
+    flags = {flag.split("=")[0]: int(flag.split("=")[1]) for flag in triton_flags()
              if re.match(r"--(http|grpc|metrics)-port=", flag)}
     assert flags == {"--http-port": 8000, "--grpc-port": 8001, "--metrics-port": 8002}
+    assert "--http-address=127.0.0.1" in triton_flags(), "HTTP for the in-container health check only"
+
+
+def triton_script() -> str:
+    """The shell line that starts Triton (it reads the admin token secret, then execs the flags)."""
+    command = compose()["services"]["triton"]["command"]
+    assert command[:2] == ["/bin/sh", "-c"], command[:2]
+    return command[2]
+
+
+def triton_flags() -> list[str]:
+    """tritonserver's own flags, after the script and its $0 ("tritonserver")."""
+    command = compose()["services"]["triton"]["command"]
+    assert command[3:5] == ["tritonserver", "tritonserver"], command[3:5]
+    return command[5:]
 
 
 def test_triton_command():
-    command = compose()["services"]["triton"]["command"]
-    assert command[0] == "tritonserver"
+    command = triton_flags()
     for flag in ("--model-repository=/models", "--strict-readiness=true", "--exit-on-error=true",
                  "--allow-metrics=true", "--model-control-mode=none"):
         assert flag in command, flag
+    assert not any("restricted" in flag for flag in command), "the restricted flags carry the secret: script only"
+
+
+def test_triton_admin_apis_are_behind_a_secret_header():
+    """--grpc-restricted-protocol and --http-restricted-api name the admin APIs and take their header value
+    from the triton_admin_token secret at start, never from the compose file or the environment."""
+    script = interpolate(triton_script(), {})
+    assert script.startswith("token=$(cat /run/secrets/triton_admin_token) && [ ${#token} -ge 32 ] "
+                             "&& case $token in *[!A-Za-z0-9_-]*) false;; esac || {"), script
+    assert 'exec "$@" ' in script
+    found = dict(re.findall(r"--(grpc-restricted-protocol|http-restricted-api)=(\S+)", script))
+    assert set(found) == {"grpc-restricted-protocol", "http-restricted-api"}, found
+    for flag, value in found.items():
+        apis, _, header = value.partition(":")
+        assert set(apis.split(",")) == RESTRICTED, flag
+        assert header == "toneserve-admin=$token", flag
+    # What the gateway calls stays open to it: health, metadata, model config and inference.
+    assert not RESTRICTED & {"health", "metadata", "model-config", "inference"}
+    inference = (ROOT / "gateway" / "inference.py").read_text()
+    for call in re.findall(r"self\.client\.(\w+)\(", inference):
+        assert call in {"infer", "get_model_config", "get_model_metadata", "is_server_ready", "is_server_live",
+                        "is_model_ready", "close"}, f"the gateway calls {call}: is it behind the admin header?"
+    assert compose()["services"]["triton"]["secrets"] == ["triton_admin_token"]
+    assert "triton_admin_token" not in compose()["services"]["gateway"].get("secrets", [])
+
+
+def test_triton_start_script_reads_the_token_and_refuses_a_weak_one(tmp_path):
+    """Run the compose file's shell line with sh, the token file moved to tmp_path and `echo` for tritonserver."""
+    command = interpolate(compose()["services"]["triton"]["command"], {})
+    token_file = tmp_path / "token"
+
+    def start(token: str | None) -> subprocess.CompletedProcess:
+        if token is not None:
+            token_file.write_text(token + "\n")
+        script = command[2].replace("/run/secrets/triton_admin_token", str(token_file))
+        return subprocess.run(["/bin/sh", "-c", script, "tritonserver", "echo", *command[5:]],
+                              capture_output=True, text=True, timeout=30)
+
+    good = "Zt7q-8mXo2Lw1bV9cR4yPn6Ks3Ud0Hj5xWc1Rq8TmY0"
+    result = start(good)
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.split()
+    assert words[:len(command) - 5] == command[5:], "the flags pass through unchanged"
+    assert f"--grpc-restricted-protocol=shared-memory,model-repository,logging,trace:toneserve-admin={good}" in words
+    assert f"--http-restricted-api=shared-memory,model-repository,logging,trace:toneserve-admin={good}" in words
+    for weak in ("short", "a:b=c" + "x" * 40, "spaces in " + "x" * 40):
+        result = start(weak)
+        assert result.returncode == 1 and "triton_admin_token" in result.stderr and not result.stdout, weak
+    token_file.unlink()
+    assert start(None).returncode == 1, "no token file, no Triton"
+
+
+def test_secrets_are_files_from_the_secrets_folder():
+    doc = compose()
+    assert set(doc["secrets"]) == set(SECRETS)
+    for name, file in SECRETS.items():
+        assert set(doc["secrets"][name]) == {"file"}, name
+        assert interpolate(doc["secrets"][name]["file"], {}) == f"./secrets/{file}", name
+        assert interpolate(doc["secrets"][name]["file"], {"TONESERVE_SECRETS": "/etc/toneserve"}) == \
+            f"/etc/toneserve/{file}", name
+    assert interpolate(doc["secrets"]["tls_ca"]["file"], {"TONESERVE_TLS_CA": "/etc/ca.pem"}) == "/etc/ca.pem"
+    assert set(doc["services"]["gateway"]["secrets"]) == {"api_keys", "tls_cert", "tls_key", "tls_ca"}
+    ignored = (ROOT / ".gitignore").read_text().split() if (ROOT / ".gitignore").exists() else []
+    assert "secrets/" in ignored or "/secrets/" in ignored, "secret files must never be committed"
+
+
+def test_triton_image_is_at_or_past_the_fixed_release():
+    """The pinned NGC tag maps, through deploy/triton/ngc-versions.txt, to Triton 2.59.1 or later."""
+    table = ngc_versions()
+    tag = TRITON_BASE_IMAGE.rsplit(":", 1)[1].removesuffix("-py3")
+    assert tag in table, f"{tag} is not in {NGC_VERSIONS.relative_to(ROOT)}: add it with its source"
+    triton, onnxruntime, python = table[tag]
+    assert version(triton) >= FIRST_FIXED[1] and version(tag) >= version(FIRST_FIXED[0]), (tag, triton)
+    assert (triton, onnxruntime, python) == (TRITON_VERSION, NGC_ONNXRUNTIME, ".".join(map(str, NGC_PYTHON)))
+    # The table itself is ordered and monotonic: a later tag never holds an older Triton.
+    tags = list(table)
+    assert tags == sorted(tags, key=version)
+    assert [version(table[t][0]) for t in tags] == sorted(version(table[t][0]) for t in tags)
+    assert version(table[FIRST_FIXED[0]][0]) == FIRST_FIXED[1]
+    assert all(version(table[t][0]) < FIRST_FIXED[1] for t in tags if version(t) < version(FIRST_FIXED[0]))
+    # Every place that names the base image names this one.
+    assert f"FROM {TRITON_BASE_IMAGE}" in TRITON_DOCKERFILE.read_text()
+    for doc in (DEPLOY_DOC, SECURITY_DOC):
+        assert TRITON_BASE_IMAGE in doc.read_text() and TRITON_VERSION in doc.read_text(), doc.name
+
+
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def ngc_versions() -> dict[str, tuple[str, str, str]]:
+    """tag -> (Triton, ONNX Runtime, Python) from deploy/triton/ngc-versions.txt."""
+    table = {}
+    for raw in NGC_VERSIONS.read_text().splitlines():
+        line = raw.split("#", 1)[0].split()
+        if line:
+            assert len(line) == 4 and re.fullmatch(r"\d\d\.\d\d", line[0]), raw
+            table[line[0]] = (line[1], line[2], line[3])
+    return table
 
 
 def test_health_checks_and_start_order():
@@ -410,7 +544,8 @@ def test_health_checks_and_start_order():
 
     gateway_check = services["gateway"]["healthcheck"]
     assert gateway_check["test"][:3] == ["CMD", "python", "/opt/toneserve/healthcheck.py"]
-    assert gateway_check["test"][3] == "127.0.0.1:50051"
+    assert gateway_check["test"][3:] == ["127.0.0.1:50051", "--ca", "/run/secrets/tls_ca",
+                                         "--name", "${TONESERVE_TLS_NAME:-localhost}"]
     assert re.search(r"^COPY deploy/gateway/healthcheck.py /opt/toneserve/healthcheck.py$",
                      GATEWAY_DOCKERFILE.read_text(), re.M)
     for check in (triton_check, gateway_check):
@@ -428,6 +563,11 @@ def test_gateway_command_is_what_the_cli_accepts():
     assert command[:2] == ["toneserve", "gateway"]
     args = parser().parse_args(command[1:])
     assert (args.host, args.port, args.triton_url) == ("0.0.0.0", 50051, "triton:8001")
+    # Inside the container 0.0.0.0 is what Docker publishes; the host side of /metrics is loopback (above).
+    assert (args.metrics_host, args.metrics_port) == ("0.0.0.0", 9464)
+    assert (args.api_keys, args.tls_cert, args.tls_key) == (
+        "/run/secrets/api_keys", "/run/secrets/tls_cert", "/run/secrets/tls_key")
+    assert not args.allow_unauthenticated
     assert f"CMD {json.dumps(command)}" in GATEWAY_DOCKERFILE.read_text(), "the image's CMD is the same command"
 
 
@@ -442,8 +582,8 @@ def _health_server(status):
 
 
 def test_gateway_healthcheck_script():
-    run = lambda address: subprocess.run([sys.executable, str(HEALTHCHECK), address],  # noqa: E731
-                                         capture_output=True, text=True, timeout=30)
+    run = lambda address, *flags: subprocess.run([sys.executable, str(HEALTHCHECK), address, *flags],  # noqa: E731
+                                                 capture_output=True, text=True, timeout=30)
     server, address = _health_server(health_pb2.HealthCheckResponse.SERVING)
     try:
         assert run(address).returncode == 0
@@ -454,6 +594,33 @@ def test_gateway_healthcheck_script():
     try:
         result = run(address)
         assert result.returncode == 1 and "NOT_SERVING" in result.stderr
+    finally:
+        server.stop(0)
+
+
+def test_gateway_healthcheck_over_tls(tmp_path):
+    """The compose gateway serves TLS only: the check trusts the given certificate and expects its name."""
+    from tests.support import self_signed
+
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "other").mkdir()
+    other, _ = self_signed(tmp_path / "other")
+    run = lambda *flags: subprocess.run([sys.executable, str(HEALTHCHECK), address, *flags],  # noqa: E731
+                                        capture_output=True, text=True, timeout=30)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())]))
+    server.start()
+    address = f"127.0.0.1:{port}"
+    try:
+        assert run("--ca", str(cert)).returncode == 0
+        assert run("--ca", str(cert), "--name", "localhost").returncode == 0
+        assert run("--ca", str(cert), "--name", "gateway.example").returncode == 1, "a name the cert lacks"
+        assert run("--ca", str(other)).returncode == 1, "a certificate it does not trust"
+        assert run().returncode == 1, "plaintext against TLS"
+        assert run("--ca", str(tmp_path / "missing.pem")).returncode == 1
     finally:
         server.stop(0)
 
@@ -564,7 +731,9 @@ def test_gateway_imports_with_only_its_own_requirements():
         import toneserve.cli, toneserve.gateway.server, toneserve.gateway.service
         from toneserve.gateway.server import Gateway
         args = toneserve.cli.parser().parse_args({command[1:]!r})
-        Gateway(args.triton_url, host=args.host, port=args.port)
+        from toneserve.gateway.auth import ApiKeys, parse_keys
+        keys = ApiKeys(parse_keys("k-Zt7q8mXo2Lw1bV9cR4yPn6Ks3Ud0Hj5 tenant"))  # the image reads /run/secrets
+        Gateway(args.triton_url, host=args.host, port=args.port, keys=keys, metrics_host=args.metrics_host)
         # The text and prosody models load lazily: exercise them too.
         from toneserve.gateway import prosody, sentiment
         import numpy as np
@@ -628,7 +797,7 @@ def test_triton_dockerfile_installs_the_pinned_file_only():
 
 
 def test_rendered_gpu_repository_fits_the_ngc_image(models_root, tmp_path):
-    """Render the gpu profile as `toneserve export` does (fp16) and check it against NGC 24.10."""
+    """Render the gpu profile as `toneserve export` does (fp16) and check it against the NGC image."""
     import onnx
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
