@@ -213,3 +213,71 @@ def test_an_hour_long_call_in_bounded_memory(stack, tmp_path):
     print(f"hour-long call: {len(response.segments)} segments in {response.metadata.processing_ms / 1000:.0f} s; "
           f"gateway peak RSS {warm:.0f} MB warmed up, {peak:.0f} MB after the hour")
     assert peak - warm < GROWTH_MB, f"the hour added {peak - warm:.0f} MB to the gateway's peak memory"
+
+
+# --- cost bounded before the work: the issue's inputs, against the session's gateway (default limits) ---
+
+def pcm_wav(rate: int, channels: int, frames: int) -> bytes:
+    """8-bit PCM WAV at any rate (FFmpeg's demuxer takes rates down to 1 Hz)."""
+    data = np.random.default_rng(0).integers(100, 156, frames * channels, dtype=np.uint8).tobytes()
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels, channels, 8)
+            + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def refusal(address: str, request: pb.AnalyzeRequest) -> tuple[grpc.RpcError, float]:
+    """The error a raw Analyze call gets (no SDK: no early check, no retry), and how long it took."""
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as error:
+            pb_grpc.AnalyzerStub(channel).Analyze(request, timeout=60)
+        return error.value, time.perf_counter() - started
+
+
+def test_an_hour_at_100_hz_and_a_minute_at_1_hz_are_refused_at_once(stack):
+    """Before: 33-39 s of the server's CPU, then NO_SPEECH; and 164 bytes analysed as 60 s of audio."""
+    hour = pcm_wav(100, 8, 3600 * 100)  # 2.9 MB
+    error, seconds = refusal(stack.gateway, pb.AnalyzeRequest(audio=hour))
+    print(f"the hour of 8 channels at 100 Hz refused in {seconds * 1000:.0f} ms")
+    trailers = dict(error.trailing_metadata())
+    assert trailers["toneserve-error-code"] == "INVALID_AUDIO" and "100 Hz" in error.details()
+    assert seconds < 1.0
+    error, seconds = refusal(stack.gateway, pb.AnalyzeRequest(audio=pcm_wav(1, 1, 120)))  # 164 bytes
+    assert dict(error.trailing_metadata())["toneserve-error-code"] == "INVALID_AUDIO" and seconds < 1.0
+
+
+def test_bad_request_ids_and_roles_are_invalid_argument_before_any_work(stack, good):
+    """Before: "réunion-7" gave INTERNAL "Invalid metadata"; a 1 MiB id was analysed, then its trailer
+    failed with RESOURCE_EXHAUSTED (retried four times by the SDK); a 1 MiB role was copied into every
+    segment (8 MiB over 20 segments: a 488 MiB response)."""
+    for request in (pb.AnalyzeRequest(audio=good, request_id="réunion-7"),
+                    pb.AnalyzeRequest(audio=good, request_id="x" * (1 << 20)),
+                    pb.AnalyzeRequest(audio=good, channel_roles={0: "r" * (1 << 20)}),
+                    pb.AnalyzeRequest(audio=good, channel_roles={0: "agent", 1: "tab\there"})):
+        error, seconds = refusal(stack.gateway, request)
+        trailers = dict(error.trailing_metadata())
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and trailers["toneserve-error-code"] == "INVALID_ARGUMENT"
+        assert re.fullmatch(r"[0-9a-f]{32}", trailers["toneserve-request-id"])  # the gateway's own id, not the bad one
+        assert len(error.details()) < 200 and seconds < 1.0, (len(error.details()), seconds)
+    with Client(stack.gateway) as client:  # a good id is echoed
+        assert client.analyze(good, request_id="reunion-7").metadata.request_id == "reunion-7"
+
+
+def test_an_upload_with_a_bad_option_is_refused_before_its_audio_is_read(stack):
+    """The options are checked first: the answer comes while the client has not sent one chunk."""
+    release = threading.Event()
+
+    def upload():
+        yield pb.UploadRequest(options=pb.AnalyzeRequest(channel_roles={9: "agent"}))
+        release.wait(30)
+        yield pb.UploadRequest(chunk=b"RIFF")
+
+    with grpc.insecure_channel(stack.gateway) as channel:
+        started = time.perf_counter()
+        try:
+            with pytest.raises(grpc.RpcError) as error:
+                pb_grpc.AnalyzerStub(channel).AnalyzeUpload(upload(), timeout=30)
+        finally:
+            release.set()
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "channel_roles" in error.value.details()
+    assert time.perf_counter() - started < 5

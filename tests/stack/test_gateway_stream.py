@@ -22,6 +22,7 @@ from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
 ROLES = {0: "agent", 1: "customer"}
 CHUNK = 3200  # 50 ms of 16 kHz 16-bit stereo per message, as a media stream sends it
+CHUNK_TIMEOUT = 10  # the limited gateway's --chunk-timeout, seconds
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def test_bad_streams_get_clear_errors_and_the_gateway_keeps_serving(stack, live_
 @pytest.fixture(scope="module")
 def limited(stack, tmp_path_factory):
     with gateway_process(stack.triton_grpc, tmp_path_factory.mktemp("live") / "gateway.log",
-                         "--max-upload-mb", "1") as gateway:
+                         "--max-upload-mb", "1", "--chunk-timeout", str(CHUNK_TIMEOUT)) as gateway:
         yield gateway
 
 
@@ -214,6 +215,63 @@ def test_a_client_that_hangs_up_leaves_nothing_running(limited, live_bytes):
         assert metric(limited.metrics, "toneserve_triton_calls_in_flight") == 0
         assert cancelled() == 1
         assert list(client.analyze_stream(pieces(live_bytes[:16000 * 4 * 6])))[-1].segments
+
+
+def idle_streams(address: str, count: int, release: threading.Event) -> list[threading.Thread]:
+    """`count` AnalyzeStream calls that send their options, then nothing until `release`."""
+    def one():
+        def messages():
+            yield pb.UploadRequest(options=pb.AnalyzeRequest())
+            release.wait(120)
+
+        with grpc.insecure_channel(address) as channel:
+            try:
+                list(pb_grpc.AnalyzerStub(channel).AnalyzeStream(messages(), timeout=120))
+            except grpc.RpcError:
+                pass  # released, they end with no audio
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_idle_streams_do_not_delay_a_unary_call(stack):
+    """Before: ten streams that sent their options and then nothing took every thread of asyncio's
+    default pool (their decoders waiting for audio), and a 2 s Analyze waited past its 20 s deadline."""
+    release = threading.Event()
+    threads = idle_streams(stack.gateway, 10, release)
+    try:
+        time.sleep(1.0)  # every stream is open and its decoder waiting for audio
+        audio = wav_bytes(call(2.0, rate=16000, seed=3).samples, 16000)
+        with Client(stack.gateway) as client:
+            started = time.monotonic()
+            result = client.analyze(audio, timeout=20)
+            took = time.monotonic() - started
+        assert result.metadata.audio_seconds == pytest.approx(2.0) and took < 10, took
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+
+
+def test_a_stream_that_sends_nothing_is_ended_after_the_chunk_timeout(limited):
+    release = threading.Event()
+
+    def messages():
+        yield pb.UploadRequest(options=pb.AnalyzeRequest())
+        release.wait(60)
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(grpc.RpcError) as error, grpc.insecure_channel(limited.address) as channel:
+            list(pb_grpc.AnalyzerStub(channel).AnalyzeStream(messages(), timeout=60))
+    finally:
+        release.set()
+    took = time.monotonic() - started
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert dict(error.value.trailing_metadata())["toneserve-error-code"] == "DEADLINE_EXCEEDED"
+    assert CHUNK_TIMEOUT - 1 < took < CHUNK_TIMEOUT + 10, took
 
 
 def test_cli_streams_a_pipe_and_prints_segments_as_lines(stack, live_bytes, tmp_path):
