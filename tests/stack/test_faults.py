@@ -116,3 +116,60 @@ def test_triton_killed_and_restarted_under_load(repository, tmp_path):
             assert _analyze(stub)[0] == "OK" and back < 15
     finally:
         triton.stop()
+
+
+def test_calls_given_up_cost_no_model_time(stack):
+    """Calls whose deadline passes while they wait behind a long one are cancelled: the VAD runner
+    answers them without running them, and Triton's statistics show the time they did not cost."""
+    import asyncio
+
+    import numpy as np
+    from tritonclient.grpc import aio as triton
+    from tritonclient.utils import InferenceServerException
+
+    def inputs(seconds: float):
+        n = int(seconds * 16000)
+        wav = triton.InferInput("WAV", [1, n], "FP32")
+        wav.set_data_from_numpy((0.1 * np.random.default_rng(0).standard_normal((1, n))).astype(np.float32))
+        lens = triton.InferInput("WAV_LENS", [1, 1], "INT64")
+        lens.set_data_from_numpy(np.array([[n]], np.int64))
+        return [wav, lens]
+
+    async def compute_ns(client) -> int:
+        stats = (await client.get_inference_statistics("vad", as_json=True))["model_stats"][0]["inference_stats"]
+        return int(stats["compute_infer"].get("ns", 0))
+
+    async def measured(client, *calls) -> int:
+        before = await compute_ns(client)
+        await asyncio.gather(*calls)
+        return await compute_ns(client) - before
+
+    async def given_up(client) -> str:
+        await asyncio.sleep(0.2)  # queued behind the long call
+        try:
+            await client.infer("vad", inputs(300), client_timeout=0.3)
+            return "answered"
+        except InferenceServerException as error:
+            return str(error.status())
+
+    async def scenario() -> tuple[int, int, int, list[str]]:
+        client = triton.InferenceServerClient(stack.triton_grpc)
+        try:
+            await client.infer("vad", inputs(1))  # warm
+            one = await measured(client, client.infer("vad", inputs(300)))
+            alone = await measured(client, client.infer("vad", inputs(600)))
+            outcomes: list[str] = []
+
+            async def collect():
+                outcomes.extend(await asyncio.gather(*(given_up(client) for _ in range(6))))
+
+            beside = await measured(client, client.infer("vad", inputs(600)), collect())
+            return one, alone, beside, outcomes
+        finally:
+            await client.close()
+
+    one, alone, beside, outcomes = asyncio.run(scenario())
+    assert outcomes == ["StatusCode.DEADLINE_EXCEEDED"] * 6
+    # Run, the six would have cost six times `one` on top of the long call; cancelled, next to nothing
+    # (the margin is for a shared machine: the same call's compute time varies by tens of percent).
+    assert beside - alone < 2 * one, (one, alone, beside)
