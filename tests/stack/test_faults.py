@@ -173,3 +173,30 @@ def test_calls_given_up_cost_no_model_time(stack):
     # Run, the six would have cost six times `one` on top of the long call; cancelled, next to nothing
     # (the margin is for a shared machine: the same call's compute time varies by tens of percent).
     assert beside - alone < 2 * one, (one, alone, beside)
+
+
+def test_a_stalled_triton_holds_no_request_and_turns_health_not_serving(repository, tmp_path):
+    """Triton frozen (SIGSTOP): a request without a deadline ends TRITON_UNAVAILABLE after the
+    gateway's Triton timeout, health turns NOT_SERVING; thawed, the gateway serves again."""
+    triton = EmbeddedTriton(repository, triton_ports(), log_path=tmp_path / "triton.log").start()
+    try:
+        with gateway_process(triton.grpc_url, tmp_path / "gateway.log", "--triton-timeout", "3") as gateway, \
+                grpc.insecure_channel(gateway.address) as channel:
+            stub = pb_grpc.AnalyzerStub(channel)
+            assert _analyze(stub)[0] == "OK"
+            os.killpg(triton.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                try:
+                    stub.Analyze(pb.AnalyzeRequest(audio=CLIP))  # no deadline at all
+                    code = "OK"
+                except grpc.RpcError as error:
+                    code = dict(error.trailing_metadata() or ()).get(ERROR_CODE_METADATA)
+                assert code == "TRITON_UNAVAILABLE" and time.monotonic() - started < 15
+                _wait_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING, timeout=15)
+            finally:
+                os.killpg(triton.process.pid, signal.SIGCONT)
+            _wait_health(channel, health_pb2.HealthCheckResponse.SERVING, timeout=15)
+            assert _analyze(stub)[0] == "OK"
+    finally:
+        triton.stop()
