@@ -1,0 +1,32 @@
+"""What the gateway accepts from Triton: finite outputs, one value per label; and which timeout failed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from toneserve.contract import Code, ToneserveError
+from toneserve.gateway.inference import _error, checked
+
+
+def test_a_distribution_must_have_one_finite_value_per_label():
+    good = np.array([0.2, 0.3, 0.5], np.float32)
+    assert checked("emotion", "PROBS", good, 3) is good
+    with pytest.raises(ToneserveError) as error:
+        checked("emotion", "PROBS", good, 9)
+    assert error.value.code is Code.INTERNAL and "9 labels" in error.value.message and "'emotion'" in error.value.message
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ToneserveError, match="non-finite"):
+            checked("asr", "LANGUAGE_PROBS", np.array([0.5, bad], np.float32), 2)
+    with pytest.raises(ToneserveError):
+        checked("vad", "SPEECH_PROBS", np.float32(0.5), 1)  # a scalar has no labels axis
+    assert checked("vad", "SPEECH_PROBS", np.zeros((2, 7), np.float32)).shape == (2, 7)  # no label set: finite only
+
+
+def test_the_gateways_own_timeout_is_triton_unavailable_the_clients_deadline_exceeded():
+    timeout = InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+    assert _error(timeout).code is Code.DEADLINE_EXCEEDED
+    stalled = _error(timeout, stalled=120.0)
+    assert stalled.code is Code.TRITON_UNAVAILABLE and "120 s" in stalled.message
+    gone = InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
+    assert _error(gone).code is Code.TRITON_UNAVAILABLE
