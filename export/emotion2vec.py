@@ -59,6 +59,7 @@ FUNASR_MODULE = "funasr.models.emotion2vec.model"  # importing it registers the 
 
 PRESETS = presets.EMOTION2VEC
 UNCONFIRMED = presets.EMOTION2VEC_UNCONFIRMED
+UNCONFIRMED_LOADED = presets.EMOTION2VEC_UNCONFIRMED_LOADED
 _DECODER_BASE = presets._DECODER_BASE
 
 
@@ -486,7 +487,7 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
                      "num_params": int(sum(p.numel() for p in model.parameters()))},
             config=preset_config(preset) if loaded is None else loaded.arch_config,
             config_source=(f"preset {preset!r} (random weights)" if loaded is None else str(loaded.files.config)),
-            unconfirmed=list(UNCONFIRMED.get(preset, [])),
+            unconfirmed=list((UNCONFIRMED if loaded is None else UNCONFIRMED_LOADED).get(preset, [])),
             exporter={"torch.onnx.export": "dynamo=True", "opset": OPSET},
             versions=versions(), export_seconds=round(time.perf_counter() - t0, 3),
             weights=None if loaded is None else loaded_weights_entry(loaded),

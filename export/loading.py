@@ -20,6 +20,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -107,6 +108,17 @@ def _full_load() -> Iterator[None]:
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
 
 
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict:
     """The state dict in ``path``, unwrapped as ``load_pretrained_model`` unwraps it (``state_dict``, then
     ``model_state_dict``, then ``model``). ``weights_only=True`` unless ``trust``; a refusal is a
@@ -192,9 +204,10 @@ def load_weights(model, path: Path, config: dict, *, tolerated: tuple[str, ...] 
     model.on_pretrained_model_loaded = loaded.update
     scopes = scope_map(config)
     try:
-        # FunASR prints one line per key it misses; what is missing is reported below, once.
-        with contextlib.redirect_stdout(io.StringIO()), (_full_load() if trust else
-                                                                    contextlib.nullcontext()):
+        # FunASR prints one line per key it misses and logs one per key it maps; what matters is
+        # reported below, once.
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_logging(), (_full_load() if trust else
+                                                                          contextlib.nullcontext()):
             load_pretrained_model(path=str(path), model=model, ignore_init_mismatch=True,
                                   scope_map=list(scopes), excludes=config.get("excludes"))
     finally:
@@ -203,8 +216,18 @@ def load_weights(model, path: Path, config: dict, *, tolerated: tuple[str, ...] 
     left_tolerated = [k for k in left if k.startswith(tolerated)] if tolerated else []
     wrong = [k for k in left if k not in left_tolerated]
     if wrong:
-        shaped = [k for k in wrong if any(sk.endswith(k) and tuple(getattr(v, "shape", ())) != tuple(dst[k].shape)
-                                          for sk, v in state.items())]
+        pairs = [(scopes[i], scopes[i + 1]) for i in range(0, len(scopes) - 1, 2)] + [("module.", "none")]
+
+        def source_keys(k: str) -> list[str]:  # where load_pretrained_model looks for k
+            out = [k]
+            for src, dst in pairs:
+                src, dst = ("" if p.lower() == "none" else p for p in (src, dst))
+                if k.startswith(dst):
+                    out.append(src + k[len(dst):])
+            return out
+
+        shaped = [k for k in wrong if any(c in state and tuple(getattr(state[c], "shape", ())) != tuple(dst[k].shape)
+                                          for c in source_keys(k))]
         missing = [k for k in wrong if k not in shaped]
         parts = []
         if missing:

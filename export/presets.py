@@ -81,6 +81,11 @@ EMOTION2VEC: dict[str, dict[str, Any]] = {
     "large": _make_conf(embed_dim=1024, depth=8, num_heads=16, prenet_depth=4, decoder=_DECODER_PLUS_LARGE,
                         average_top_k_layers=16),
 }
+# What no source confirms, for random weights of each preset (UNCONFIRMED) and for a folder whose config
+# matches it (UNCONFIRMED_LOADED: the folder's own config describes the architecture then).
+_CARD_300M = ("the model card of emotion2vec_plus_large says ~300M parameters; its published config.yaml (which "
+              "the published model.pt fits) builds about 164M under FunASR 1.4.16: the card's figure stays "
+              "unconfirmed")
 EMOTION2VEC_UNCONFIRMED: dict[str, list[str]] = {
     "tiny": ["all sizes are made up for tests (not a released model)"],
     "base": [
@@ -88,12 +93,9 @@ EMOTION2VEC_UNCONFIRMED: dict[str, list[str]] = {
         "emotion2vec_base's width (768, 12 heads) with a 384-wide pretraining decoder, both from a "
         "third-party port of emotion2vec_base",
     ],
-    "large": [
-        "the model card of emotion2vec_plus_large says ~300M parameters; its published config.yaml (which "
-        "the published model.pt fits) builds about 164M under FunASR 1.4.16: the card's figure stays "
-        "unconfirmed",
-    ],
+    "large": [_CARD_300M],
 }
+EMOTION2VEC_UNCONFIRMED_LOADED: dict[str, list[str]] = {"large": [_CARD_300M]}
 
 # ------------------------------------------------------------------------------------ SenseVoice
 
@@ -127,6 +129,7 @@ SENSEVOICE_UNCONFIRMED: dict[str, list[str]] = {
     "tiny": ["all sizes are made up for tests (not a released model)"],
     "small": [],
 }
+SENSEVOICE_UNCONFIRMED_LOADED: dict[str, list[str]] = {}
 
 # ------------------------------------------------------------------------------------ silero VAD
 

@@ -60,6 +60,7 @@ SAMPLE_RATE = 16000
 
 PRESETS = presets.SENSEVOICE
 UNCONFIRMED = presets.SENSEVOICE_UNCONFIRMED
+UNCONFIRMED_LOADED = presets.SENSEVOICE_UNCONFIRMED_LOADED
 FUNASR_MODULE = "funasr.models.sense_voice.model"  # importing it registers the class
 
 # What the exported frontend does that FunASR's WavFrontend, as the published config sets it up, does not.
@@ -305,7 +306,7 @@ def export_onnx(
                 raise RuntimeError(f"ONNX parity gate failed: {parity}")
 
         names = ["frontend.onnx", "encoder.onnx", "am.mvn", "bpe.model", "decode_assets.json"]
-        unconfirmed = list(UNCONFIRMED.get(preset, []))
+        unconfirmed = list((UNCONFIRMED if loaded is None else UNCONFIRMED_LOADED).get(preset, []))
         if tokenizer_origin == "stand-in":
             unconfirmed.append(
                 "tokenizer is a stand-in BPE: piece ids differ from the real SenseVoice tokenizer; "

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from toneserve.export.build import FAMILY, export_family, export_models, is_current
+from toneserve.export.build import export_family, export_models, is_current, variant_file
+from toneserve.export.families import get
 from toneserve.export.sources import Source, SourceUnavailable, parse_source
 from toneserve.model_repository.catalog import describe
 from toneserve.triton import free_port
@@ -25,8 +26,8 @@ def test_manifests_record_source_variants_and_parity(models_root):
         for variant in ("int8", "fp16"):
             entry = manifest["variants"][variant]
             (name,) = entry["files"]
-            assert name == FAMILY[family].variant_file(variant) and (models_root / family / name).is_file()
-            assert entry["from"] == manifest["files"][FAMILY[family].graph]
+            assert name == variant_file(get(family), variant) and (models_root / family / name).is_file()
+            assert entry["from"] == manifest["files"][get(family).graph]
             report = entry["parity_vs_fp32"]
             assert all(v.get("finite", True) for v in report.values())
             assert any("top1_agreement" in v for v in report.values())

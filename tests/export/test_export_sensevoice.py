@@ -19,6 +19,7 @@ from toneserve.export import sensevoice as sv  # noqa: E402
 from toneserve.export import sensevoice_frontend as svf  # noqa: E402
 from toneserve.export import sensevoice_tokenizer as svt  # noqa: E402
 from toneserve.export.artifacts import sha256_file  # noqa: E402
+from toneserve.export.family import check_manifest  # noqa: E402
 from toneserve.model_repository.runners import sensevoice_decode as svd  # noqa: E402
 
 SR = 16000
@@ -137,7 +138,7 @@ def test_encoder_padded_batch_equals_unbatched_and_torch(exported, frontend_out)
     enc = _session(out / "encoder.onnx")
     feed = {"speech": feats, "speech_lengths": feat_lens, "language": language, "textnorm": textnorm}
     logits, lens = enc.run(None, feed)
-    vocab = manifest["vocab_size"]
+    vocab = manifest["serving"]["vocab_size"]
     assert logits.dtype == np.float32 and lens.dtype == np.int64
     assert logits.shape == (len(LENGTHS), feats.shape[1] + 4, vocab)
     assert lens.tolist() == (feat_lens + 4).tolist()
@@ -231,7 +232,7 @@ def test_ctc_greedy_decode_hand_built(exported):
     assert res["text"] == sp.DecodeIds(ids)
     assert res["text"].startswith("thank you for calling 您好")
     assert [t["frame"] for t in res["tokens"]] == [s for s in starts]
-    assert [t["start_ms"] for t in res["tokens"]] == [60 * s for s in starts]
+    assert [t["start_ms"] for t in res["tokens"]] == [max(60 * s - 30, 0) for s in starts]  # FunASR's times
     assert all(t["end_ms"] > t["start_ms"] for t in res["tokens"])
     assert [t["piece"] for t in res["tokens"]] == [sp.IdToPiece(i) for i in ids]
     for family, winner in winners.items():
@@ -287,19 +288,22 @@ def test_manifest_hashes_and_contract(exported):
         assert sha256_file(out / name) == digest, name
     assert sorted(p.name for p in out.iterdir()) == sorted([*on_disk["files"], "manifest.json"])
     assert on_disk["model"] == "sensevoice" and on_disk["preset"] == "tiny"
-    assert on_disk["weights_origin"] == "random" and on_disk["tokenizer_origin"] == "stand-in"
-    assert on_disk["sample_rate"] == 16000 and on_disk["frame_shift_ms"] == 60
-    assert on_disk["encoder"]["ctc_output"] == "logits"
+    check_manifest(on_disk)
+    serving = on_disk["serving"]
+    assert on_disk["weights_origin"] == "random" and serving["tokenizer_origin"] == "stand-in"
+    assert serving["sample_rate"] == 16000 and serving["frame_shift_ms"] == 60
+    assert serving["ctc_output"] == "logits" and serving["frontend"]["dither"] == 0.0
+    assert "dither 0" in on_disk["notes"]["dither"] and "silence" in on_disk["notes"]["dither"]
     assert set(on_disk["versions"]) == {"torch", "funasr", "onnx", "onnxruntime"}
-    assert on_disk["parity_max_abs_err"]["frontend_vs_kaldi_native_fbank"] < FE_TOL
-    assert on_disk["parity_max_abs_err"]["encoder_onnx_vs_torch"] < ENC_TOL
+    assert on_disk["parity"]["max_abs_err"]["frontend_vs_kaldi_native_fbank"] < FE_TOL
+    assert on_disk["parity"]["max_abs_err"]["encoder_onnx_vs_torch"] < ENC_TOL
 
     elem = {1: "float32", 7: "int64", 6: "int32"}
     for part in ("frontend", "encoder"):
         m = onnx.load(str(out / f"{part}.onnx"))
         assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
         for kind, values in (("inputs", m.graph.input), ("outputs", m.graph.output)):
-            spec = on_disk[part][kind]
+            spec = on_disk["graphs"][f"{part}.onnx"][kind]
             assert [v.name for v in values] == [s["name"] for s in spec]
             for v, s in zip(values, spec):
                 assert elem[v.type.tensor_type.elem_type] == s["dtype"]
@@ -310,7 +314,7 @@ def test_manifest_hashes_and_contract(exported):
                         assert d.dim_value == want
                     else:
                         assert d.dim_param, f"{part}.{v.name} axis must be dynamic"
-    assert on_disk["encoder"]["outputs"][0]["shape"][-1] == on_disk["vocab_size"]
+    assert on_disk["graphs"]["encoder.onnx"]["outputs"][0]["shape"][-1] == serving["vocab_size"]
 
 
 def test_failed_export_leaves_previous_files_intact(tmp_path, monkeypatch):
@@ -334,8 +338,8 @@ def test_export_with_given_tokenizer_and_cmvn(tmp_path):
     out = tmp_path / "out"
     manifest = sv.export_onnx(out, preset="tiny", seed=3, bpe_model=src / "my.bpe.model",
                               cmvn_file=src / "am.mvn", verify=False)
-    assert manifest["tokenizer_origin"] == "model" and manifest["cmvn_origin"] == "model"
-    assert manifest["vocab_size"] == 333
+    assert manifest["serving"]["tokenizer_origin"] == "model" and manifest["serving"]["cmvn_origin"] == "model"
+    assert manifest["serving"]["vocab_size"] == 333
     assert (out / "bpe.model").read_bytes() == (src / "my.bpe.model").read_bytes()
     assert (out / "am.mvn").read_bytes() == (src / "am.mvn").read_bytes()
     enc = _session(out / "encoder.onnx")

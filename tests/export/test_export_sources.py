@@ -15,6 +15,8 @@ from tests.export.emotion2vec_reference import funasr_reference
 from toneserve.export import emotion2vec as e2v
 from toneserve.export import sensevoice as sv
 from toneserve.export import sources
+from toneserve.export.artifacts import sha256_file
+from toneserve.export.families import get
 from toneserve.export.sources import MissingModelFiles, SourceUnavailable
 from toneserve.export.variants import run_onnx
 
@@ -219,9 +221,8 @@ def test_missing_files_are_named(tmp_path, e2v_model, sv_model, family, remove):
         assert name in str(e.value)
     # The exporter refuses the same way and writes nothing.
     out = tmp_path / "out"
-    module = e2v if family == "emotion2vec" else sv
     with pytest.raises(MissingModelFiles):
-        module.export_onnx(out, model_dir=d, verify=False)
+        get(family).export(out, model_dir=d, verify=False)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -349,9 +350,9 @@ def test_emotion2vec_export_from_local_dir(tmp_path, e2v_model):
     assert manifest["source"] == {"kind": "local", "ref": str(d.resolve())}
     assert manifest["preset"] == "tiny"  # derived from config.yaml (embed_dim 64, depth 2, heads 4)
     assert manifest["config"]["embed_dim"] == 64 and manifest["unconfirmed"] == []
-    assert manifest["weights"]["sha256"] == sources.sha256_file(d / "model.pt")
+    assert manifest["weights"]["sha256"] == sha256_file(d / "model.pt")
     assert (out / "tokens.txt").read_bytes() == (d / "tokens.txt").read_bytes()
-    assert manifest["labels"] == e2v.read_labels(d / "tokens.txt") == list(e2v.EXPECTED_LABELS)
+    assert manifest["serving"]["labels"] == e2v.read_labels(d / "tokens.txt") == list(e2v.EXPECTED_LABELS)
 
     wav, lens = _signals([SR, 12345, 7777])
     outputs = run_onnx(out / "model.onnx", {"wav": wav, "wav_lens": lens})
@@ -384,16 +385,16 @@ def test_sensevoice_export_from_local_dir(tmp_path, sv_model):
                                   bpe_model=assets / "x.model", cmvn_file=assets / "am.mvn")
     out = tmp_path / "out"
     # As resolve() hands it over for a hub id: weights_origin "hub".
-    manifest = sv.export_onnx(out, model_dir=d, seed=1,
-                              source={"kind": "hub", "ref": "iic/SenseVoiceSmall"})
+    manifest = get("sensevoice").export(out, model_dir=d, seed=1,
+                                        source={"kind": "hub", "ref": "iic/SenseVoiceSmall"})
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8")) == manifest
     assert manifest["weights_origin"] == "hub"
     assert manifest["source"] == {"kind": "hub", "ref": "iic/SenseVoiceSmall"}
     assert manifest["preset"] == "tiny"
-    assert manifest["tokenizer_origin"] == "model" and manifest["cmvn_origin"] == "model"
+    assert manifest["serving"]["tokenizer_origin"] == "model" and manifest["serving"]["cmvn_origin"] == "model"
     assert (out / "bpe.model").read_bytes() == (assets / "x.model").read_bytes()
     assert (out / "am.mvn").read_bytes() == (assets / "am.mvn").read_bytes()
-    assert manifest["vocab_size"] == 320 and manifest["unconfirmed"] == []
+    assert manifest["serving"]["vocab_size"] == 320 and manifest["unconfirmed"] == []
     decode = json.loads((out / "decode_assets.json").read_text(encoding="utf-8"))
     sp = spm.SentencePieceProcessor(model_file=str(d / "chn_jpn_yue_eng_ko_spectok.bpe.model"))
     assert decode["tokens"] == [sp.IdToPiece(i) for i in range(sp.GetPieceSize())]
@@ -426,11 +427,12 @@ def test_sensevoice_export_from_local_dir(tmp_path, sv_model):
 
 
 def test_export_arguments_are_consistent(tmp_path, sv_dir):
-    with pytest.raises(ValueError, match="either model_dir or bpe_model"):
-        sv.export_onnx(tmp_path / "o", model_dir=sv_dir, cmvn_file=sv_dir / "am.mvn")
+    loaded = sources.load_local_model("sensevoice", sv_dir)
+    with pytest.raises(ValueError, match="either a loaded folder or bpe_model"):
+        sv.export_onnx(tmp_path / "o", loaded=loaded, cmvn_file=sv_dir / "am.mvn")
     with pytest.raises(ValueError, match="needs model_dir"):
         e2v.export_onnx(tmp_path / "o", source={"kind": "hub", "ref": "iic/emotion2vec_plus_base"})
     with pytest.raises(ValueError, match="does not match a model_dir"):
-        sv.export_onnx(tmp_path / "o", model_dir=sv_dir, source={"kind": "random", "ref": "tiny"})
+        sv.export_onnx(tmp_path / "o", loaded=loaded, source={"kind": "random", "ref": "tiny"})
     with pytest.raises(ValueError, match="another preset"):
         e2v.export_onnx(tmp_path / "o", preset="tiny", source={"kind": "random", "ref": "base"})
