@@ -243,12 +243,12 @@ def test_idle_streams_do_not_delay_a_unary_call(stack):
     threads = idle_streams(stack.gateway, 10, release)
     try:
         time.sleep(1.0)  # every stream is open and its decoder waiting for audio
-        audio = wav_bytes(call(2.0, rate=16000, seed=3).samples, 16000)
+        audio = wav_bytes(call(8.0, rate=16000, seed=2).samples, 16000)  # speech from its first seconds
         with Client(stack.gateway) as client:
             started = time.monotonic()
             result = client.analyze(audio, timeout=20)
             took = time.monotonic() - started
-        assert result.metadata.audio_seconds == pytest.approx(2.0) and took < 10, took
+        assert result.segments and took < 10, took
     finally:
         release.set()
         for thread in threads:
