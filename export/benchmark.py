@@ -24,7 +24,7 @@ import onnxruntime as ort
 import torch
 
 from toneserve.export import emotion2vec, sensevoice
-from toneserve.export.build import SIZE_PRESETS
+from toneserve.export.families import get
 from toneserve.export.sensevoice_frontend import SenseVoiceFrontend, load_cmvn
 from toneserve.export.variants import quantize_int8
 from toneserve.samples import speechlike
@@ -87,7 +87,7 @@ def bench_emotion2vec(work: Path, preset: str, threads: int, repeat: int) -> tup
                          "ms_per_10s": ms / batch, "ratio": eager_ms / ms})
     sizes = {"fp32": _size_mb(folder / "model.onnx"), "int8": _size_mb(folder / "model.int8.onnx")}
     return rows, {"family": "emotion2vec", "preset": preset, "export_s": export_s, "int8_s": int8_s,
-                  "size_mb": sizes, "params": manifest.get("num_params")}
+                  "size_mb": sizes, "params": manifest["serving"]["num_params"]}
 
 
 def bench_sensevoice(work: Path, preset: str, threads: int, repeat: int) -> tuple[list[dict], dict]:
@@ -99,7 +99,7 @@ def bench_sensevoice(work: Path, preset: str, threads: int, repeat: int) -> tupl
     quantize_int8(folder / "encoder.onnx", folder / "encoder.int8.onnx")
     int8_s = time.perf_counter() - started
 
-    model = sensevoice.build_model(preset, manifest["vocab_size"], manifest["seed"])
+    model = sensevoice.build_model(preset, manifest["serving"]["vocab_size"], manifest["seed"])
     encoder = sensevoice._encoder_wrapper(model).eval()
     frontend_t = SenseVoiceFrontend(load_cmvn(folder / "am.mvn")).eval()
     frontend = _session(folder / "frontend.onnx", threads)
@@ -160,10 +160,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     with contextlib.redirect_stdout(io.StringIO()):  # FunASR's ffmpeg notice is not for us
         import funasr  # noqa: F401
-    presets = SIZE_PRESETS[args.size]
     rows, exports = [], []
     for bench, family in ((bench_emotion2vec, "emotion2vec"), (bench_sensevoice, "sensevoice")):
-        family_rows, export = bench(args.work, presets[family], args.threads, args.repeat)
+        family_rows, export = bench(args.work, get(family).size_presets[args.size], args.threads, args.repeat)
         rows += family_rows
         exports.append(export)
     print(markdown(rows, exports, args.threads))
