@@ -161,7 +161,7 @@ def unavailable(hub: str, model_id: str, endpoint: str, why: str, cache: str | N
     other = HF if hub == MS else MS
     pinned = f" at revision {revision!r}" if revision else ""
     download = (f"modelscope download {model_id} --local-dir DIR" if hub == MS
-                else f"huggingface-cli download {model_id} --local-dir DIR")
+                else f"hf download {model_id} --local-dir DIR")
     return SourceUnavailable(
         f"cannot fetch {model_id!r}{pinned} from {name} ({endpoint}): {why}; it is not in {where} either "
         f"({env_ep} picks another endpoint, {env_cache} another cache). Alternatives: the same model on "

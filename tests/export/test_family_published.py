@@ -156,3 +156,21 @@ def test_checkpoint_that_weights_only_refuses_needs_the_opt_in(tiny_e2v):
     loaded = fam.load(tiny_e2v, trust_checkpoint=True)  # the user trusts this folder
     assert loaded.load["full_load"] and loaded.load["tensors_loaded"] == len(state)
     assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_silero_vad_is_a_family_that_ships_in_its_wheel(tmp_path):
+    from toneserve.export.families.silero_vad import wheel_graph
+
+    fam = get("silero_vad")
+    manifest = fam.export(tmp_path / "vad")
+    check_manifest(manifest)
+    assert manifest["weights_origin"] == "package" and manifest["parity"]["max_abs_err"] == {"bytes_differ": 0.0}
+    assert (tmp_path / "vad" / "silero_vad.onnx").read_bytes() == wheel_graph().read_bytes()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "vad" / "silero_vad.onnx"), providers=["CPUExecutionProvider"])
+    declared = manifest["graphs"]["silero_vad.onnx"]
+    assert [i.name for i in session.get_inputs()] == [d["name"] for d in declared["inputs"]]
+    assert [o.name for o in session.get_outputs()] == [d["name"] for d in declared["outputs"]]
+    with pytest.raises(ValueError, match="wheel"):
+        fam.build_random("wheel")
