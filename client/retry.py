@@ -21,6 +21,9 @@ class RetryPolicy:
     initial_backoff: float = 0.25  # seconds before the first retry (before jitter)
     multiplier: float = 2.0
     max_backoff: float = 10.0
+    # A hint longer than this is not waited for, deadline or not: a tenant's day quota hints the
+    # end of the UTC day. The error (with its retry_after) goes to the caller instead.
+    max_hinted_wait: float = 120.0
 
     def __post_init__(self):
         if self.max_attempts < 1:
@@ -34,6 +37,8 @@ class RetryPolicy:
     def wait_before_retry(self, error: AnalyzeError, attempt: int, deadline: Deadline) -> float | None:
         """Seconds to wait before trying again after `attempt` failed with `error`; None: give up."""
         if not error.retryable or attempt >= self.max_attempts:
+            return None
+        if (error.retry_after or 0.0) > self.max_hinted_wait:
             return None
         wait = max(self.backoff(attempt), error.retry_after or 0.0)
         remaining = deadline.remaining()

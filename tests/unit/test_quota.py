@@ -53,3 +53,14 @@ def test_nothing_is_charged_for_no_audio():
     quotas = Quotas(lambda tenant: Allowance(per_minute=0.0), Clock(0.0))
     quotas.charge("acme", 0.0)
     assert "acme" not in quotas.used
+
+
+def test_the_sdk_does_not_wait_out_a_day_quota():
+    from toneserve.client.errors import AnalyzeError
+    from toneserve.client.retry import Deadline, RetryPolicy
+
+    policy = RetryPolicy()
+    minute = AnalyzeError("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "used up", retry_after=40.0)
+    day = AnalyzeError("RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "used up", retry_after=8 * 3600.0)
+    assert policy.wait_before_retry(minute, 1, Deadline(None)) == 40.0
+    assert policy.wait_before_retry(day, 1, Deadline(None)) is None  # the caller gets the error and its hint
