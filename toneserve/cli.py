@@ -363,7 +363,7 @@ def _add_gateway_options(p):
                    help="the same per UTC day (default: no quota)")
     p.add_argument("--max-triton-calls", type=int, default=defaults.max_inflight, metavar="N",
                    help="Triton calls in flight at once, shared fairly between tenants (key-file weight=); near "
-                        f"what Triton runs at once, tenants wait in the gateway's fair queue, not Triton's FIFO "
+                        "what Triton runs at once, tenants wait in the gateway's fair queue, not Triton's FIFO "
                         f"(default {defaults.max_inflight})")
     p.add_argument("--triton-timeout", type=float, default=defaults.triton_timeout_seconds, metavar="S",
                    help="give up a Triton call after this long: TRITON_UNAVAILABLE "
