@@ -436,3 +436,23 @@ def test_export_arguments_are_consistent(tmp_path, sv_dir):
         sv.export_onnx(tmp_path / "o", loaded=loaded, source={"kind": "random", "ref": "tiny"})
     with pytest.raises(ValueError, match="another preset"):
         e2v.export_onnx(tmp_path / "o", preset="tiny", source={"kind": "random", "ref": "base"})
+
+
+def test_hub_export_records_what_was_downloaded(tmp_path, monkeypatch, e2v_model, no_network_download):
+    """A hub source's manifest names the hub and revision and holds the sha256 of every file it got
+    (here from the ModelScope cache, the hub being unreachable); the export is then current for that source."""
+    from toneserve.export.build import is_current
+
+    cache = tmp_path / "mscache"
+    folder = sources.save_local_layout(e2v_model, "emotion2vec", cache / "models" / "iic" / "emotion2vec_plus_base")
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", UNRESOLVABLE)
+    src = sources.parse_source("iic/emotion2vec_plus_base", "emotion2vec")
+    manifest = sources.export_from_source("emotion2vec", src, tmp_path / "out", cache_dir=cache, verify=False)
+    recorded = manifest["source"]
+    assert (recorded["kind"], recorded["ref"], recorded["hub"], recorded["revision"]) == (
+        "hub", "iic/emotion2vec_plus_base", "ms", None)
+    assert recorded["sha256"] == {p.name: sha256_file(p) for p in folder.iterdir() if p.is_file()}
+    assert manifest["weights"]["sha256"] == recorded["sha256"]["model.pt"]
+    assert is_current(tmp_path / "out", src, seed=0)
+    assert not is_current(tmp_path / "out", sources.parse_source("iic/emotion2vec_plus_base", "emotion2vec",
+                                                                 revision="v2"), seed=0)
