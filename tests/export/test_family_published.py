@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.export.emotion2vec_reference import funasr_reference
 from toneserve.export.check import check
 from toneserve.export.errors import CheckpointRefused
 from toneserve.export.families import get
@@ -81,9 +82,18 @@ def test_published_folders_export(tmp_path, request, family):
     if family == "emotion2vec":
         assert manifest["preset"] == "large" and manifest["serving"]["embedding_dim"] == 1024
         assert any("~300M" in note for note in manifest["unconfirmed"])
-        wav = speechlike(1.3, seed=3)[None]
-        got = run_onnx(out / "model.onnx", {"wav": wav, "wav_lens": np.array([wav.shape[1]], np.int64)})
-        assert got["logits"].shape == (1, 9) and np.isfinite(got["logits"]).all()
+        # A padded batch through the graph equals FunASR's own unpadded inference of each clip.
+        loaded = request.getfixturevalue("loaded_emotion2vec")
+        clips = [speechlike(1.3, seed=3), speechlike(0.7, seed=4)]
+        lens = np.array([len(c) for c in clips], np.int64)
+        wav = np.zeros((len(clips), lens.max()), np.float32)
+        for i, clip in enumerate(clips):
+            wav[i, :len(clip)] = clip
+        got = run_onnx(out / "model.onnx", {"wav": wav, "wav_lens": lens})
+        for i, clip in enumerate(clips):
+            logits, embedding = funasr_reference(loaded.model, clip)
+            assert np.abs(got["logits"][i] - logits).max() < 1e-4
+            assert np.abs(got["embedding"][i] - embedding).max() < 1e-4
     else:
         assert manifest["preset"] == "small" and manifest["serving"]["vocab_size"] == 25055
         assert manifest["serving"]["tokenizer_origin"] == "model" and "dither" in manifest["notes"]
