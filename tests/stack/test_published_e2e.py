@@ -185,7 +185,11 @@ class FunASR:
         every = emitted(path)
         assert self.tokenizer.decode(every) == result["text"], "the hook saw other frames than FunASR decoded"
         speech = emitted(path[4:])
+        # Where each emitted speech token starts, in ms as FunASR's timestamps put it (max(frame * 60 - 30, 0)).
+        frames = path[4:]
+        starts = [s for s in range(len(frames)) if frames[s] != blank and (s == 0 or frames[s] != frames[s - 1])]
         return {"text": result["text"], "ids": every, "speech_ids": speech,
+                "speech_ms": [max(s * 60 - 30, 0) for s in starts],
                 "speech_text": self.tokenizer.decode(speech) if speech else "", "query_logits": logits[0, :4]}
 
 
@@ -280,7 +284,7 @@ def test_triton_sensevoice_tokens_and_transcript_equal_funasrs(triton, funasr, c
         ids = [piece_ids[p] for p in ours["pieces"]]
         assert ids == theirs["speech_ids"], f"{name}: token ids differ"
         assert ours["text"] == theirs["speech_text"], f"{name}: transcripts differ"
-        assert len(ours["token_ms"]) == len(ids)
+        assert ours["token_ms"] == theirs["speech_ms"], f"{name}: token times differ"
         emitted += len(ids)
         _count("clips, Triton asr")
         _count("tokens, Triton asr", len(ids))
