@@ -135,14 +135,22 @@ def test_calls_given_up_cost_no_model_time(stack):
         lens.set_data_from_numpy(np.array([[n]], np.int64))
         return [wav, lens]
 
-    async def compute_ns(client) -> int:
+    async def compute(client) -> tuple[int, int]:
         stats = (await client.get_inference_statistics("vad", as_json=True))["model_stats"][0]["inference_stats"]
-        return int(stats["compute_infer"].get("ns", 0))
+        return int(stats["compute_infer"].get("count", 0)), int(stats["compute_infer"].get("ns", 0))
 
     async def measured(client, *calls) -> int:
-        before = await compute_ns(client)
+        """Compute time the calls cost: Triton records it just after answering, so wait until it has."""
+        count, before = await compute(client)
         await asyncio.gather(*calls)
-        return await compute_ns(client) - before
+        seen = await compute(client)
+        for _ in range(50):
+            await asyncio.sleep(0.2)
+            now = await compute(client)
+            if now == seen and now[0] > count:
+                break
+            seen = now
+        return seen[1] - before
 
     async def given_up(client) -> str:
         await asyncio.sleep(0.2)  # queued behind the long call
