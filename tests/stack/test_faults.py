@@ -33,6 +33,12 @@ def _analyze(stub, timeout: float = 60.0) -> tuple[str, dict, float]:
         return trailers.get(ERROR_CODE_METADATA, f"grpc:{error.code().name}"), trailers, time.monotonic() - started
 
 
+def _served(stub, tries: int = 3) -> bool:
+    """An OK answer within a few tries: a fresh (or just thawed) Triton's first calls can take longer
+    than a short --triton-timeout on a busy machine."""
+    return any(_analyze(stub)[0] == "OK" for _ in range(tries))
+
+
 def _health(channel) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
 
@@ -188,10 +194,10 @@ def test_a_stalled_triton_holds_no_request_and_turns_health_not_serving(reposito
     gateway's Triton timeout, health turns NOT_SERVING; thawed, the gateway serves again."""
     triton = EmbeddedTriton(repository, triton_ports(), log_path=tmp_path / "triton.log").start()
     try:
-        with gateway_process(triton.grpc_url, tmp_path / "gateway.log", "--triton-timeout", "3") as gateway, \
+        with gateway_process(triton.grpc_url, tmp_path / "gateway.log", "--triton-timeout", "5") as gateway, \
                 grpc.insecure_channel(gateway.address) as channel:
             stub = pb_grpc.AnalyzerStub(channel)
-            assert _analyze(stub)[0] == "OK"
+            assert _served(stub)
             os.killpg(triton.process.pid, signal.SIGSTOP)
             try:
                 started = time.monotonic()
@@ -205,6 +211,6 @@ def test_a_stalled_triton_holds_no_request_and_turns_health_not_serving(reposito
             finally:
                 os.killpg(triton.process.pid, signal.SIGCONT)
             _wait_health(channel, health_pb2.HealthCheckResponse.SERVING, timeout=15)
-            assert _analyze(stub)[0] == "OK"
+            assert _served(stub)
     finally:
         triton.stop()
