@@ -37,7 +37,7 @@ class ModelFiles:
         return self.parts["weights"]
 
     def __getattr__(self, role: str) -> Path | None:  # files.tokens, files.bpe_model, files.cmvn
-        if role.startswith("_"):
+        if role.startswith("_") or role == "parts":  # "parts" itself: not set yet (copy, unpickling)
             raise AttributeError(role)
         return self.parts.get(role)
 
