@@ -171,8 +171,9 @@ class Bench:
                 ("grpc.max_send_message_length", 256 * 2**20)]) as channel:
             await wait_serving(channel, 120)
             stub = pb_grpc.AnalyzerStub(channel)
-            for _ in range(args.warmup):  # one-off costs of a fresh server, not measured
-                await user(stub, self.keys["steady"], audio, Tally(), time.monotonic() + 0.001, args.timeout)
+            for index in range(args.warmup):  # one-off costs of a fresh server (lazy loads), not measured
+                clip = [audio[index % len(audio)]]
+                await user(stub, self.keys["steady"], clip, Tally(), time.monotonic() + 0.001, args.timeout)
             result: dict = {"users": args.users, "duration_s": args.duration, "kills": args.kills,
                             "clip_seconds": None if args.corpus else args.seconds, "memory_start": self.memory()}
 
@@ -230,7 +231,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="length of the synthetic recordings (default 20)")
     p.add_argument("--corpus", help="send the load-test corpus's recordings instead (loadtest/corpus.py)")
     p.add_argument("--timeout", type=float, default=300.0, help="deadline of each request (default 300)")
-    p.add_argument("--warmup", type=int, default=2, help="unmeasured requests first (default 2)")
+    p.add_argument("--warmup", type=int, default=8, help="unmeasured requests first, one per recording in turn; "
+                                                         "the start RSS is taken after them (default 8)")
     p.add_argument("--out", help="write the result here as JSON too")
     p.add_argument("gateway_flags", nargs="*", help="after `--`: more `toneserve gateway` flags")
     return p
