@@ -6,13 +6,16 @@ stub for the running interpreter, point the server at a rendered model
 repository, wait for readiness, and own the whole process group so that no
 server or stub process outlives us (Ctrl-C, failed start or normal stop).
 
-The server listens on 127.0.0.1 only, whatever address the gateway serves: Triton has no
-authentication, and the 2.51 in the wheel predates the fixes of release 25.07 (2.59) for
-unauthenticated flaws in its HTTP front end and Python backend (docs/security.md). Only
-processes of this machine can reach it; the gateway is its one intended client.
+The server listens on a loopback address only (127.0.0.1 unless told another of 127.0.0.0/8),
+whatever address the gateway serves: Triton has no authentication, and the 2.51 in the wheel
+predates the fixes of release 25.07 (2.59) for unauthenticated flaws in its HTTP front end and
+Python backend (docs/security.md). Only processes of this machine can reach it; the gateway is
+its one intended client. Several loopback addresses let replicas share one port, as pods behind
+one name do.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -37,7 +40,18 @@ class TritonStartError(CommandError):
     """Triton could not be started; the message says why, quoting Triton's own log."""
 
 
-HOST = "127.0.0.1"  # never anything else: see the module's docstring
+HOST = "127.0.0.1"  # the default; never an address outside 127.0.0.0/8: see the module's docstring
+
+
+def loopback_host(host: str) -> str:
+    """`host` if it is an IPv4 loopback address (127.0.0.0/8); anything else is refused."""
+    try:
+        if ipaddress.IPv4Address(host).is_loopback:
+            return host
+    except ValueError:
+        pass
+    raise TritonStartError(f"the embedded tritonserver listens on loopback addresses (127.0.0.0/8) only, "
+                           f"not {host!r}: it has no authentication")
 
 
 @dataclass(frozen=True)
@@ -135,10 +149,15 @@ class EmbeddedTriton:
 
     def __init__(self, repository: Path, ports: TritonPorts = TritonPorts(),
                  log_path: Path | None = None, startup_timeout: float = 180.0,
-                 binary: Path | None = None, log_verbose: int = 0):
+                 binary: Path | None = None, log_verbose: int = 0, loopback: str = HOST,
+                 max_connection_age: float | None = None):
+        """`loopback`: the address to listen on, within 127.0.0.0/8; `max_connection_age`: seconds after
+        which Triton ends each client connection (after a grace as long, for calls in progress), so that
+        clients balancing over a DNS name look it up again and find replicas added since."""
         self.repository = Path(repository).resolve()
         self.ports = ports
-        self.host = HOST
+        self.host = loopback_host(loopback)
+        self.max_connection_age = max_connection_age
         self.log_path = Path(log_path) if log_path else paths.home() / "logs" / f"tritonserver-{ports.grpc}.log"
         self.startup_timeout = startup_timeout
         self.binary = binary
@@ -170,8 +189,15 @@ class EmbeddedTriton:
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             "--exit-on-error=true", "--strict-readiness=true",
             f"--log-verbose={self.log_verbose}",
+            *self._connection_age(),
             *self._rate_limit(),
         ]
+
+    def _connection_age(self) -> list[str]:
+        if self.max_connection_age is None:
+            return []
+        ms = max(int(self.max_connection_age * 1000), 1)
+        return [f"--grpc-max-connection-age={ms}", f"--grpc-max-connection-age-grace={ms}"]
 
     def _rate_limit(self) -> list[str]:
         """Triton's rate limiter, when the repository's instances share the cores (Tuning.share_cores):
