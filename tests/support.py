@@ -198,3 +198,65 @@ def toneserve_analyze(*arguments: str, cwd: Path, env: dict | None = None, stder
     return subprocess.run([sys.executable, "-m", "toneserve.cli", "analyze", *arguments], cwd=cwd,
                           stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
+
+
+# --- a DNS server on loopback: replicas behind one name whose records a test changes ---
+
+class LoopbackDns:
+    """Answers A queries (UDP, 127.0.0.1, a free port) for the names of `records`, which a test may change
+    while it runs (`set`); other names are NXDOMAIN, other types get no records. gRPC's c-ares resolver asks
+    it through a target's authority: dns://{address}/NAME:PORT. Use as a context manager."""
+
+    def __init__(self, records: dict[str, list[str]] | None = None):
+        import socket
+        import threading
+
+        self.records = {name.lower().rstrip("."): list(ips) for name, ips in (records or {}).items()}
+        self.queries = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._serve, name="loopback-dns", daemon=True)
+
+    def set(self, name: str, addresses: list[str]) -> None:
+        self.records[name.lower().rstrip(".")] = list(addresses)
+
+    def reply(self, query: bytes) -> bytes | None:
+        import socket
+        import struct
+
+        if len(query) < 17:
+            return None
+        ident, flags = struct.unpack(">HH", query[:4])
+        end, labels = 12, []
+        while end < len(query) and query[end]:
+            labels.append(query[end + 1:end + 1 + query[end]].decode("ascii", "replace"))
+            end += 1 + query[end]
+        qtype = struct.unpack(">H", query[end + 1:end + 3])[0]
+        name = ".".join(labels).lower()
+        self.queries += 1
+        answers = self.records.get(name, []) if qtype == 1 else []
+        rcode = 0 if name in self.records else 3
+        # A response, authoritative, the query's recursion-desired bit; the question echoed, then the records
+        # (each names the question through a pointer to offset 12), with a TTL of 0.
+        head = struct.pack(">HHHHHH", ident, 0x8400 | (flags & 0x0100) | rcode, 1, len(answers), 0, 0)
+        records = b"".join(struct.pack(">HHHIH", 0xC00C, 1, 1, 0, 4) + socket.inet_aton(ip) for ip in answers)
+        return head + query[12:end + 5] + records
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                query, peer = self.sock.recvfrom(4096)
+            except OSError:  # closed
+                return
+            answer = self.reply(query)
+            if answer is not None:
+                self.sock.sendto(answer, peer)
+
+    def __enter__(self) -> "LoopbackDns":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+        self._thread.join(5)
