@@ -215,7 +215,9 @@ class LoopbackDns:
         self.queries = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)  # a closed socket does not wake a blocked recvfrom: look at `_stop` now and then
         self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="loopback-dns", daemon=True)
 
     def set(self, name: str, addresses: list[str]) -> None:
@@ -244,11 +246,13 @@ class LoopbackDns:
         return head + query[12:end + 5] + records
 
     def _serve(self) -> None:
-        while True:
+        import socket
+
+        while not self._stop.is_set():
             try:
                 query, peer = self.sock.recvfrom(4096)
-            except OSError:  # closed
-                return
+            except socket.timeout:
+                continue
             answer = self.reply(query)
             if answer is not None:
                 self.sock.sendto(answer, peer)
@@ -258,5 +262,6 @@ class LoopbackDns:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.sock.close()
+        self._stop.set()
         self._thread.join(5)
+        self.sock.close()
