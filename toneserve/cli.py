@@ -53,6 +53,8 @@ PARTS = {
     "plan": Part(("loadtest",), ("toneserve.loadtest.plan", "toneserve.loadtest.run", "toneserve.loadtest.corpus",
                                  "toneserve.loadtest.triton_metrics", "toneserve.loadtest.process_cpu"),
                  ("locust", "gevent", "matplotlib", "psutil", "prometheus_client", "grpc_health")),
+    "k8s": Part(("kube",), ("toneserve.kube.render",)),
+    "pack": Part(("kube",), ("toneserve.kube.pack",)),
 }
 
 
@@ -291,6 +293,33 @@ def cmd_plan(args) -> int:
     return run_plan(args)
 
 
+def cmd_k8s(args) -> int:
+    from toneserve.kube.render import files, secrets_digest, write
+
+    rendered = files(secrets=secrets_digest(Path(args.secrets)) if args.secrets else None)
+    out = Path(args.out)
+    if args.check:
+        differ = [name for name, text in rendered.items()
+                  if not (out / name).is_file() or (out / name).read_text() != text]
+        for name in differ:
+            say(f"{out / name} differs from a fresh render", "k8s")
+        return 1 if differ else 0
+    for path in write(out, rendered):
+        say(f"wrote {path}", "k8s")
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from toneserve.kube.pack import kustomize_snippet, pack
+
+    repository = Path(args.repository) if args.repository else paths.repository_dir(args.size, "gpu", args.precision)
+    packed = pack(repository, Path(args.out))
+    say(f"packed {repository} -> {packed.path} (sha256 {packed.sha256})", "pack")
+    url = f"{args.url.rstrip('/')}/{packed.name}" if args.url else f"https://YOUR-STORE/{packed.name}"
+    print(kustomize_snippet(packed, url), end="")
+    return 0
+
+
 def summary(result: dict) -> str:
     """A few lines a person can read: one per segment, then one per speaker."""
     def top(dist: dict) -> str:
@@ -466,6 +495,23 @@ def _plan_arguments(p):
     add_arguments(p)
 
 
+def _k8s_arguments(p):
+    p.add_argument("--out", default="deploy/k8s/base", help="the Kustomize base's folder (default deploy/k8s/base)")
+    p.add_argument("--secrets", metavar="DIR",
+                   help="folder of the gateway's Secret files (api_keys.txt, tls.crt, tls.key, ca.crt): their digest "
+                        "goes into the pods' annotation, so applying after a rotation rolls the gateway")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when --out differs from a fresh render")
+
+
+def _pack_arguments(p):
+    p.add_argument("repository", nargs="?", help="rendered model repository (default: the gpu one `export` wrote "
+                                                 "for --size and --precision)")
+    _add_size(p, default="base")
+    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16"])
+    p.add_argument("--out", default=".", help="folder for repository-<sha256[:16]>.tar.gz and its .sha256")
+    p.add_argument("--url", help="where the tarball will be served from (a folder URL): printed in the overlay lines")
+
+
 # name: (help, options, implementation)
 COMMANDS = {
     "export": ("build the models (ONNX, int8, fp16) and render the Triton model repository",
@@ -479,6 +525,10 @@ COMMANDS = {
     "demo": ("export, start everything, analyse a sample clip, print, stop", _demo_arguments, cmd_demo),
     "plan": ("capacity plan: sweep load on a running gateway, find the most within a p95 SLO",
              _plan_arguments, cmd_plan),
+    "k8s": ("render the Kubernetes (Kustomize) base: Triton, the gateway, policies, autoscaling",
+            _k8s_arguments, cmd_k8s),
+    "pack": ("pack a rendered model repository into a tarball named by its sha256, for Kubernetes",
+             _pack_arguments, cmd_pack),
 }
 
 

@@ -21,6 +21,8 @@ ALLOWED = {
     "export": {"toneserve.samples", "toneserve.model_repository.runners"},
     "loadtest": {"toneserve.samples", "toneserve.triton", "toneserve.gateway", "toneserve.model_repository",
                  "toneserve.export"},
+    # The Kubernetes renderer reads the gateway's settings and the catalog; the gateway never imports it.
+    "kube": {"toneserve.gateway.settings", "toneserve.model_repository"},
 }
 
 

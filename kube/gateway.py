@@ -1,0 +1,115 @@
+"""The gateway on Kubernetes: a Deployment with keys and TLS from Secrets, a Service, a PodDisruptionBudget.
+
+The gateway reads Triton's label sets and provenance once at start, and calls every ready Triton pod
+through the headless Service (a `dns:///` target, re-resolved as Triton replicas come and go).
+"""
+from __future__ import annotations
+
+from toneserve.kube import facts, triton
+from toneserve.kube.objects import exec_probe, meta, pdb, restricted, selector
+
+NAME = "toneserve-gateway"
+COMPONENT = "gateway"
+KEYS_SECRET = "toneserve-api-keys"  # key api_keys.txt (docs/security.md: the key file)
+TLS_SECRET = "toneserve-gateway-tls"  # type kubernetes.io/tls (tls.crt, tls.key) and ca.crt
+KEYS_DIR, TLS_DIR = "/run/secrets/api-keys", "/run/secrets/tls"
+# Annotation of the pod template carrying a digest of the Secrets' contents (`toneserve k8s --secrets`):
+# a rotation changes it, and the Deployment rolls its pods onto the new key file and certificate.
+SECRETS_ANNOTATION = "toneserve.io/secrets-sha256"
+# The name the health check expects in the certificate (it connects to 127.0.0.1).
+TLS_NAME = NAME
+
+
+def triton_url() -> str:
+    # Every ready Triton pod's address from the headless Service; $(POD_NAMESPACE) is expanded by the kubelet.
+    return f"dns:///{triton.NAME}.$(POD_NAMESPACE).svc:{facts.TRITON_GRPC_PORT}"
+
+
+def _health() -> str:
+    # kubelet's own gRPC probe speaks plaintext only and the gateway serves TLS only: the image's health
+    # checker (standard grpc.health.v1, over TLS, trusting ca.crt) runs inside the pod instead.
+    return (f"python /opt/toneserve/healthcheck.py 127.0.0.1:{facts.GATEWAY_PORT} "
+            f"--ca {TLS_DIR}/ca.crt --name \"$TONESERVE_TLS_NAME\"")
+
+
+def deployment(secrets_digest: str | None = None) -> dict:
+    template_meta: dict = {"labels": meta(NAME, COMPONENT)["labels"]}
+    if secrets_digest:
+        template_meta["annotations"] = {SECRETS_ANNOTATION: secrets_digest}
+    gateway = {
+        "name": "gateway", "image": facts.GATEWAY_IMAGE,
+        "args": facts.gateway_args(triton_url(), f"{KEYS_DIR}/api_keys.txt", f"{TLS_DIR}/tls.crt",
+                                   f"{TLS_DIR}/tls.key"),
+        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "TONESERVE_TLS_NAME", "value": TLS_NAME}],
+        "ports": [{"name": "grpc", "containerPort": facts.GATEWAY_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": facts.GATEWAY_METRICS_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+        "volumeMounts": [{"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True},
+                         {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+        "startupProbe": exec_probe(_health(), period=5, timeout=4, failures=24),
+        # NOT_SERVING while Triton is not ready: the pod leaves the Service, clients go to the others.
+        "readinessProbe": exec_probe(_health(), period=10, timeout=4, failures=2),
+        # Liveness asks only whether the process answers at all (any status): a Triton outage must not
+        # restart every gateway.
+        "livenessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 10, "timeoutSeconds": 3,
+                          "failureThreshold": 6},
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+        "securityContext": {**restricted(facts.GATEWAY_UID), "readOnlyRootFilesystem": True},
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(NAME, COMPONENT),
+        # No `replicas`: the HorizontalPodAutoscaler owns the count (an applied one would reset it).
+        "spec": {
+            "selector": {"matchLabels": selector(COMPONENT)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": template_meta,
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {"fsGroup": facts.GATEWAY_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [gateway],
+                    "volumes": [
+                        {"name": "api-keys", "secret": {"secretName": KEYS_SECRET, "defaultMode": 0o440}},
+                        {"name": "tls", "secret": {"secretName": TLS_SECRET, "defaultMode": 0o440}},
+                        # AnalyzeUpload spools large uploads to a temporary file.
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service() -> dict:
+    """For clients. A ClusterIP balances connections, not calls: clients balance per call with an L7
+    proxy (an ingress or mesh speaking HTTP/2) or the SDK's `dns:///` target on the headless variant."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta(NAME, COMPONENT),
+            "spec": {"type": "ClusterIP", "selector": selector(COMPONENT),
+                     "ports": [{"name": "grpc", "port": facts.GATEWAY_PORT, "targetPort": "grpc", "protocol": "TCP",
+                                "appProtocol": "grpc"}]}}
+
+
+def headless_service() -> dict:
+    """Every ready gateway pod's address, for clients inside the cluster that balance per call themselves."""
+    svc = service()
+    svc["metadata"] = meta(f"{NAME}-pods", COMPONENT)
+    svc["spec"] = {**svc["spec"], "clusterIP": "None"}
+    del svc["spec"]["type"]
+    return svc
+
+
+def metrics_service() -> dict:
+    """Gateway metrics (tenant names and volumes) on their own Service, for the monitoring namespace only."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta(f"{NAME}-metrics", COMPONENT),
+            "spec": {"type": "ClusterIP", "selector": selector(COMPONENT),
+                     "ports": [{"name": "metrics", "port": facts.GATEWAY_METRICS_PORT, "targetPort": "metrics",
+                                "protocol": "TCP"}]}}
+
+
+def objects(secrets_digest: str | None = None) -> list[dict]:
+    return [deployment(secrets_digest=secrets_digest), service(), headless_service(), metrics_service(),
+            pdb(NAME, COMPONENT, max_unavailable=1)]
