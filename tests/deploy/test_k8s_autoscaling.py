@@ -1,0 +1,202 @@
+"""Autoscaling on Triton's own signal: the recording rules under promtool, with synthetic series, and the
+objects that scale on them (kube/autoscaling.py)."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from toneserve.contract import ASR, EMOTION
+from toneserve.kube import autoscaling as a
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed: scripts/setup installs "
+                                    "Debian's prometheus package, which carries it")
+ROOT = Path(__file__).resolve().parents[2]
+KEDA = ROOT / "deploy" / "k8s" / "overlays" / "keda"
+
+
+@pytest.fixture(scope="module")
+def models(models_root):
+    from toneserve.model_repository.catalog import describe
+    return describe(models_root)
+
+
+def test_served_models_are_the_catalogs_without_its_ensembles(models):
+    from toneserve.model_repository.spec import Ensemble
+
+    names = a.served_models(models)
+    ensembles = {m.name for m in models if isinstance(m, Ensemble)}
+    assert {EMOTION, ASR} <= ensembles
+    assert set(names) == {m.name for m in models} - ensembles and names
+    for rule in a.rule_groups(models)["groups"][0]["rules"][:2]:
+        (alternatives,) = re.findall(r'model=~"([^"]*)"', rule["expr"])
+        assert alternatives.split("|") == names
+
+
+def _write_rules(tmp_path: Path, models) -> Path:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump(a.rule_groups(models), sort_keys=False))
+    return rules
+
+
+@needs_promtool
+def test_promtool_checks_the_rules_and_the_prometheus_rules_spec(tmp_path, models):
+    rules = _write_rules(tmp_path, models)
+    result = subprocess.run([PROMTOOL, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 rules found" in result.stdout
+    spec = tmp_path / "spec.yml"
+    spec.write_text(yaml.safe_dump(a.prometheus_rule(models)["spec"]))
+    assert subprocess.run([PROMTOOL, "check", "rules", str(spec)], capture_output=True).returncode == 0
+
+
+def _series(metric: str, pod: str, model: str, values: str) -> dict:
+    return {"series": f'{metric}{{namespace="ts",pod="{pod}",model="{model}",version="1"}}', "values": values}
+
+
+@needs_promtool
+def test_promtool_unit_tests_busy_idle_and_ensembles(tmp_path, models):
+    """Pod "busy": one model queues 3 ms for every 6 ms it computes, every other model is idle and the
+    ensembles show huge times of their own; the ratio is the busy model's 0.5, neither halved by the idle
+    ones nor moved by the ensembles. Pod "idle": nothing runs; the ratio is 0, not NaN or absent."""
+    queue, compute = a.TRITON_SERIES
+    busy, *idle = a.served_models(models)
+    assert idle, "the catalog must have more than one served model for the idle-model case"
+    series = [_series(queue, "busy", busy, "0+3000x40"), _series(compute, "busy", busy, "0+6000x40")]
+    for model in idle:
+        series += [_series(queue, "busy", model, "500x40"), _series(compute, "busy", model, "900x40")]
+    for ensemble in (EMOTION, ASR):
+        series += [_series(queue, "busy", ensemble, "0+900000x40"), _series(compute, "busy", ensemble, "0+1000x40")]
+    for model in a.served_models(models):
+        series += [_series(queue, "idle", model, "70x40"), _series(compute, "idle", model, "80x40")]
+
+    def sample(pod: str, value: float) -> dict:
+        return {"labels": f'{a.RATIO}{{namespace="ts",pod="{pod}"}}', "value": value}
+
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "15s", "tests": [{
+        "interval": "15s", "input_series": series,
+        "promql_expr_test": [
+            {"expr": a.RATIO, "eval_time": "5m", "exp_samples": [sample("busy", 0.5), sample("idle", 0)]},
+            # The rates themselves: 3000 us queued and 6000 us computed per 15 s scrape.
+            {"expr": a.QUEUE_RATE, "eval_time": "5m",
+             "exp_samples": [{"labels": f'{a.QUEUE_RATE}{{namespace="ts",pod="busy"}}', "value": 200},
+                             {"labels": f'{a.QUEUE_RATE}{{namespace="ts",pod="idle"}}', "value": 0}]},
+        ]}]}
+    _write_rules(tmp_path, models)
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = subprocess.run([PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    # The same file with the wrong expectation fails: promtool really compares the samples.
+    tests["tests"][0]["promql_expr_test"][0]["exp_samples"][0]["value"] = 0.5 / len(a.served_models(models))
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    assert subprocess.run([PROMTOOL, "test", "rules", "tests.yml"], cwd=tmp_path, capture_output=True).returncode
+
+
+def test_adapter_serves_the_ratio_and_the_in_flight_gauge_the_hpas_name():
+    config = a.adapter_config()
+    served = {rule["name"]["as"] for rule in config["rules"]}
+    triton, gateway = a.triton_hpa(), a.gateway_hpa()
+    pods = {m["pods"]["metric"]["name"] for hpa in (triton, gateway) for m in hpa["spec"]["metrics"] if "pods" in m}
+    assert pods == served == {a.RATIO_METRIC, a.IN_FLIGHT_METRIC}
+    assert ":" not in a.RATIO_METRIC
+    assert yaml.safe_load(a.adapter_rules()["data"]["config.yaml"]) == config
+    from toneserve.gateway.metrics import Metrics
+    assert a.IN_FLIGHT_METRIC in {m.name for m in Metrics().registry.collect()}
+
+
+def test_hpas_scale_down_slowly_and_take_the_targets():
+    triton = a.triton_hpa("0.421", 1, 5)
+    assert triton["spec"]["scaleTargetRef"]["name"] == a.TRITON
+    assert triton["spec"]["metrics"][0]["pods"]["target"] == {"type": "AverageValue", "averageValue": "0.421"}
+    assert triton["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    gateway = a.gateway_hpa("6", cpu_percent=60)
+    kinds = [m["type"] for m in gateway["spec"]["metrics"]]
+    assert kinds == ["Resource", "Pods"] and gateway["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    with pytest.raises(ValueError):
+        a.triton_hpa(min_replicas=3, max_replicas=2)
+
+
+def test_targets_file_round_trips_and_replacements_point_at_real_fields():
+    text = a.targets_env(0.4213, 3.6)
+    assert a.read_targets(text) == {a.RATIO_KEY: "0.421", a.IN_FLIGHT_KEY: "4"}
+    assert a.read_targets(a.targets_env(0.0, 0))[a.RATIO_KEY] == "0.001"  # a target must stay positive
+    objects = {("HorizontalPodAutoscaler", a.TRITON): a.triton_hpa(), ("HorizontalPodAutoscaler", a.GATEWAY):
+               a.gateway_hpa(), ("ScaledObject", a.TRITON): a.keda_scaled_object()}
+    for keda in (False, True):
+        for replacement in a.target_replacements(keda):
+            assert replacement["source"]["fieldPath"].removeprefix("data.") in a.DEFAULT_TARGETS
+            for target in replacement["targets"]:
+                obj = objects[target["select"]["kind"], target["select"]["name"]]
+                for path in target["fieldPaths"]:
+                    node = obj
+                    for part in path.split("."):
+                        node = node[int(part)] if isinstance(node, list) else node[part]
+                    assert isinstance(node, str)
+
+
+def test_queue_compute_ratio_from_a_counter_delta_ignores_ensembles():
+    delta = {"emotion2vec": {"queue_us": 300.0, "compute_infer_us": 600.0},
+             "vad": {"queue_us": 0.0, "compute_infer_us": 0.0},
+             EMOTION: {"queue_us": 1e9, "compute_infer_us": 1.0}}
+    assert a.queue_compute_ratio(delta) == pytest.approx(0.5)
+    assert a.queue_compute_ratio({"vad": {"queue_us": 0.0, "compute_infer_us": 0.0}}) is None
+
+
+def test_keda_overlay_is_what_the_module_renders():
+    files = a.keda_overlay_files()
+    for name, content in files.items():
+        assert (KEDA / name).read_text() == content, f"{KEDA / name} is stale: render it from kube/autoscaling.py"
+    scaled = yaml.safe_load(files["scaledobject.yaml"])
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["metricType"] == "Value" and "or vector(0)" in trigger["metadata"]["query"]
+    assert a.RATIO in trigger["metadata"]["query"]
+
+
+def _write_base(base: Path, models) -> None:
+    base.mkdir(parents=True)
+    files = a.base_resources(models)
+    for name, objects in files.items():
+        (base / name).write_text(yaml.safe_dump_all(objects, sort_keys=False))
+    (base / "kustomization.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": sorted(files),
+         **a.base_kustomization()}, sort_keys=False))
+
+
+def _build(folder: Path) -> list[dict]:
+    result = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return list(yaml.safe_load_all(result.stdout))
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+def test_keda_overlay_takes_the_plans_targets_and_drops_tritons_hpa(tmp_path, models):
+    """The overlay as checked in, on a base made of what base_resources() gives the renderer's base."""
+    _write_base(tmp_path / "base", models)
+    shutil.copytree(KEDA, tmp_path / "overlays" / "keda")
+    base = {(o["kind"], o["metadata"]["name"]): o for o in _build(tmp_path / "base")}
+    assert base["HorizontalPodAutoscaler", a.TRITON]["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == \
+        a.DEFAULT_TARGETS[a.RATIO_KEY]
+    (tmp_path / "overlays" / "keda" / a.TARGETS_FILE).write_text(a.targets_env(0.37, 6))
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _build(tmp_path / "overlays" / "keda")}
+    # KEDA owns Triton's HPA in this overlay: a second HPA on the same Deployment would fight it.
+    assert ("HorizontalPodAutoscaler", a.TRITON) not in objects
+    assert objects["ScaledObject", a.TRITON]["spec"]["triggers"][0]["metadata"]["threshold"] == "0.370"
+    gateway = objects["HorizontalPodAutoscaler", a.GATEWAY]["spec"]["metrics"][1]["pods"]["target"]
+    assert gateway["averageValue"] == "6"
+    assert objects["ConfigMap", a.TARGETS_CONFIGMAP]["data"] == {a.RATIO_KEY: "0.370", a.IN_FLIGHT_KEY: "6"}
+    assert ("PrometheusRule", "toneserve-triton") in objects
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+@pytest.mark.skipif(not (ROOT / "deploy" / "k8s" / "base" / "kustomization.yaml").is_file(),
+                    reason="deploy/k8s/base is not rendered yet")
+def test_keda_overlay_builds_on_the_real_base():
+    objects = {(o["kind"], o["metadata"]["name"]) for o in _build(KEDA)}
+    assert ("ScaledObject", a.TRITON) in objects and ("HorizontalPodAutoscaler", a.TRITON) not in objects
+    assert ("HorizontalPodAutoscaler", a.GATEWAY) in objects
