@@ -1,0 +1,116 @@
+"""What the Kubernetes schemas do not check, checked on a list of rendered objects.
+
+- a Deployment's selector matches its pod template's labels;
+- each Service and PodDisruptionBudget selects the pods of exactly one Deployment;
+- a probe's or Service's named port exists in the container / pods it points at;
+- every name is DNS-1123 (a label for Services, a subdomain otherwise);
+- extended resources (nvidia.com/gpu) are requested exactly as they are limited.
+
+Each function returns the problems found, as sentences; none means the objects pass.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+NATIVE_RESOURCES = {"cpu", "memory", "ephemeral-storage"}
+
+
+def _name(obj: dict) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _pod_labels(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["metadata"].get("labels", {})
+
+
+def _containers(deployment: dict) -> list[dict]:
+    spec = deployment["spec"]["template"]["spec"]
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def names(objects: Iterable[dict]) -> list[str]:
+    problems = []
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        pattern = DNS1123_LABEL if obj["kind"] == "Service" else DNS1123_SUBDOMAIN
+        limit = 63 if obj["kind"] == "Service" else 253
+        if not pattern.match(name) or len(name) > limit:
+            problems.append(f"{_name(obj)}: not a DNS-1123 {'label' if limit == 63 else 'subdomain'}")
+        for c in _containers(obj) if obj["kind"] == "Deployment" else []:
+            if not DNS1123_LABEL.match(c["name"]):
+                problems.append(f"{_name(obj)}: container {c['name']!r} is not a DNS-1123 label")
+    return problems
+
+
+def selectors(objects: Iterable[dict]) -> list[str]:
+    objects = list(objects)
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    problems = []
+    for d in deployments:
+        match = d["spec"]["selector"].get("matchLabels", {})
+        if not _matches(match, _pod_labels(d)):
+            problems.append(f"{_name(d)}: selector {match} does not match its template's labels {_pod_labels(d)}")
+    for obj in objects:
+        if obj["kind"] == "Service":
+            sel = obj["spec"].get("selector", {})
+        elif obj["kind"] == "PodDisruptionBudget":
+            sel = obj["spec"]["selector"].get("matchLabels", {})
+        else:
+            continue
+        chosen = [d for d in deployments if _matches(sel, _pod_labels(d))]
+        if len(chosen) != 1:
+            problems.append(f"{_name(obj)}: selects {len(chosen)} Deployments ({[_name(d) for d in chosen]}), not 1")
+    return problems
+
+
+def _port_names(container: dict) -> set:
+    return {p.get("name") for p in container.get("ports", [])} | {p["containerPort"] for p in container.get("ports", [])}
+
+
+def ports(objects: Iterable[dict]) -> list[str]:
+    objects = list(objects)
+    problems = []
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    for d in deployments:
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            for probe_name in PROBES:
+                probe = c.get(probe_name)
+                if not probe:
+                    continue
+                for kind in ("httpGet", "tcpSocket", "grpc"):
+                    if kind in probe and probe[kind]["port"] not in _port_names(c):
+                        problems.append(f"{_name(d)}: {c['name']} {probe_name} port {probe[kind]['port']!r} "
+                                        "is not a port of the container")
+    for svc in (o for o in objects if o["kind"] == "Service"):
+        pods = [d for d in deployments if _matches(svc["spec"].get("selector", {}), _pod_labels(d))]
+        known = set().union(*(_port_names(c) for d in pods for c in d["spec"]["template"]["spec"]["containers"]))
+        for p in svc["spec"]["ports"]:
+            if p.get("targetPort", p["port"]) not in known:
+                problems.append(f"{_name(svc)}: targetPort {p.get('targetPort', p['port'])!r} is no port of its pods")
+    return problems
+
+
+def extended_resources(objects: Iterable[dict]) -> list[str]:
+    problems = []
+    for d in (o for o in objects if o["kind"] == "Deployment"):
+        for c in _containers(d):
+            requests = c.get("resources", {}).get("requests", {})
+            limits = c.get("resources", {}).get("limits", {})
+            for name in (set(requests) | set(limits)) - NATIVE_RESOURCES:
+                if str(requests.get(name)) != str(limits.get(name)):
+                    problems.append(f"{_name(d)}: {c['name']} requests {name} {requests.get(name)} but limits "
+                                    f"{limits.get(name)}: extended resources need requests equal to limits")
+    return problems
+
+
+def problems(objects: Iterable[dict]) -> list[str]:
+    objects = [o for o in objects if o]
+    return names(objects) + selectors(objects) + ports(objects) + extended_resources(objects)

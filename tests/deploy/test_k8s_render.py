@@ -1,0 +1,197 @@
+"""The Kustomize base (deploy/k8s/base) and `toneserve pack`, checked without a cluster.
+
+- the committed base equals a fresh `toneserve k8s` render, and `--check` says when it does not;
+- what the manifests share with docker-compose.yml is the same fact: images, Triton's flags, the
+  admin-token wrapper (with the restricted APIs), the gateway's command line;
+- Triton's connection age, its grace (the longest request) and drain come from the gateway settings;
+- the packed repository is byte-identical across packs (order, times, owners), named by its sha256,
+  and the init container's own script (curl, sha256sum, tar) fetches, verifies and unpacks it, and
+  refuses a tarball whose digest differs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support import ROOT
+from toneserve.gateway.settings import Settings
+from toneserve.kube import facts, gateway, pack, render, triton
+
+BASE = ROOT / "deploy" / "k8s" / "base"
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _objects(name: str) -> list[dict]:
+    return [o for o in yaml.safe_load_all((BASE / name).read_text()) if o]
+
+
+def _find(kind: str, name: str) -> dict:
+    for file in BASE.glob("*.yaml"):
+        for obj in _objects(file.name):
+            if obj.get("kind") == kind and obj["metadata"]["name"] == name:
+                return obj
+    raise AssertionError(f"no {kind}/{name} in {BASE}")
+
+
+def test_the_committed_base_is_a_fresh_render():
+    rendered = render.files()
+    assert sorted(rendered) == sorted(p.name for p in BASE.glob("*.yaml")), "files differ: run `toneserve k8s`"
+    for name, text in rendered.items():
+        assert (BASE / name).read_text() == text, f"deploy/k8s/base/{name} is stale: run `toneserve k8s`"
+
+
+def test_the_command_writes_the_base_and_check_sees_a_change(tmp_path):
+    run = [sys.executable, "-m", "toneserve", "k8s", "--out", str(tmp_path)]
+    subprocess.run(run, check=True, capture_output=True)
+    assert {p.name: p.read_text() for p in tmp_path.glob("*.yaml")} == render.files()
+    assert subprocess.run([*run, "--check"], capture_output=True).returncode == 0
+    (tmp_path / "triton.yaml").write_text((tmp_path / "triton.yaml").read_text().replace("8001", "8011"))
+    changed = subprocess.run([*run, "--check"], capture_output=True, text=True)
+    assert changed.returncode == 1 and "triton.yaml differs" in changed.stderr + changed.stdout
+
+
+def test_a_secrets_digest_rolls_the_gateway(tmp_path):
+    (tmp_path / "api_keys.txt").write_text("sha256:" + "a" * 64 + " acme\n")
+    (tmp_path / "tls.crt").write_text("cert")
+    first = render.secrets_digest(tmp_path)
+    pod = gateway.deployment(first)["spec"]["template"]["metadata"]
+    assert pod["annotations"] == {gateway.SECRETS_ANNOTATION: first}
+    (tmp_path / "api_keys.txt").write_text("sha256:" + "b" * 64 + " acme\n")  # a rotated key
+    assert render.secrets_digest(tmp_path) != first
+    assert "annotations" not in _find("Deployment", gateway.NAME)["spec"]["template"]["metadata"]
+
+
+def test_the_images_are_composes():
+    services = COMPOSE["services"]
+    assert services["triton"]["image"] == facts.TRITON_IMAGE
+    assert services["gateway"]["image"] == facts.GATEWAY_IMAGE
+    ngc_tag = facts.TRITON_IMAGE.split(":")[1].split("-py3")[0]
+    assert f"nvcr.io/nvidia/tritonserver:{ngc_tag}-py3" in (ROOT / "deploy/triton/Dockerfile").read_text()
+    images = {c["image"] for c in _containers(_find("Deployment", triton.NAME))}
+    assert images == {facts.TRITON_IMAGE, facts.FETCH_IMAGE}
+    assert {c["image"] for c in _containers(_find("Deployment", gateway.NAME))} == {facts.GATEWAY_IMAGE}
+
+
+def _containers(deployment: dict) -> list[dict]:
+    spec = deployment["spec"]["template"]["spec"]
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def test_triton_runs_composes_flags_and_admin_wrapper():
+    command = COMPOSE["services"]["triton"]["command"]  # sh -c SCRIPT $0 tritonserver FLAGS...
+    assert command[3:5] == ["tritonserver", "tritonserver"]
+    # Compose doubles `$` to escape its own interpolation; the shell sees single ones, as Kubernetes passes them.
+    assert command[2].replace("$$", "$") == facts.admin_wrapper("/run/secrets/triton_admin_token")
+    container = _find("Deployment", triton.NAME)["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/bin/sh", "-c", facts.admin_wrapper(triton.TOKEN_FILE), "tritonserver"]
+    compose_flags = [f for f in command[5:] if not f.startswith("--log-verbose")]
+    assert container["args"][0] == "tritonserver"
+    assert container["args"][1:1 + len(compose_flags)] == compose_flags
+    assert "--http-address=127.0.0.1" in container["args"]  # HTTP (and so the admin APIs over it) stays in the pod
+
+
+def test_triton_connection_age_and_grace_come_from_the_settings():
+    settings = Settings(max_request_seconds=3 * 3600.0, triton_timeout_seconds=90.0)
+    args = triton.triton_args(settings)
+    assert f"--grpc-max-connection-age={triton.MAX_CONNECTION_AGE_S * 1000}" in args
+    assert "--grpc-max-connection-age-grace=10800000" in args  # the longest request: three hours
+    assert "--exit-timeout-secs=90" in args
+    spec = triton.deployment(settings)["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] > 90  # Triton drains before the kubelet kills it
+    default = triton.triton_args(Settings())
+    grace = next(int(a.split("=")[1]) for a in default if a.startswith("--grpc-max-connection-age-grace="))
+    assert grace >= 3600 * 1000, "an hour-long call must finish on its old connection"
+
+
+def test_the_gateway_runs_composes_command_against_every_triton_pod():
+    compose = COMPOSE["services"]["gateway"]["command"]
+    args = _find("Deployment", gateway.NAME)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert compose == facts.gateway_args("triton:8001", "/run/secrets/api_keys", "/run/secrets/tls_cert",
+                                         "/run/secrets/tls_key")
+    assert args == facts.gateway_args(gateway.triton_url(), f"{gateway.KEYS_DIR}/api_keys.txt",
+                                      f"{gateway.TLS_DIR}/tls.crt", f"{gateway.TLS_DIR}/tls.key")
+    assert gateway.triton_url().startswith(f"dns:///{triton.NAME}.")
+
+
+def test_triton_pods_are_probed_per_model_and_roll_without_losing_capacity():
+    deployment = _find("Deployment", triton.NAME)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    readiness = container["readinessProbe"]["exec"]["command"][-1]
+    for model in ("emotion", "asr", "vad"):
+        assert f"/v2/models/{model}/ready" in readiness
+    assert {"startupProbe", "livenessProbe"} <= set(container)
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["models"]["readOnly"] is True and mounts["dshm"]["mountPath"] == "/dev/shm"
+    assert _find("Service", triton.NAME)["spec"]["clusterIP"] == "None"
+    _find("PodDisruptionBudget", triton.NAME)
+    _find("PodDisruptionBudget", gateway.NAME)
+
+
+def _repository(root: Path) -> Path:
+    repo = root / "repo"
+    for model in ("emotion", "asr", "vad"):
+        (repo / model / "1").mkdir(parents=True)
+        (repo / model / "config.pbtxt").write_text(f'name: "{model}"\n')
+    (repo / "vad" / "1" / "model.py").write_text("print('runner')\n")
+    (repo / "vad" / "1" / "model.py").chmod(0o755)
+    return repo
+
+
+def test_pack_is_deterministic_and_named_by_its_digest(tmp_path):
+    repo = _repository(tmp_path)
+    first = pack.pack(repo, tmp_path / "a")
+    os.utime(repo / "asr" / "config.pbtxt", (1, 1))  # times and a fresh copy change nothing
+    copy = shutil.copytree(repo, tmp_path / "copy")
+    second = pack.pack(copy, tmp_path / "b")
+    assert first.sha256 == second.sha256 and first.name == second.name == f"repository-{first.sha256[:16]}.tar.gz"
+    assert first.path.read_bytes() == second.path.read_bytes()
+    assert (tmp_path / "a" / f"{first.name}.sha256").read_text() == f"{first.sha256}  {first.name}\n"
+    with tarfile.open(first.path) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == sorted(m.name for m in members)
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, 0, "", "")}
+    assert next(m for m in members if m.name == "vad/1/model.py").mode == 0o755
+    (copy / "asr" / "config.pbtxt").write_text('name: "asr2"\n')  # content changes the digest
+    assert pack.pack(copy, tmp_path / "c").sha256 != first.sha256
+
+
+def test_pack_refuses_what_is_not_a_repository(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a rendered model repository"):
+        pack.pack(tmp_path, tmp_path / "out")
+
+
+def _init_script(models: Path) -> str:
+    return triton.FETCH.replace("/models", str(models))
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("curl", "sha256sum", "tar", "sh")),
+                    reason="the init container's tools (curl, sha256sum, tar, sh) are not on this machine")
+def test_the_init_container_script_verifies_and_unpacks(tmp_path):
+    packed = pack.pack(_repository(tmp_path), tmp_path / "store")
+    models = tmp_path / "models"
+    models.mkdir()
+    env = {"PATH": os.environ["PATH"], "REPOSITORY_URL": packed.path.as_uri(), "REPOSITORY_SHA256": packed.sha256}
+    done = subprocess.run(["sh", "-c", _init_script(models)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in models.iterdir()) == ["asr", "emotion", "vad"]  # and no tarball left
+    assert (models / "vad" / "1" / "model.py").read_text() == "print('runner')\n"
+
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    env["REPOSITORY_SHA256"] = "0" * 64
+    refused = subprocess.run(["sh", "-c", _init_script(wrong)], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and not (wrong / "vad").exists()
+
+    env["REPOSITORY_URL"] = ""
+    unset = subprocess.run(["sh", "-c", _init_script(wrong)], env=env, capture_output=True, text=True)
+    assert unset.returncode == 1 and "toneserve pack" in unset.stderr
