@@ -1,0 +1,142 @@
+"""Every Kubernetes object toneserve ships, against the API's own schemas and the rules they miss.
+
+- each object of the base (its files as written, and `kubectl kustomize`'s build of it) and of the
+  example GPU overlay's build validates strictly (unknown fields are errors) against the schemas of
+  Kubernetes 1.29 and 1.33, bundled in kubernetes-validate;
+- the rules schemas miss (kube/checks.py): selectors match template labels, each Service and PDB
+  selects one Deployment, probe and target ports exist, names are DNS-1123, GPU requests equal
+  limits; each rule is shown to catch a broken object;
+- the overlay keeps Triton on GPU nodes and points it at the repository artifact.
+
+`kubectl` (with kustomize built in) is in this project's machine image; where it is absent the build
+tests skip and say so, and the base's own files are still validated.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.support import ROOT
+from toneserve.kube import checks
+
+BASE = ROOT / "deploy" / "k8s" / "base"
+OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "gpu"
+VERSIONS = ("1.29", "1.33")
+# Objects that are not the API's: Kustomize's own, and the CRDs of operators (Prometheus, KEDA), which
+# kubernetes-validate has no schemas for.
+NOT_CORE = {"Kustomization", "PrometheusRule", "ScaledObject", "PodMonitor", "ServiceMonitor"}
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed here")
+
+
+def _files() -> list[dict]:
+    return [o for path in sorted(BASE.glob("*.yaml")) for o in yaml.safe_load_all(path.read_text()) if o]
+
+
+def _build(folder) -> list[dict]:
+    done = subprocess.run([KUBECTL, "kustomize", str(folder)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [o for o in yaml.safe_load_all(done.stdout) if o]
+
+
+def _invalid(objects: list[dict]) -> list[str]:
+    problems = []
+    for obj in objects:
+        if obj["kind"] in NOT_CORE:
+            continue
+        for version in VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                path = "/".join(str(p) for p in exc.path)
+                problems.append(f"{version} {obj['kind']}/{obj['metadata']['name']} {path}: {exc.message}")
+            except kubernetes_validate.SchemaNotFoundError as exc:
+                problems.append(f"{version}: {exc.message}")
+    return problems
+
+
+def test_the_base_files_validate_strictly():
+    objects = _files()
+    assert {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"} <= {o["kind"] for o in objects}
+    assert not _invalid(objects), "\n".join(_invalid(objects))
+    assert not checks.problems([o for o in objects if o["kind"] not in NOT_CORE])
+
+
+@needs_kubectl
+def test_the_base_builds_and_validates():
+    objects = _build(BASE)
+    assert not _invalid(objects), "\n".join(_invalid(objects))
+    assert not checks.problems(objects), checks.problems(objects)
+
+
+@needs_kubectl
+def test_the_gpu_overlay_builds_and_validates():
+    objects = _build(OVERLAY)
+    assert not _invalid(objects), "\n".join(_invalid(objects))
+    assert not checks.problems(objects), checks.problems(objects)
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"toneserve"}
+    triton = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "toneserve-triton")
+    pod = triton["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    gpu = pod["containers"][0]["resources"]
+    assert gpu["requests"]["nvidia.com/gpu"] == gpu["limits"]["nvidia.com/gpu"] == 1
+    repository = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(
+        "toneserve-repository-"))
+    assert repository["data"]["url"].startswith("https://") and len(repository["data"]["sha256"]) == 64
+    # The generated name (its hash suffix) is what the init container reads: a new digest rolls the pods.
+    env = {e["name"]: e["valueFrom"]["configMapKeyRef"]["name"] for e in pod["initContainers"][0]["env"]}
+    assert set(env.values()) == {repository["metadata"]["name"]}
+
+
+def test_strict_validation_catches_a_misspelt_field():
+    deployment = copy.deepcopy(next(o for o in _files() if o["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    assert _invalid([deployment])
+
+
+def _base_objects() -> list[dict]:
+    return [o for o in _files() if o["kind"] not in NOT_CORE]
+
+
+def _first(objects, kind, name_part=""):
+    return next(o for o in objects if o["kind"] == kind and name_part in o["metadata"]["name"])
+
+
+def test_each_rule_catches_what_it_is_for():
+    objects = _base_objects()
+    assert not checks.problems(objects)
+
+    broken = copy.deepcopy(objects)
+    _first(broken, "Deployment", "triton")["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] = "x"
+    assert any("does not match its template" in p for p in checks.selectors(broken))
+
+    broken = copy.deepcopy(objects)
+    _first(broken, "Service", "gateway")["spec"]["selector"] = {"app.kubernetes.io/name": "toneserve"}
+    assert any("selects 2 Deployments" in p for p in checks.selectors(broken))
+
+    broken = copy.deepcopy(objects)
+    _first(broken, "PodDisruptionBudget", "triton")["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] = "y"
+    assert any("selects 0 Deployments" in p for p in checks.selectors(broken))
+
+    broken = copy.deepcopy(objects)
+    _first(broken, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]["livenessProbe"] = {
+        "tcpSocket": {"port": "grcp"}}
+    assert any("'grcp' is not a port" in p for p in checks.ports(broken))
+
+    broken = copy.deepcopy(objects)
+    _first(broken, "Service", "triton")["spec"]["ports"][0]["targetPort"] = 9001
+    assert any("targetPort 9001" in p for p in checks.ports(broken))
+
+    broken = copy.deepcopy(objects)
+    _first(broken, "Service", "gateway")["metadata"]["name"] = "Toneserve_Gateway"
+    assert any("DNS-1123" in p for p in checks.names(broken))
+
+    broken = copy.deepcopy(objects)
+    _first(broken, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"][
+        "nvidia.com/gpu"] = 2
+    assert any("requests nvidia.com/gpu 2 but limits 1" in p for p in checks.extended_resources(broken))
