@@ -53,10 +53,13 @@ class Gateway:
     def __init__(self, triton_url: str, host: str = "127.0.0.1", port: int = 50051,
                  settings: Settings = Settings(), metrics_port: int | None = None,
                  keys: ApiKeys = ApiKeys(), tls: tuple[bytes, bytes] | None = None,
-                 metrics_host: str = "127.0.0.1", allow_unauthenticated: bool = False):
+                 metrics_host: str = "127.0.0.1", allow_unauthenticated: bool = False,
+                 health_port: int | None = None):
         """`keys`: API keys -> tenants (default: no authentication, which only a loopback `host` allows
         unless `allow_unauthenticated`); `tls`: (PEM private key, PEM certificate chain) to serve TLS
-        instead of plaintext; metrics (tenant names and volumes) on `metrics_host`, loopback by default."""
+        instead of plaintext; metrics (tenant names and volumes) on `metrics_host`, loopback by default;
+        `health_port`: standard gRPC health checking alone, in plaintext, on `host` (Kubernetes' own gRPC
+        probes speak no TLS): it tells what the main port's health tells, and serves nothing else."""
         check_exposure(host, keys, allow_unauthenticated)
         if keys.enabled and not tls and not is_loopback(host):
             log.warning("API keys travel in plaintext to %s: serve TLS (--tls-cert, --tls-key) or put a TLS "
@@ -72,6 +75,8 @@ class Gateway:
         self.tls = tls
         self.inference: Inference | None = None
         self.server: grpc.aio.Server | None = None
+        self.health_port = health_port
+        self.health_server: grpc.aio.Server | None = None
         self.watch: TritonWatch | None = None
 
     async def start(self) -> None:
@@ -103,11 +108,23 @@ class Gateway:
             raise GatewayStartError(f"cannot listen on {self.address} ({exc}); "
                                     "is the port taken? choose another with --port") from None
         await self.server.start()
+        if self.health_port is not None:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=32)
+            health_pb2_grpc.add_HealthServicer_to_server(health, self.health_server)
+            try:
+                self.health_server.add_insecure_port(f"{self.host}:{self.health_port}")
+            except RuntimeError as exc:
+                await self.server.stop(0)
+                raise GatewayStartError(f"cannot serve health on {self.host}:{self.health_port} ({exc}); "
+                                        "choose another with --health-port") from None
+            await self.health_server.start()
         if self.metrics_port is not None:
             try:
                 self.metrics.serve(self.metrics_host, self.metrics_port)
             except OSError as exc:
                 await self.server.stop(0)
+                if self.health_server is not None:
+                    await self.health_server.stop(0)
                 raise GatewayStartError(f"cannot serve metrics on {self.metrics_host}:{self.metrics_port} ({exc}); "
                                         "choose another with --metrics-port") from None
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -129,6 +146,8 @@ class Gateway:
             await self.watch.stop()
         if self.server is not None:
             await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         self.metrics.stop()
         if self.inference is not None:
             await self.inference.close()

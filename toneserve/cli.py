@@ -198,7 +198,7 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
     keys, tls = security or _security(args)
     gateway = Gateway(triton_url, host=host, port=port, settings=_settings(args),
                       metrics_port=args.metrics_port or None, keys=keys, tls=tls, metrics_host=args.metrics_host,
-                      allow_unauthenticated=args.allow_unauthenticated)
+                      allow_unauthenticated=args.allow_unauthenticated, health_port=args.health_port or None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -407,6 +407,9 @@ def _add_gateway_options(p):
                    help="serve a non-loopback --host without API keys (anyone who reaches it may use it)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--health-port", type=int, default=0,
+                   help="also serve gRPC health checking alone, in plaintext, on this port (Kubernetes' gRPC probes "
+                        "speak no TLS); 0: off (default)")
 
 
 def _add_triton_ports(p, defaults=(8000, 8001, 8002)):
