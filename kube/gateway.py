@@ -6,18 +6,19 @@ through the headless Service (a `dns:///` target, re-resolved as Triton replicas
 from __future__ import annotations
 
 from toneserve.kube import facts, triton
-from toneserve.kube.objects import exec_probe, meta, pdb, restricted, selector
+from toneserve.kube.objects import meta, pdb, restricted, selector
 
 NAME = "toneserve-gateway"
 COMPONENT = "gateway"
 KEYS_SECRET = "toneserve-api-keys"  # key api_keys.txt (docs/security.md: the key file)
-TLS_SECRET = "toneserve-gateway-tls"  # type kubernetes.io/tls (tls.crt, tls.key) and ca.crt
+TLS_SECRET = "toneserve-gateway-tls"  # type kubernetes.io/tls (tls.crt, tls.key)
 KEYS_DIR, TLS_DIR = "/run/secrets/api-keys", "/run/secrets/tls"
 # Annotation of the pod template carrying a digest of the Secrets' contents (`toneserve k8s --secrets`):
 # a rotation changes it, and the Deployment rolls its pods onto the new key file and certificate.
 SECRETS_ANNOTATION = "toneserve.io/secrets-sha256"
-# The name the health check expects in the certificate (it connects to 127.0.0.1).
-TLS_NAME = NAME
+# Plaintext gRPC health checking alone (`--health-port`): the kubelet's gRPC probes speak no TLS, and
+# the API port serves TLS only. It tells nothing a client could not learn from the API port's health.
+HEALTH_PORT = 50052
 
 
 def triton_url() -> str:
@@ -25,11 +26,14 @@ def triton_url() -> str:
     return f"dns:///{triton.NAME}.$(POD_NAMESPACE).svc:{facts.TRITON_GRPC_PORT}"
 
 
-def _health() -> str:
-    # kubelet's own gRPC probe speaks plaintext only and the gateway serves TLS only: the image's health
-    # checker (standard grpc.health.v1, over TLS, trusting ca.crt) runs inside the pod instead.
-    return (f"python /opt/toneserve/healthcheck.py 127.0.0.1:{facts.GATEWAY_PORT} "
-            f"--ca {TLS_DIR}/ca.crt --name \"$TONESERVE_TLS_NAME\"")
+def args() -> list[str]:
+    """Compose's command line, with this cluster's paths and Triton address, and the health port."""
+    return [*facts.gateway_args(triton_url(), f"{KEYS_DIR}/api_keys.txt", f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"),
+            "--health-port", str(HEALTH_PORT)]
+
+
+def _grpc_probe(period: int, failures: int) -> dict:
+    return {"grpc": {"port": HEALTH_PORT}, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
 
 def deployment(secrets_digest: str | None = None) -> dict:
@@ -38,19 +42,19 @@ def deployment(secrets_digest: str | None = None) -> dict:
         template_meta["annotations"] = {SECRETS_ANNOTATION: secrets_digest}
     gateway = {
         "name": "gateway", "image": facts.GATEWAY_IMAGE,
-        "args": facts.gateway_args(triton_url(), f"{KEYS_DIR}/api_keys.txt", f"{TLS_DIR}/tls.crt",
-                                   f"{TLS_DIR}/tls.key"),
-        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                {"name": "TONESERVE_TLS_NAME", "value": TLS_NAME}],
+        "args": args(),
+        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
         "ports": [{"name": "grpc", "containerPort": facts.GATEWAY_PORT, "protocol": "TCP"},
-                  {"name": "metrics", "containerPort": facts.GATEWAY_METRICS_PORT, "protocol": "TCP"}],
+                  {"name": "metrics", "containerPort": facts.GATEWAY_METRICS_PORT, "protocol": "TCP"},
+                  {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
         "volumeMounts": [{"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True},
                          {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}],
-        "startupProbe": exec_probe(_health(), period=5, timeout=4, failures=24),
+        # The gateway serves once it has read Triton's model configs (label sets, provenance).
+        "startupProbe": _grpc_probe(period=5, failures=60),
         # NOT_SERVING while Triton is not ready: the pod leaves the Service, clients go to the others.
-        "readinessProbe": exec_probe(_health(), period=10, timeout=4, failures=2),
+        "readinessProbe": _grpc_probe(period=5, failures=2),
         # Liveness asks only whether the process answers at all (any status): a Triton outage must not
         # restart every gateway.
         "livenessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 10, "timeoutSeconds": 3,

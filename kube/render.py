@@ -17,7 +17,7 @@ HEADER = "# Rendered by `toneserve k8s` (toneserve/kube); do not edit: patch it 
 # The repository's ConfigMap is generated, so that its name carries a hash of its contents: a new
 # repository digest changes the name, and the Triton Deployment rolls onto it.
 REPOSITORY_LITERALS = ("url=", "sha256=")
-SECRET_FILES = ("api_keys.txt", "tls.crt", "tls.key", "ca.crt")
+SECRET_FILES = ("api_keys.txt", "tls.crt", "tls.key")
 
 
 class _Dumper(yaml.SafeDumper):

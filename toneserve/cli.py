@@ -501,7 +501,7 @@ def _plan_arguments(p):
 def _k8s_arguments(p):
     p.add_argument("--out", default="deploy/k8s/base", help="the Kustomize base's folder (default deploy/k8s/base)")
     p.add_argument("--secrets", metavar="DIR",
-                   help="folder of the gateway's Secret files (api_keys.txt, tls.crt, tls.key, ca.crt): their digest "
+                   help="folder of the gateway's Secret files (api_keys.txt, tls.crt, tls.key): their digest "
                         "goes into the pods' annotation, so applying after a rotation rolls the gateway")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when --out differs from a fresh render")
 

@@ -116,8 +116,13 @@ def test_the_gateway_runs_composes_command_against_every_triton_pod():
     assert compose == facts.gateway_args("triton:8001", "/run/secrets/api_keys", "/run/secrets/tls_cert",
                                          "/run/secrets/tls_key")
     assert args == facts.gateway_args(gateway.triton_url(), f"{gateway.KEYS_DIR}/api_keys.txt",
-                                      f"{gateway.TLS_DIR}/tls.crt", f"{gateway.TLS_DIR}/tls.key")
+                                      f"{gateway.TLS_DIR}/tls.crt", f"{gateway.TLS_DIR}/tls.key") + [
+        "--health-port", str(gateway.HEALTH_PORT)]
     assert gateway.triton_url().startswith(f"dns:///{triton.NAME}.")
+    # Native gRPC probes on the plaintext health port; liveness only asks that the process answers.
+    container = _find("Deployment", gateway.NAME)["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["grpc"] == container["startupProbe"]["grpc"] == {"port": gateway.HEALTH_PORT}
+    assert "tcpSocket" in container["livenessProbe"]
 
 
 def test_triton_pods_are_probed_per_model_and_roll_without_losing_capacity():
