@@ -52,6 +52,7 @@ PART_EXTRAS = {
     "model_repository": "export",  # rendering (tritonclient's ModelConfig) and the load bench
     "model_repository/runners": "serve",  # imported inside tritonserver, from the serving environment
     "loadtest": "loadtest",
+    "kube": "kube",  # the Kubernetes manifests and the repository tarball
     "toneserve/samples.py": "export",  # synthetic audio: export's parity inputs, the demo, the load tests
     "toneserve/triton.py": "serve",
     "toneserve": None,  # the core: cli, contract, console, paths, the generated gRPC code
@@ -145,7 +146,7 @@ def part_of(path: Path) -> str:
 
 
 def test_every_part_s_extra_brings_what_the_part_imports():
-    files = [p for folder in ("client", "gateway", "export", "model_repository", "loadtest")
+    files = [p for folder in ("client", "gateway", "export", "model_repository", "loadtest", "kube")
              for p in (ROOT / folder).rglob("*.py")]
     files += [p for p in (ROOT / "toneserve").glob("*.py")]
     assert len(files) > 40, "the tree was found"
