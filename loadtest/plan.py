@@ -19,7 +19,10 @@ the streams per host are the RTFx of the highest step that met the SLO, and the 
 call lengths and mix, and for the models, precision and flags the server ran with.
 
 Writes plan.md (tables and the decision), plan.png (p95 and throughput against users),
-plan.json (every figure), and each step's Locust CSV / HTML / ledger under steps/.
+plan.json (every figure), each step's Locust CSV / HTML / ledger under steps/, and the per-replica
+autoscaling targets of the chosen step (kube/autoscaling.py) to autoscaling-targets.env, the file
+the Kubernetes overlays take: Triton's queue-to-compute ratio at that load, and its users as the
+gateway's requests in flight.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import time
 from pathlib import Path
 
 from toneserve.console import say
+from toneserve.kube import autoscaling
 from toneserve.loadtest import corpus as corpus_module
 from toneserve.loadtest import process_cpu, triton_metrics
 from toneserve.loadtest.run import RunError, run, warm_up
@@ -67,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", type=int, help="pid of `toneserve serve`: also split CPU by gateway / Triton / model")
     p.add_argument("--keep-going", action="store_true", help="run every step even after one misses the SLO")
     p.add_argument("--out", type=Path, default=Path("toneserve-plan"), help="report folder (default ./toneserve-plan)")
+    p.add_argument("--autoscaling-targets", type=Path,
+                   help=f"where to write the per-replica autoscaling targets, e.g. an overlay's "
+                        f"{autoscaling.TARGETS_FILE} (default OUT/{autoscaling.TARGETS_FILE})")
 
 
 def meets(step: dict, slo_ms: float) -> bool:
@@ -84,8 +91,9 @@ def step(args, corpus: Path, users: int, steps_dir: Path) -> dict:
                  request_timeout=args.request_timeout, name=f"users-{users}", warmup=0)
     metrics_after = triton_metrics.scrape(args.triton_metrics)
     wall = result["wall_s"]
-    record = {"users": users, "run": result,
-              "triton": triton_metrics.summarise(triton_metrics.delta(metrics_before, metrics_after))}
+    counters = triton_metrics.delta(metrics_before, metrics_after)
+    record = {"users": users, "run": result, "triton": triton_metrics.summarise(counters),
+              "queue_compute_ratio": autoscaling.queue_compute_ratio(counters)}
     if args.pid:
         record["cpu_cores"] = process_cpu.cores(cpu_before, process_cpu.snapshot(args.pid), wall)
     return record
@@ -98,7 +106,18 @@ def decide(steps: list[dict], slo_ms: float, target: int) -> dict:
     best = max(ok, key=lambda s: s["users"])
     streams = best["run"]["gateway_rtfx"] or best["run"]["rtfx"]
     return {"users": best["users"], "p95_ms": best["run"]["p95"], "streams_per_host": streams,
-            "hosts": math.ceil(target / streams) if streams > 0 else None}
+            "hosts": math.ceil(target / streams) if streams > 0 else None,
+            "queue_compute_ratio": best.get("queue_compute_ratio")}
+
+
+def write_targets(decision: dict, path: Path) -> bool:
+    """The chosen step's per-replica autoscaling targets to `path`; False when there is none to write
+    (no step met the SLO, or Triton computed nothing during it)."""
+    if decision["users"] is None or decision["queue_compute_ratio"] is None:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(autoscaling.targets_env(decision["queue_compute_ratio"], decision["users"]))
+    return True
 
 
 def plot(steps: list[dict], slo_ms: float, chosen: int | None, path: Path) -> None:
@@ -169,6 +188,10 @@ def report(plan: dict) -> str:
                   "for failures and peaks.",
                   "- Valid for this corpus's call lengths and mix, these models and precision, and this server's "
                   "flags; latency is per whole recording (post-call analysis)."]
+        if d.get("queue_compute_ratio") is not None:
+            lines.append(f"- Autoscaling targets per replica: Triton's queue-to-compute ratio "
+                         f"**{d['queue_compute_ratio']:.3f}**, **{d['users']}** requests in flight per gateway "
+                         f"(written to {autoscaling.TARGETS_FILE}; docs/kubernetes.md, \"Autoscaling\").")
     lines += ["", "## Where the time goes", ""]
     for s in plan["steps"]:
         lines += [f"### {s['users']} users", "",
@@ -227,6 +250,9 @@ def sweep(args) -> int:
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
     (out / "plan.md").write_text(report(plan))
     d = plan["decision"]
+    targets = args.autoscaling_targets or out / autoscaling.TARGETS_FILE
+    if write_targets(d, targets):
+        say(f"autoscaling targets per replica in {targets}", "plan")
     if d["users"] is None:
         say(f"no step met p95 <= {args.slo_p95_ms:g} ms; report in {out / 'plan.md'}", "plan")
         return 1

@@ -200,3 +200,20 @@ def test_keda_overlay_builds_on_the_real_base():
     objects = {(o["kind"], o["metadata"]["name"]) for o in _build(KEDA)}
     assert ("ScaledObject", a.TRITON) in objects and ("HorizontalPodAutoscaler", a.TRITON) not in objects
     assert ("HorizontalPodAutoscaler", a.GATEWAY) in objects
+
+
+def test_plan_writes_the_chosen_steps_targets_for_the_overlay(tmp_path):
+    from toneserve.loadtest.plan import decide, write_targets
+
+    def step(users: int, p95: float, ratio: float | None) -> dict:
+        run = {"consistent": True, "failures": 0, "requests": 10, "p95": p95, "gateway_rtfx": 3.0 * users,
+               "rtfx": 3.0 * users}
+        return {"users": users, "run": run, "meets_slo": p95 <= 1000, "queue_compute_ratio": ratio}
+
+    # The highest step within the SLO is chosen (4 users), not the one past it whose queue ran away.
+    decision = decide([step(1, 300, 0.05), step(4, 900, 0.3127), step(8, 5000, 2.5)], 1000, 100)
+    path = tmp_path / "overlay" / a.TARGETS_FILE
+    assert write_targets(decision, path)
+    assert a.read_targets(path.read_text()) == {a.RATIO_KEY: "0.313", a.IN_FLIGHT_KEY: "4"}
+    assert not write_targets(decide([step(1, 5000, 0.1)], 1000, 100), tmp_path / "none.env")
+    assert not (tmp_path / "none.env").exists()
