@@ -3,11 +3,20 @@
 At start-up the gateway reads each ensemble's config once: label sets and
 provenance (which weights serve) live in the config parameters that the
 model repository rendered from the export manifests.
+
+One channel reaches every Triton replica: gRPC balances it round robin per call over all the
+addresses its target resolves to (`channel_target`), not over one long-lived connection to
+whichever replica answered first. A call that fails because its replica went away is tried once
+more, which round robin sends to another replica.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
+import ipaddress
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,8 +25,11 @@ from tritonclient.grpc import aio as triton
 from tritonclient.utils import InferenceServerException
 
 from toneserve import contract
+from toneserve.console import CommandError
 from toneserve.contract import Code, ToneserveError
 from toneserve.gateway.backend import AsrResult, Distribution, ModelInfo
+
+log = logging.getLogger("toneserve.gateway")
 
 # Lengths audio is zero-padded to (WAV_LENS keeps the true length) where a model's server
 # batches only identical shapes: the onnxruntime / TensorRT backends of the gpu profile.
@@ -48,8 +60,12 @@ class EnsembleInfo(ModelInfo):
         return _parsed(self.parameters[key])
 
 
-# tritonclient's own channel options, and a short reconnection backoff: once a restarted Triton
-# listens again the gateway reaches it within a couple of seconds, not gRPC's default of up to 2 min.
+# tritonclient's own channel options (passing any replaces them all), and a short reconnection backoff:
+# once a restarted Triton listens again the gateway reaches it within a couple of seconds, not gRPC's
+# default of up to 2 min. Round robin spreads the calls over every address of the target (gRPC's
+# default, pick_first, would send them all to one). gRPC looks a DNS name up again only when a
+# connection ends (Triton's --grpc-max-connection-age ends them on purpose), and then at most once
+# per 30 s by default: once a second lets a replica added behind the name take calls within seconds.
 _KEEPALIVE = KeepAliveOptions()
 _CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
                     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
@@ -58,7 +74,48 @@ _CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
                     ("grpc.keepalive_permit_without_calls", _KEEPALIVE.keepalive_permit_without_calls),
                     ("grpc.http2.max_pings_without_data", _KEEPALIVE.http2_max_pings_without_data),
                     ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
-                    ("grpc.max_reconnect_backoff_ms", 2000)]
+                    ("grpc.max_reconnect_backoff_ms", 2000),
+                    ("grpc.lb_policy_name", "round_robin"), ("grpc.dns_min_time_between_resolutions_ms", 1000)]
+
+
+class TritonUrlError(CommandError):
+    """--triton-url is not an address gRPC can balance over; the message says what is."""
+
+
+def channel_target(url: str) -> str:
+    """The gRPC target for --triton-url: HOST:PORT (every address the name resolves to), a comma-separated
+    list of IP:PORT (a fixed set of replicas), or a gRPC target as is (dns:///NAME:PORT, whose records
+    may change; dns://DNS-SERVER/NAME:PORT; ipv4:, ipv6:, unix:)."""
+    url = url.strip()
+    if ":/" in url or url.split(":", 1)[0] in ("ipv4", "ipv6", "unix", "unix-abstract"):
+        return url
+    parts = [part.strip() for part in url.split(",")]
+    if len(parts) == 1:
+        return parts[0]
+    families = set()
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        try:
+            families.add(ipaddress.ip_address(host.strip("[]")).version)
+        except ValueError:
+            raise TritonUrlError(f"--triton-url {url!r}: a list takes IP:PORT addresses, {part!r} is not one; "
+                                 "for replicas behind a name use dns:///NAME:PORT") from None
+        if not port.isdigit():
+            raise TritonUrlError(f"--triton-url {url!r}: {part!r} has no port")
+    if len(families) > 1:
+        raise TritonUrlError(f"--triton-url {url!r}: a list is all IPv4 or all IPv6 addresses")
+    return f"ipv{families.pop()}:{','.join(parts)}"
+
+
+# Before the second try: the channel learns that a connection is lost a moment after the calls on it
+# fail, and until it has, round robin could pick the lost replica again.
+RETRY_PAUSE_SECONDS = 0.25
+
+
+def _replica_gone(exc: InferenceServerException) -> bool:
+    """Whether a call failed because its replica is gone or going (connection lost or refused, server
+    stopping), so that another replica may answer it; not a deadline, nor an error of the request."""
+    return "UNAVAILABLE" in str(exc.status() or "")
 
 
 def _error(exc: InferenceServerException, stalled: float | None = None) -> ToneserveError:
@@ -108,11 +165,13 @@ class Inference:
     """The gateway's `Backend`: the models served by the Triton at `url`."""
 
     def __init__(self, url: str, timeout: float | None = None):
-        """`timeout`: seconds after which any Triton call is given up (TRITON_UNAVAILABLE); None: none."""
+        """`url`: --triton-url (see `channel_target`); `timeout`: seconds after which any Triton call is given
+        up (TRITON_UNAVAILABLE); None: none."""
         self.url = url
         self.timeout = timeout
-        self.client = triton.InferenceServerClient(url, channel_args=_CHANNEL_OPTIONS)
+        self.client = triton.InferenceServerClient(channel_target(url), channel_args=_CHANNEL_OPTIONS)
         self.models: dict[str, EnsembleInfo] = {}
+        self.retried = 0  # calls tried again because their replica went away
 
     async def ready(self, timeout: float) -> bool:
         """Whether Triton answers that it and every model are ready (the server runs with strict readiness)."""
@@ -161,14 +220,27 @@ class Inference:
         return int(self.models[contract.ASR].json(contract.TEXTNORM_QUERY_IDS)["withitn" if use_itn else "woitn"])
 
     async def _infer(self, model: str, inputs, outputs: list[str], request_id: str, timeout: float | None):
+        """One inference; tried once more (within the same time) when its replica went away. The caller
+        holds its Triton slot throughout, and gets one result or one error."""
         own = self.timeout is not None and (timeout is None or self.timeout < timeout)
-        try:
-            result = await self.client.infer(
-                model, inputs, outputs=[triton.InferRequestedOutput(o) for o in outputs],
-                request_id=request_id, client_timeout=self.timeout if own else timeout)
-        except InferenceServerException as exc:
-            raise _error(exc, self.timeout if own else None) from None
-        return result
+        limit = self.timeout if own else timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        requested = [triton.InferRequestedOutput(o) for o in outputs]
+        for attempt in (1, 2):
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            try:
+                return await self.client.infer(model, inputs, outputs=requested, request_id=request_id,
+                                               client_timeout=left)
+            except InferenceServerException as exc:
+                if attempt == 1 and _replica_gone(exc) and (
+                        deadline is None or time.monotonic() + RETRY_PAUSE_SECONDS < deadline):
+                    self.retried += 1
+                    log.warning("request %s: %s call failed (%s); trying another Triton replica",
+                                request_id, model, exc.message())
+                    await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                    continue
+                raise _error(exc, self.timeout if own else None) from None
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def vad(self, block: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
         """Speech probability per 512-sample frame for each row of `block` [channels, n]."""
