@@ -468,7 +468,10 @@ def _serve_arguments(p):
 
 
 def _gateway_arguments(p):
-    p.add_argument("--triton-url", default="127.0.0.1:8001")
+    p.add_argument("--triton-url", default="127.0.0.1:8001", metavar="URL",
+                   help="Triton's gRPC address: HOST:PORT, a list IP:PORT,IP:PORT, or dns:///NAME:PORT (a name whose "
+                        "records change, e.g. a headless Service); calls are balanced round robin over every "
+                        "address, and one whose replica goes away is tried once on another (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051)
     _add_gateway_options(p)
