@@ -236,12 +236,17 @@ def base_kustomization() -> dict:
     return {"replacements": target_replacements(keda=False)}
 
 
+def monitoring(models: Iterable) -> list[dict]:
+    """The Prometheus Operator objects the HPAs and KEDA read through: the PodMonitors of Triton and the
+    gateway and the PrometheusRule recording the ratio over the catalog's models (catalog.describe())."""
+    return [pod_monitor(TRITON_COMPONENT), pod_monitor(GATEWAY_COMPONENT), prometheus_rule(models)]
+
+
 def base_resources(models: Iterable) -> dict[str, list[dict]]:
     """What the base carries for autoscaling, by file name. The prometheus-adapter ConfigMap is not among
     them: it belongs to the adapter's namespace (adapter_rules(), written apart)."""
     return {"autoscaling.yaml": [targets_configmap(), triton_hpa(), gateway_hpa()],
-            "monitoring.yaml": [pod_monitor(TRITON_COMPONENT), pod_monitor(GATEWAY_COMPONENT),
-                                prometheus_rule(models)]}
+            "monitoring.yaml": monitoring(models)}
 
 
 KEDA_README = """# KEDA instead of an HPA for Triton
