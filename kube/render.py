@@ -48,23 +48,23 @@ def secrets_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def files(settings: Settings | None = None, secrets: str | None = None) -> dict[str, str]:
-    """The base's files: name -> text. `secrets`: the digest of the gateway's Secrets (annotation)."""
+def files(models: list, settings: Settings | None = None, secrets: str | None = None) -> dict[str, str]:
+    """The base's files: name -> text. `models`: the catalog's (catalog.describe), whose computing models
+    the autoscaling rules read; `secrets`: the digest of the gateway's Secrets (annotation)."""
     settings = settings or Settings()
-    # The HPAs and their targets: kube/autoscaling.py (the per-replica targets `toneserve plan` writes).
-    scaling = [autoscaling.triton_hpa(), autoscaling.gateway_hpa(), autoscaling.targets_configmap()]
     out = {
         "triton.yaml": dump(triton.objects(settings)),
         "gateway.yaml": dump(gateway.objects(secrets)),
         "network-policy.yaml": dump(network.objects()),
-        "autoscaling.yaml": dump(scaling),
     }
+    # The HPAs, their per-replica targets (`toneserve plan` measures them), the scrape and the rules.
+    out.update({name: dump(objects) for name, objects in autoscaling.base_resources(models).items()})
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "labels": [{"pairs": {"app.kubernetes.io/managed-by": "kustomize"}}],
         "resources": list(out),
         "configMapGenerator": [{"name": triton.REPOSITORY_CONFIG, "literals": list(REPOSITORY_LITERALS)}],
-        "replacements": autoscaling.target_replacements(),
+        "replacements": autoscaling.base_kustomization()["replacements"],
     }
     out["kustomization.yaml"] = dump([kustomization])
     return out

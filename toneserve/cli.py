@@ -53,7 +53,8 @@ PARTS = {
     "plan": Part(("loadtest",), ("toneserve.loadtest.plan", "toneserve.loadtest.run", "toneserve.loadtest.corpus",
                                  "toneserve.loadtest.triton_metrics", "toneserve.loadtest.process_cpu"),
                  ("locust", "gevent", "matplotlib", "psutil", "prometheus_client", "grpc_health")),
-    "k8s": Part(("kube",), ("toneserve.kube.render",)),
+    # The autoscaling rules name the catalog's models: the catalog reads the export manifests.
+    "k8s": Part(("kube", "export"), ("toneserve.kube.render", "toneserve.model_repository.catalog")),
     "pack": Part(("kube",), ("toneserve.kube.pack",)),
 }
 
@@ -295,8 +296,10 @@ def cmd_plan(args) -> int:
 
 def cmd_k8s(args) -> int:
     from toneserve.kube.render import files, secrets_digest, write
+    from toneserve.model_repository.catalog import describe
 
-    rendered = files(secrets=secrets_digest(Path(args.secrets)) if args.secrets else None)
+    # Only the models' names matter here (which compute, which are ensembles): any size gives the same.
+    rendered = files(describe(_models(args)), secrets=secrets_digest(Path(args.secrets)) if args.secrets else None)
     out = Path(args.out)
     if args.check:
         differ = [name for name, text in rendered.items()
@@ -503,6 +506,9 @@ def _plan_arguments(p):
 
 def _k8s_arguments(p):
     p.add_argument("--out", default="deploy/k8s/base", help="the Kustomize base's folder (default deploy/k8s/base)")
+    _add_size(p, default="base")
+    p.add_argument("--models-dir", help=f"exported models, for the catalog's model names (default "
+                                        f"{paths.home()}/models/SIZE)")
     p.add_argument("--secrets", metavar="DIR",
                    help="folder of the gateway's Secret files (api_keys.txt, tls.crt, tls.key): their digest "
                         "goes into the pods' annotation, so applying after a rotation rolls the gateway")

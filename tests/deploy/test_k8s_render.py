@@ -1,6 +1,7 @@
 """The Kustomize base (deploy/k8s/base) and `toneserve pack`, checked without a cluster.
 
-- the committed base equals a fresh `toneserve k8s` render, and `--check` says when it does not;
+- the committed base equals a fresh `toneserve k8s` render (from the tiny export: only the catalog's
+  model names reach the manifests, the same for every size), and `--check` says when it does not;
 - what the manifests share with docker-compose.yml is the same fact: images, Triton's flags, the
   admin-token wrapper (with the restricted APIs), the gateway's command line;
 - Triton's connection age, its grace (the longest request) and drain come from the gateway settings;
@@ -40,17 +41,23 @@ def _find(kind: str, name: str) -> dict:
     raise AssertionError(f"no {kind}/{name} in {BASE}")
 
 
-def test_the_committed_base_is_a_fresh_render():
-    rendered = render.files()
+@pytest.fixture(scope="module")
+def models(models_root):
+    from toneserve.model_repository.catalog import describe
+    return describe(models_root)
+
+
+def test_the_committed_base_is_a_fresh_render(models):
+    rendered = render.files(models)
     assert sorted(rendered) == sorted(p.name for p in BASE.glob("*.yaml")), "files differ: run `toneserve k8s`"
     for name, text in rendered.items():
         assert (BASE / name).read_text() == text, f"deploy/k8s/base/{name} is stale: run `toneserve k8s`"
 
 
-def test_the_command_writes_the_base_and_check_sees_a_change(tmp_path):
-    run = [sys.executable, "-m", "toneserve", "k8s", "--out", str(tmp_path)]
+def test_the_command_writes_the_base_and_check_sees_a_change(tmp_path, models_root, models):
+    run = [sys.executable, "-m", "toneserve", "k8s", "--out", str(tmp_path), "--models-dir", str(models_root)]
     subprocess.run(run, check=True, capture_output=True)
-    assert {p.name: p.read_text() for p in tmp_path.glob("*.yaml")} == render.files()
+    assert {p.name: p.read_text() for p in tmp_path.glob("*.yaml")} == render.files(models)
     assert subprocess.run([*run, "--check"], capture_output=True).returncode == 0
     (tmp_path / "triton.yaml").write_text((tmp_path / "triton.yaml").read_text().replace("8001", "8011"))
     changed = subprocess.run([*run, "--check"], capture_output=True, text=True)
