@@ -217,3 +217,19 @@ def test_plan_writes_the_chosen_steps_targets_for_the_overlay(tmp_path):
     assert a.read_targets(path.read_text()) == {a.RATIO_KEY: "0.313", a.IN_FLIGHT_KEY: "4"}
     assert not write_targets(decide([step(1, 5000, 0.1)], 1000, 100), tmp_path / "none.env")
     assert not (tmp_path / "none.env").exists()
+
+
+def test_pod_monitors_and_hpas_find_the_rendered_deployments_and_their_metrics_ports(models):
+    from toneserve.gateway.settings import Settings
+    from toneserve.kube import gateway, triton
+
+    deployments = {o["metadata"]["name"]: o for o in [*triton.objects(Settings()), *gateway.objects(None)]
+                   if o["kind"] == "Deployment"}
+    for hpa in (a.triton_hpa(), a.gateway_hpa()):
+        assert hpa["spec"]["scaleTargetRef"]["name"] in deployments
+    for monitor in a.monitoring(models)[:2]:
+        pods = [d["spec"]["template"] for d in deployments.values()
+                if monitor["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(pods) == 1, monitor["metadata"]["name"]
+        ports = {p["name"] for c in pods[0]["spec"]["containers"] for p in c.get("ports", [])}
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
