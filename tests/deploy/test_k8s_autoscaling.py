@@ -148,10 +148,17 @@ def test_queue_compute_ratio_from_a_counter_delta_ignores_ensembles():
     assert a.queue_compute_ratio({"vad": {"queue_us": 0.0, "compute_infer_us": 0.0}}) is None
 
 
-def test_keda_overlay_is_what_the_module_renders():
+def test_keda_overlay_is_what_the_module_renders(tmp_path):
     files = a.keda_overlay_files()
     for name, content in files.items():
-        assert (KEDA / name).read_text() == content, f"{KEDA / name} is stale: render it from kube/autoscaling.py"
+        assert (KEDA / name).read_text() == content, \
+            f"{KEDA / name} is stale: python -m toneserve.kube.autoscaling {KEDA.relative_to(ROOT)}"
+    assert a.read_targets(files[a.TARGETS_FILE]) == a.DEFAULT_TARGETS
+    # Rendering again keeps the targets a plan wrote there.
+    (tmp_path / a.TARGETS_FILE).write_text(a.targets_env(0.25, 3))
+    written = a.write_keda_overlay(tmp_path)
+    assert {p.name for p in written} == set(files) - {a.TARGETS_FILE}
+    assert a.read_targets((tmp_path / a.TARGETS_FILE).read_text())[a.RATIO_KEY] == "0.25"
     scaled = yaml.safe_load(files["scaledobject.yaml"])
     trigger = scaled["spec"]["triggers"][0]
     assert trigger["metricType"] == "Value" and "or vector(0)" in trigger["metadata"]["query"]
@@ -186,10 +193,10 @@ def test_keda_overlay_takes_the_plans_targets_and_drops_tritons_hpa(tmp_path, mo
     objects = {(o["kind"], o["metadata"]["name"]): o for o in _build(tmp_path / "overlays" / "keda")}
     # KEDA owns Triton's HPA in this overlay: a second HPA on the same Deployment would fight it.
     assert ("HorizontalPodAutoscaler", a.TRITON) not in objects
-    assert objects["ScaledObject", a.TRITON]["spec"]["triggers"][0]["metadata"]["threshold"] == "0.370"
+    assert objects["ScaledObject", a.TRITON]["spec"]["triggers"][0]["metadata"]["threshold"] == "0.37"
     gateway = objects["HorizontalPodAutoscaler", a.GATEWAY]["spec"]["metrics"][1]["pods"]["target"]
     assert gateway["averageValue"] == "6"
-    assert objects["ConfigMap", a.TARGETS_CONFIGMAP]["data"] == {a.RATIO_KEY: "0.370", a.IN_FLIGHT_KEY: "6"}
+    assert objects["ConfigMap", a.TARGETS_CONFIGMAP]["data"] == {a.RATIO_KEY: "0.37", a.IN_FLIGHT_KEY: "6"}
     assert ("PrometheusRule", "toneserve-triton") in objects
 
 
