@@ -23,7 +23,7 @@ def _name(obj: dict) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
 
-def _matches(selector: dict, labels: dict) -> bool:
+def matches(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
@@ -56,7 +56,7 @@ def selectors(objects: Iterable[dict]) -> list[str]:
     problems = []
     for d in deployments:
         match = d["spec"]["selector"].get("matchLabels", {})
-        if not _matches(match, _pod_labels(d)):
+        if not matches(match, _pod_labels(d)):
             problems.append(f"{_name(d)}: selector {match} does not match its template's labels {_pod_labels(d)}")
     for obj in objects:
         if obj["kind"] == "Service":
@@ -65,7 +65,7 @@ def selectors(objects: Iterable[dict]) -> list[str]:
             sel = obj["spec"]["selector"].get("matchLabels", {})
         else:
             continue
-        chosen = [d for d in deployments if _matches(sel, _pod_labels(d))]
+        chosen = [d for d in deployments if matches(sel, _pod_labels(d))]
         if len(chosen) != 1:
             problems.append(f"{_name(obj)}: selects {len(chosen)} Deployments ({[_name(d) for d in chosen]}), not 1")
     return problems
@@ -90,7 +90,7 @@ def ports(objects: Iterable[dict]) -> list[str]:
                         problems.append(f"{_name(d)}: {c['name']} {probe_name} port {probe[kind]['port']!r} "
                                         "is not a port of the container")
     for svc in (o for o in objects if o["kind"] == "Service"):
-        pods = [d for d in deployments if _matches(svc["spec"].get("selector", {}), _pod_labels(d))]
+        pods = [d for d in deployments if matches(svc["spec"].get("selector", {}), _pod_labels(d))]
         known = set().union(*(_port_names(c) for d in pods for c in d["spec"]["template"]["spec"]["containers"]))
         for p in svc["spec"]["ports"]:
             if p.get("targetPort", p["port"]) not in known:

@@ -19,11 +19,14 @@ SECRETS_ANNOTATION = "toneserve.io/secrets-sha256"
 # Plaintext gRPC health checking alone (`--health-port`): the kubelet's gRPC probes speak no TLS, and
 # the API port serves TLS only. It tells nothing a client could not learn from the API port's health.
 HEALTH_PORT = 50052
+# The name of the Triton Service this gateway calls: an environment variable, so that Kustomize's
+# replacements follow a renamed Service (blue/green tracks, kube/tracks.py).
+TRITON_ENV = "TRITON_SERVICE"
 
 
 def triton_url() -> str:
-    # Every ready Triton pod's address from the headless Service; $(POD_NAMESPACE) is expanded by the kubelet.
-    return f"dns:///{triton.NAME}.$(POD_NAMESPACE).svc:{facts.TRITON_GRPC_PORT}"
+    # Every ready Triton pod's address from the headless Service; the kubelet expands $(...).
+    return f"dns:///$({TRITON_ENV}).$(POD_NAMESPACE).svc:{facts.TRITON_GRPC_PORT}"
 
 
 def args() -> list[str]:
@@ -43,7 +46,8 @@ def deployment(secrets_digest: str | None = None) -> dict:
     gateway = {
         "name": "gateway", "image": facts.GATEWAY_IMAGE,
         "args": args(),
-        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": TRITON_ENV, "value": triton.NAME}],
         "ports": [{"name": "grpc", "containerPort": facts.GATEWAY_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": facts.GATEWAY_METRICS_PORT, "protocol": "TCP"},
                   {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],

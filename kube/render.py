@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from toneserve.gateway.settings import Settings
-from toneserve.kube import autoscaling, gateway, network, triton
+from toneserve.kube import autoscaling, gateway, network, tracks, triton
 
 HEADER = "# Rendered by `toneserve k8s` (toneserve/kube); do not edit: patch it in an overlay (docs/kubernetes.md).\n"
 # The repository's ConfigMap is generated, so that its name carries a hash of its contents: a new
@@ -32,8 +32,8 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-def dump(objects: list[dict]) -> str:
-    return HEADER + "---\n".join(yaml.dump(o, Dumper=_Dumper, sort_keys=False, width=120) for o in objects)
+def dump(objects: list[dict], header: str = HEADER) -> str:
+    return header + "---\n".join(yaml.dump(o, Dumper=_Dumper, sort_keys=False, width=120) for o in objects)
 
 
 def secrets_digest(folder: Path) -> str:
@@ -64,7 +64,7 @@ def files(models: list, settings: Settings | None = None, secrets: str | None = 
         "labels": [{"pairs": {"app.kubernetes.io/managed-by": "kustomize"}}],
         "resources": list(out),
         "configMapGenerator": [{"name": triton.REPOSITORY_CONFIG, "literals": list(REPOSITORY_LITERALS)}],
-        "replacements": autoscaling.base_kustomization()["replacements"],
+        "replacements": [*autoscaling.base_kustomization()["replacements"], tracks.service_name_replacement()],
     }
     out["kustomization.yaml"] = dump([kustomization])
     return out

@@ -313,13 +313,27 @@ def cmd_k8s(args) -> int:
 
 
 def cmd_pack(args) -> int:
+    import os
+
     from toneserve.kube.pack import kustomize_snippet, pack
+    from toneserve.kube.render import dump
+    from toneserve.kube.tracks import front_service, track, track_kustomization
 
     repository = Path(args.repository) if args.repository else paths.repository_dir(args.size, "gpu", args.precision)
     packed = pack(repository, Path(args.out))
     say(f"packed {repository} -> {packed.path} (sha256 {packed.sha256})", "pack")
     url = f"{args.url.rstrip('/')}/{packed.name}" if args.url else f"https://YOUR-STORE/{packed.name}"
-    print(kustomize_snippet(packed, url), end="")
+    if not args.track:
+        print(kustomize_snippet(packed, url), end="")
+        return 0
+    folder = Path(args.track) / track(packed.sha256)
+    folder.mkdir(parents=True, exist_ok=True)
+    site = os.path.relpath(Path(args.site).resolve(), folder.resolve())
+    header = f"# Written by `toneserve pack --track` for the repository {packed.name} (docs/kubernetes.md).\n"
+    (folder / "kustomization.yaml").write_text(dump([track_kustomization(packed.sha256, url, site)], header))
+    (folder / "front-service.yaml").write_text(dump([front_service(packed.sha256)], header))
+    say(f"track {folder}: upload {packed.path.name} to {url}, then `kubectl apply -k {folder}`; once its pods are "
+        f"ready, `kubectl apply -n NAMESPACE -f {folder / 'front-service.yaml'}` moves clients to it", "pack")
     return 0
 
 
@@ -522,6 +536,11 @@ def _pack_arguments(p):
     p.add_argument("--precision", default="fp16", choices=["fp32", "fp16"])
     p.add_argument("--out", default=".", help="folder for repository-<sha256[:16]>.tar.gz and its .sha256")
     p.add_argument("--url", help="where the tarball will be served from (a folder URL): printed in the overlay lines")
+    p.add_argument("--track", metavar="DIR",
+                   help="blue/green: write this repository's track overlay to DIR/<sha256[:16]>/ (with the front "
+                        "Service that moves clients to it)")
+    p.add_argument("--site", default="deploy/k8s/overlays/gpu",
+                   help="the overlay each track builds on (default deploy/k8s/overlays/gpu)")
 
 
 # name: (help, options, implementation)

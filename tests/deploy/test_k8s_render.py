@@ -125,7 +125,9 @@ def test_the_gateway_runs_composes_command_against_every_triton_pod():
     assert args == facts.gateway_args(gateway.triton_url(), f"{gateway.KEYS_DIR}/api_keys.txt",
                                       f"{gateway.TLS_DIR}/tls.crt", f"{gateway.TLS_DIR}/tls.key") + [
         "--health-port", str(gateway.HEALTH_PORT)]
-    assert gateway.triton_url().startswith(f"dns:///{triton.NAME}.")
+    env = {e["name"]: e.get("value") for e in _find("Deployment", gateway.NAME)["spec"]["template"]["spec"][
+        "containers"][0]["env"]}
+    assert gateway.triton_url().startswith(f"dns:///$({gateway.TRITON_ENV}).") and env[gateway.TRITON_ENV] == triton.NAME
     # Native gRPC probes on the plaintext health port; liveness only asks that the process answers.
     container = _find("Deployment", gateway.NAME)["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["grpc"] == container["startupProbe"]["grpc"] == {"port": gateway.HEALTH_PORT}
