@@ -44,6 +44,10 @@ def is_local(address: str) -> bool:
         return False
 
 
+# gRPC target schemes that may resolve to several addresses, which calls are balanced over.
+BALANCED_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+
+
 @dataclass(frozen=True)
 class Connection:
     address: str
@@ -86,6 +90,10 @@ class Connection:
     def _channel_args(self):
         options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        if self.address.startswith(BALANCED_SCHEMES):
+            # A target that names several servers (a headless Service's DNS name: every gateway pod) gets
+            # calls spread over all of them; gRPC's default would send every call to the first.
+            options.append(("grpc.lb_policy_name", "round_robin"))
         credentials = grpc.ssl_channel_credentials(root_certificates=self.root_certificates) if self.tls else None
         return credentials, options
 
