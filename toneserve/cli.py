@@ -319,7 +319,7 @@ def cmd_pack(args) -> int:
     from toneserve.kube.render import dump
     from toneserve.kube.tracks import front_service, track, track_kustomization
 
-    repository = Path(args.repository) if args.repository else paths.repository_dir(args.size, "gpu", args.precision)
+    repository = Path(args.repository) if args.repository else paths.repository_dir(args.size, "gpu")
     packed = pack(repository, Path(args.out))
     say(f"packed {repository} -> {packed.path} (sha256 {packed.sha256})", "pack")
     url = f"{args.url.rstrip('/')}/{packed.name}" if args.url else f"https://YOUR-STORE/{packed.name}"
@@ -531,9 +531,8 @@ def _k8s_arguments(p):
 
 def _pack_arguments(p):
     p.add_argument("repository", nargs="?", help="rendered model repository (default: the gpu one `export` wrote "
-                                                 "for --size and --precision)")
+                                                 "for --size)")
     _add_size(p, default="base")
-    p.add_argument("--precision", default="fp16", choices=["fp32", "fp16"])
     p.add_argument("--out", default=".", help="folder for repository-<sha256[:16]>.tar.gz and its .sha256")
     p.add_argument("--url", help="where the tarball will be served from (a folder URL): printed in the overlay lines")
     p.add_argument("--track", metavar="DIR",
