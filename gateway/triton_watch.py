@@ -7,6 +7,10 @@ refuse new requests at once with TRITON_UNAVAILABLE and a retry hint instead of 
 out one Triton call at a time. One good probe and it is back: `on_change(True)`, SERVING, no
 restart. Requests already in progress are not touched: their Triton calls fail or succeed on
 their own, each request still gets exactly one answer.
+
+With several Triton replicas behind --triton-url, each probe goes to one replica that the channel's
+round robin holds connected, so "Triton is down" means no replica answers: one replica lost takes
+the gateway out of no load balancer while another serves.
 """
 from __future__ import annotations
 
