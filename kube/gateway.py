@@ -5,6 +5,9 @@ through the headless Service (a `dns:///` target, re-resolved as Triton replicas
 """
 from __future__ import annotations
 
+import math
+
+from toneserve.gateway.settings import Settings
 from toneserve.kube import facts, triton
 from toneserve.kube.objects import meta, pdb, restricted, selector
 
@@ -29,23 +32,29 @@ def triton_url() -> str:
     return f"dns:///$({TRITON_ENV}).$(POD_NAMESPACE).svc:{facts.TRITON_GRPC_PORT}"
 
 
-def args() -> list[str]:
-    """Compose's command line, with this cluster's paths and Triton address, and the health port."""
+def drain_seconds(settings: Settings) -> int:
+    """How long a stopping gateway lets its calls finish: the longest a request may take, so that scaling
+    down or rolling the gateways never cuts an hour-long call."""
+    return math.ceil(settings.max_request_seconds or settings.upload_timeout_seconds)
+
+
+def args(settings: Settings) -> list[str]:
+    """Compose's command line, with this cluster's paths and Triton address, the health port and the drain."""
     return [*facts.gateway_args(triton_url(), f"{KEYS_DIR}/api_keys.txt", f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"),
-            "--health-port", str(HEALTH_PORT)]
+            "--health-port", str(HEALTH_PORT), "--drain-seconds", str(drain_seconds(settings))]
 
 
 def _grpc_probe(period: int, failures: int) -> dict:
     return {"grpc": {"port": HEALTH_PORT}, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
 
-def deployment(secrets_digest: str | None = None) -> dict:
+def deployment(settings: Settings, secrets_digest: str | None = None) -> dict:
     template_meta: dict = {"labels": meta(NAME, COMPONENT)["labels"]}
     if secrets_digest:
         template_meta["annotations"] = {SECRETS_ANNOTATION: secrets_digest}
     gateway = {
         "name": "gateway", "image": facts.GATEWAY_IMAGE,
-        "args": args(),
+        "args": args(settings),
         "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 {"name": TRITON_ENV, "value": triton.NAME}],
         "ports": [{"name": "grpc", "containerPort": facts.GATEWAY_PORT, "protocol": "TCP"},
@@ -78,7 +87,8 @@ def deployment(secrets_digest: str | None = None) -> dict:
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": {"fsGroup": facts.GATEWAY_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "terminationGracePeriodSeconds": 30,
+                    # The drain, plus the preStop pause and room to exit.
+                    "terminationGracePeriodSeconds": drain_seconds(settings) + 30,
                     "containers": [gateway],
                     "volumes": [
                         {"name": "api-keys", "secret": {"secretName": KEYS_SECRET, "defaultMode": 0o440}},
@@ -118,6 +128,6 @@ def metrics_service() -> dict:
                                 "protocol": "TCP"}]}}
 
 
-def objects(secrets_digest: str | None = None) -> list[dict]:
-    return [deployment(secrets_digest=secrets_digest), service(), headless_service(), metrics_service(),
+def objects(settings: Settings, secrets_digest: str | None = None) -> list[dict]:
+    return [deployment(settings, secrets_digest), service(), headless_service(), metrics_service(),
             pdb(NAME, COMPONENT, max_unavailable=1)]

@@ -54,7 +54,7 @@ def files(models: list, settings: Settings | None = None, secrets: str | None = 
     settings = settings or Settings()
     out = {
         "triton.yaml": dump(triton.objects(settings)),
-        "gateway.yaml": dump(gateway.objects(secrets)),
+        "gateway.yaml": dump(gateway.objects(settings, secrets)),
         "network-policy.yaml": dump(network.objects()),
     }
     # The HPAs, their per-replica targets (`toneserve plan` measures them), the scrape and the rules.

@@ -212,7 +212,8 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
             + (f", API keys of {len(keys.tenants)} tenant(s)" if keys.enabled else ", no API keys"))
         await stop.wait()
     finally:
-        await gateway.stop()
+        # New calls are refused at once; those in progress get up to --drain-seconds to finish.
+        await gateway.stop(args.drain_seconds)
 
 
 def cmd_serve(args) -> int:
@@ -424,6 +425,9 @@ def _add_gateway_options(p):
                    help="serve a non-loopback --host without API keys (anyone who reaches it may use it)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--drain-seconds", type=float, default=5.0, metavar="S",
+                   help="on SIGTERM / SIGINT, calls in progress get this long to finish before they are cancelled "
+                        "(default 5; under an orchestrator, as long as the longest call)")
     p.add_argument("--health-port", type=int, default=0,
                    help="also serve gRPC health checking alone, in plaintext, on this port (Kubernetes' gRPC probes "
                         "speak no TLS); 0: off (default)")

@@ -68,7 +68,7 @@ def test_a_secrets_digest_rolls_the_gateway(tmp_path):
     (tmp_path / "api_keys.txt").write_text("sha256:" + "a" * 64 + " acme\n")
     (tmp_path / "tls.crt").write_text("cert")
     first = render.secrets_digest(tmp_path)
-    pod = gateway.deployment(first)["spec"]["template"]["metadata"]
+    pod = gateway.deployment(Settings(), first)["spec"]["template"]["metadata"]
     assert pod["annotations"] == {gateway.SECRETS_ANNOTATION: first}
     (tmp_path / "api_keys.txt").write_text("sha256:" + "b" * 64 + " acme\n")  # a rotated key
     assert render.secrets_digest(tmp_path) != first
@@ -124,7 +124,11 @@ def test_the_gateway_runs_composes_command_against_every_triton_pod():
                                          "/run/secrets/tls_key")
     assert args == facts.gateway_args(gateway.triton_url(), f"{gateway.KEYS_DIR}/api_keys.txt",
                                       f"{gateway.TLS_DIR}/tls.crt", f"{gateway.TLS_DIR}/tls.key") + [
-        "--health-port", str(gateway.HEALTH_PORT)]
+        "--health-port", str(gateway.HEALTH_PORT), "--drain-seconds", str(gateway.drain_seconds(Settings()))]
+    # A stopping gateway (scale-down, rollout) lets the longest call finish before the kubelet kills it.
+    spec = _find("Deployment", gateway.NAME)["spec"]["template"]["spec"]
+    assert gateway.drain_seconds(Settings()) >= 3600
+    assert spec["terminationGracePeriodSeconds"] > gateway.drain_seconds(Settings())
     env = {e["name"]: e.get("value") for e in _find("Deployment", gateway.NAME)["spec"]["template"]["spec"][
         "containers"][0]["env"]}
     assert gateway.triton_url().startswith(f"dns:///$({gateway.TRITON_ENV}).") and env[gateway.TRITON_ENV] == triton.NAME

@@ -74,8 +74,10 @@ def test_the_health_port_follows_triton_and_serves_nothing_else(tmp_path, monkey
     asyncio.run(scenario())
 
 
-def test_the_cli_passes_the_health_port():
+def test_the_cli_takes_the_health_port_and_the_drain():
     from toneserve.cli import parser
 
     assert parser().parse_args(["gateway"]).health_port == 0  # off unless asked
     assert parser().parse_args(["gateway", "--health-port", "50052"]).health_port == 50052
+    assert parser().parse_args(["gateway"]).drain_seconds == 5.0  # a quick stop by hand, as before
+    assert parser().parse_args(["serve", "--drain-seconds", "16200"]).drain_seconds == 16200.0
