@@ -174,11 +174,16 @@ class Inference:
         self.retried = 0  # calls tried again because their replica went away
 
     async def ready(self, timeout: float) -> bool:
-        """Whether Triton answers that it and every model are ready (the server runs with strict readiness)."""
-        try:
-            return bool(await self.client.is_server_ready(client_timeout=timeout))
-        except InferenceServerException:
-            return False
+        """Whether Triton answers that it and every model are ready (the server runs with strict readiness).
+        With several replicas: whether one of two asked is; round robin sends the second probe to another
+        replica, so one replica down or loading does not make the gateway's health flap."""
+        for _ in range(2):
+            try:
+                if await self.client.is_server_ready(client_timeout=timeout):
+                    return True
+            except InferenceServerException:
+                pass
+        return False
 
     async def load(self) -> None:
         """Read the ensembles' configs; fails with TRITON_UNAVAILABLE when Triton or a model is not ready."""

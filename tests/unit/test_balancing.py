@@ -120,7 +120,7 @@ from concurrent import futures
 import grpc
 from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
 
-address, hold, age = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+address, hold, age, ready = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 
 class Replica(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
@@ -130,7 +130,7 @@ class Replica(pb_grpc.GRPCInferenceServiceServicer):
 
     def ServerReady(self, request, context):
         print("probe", flush=True)
-        return pb.ServerReadyResponse(ready=True)
+        return pb.ServerReadyResponse(ready=ready)
 
 options = [("grpc.so_reuseport", 0)] + ([("grpc.max_connection_age_ms", age),
                                           ("grpc.max_connection_age_grace_ms", age)] if age else [])
@@ -147,9 +147,10 @@ class Replica:
     """A process answering ModelInfer with its own address (after `hold` seconds); killed, it is gone
     as a crashed Triton is: no goodbye on its connections."""
 
-    def __init__(self, host: str, port: int, hold: float = 0.0, age_ms: int = 0):
+    def __init__(self, host: str, port: int, hold: float = 0.0, age_ms: int = 0, ready: bool = True):
         self.address = f"{host}:{port}"
-        self.process = subprocess.Popen([sys.executable, "-c", REPLICA, self.address, str(hold), str(age_ms)],
+        self.process = subprocess.Popen([sys.executable, "-c", REPLICA, self.address, str(hold), str(age_ms),
+                                         "1" if ready else "0"],
                                         stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None and self.process.stdout.readline() == "ready\n"
         self.calls = self.probes = 0
@@ -187,7 +188,8 @@ async def _connected(inference: Inference, *replicas: Replica) -> None:
     """Probes until every replica has answered one: round robin picks among the connected replicas only."""
     started = time.monotonic()
     while not all(replica.probes for replica in replicas):
-        assert await inference.ready(5) and time.monotonic() - started < 10
+        await inference.ready(5)
+        assert time.monotonic() - started < 10
 
 
 async def _calls(inference: Inference, n: int, at_once: int = 1) -> Counter:
@@ -263,3 +265,23 @@ def test_a_call_on_a_replica_killed_mid_call_is_answered_by_another(port, replic
 
     served, retried, took = asyncio.run(killed_mid_call())
     assert served == {quick.address: 4} and retried == 2 and took < 10, (served, retried, took)
+
+
+def test_ready_while_one_replica_is_and_not_when_none_is(port, replicas):
+    """Readiness through the balanced channel: one replica not ready (loading, or gone) is not an outage."""
+    loading, serving = replicas("127.0.0.1", port, ready=False), replicas("127.0.0.2", port)
+
+    async def scenario() -> tuple[list[bool], list[bool]]:
+        inference = Inference(f"127.0.0.1:{port},127.0.0.2:{port}", 10.0)
+        try:
+            await _connected(inference, loading, serving)
+            both = [await inference.ready(5) for _ in range(10)]
+            serving.kill()
+            await asyncio.sleep(0.5)
+            alone = [await inference.ready(5) for _ in range(3)]
+            return both, alone
+        finally:
+            await inference.close()
+
+    both, alone = asyncio.run(scenario())
+    assert all(both) and not any(alone), (both, alone)
