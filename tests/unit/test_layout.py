@@ -20,7 +20,7 @@ ALLOWED = {
     "model_repository": {"toneserve.samples", "toneserve.triton"},
     "export": {"toneserve.samples", "toneserve.model_repository.runners"},
     "loadtest": {"toneserve.samples", "toneserve.triton", "toneserve.gateway", "toneserve.model_repository",
-                 "toneserve.export"},
+                 "toneserve.export", "toneserve.kube"},
     # The Kubernetes renderer reads the gateway's settings and the catalog; the gateway never imports it.
     "kube": {"toneserve.gateway.settings", "toneserve.model_repository"},
 }
