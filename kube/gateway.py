@@ -48,7 +48,8 @@ def _grpc_probe(period: int, failures: int) -> dict:
     return {"grpc": {"port": HEALTH_PORT}, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
 
-def deployment(settings: Settings, secrets_digest: str | None = None) -> dict:
+def deployment(settings: Settings | None = None, secrets_digest: str | None = None) -> dict:
+    settings = settings or Settings()
     template_meta: dict = {"labels": meta(NAME, COMPONENT)["labels"]}
     if secrets_digest:
         template_meta["annotations"] = {SECRETS_ANNOTATION: secrets_digest}
@@ -128,6 +129,6 @@ def metrics_service() -> dict:
                                 "protocol": "TCP"}]}}
 
 
-def objects(settings: Settings, secrets_digest: str | None = None) -> list[dict]:
+def objects(settings: Settings | None = None, secrets_digest: str | None = None) -> list[dict]:
     return [deployment(settings, secrets_digest), service(), headless_service(), metrics_service(),
             pdb(NAME, COMPONENT, max_unavailable=1)]

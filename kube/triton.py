@@ -51,7 +51,8 @@ def triton_args(settings: Settings) -> list[str]:
             "--log-verbose=0"]
 
 
-def deployment(settings: Settings) -> dict:
+def deployment(settings: Settings | None = None) -> dict:
+    settings = settings or Settings()
     drain = math.ceil(settings.triton_timeout_seconds)
     repository_env = [{"name": f"REPOSITORY_{key.upper()}",
                        "valueFrom": {"configMapKeyRef": {"name": REPOSITORY_CONFIG, "key": key}}}
@@ -123,5 +124,5 @@ def service() -> dict:
                                 "protocol": "TCP"}]}}
 
 
-def objects(settings: Settings) -> list[dict]:
+def objects(settings: Settings | None = None) -> list[dict]:
     return [deployment(settings), service(), pdb(NAME, COMPONENT, max_unavailable=1)]
