@@ -68,6 +68,8 @@ class FairSlots:
     def _dispatch(self) -> None:
         while self.free > 0 and self.order:
             waiter = self._next()
+            if waiter.done():  # cancelled, its task not yet resumed to withdraw it: the slot goes on
+                continue
             self.free -= 1
             waiter.set_result(None)
 

@@ -90,3 +90,20 @@ def test_a_slot_granted_to_a_caller_cancelled_meanwhile_is_passed_on():
         await _settle()
         assert second.done() and slots.free == 0 and slots.waiting() == 0
     asyncio.run(scenario())
+
+
+def test_a_slot_freed_while_a_cancelled_waiter_has_not_resumed_goes_to_the_next():
+    async def scenario():
+        slots = FairSlots(1)
+        await slots.acquire("holder")
+        first = asyncio.create_task(slots.acquire("a"))
+        second = asyncio.create_task(slots.acquire("b"))
+        await _settle()
+        first.cancel()  # cancels `first`'s future at once; the task withdraws it only when it resumes ...
+        slots.release()  # ... so this release meets a cancelled future still in the queue
+        await _settle()
+        assert first.cancelled() and second.done() and not second.cancelled()
+        assert slots.free == 0 and slots.waiting() == 0
+        slots.release()
+        assert slots.free == 1
+    asyncio.run(scenario())
