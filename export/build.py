@@ -26,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from toneserve.export.artifacts import atomic_write_json, sha256_file
-from toneserve.export.errors import SourceUnavailable
+from toneserve.export.errors import SourceError, SourceUnavailable
 from toneserve.export.families import exported, get
 from toneserve.export.family import ModelFamily
 from toneserve.export.sources import Source, export_from_source, parse_source, resolve
@@ -168,6 +168,9 @@ def export_models(models_root: Path, size: str = "tiny", seed: int = 0, force: b
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     sources = sources or {}
+    if revision and not any(sources.values()):  # else it would pin nothing, silently
+        raise SourceError(f"--revision {revision!r} pins the hub ids given (--emotion2vec / --sensevoice); "
+                          f"none was given")
     families = exported()
     # Resolve every source spec before the long work, so a typo fails in a second, not after an export.
     plans = {f.name: choose_source(f.name, size, sources.get(f.name), revision) for f in families}

@@ -71,3 +71,14 @@ def test_bad_source_specs_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="not a sensevoice"):
         export_models(tmp_path, size="tiny", sources={"sensevoice": "iic/emotion2vec_plus_base"})
     assert not any(tmp_path.iterdir())
+
+
+def test_a_revision_with_no_hub_id_given_is_refused(tmp_path, monkeypatch):
+    # --revision pins the ids given; with none given it would pin nothing, silently
+    def no_work(*args, **kwargs):
+        raise AssertionError("the export started")
+    monkeypatch.setattr("toneserve.export.build.export_family", no_work)
+    with pytest.raises(ValueError, match="--revision"):
+        export_models(tmp_path, size="base", revision="v2.0.4")
+    with pytest.raises(ValueError, match="--revision"):
+        export_models(tmp_path, size="base", sources={"emotion2vec": None, "sensevoice": None}, revision="v2.0.4")
