@@ -62,18 +62,24 @@ def pack(repository: Path, out_dir: Path) -> Packed:
     if not (repository.is_dir() and any(repository.glob("*/config.pbtxt"))):
         raise FileNotFoundError(f"{repository}: not a rendered model repository (no */config.pbtxt)")
     out_dir = Path(out_dir)
+    if out_dir.resolve().is_relative_to(repository.resolve()):  # the tarball would pack itself
+        raise ValueError(f"{out_dir}: inside the repository {repository}; write the tarball elsewhere")
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / ".repository.tar.gz.partial"
-    with open(partial, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for path in _entries(repository):
-                    info = _info(path, repository)
-                    if info.isdir():
-                        tar.addfile(info)
-                    else:
-                        with open(path, "rb") as f:
-                            tar.addfile(info, f)
+    try:
+        with open(partial, "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+                with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for path in _entries(repository):
+                        info = _info(path, repository)
+                        if info.isdir():
+                            tar.addfile(info)
+                        else:
+                            with open(path, "rb") as f:
+                                tar.addfile(info, f)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     sha = file_sha256(partial)
     final = out_dir / artifact_name(sha)
     os.replace(partial, final)

@@ -188,6 +188,23 @@ def test_pack_refuses_what_is_not_a_repository(tmp_path):
         pack.pack(tmp_path, tmp_path / "out")
 
 
+def test_pack_leaves_nothing_behind_when_it_fails(tmp_path):
+    repo = _repository(tmp_path)
+    (repo / "vad" / "1" / "link.py").symlink_to(repo / "vad" / "1" / "model.py")
+    with pytest.raises(ValueError, match="symbolic link"):
+        pack.pack(repo, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_pack_refuses_to_write_into_the_repository_it_packs(tmp_path):
+    # the tarball being written (and earlier ones) would be packed into itself
+    repo = _repository(tmp_path)
+    for out in (repo, repo / "dist"):
+        with pytest.raises(ValueError, match="inside the repository"):
+            pack.pack(repo, out)
+    assert not list(repo.rglob("*.tar.gz*"))
+
+
 def _init_script(models: Path) -> str:
     return triton.FETCH.replace("/models", str(models))
 
