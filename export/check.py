@@ -72,7 +72,8 @@ def check(spec: str, *, trust_checkpoint: bool = False, revision: str | None = N
     path = Path(text).expanduser()
     if path.is_dir():
         root = path.resolve()
-    elif text.startswith(("/", ".", "~")) or path.exists() or text.count("/") != 1 and ":" not in text:
+    elif text.startswith(("/", ".", "~")) or path.exists() or (text.count("/") != 1 and ":" not in text
+                                                               and by_hub_id(text) is None):  # bare names
         report.add("folder", f"{path} is a file, not a folder" if path.exists() else
                    f"{path} does not exist (and is not a hub id such as owner/name)")
         return report

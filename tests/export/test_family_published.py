@@ -125,6 +125,23 @@ def _line(report, key: str) -> str:
     return lines[0]
 
 
+def test_check_takes_the_bare_names_export_takes(monkeypatch, tmp_path):
+    # `--emotion2vec emotion2vec_plus_large` exports; `--check emotion2vec_plus_large` asks the same hub
+    from toneserve.export import hub
+    from toneserve.export.errors import SourceUnavailable
+
+    asked = []
+
+    def fetch(which, ident, **kwargs):
+        asked.append((which, ident, kwargs.get("revision")))
+        raise SourceUnavailable("offline")
+    monkeypatch.setattr(hub, "fetch", fetch)
+    monkeypatch.chdir(tmp_path)
+    report = check("emotion2vec_plus_large", revision="v2")
+    assert asked == [("ms", "iic/emotion2vec_plus_large", "v2")], report
+    assert "iic/emotion2vec_plus_large" in _line(report, "hub") and not report.loads
+
+
 def test_check_names_a_missing_file(tiny_e2v):
     (tiny_e2v / "tokens.txt").unlink()
     report = check(str(tiny_e2v))
