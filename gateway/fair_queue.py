@@ -37,7 +37,8 @@ class FairSlots:
         """Calls waiting for a slot: of one tenant, or of all."""
         if tenant is not None:
             return len(self.queues.get(tenant, ()))
-        return sum(len(q) for q in self.queues.values())
+        # Read by /metrics on its HTTP thread while the loop adds and removes tenants: a snapshot.
+        return sum(len(q) for q in list(self.queues.values()))
 
     async def acquire(self, tenant: str) -> None:
         if self.free > 0 and not self.queues:

@@ -107,3 +107,16 @@ def test_a_slot_freed_while_a_cancelled_waiter_has_not_resumed_goes_to_the_next(
         slots.release()
         assert slots.free == 1
     asyncio.run(scenario())
+
+
+def test_waiting_may_be_read_while_the_loop_changes_the_tenants():
+    """/metrics reads `waiting()` on the HTTP server's thread while the loop adds and removes tenants."""
+    slots = FairSlots(1)
+
+    class Queue(list):
+        def __len__(self) -> int:  # the loop's thread, between two steps of the reader's iteration
+            slots.queues.setdefault(f"t{len(slots.queues)}", Queue())
+            return 1
+
+    slots.queues["a"] = Queue()
+    assert slots.waiting() >= 1
