@@ -59,7 +59,10 @@ def check(spec: str, *, trust_checkpoint: bool = False, revision: str | None = N
     hint, text = _split_hint(spec)
     report = Report(spec)
     low = text.lower()
+    ignored = f"{revision!r} ignored: it pins a hub id (export refuses it with a folder or random weights)"
     if low == "random" or low.startswith("random:"):
+        if revision:
+            report.add("revision", ignored)
         preset = text.partition(":")[2].strip()
         for fam in ([hint] if hint else [f for f in FAMILIES.values() if f.model_class]):
             names = ", ".join(fam.presets)
@@ -72,6 +75,8 @@ def check(spec: str, *, trust_checkpoint: bool = False, revision: str | None = N
     path = Path(text).expanduser()
     if path.is_dir():
         root = path.resolve()
+        if revision:
+            report.add("revision", ignored)
     elif text.startswith(("/", ".", "~")) or path.exists() or (text.count("/") != 1 and ":" not in text
                                                                and by_hub_id(text) is None):  # bare names
         report.add("folder", f"{path} is a file, not a folder" if path.exists() else

@@ -142,6 +142,13 @@ def test_check_takes_the_bare_names_export_takes(monkeypatch, tmp_path):
     assert "iic/emotion2vec_plus_large" in _line(report, "hub") and not report.loads
 
 
+def test_check_says_a_revision_pins_no_folder_or_random_weights(tiny_e2v):
+    # export refuses --revision with these sources; --check must not seem to have pinned them
+    for spec in ("random:tiny", str(tiny_e2v)):
+        assert "pins a hub id" in _line(check(spec, revision="v2"), "revision")
+        assert not [line for line in check(spec).lines if line.startswith("revision:")]
+
+
 def test_check_names_a_missing_file(tiny_e2v):
     (tiny_e2v / "tokens.txt").unlink()
     report = check(str(tiny_e2v))
