@@ -244,7 +244,12 @@ class Inference:
                                 request_id, model, exc.message())
                     await asyncio.sleep(RETRY_PAUSE_SECONDS)
                     continue
-                raise _error(exc, self.timeout if own else None) from None
+                error = _error(exc, self.timeout if own else None)
+                if error.code is Code.INTERNAL:
+                    # Triton's text can quote a runner's traceback, naming the server's files: the log has it.
+                    log.error("request %s: %s call failed: %s", request_id, model, exc.message())
+                    error = ToneserveError(Code.INTERNAL, f"model {model!r} failed (request id {request_id})")
+                raise error from None
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def vad(self, block: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:

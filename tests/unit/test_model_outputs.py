@@ -30,3 +30,28 @@ def test_the_gateways_own_timeout_is_triton_unavailable_the_clients_deadline_exc
     assert stalled.code is Code.TRITON_UNAVAILABLE and "120 s" in stalled.message
     gone = InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
     assert _error(gone).code is Code.TRITON_UNAVAILABLE
+
+
+def test_a_models_failure_reaches_the_client_without_tritons_text(caplog):
+    """Triton's message can quote a runner's traceback, naming the server's files: the log has it, not the client."""
+    import asyncio
+
+    from toneserve.gateway.inference import Inference
+
+    text = 'Failed to process the request(s): ValueError\nAt:\n  /srv/models/asr/1/model.py(42): execute'
+
+    class Failing:
+        async def infer(self, *args, **kwargs):
+            raise InferenceServerException(text, status="StatusCode.INTERNAL")
+
+    async def call():
+        inference = Inference("127.0.0.1:1")
+        await inference.client.close()
+        inference.client = Failing()  # type: ignore[assignment]
+        await inference._infer("asr", [], ["TEXT"], "req-7", None)
+
+    with pytest.raises(ToneserveError) as error:
+        asyncio.run(call())
+    assert error.value.code is Code.INTERNAL and "/srv/models" not in error.value.message
+    assert "'asr'" in error.value.message and "req-7" in error.value.message
+    assert "/srv/models/asr/1/model.py" in caplog.text
