@@ -98,7 +98,9 @@ class KeyTable:
 def _option(where: str, word: str) -> tuple[str, float]:
     name, sep, value = word.partition("=")
     if not sep or name not in OPTIONS:
-        raise KeyFileError(f"{where}: unknown option {name!r} (known: {', '.join(OPTIONS)})")
+        # A field that is neither option=value nor an option's name may be a second key pasted on the line.
+        shown = repr(name) if sep or name in OPTIONS else "(a field that is not option=value)"
+        raise KeyFileError(f"{where}: unknown option {shown} (known: {', '.join(OPTIONS)})")
     try:
         number = float(value)
     except ValueError:

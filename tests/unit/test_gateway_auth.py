@@ -93,6 +93,7 @@ def test_policies_come_from_the_key_lines():
     ("sha256:" + "g" * 64 + " acme\n", "64 hex digits"),
     (f"{ACME} acme colour=red\n", "unknown option 'colour'"),
     (f"{ACME} acme weight\n", "unknown option 'weight'"),
+    (f"{ACME} acme {GLOBEX}\n", "unknown option"),  # a second key pasted on the line
     (f"{ACME} acme weight=heavy\n", "must be a number"),
     (f"{ACME} acme weight=0\n", "positive"),
     (f"{ACME} acme seconds_per_day=-1\n", "positive"),
