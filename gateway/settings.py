@@ -81,6 +81,19 @@ class Settings:
     # 30.72 s blocks (fewer VAD calls); the segments are the same either way.
     live_block_frames: int = 32
 
+    def __post_init__(self):
+        # A zero here would not mean "off": no thread to decode with, no Triton slot, every request refused.
+        counts = {"max_requests": self.max_requests, "max_inflight (--max-triton-calls)": self.max_inflight,
+                  "utterances_per_request": self.utterances_per_request}
+        quotas = {"tenant_audio_seconds_per_minute": self.tenant_audio_seconds_per_minute,
+                  "tenant_audio_seconds_per_day": self.tenant_audio_seconds_per_day,
+                  "max_requests_per_tenant": self.max_requests_per_tenant}
+        wrong = [f"{name} must be at least 1, got {value}" for name, value in counts.items() if value < 1]
+        wrong += [f"{name} must be above 0 (or unset: unlimited), got {value}"
+                  for name, value in quotas.items() if value is not None and value <= 0]
+        if wrong:
+            raise ValueError("; ".join(wrong))
+
     def window(self, requested: float) -> float:
         if requested == 0:
             return self.window_seconds

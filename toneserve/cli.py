@@ -162,6 +162,14 @@ def _settings(args):
     defaults = Settings()
     limits = replace(defaults.limits, max_seconds=args.max_minutes * 60, max_channels=args.max_channels,
                      max_bytes=args.max_upload_mb * 1024 * 1024, max_samples=args.max_samples)
+    try:
+        return _replace_settings(args, defaults, limits)
+    except ValueError as exc:  # a flag out of range: a usage error, not a traceback
+        raise CommandError(f"gateway settings: {exc}") from None
+
+
+def _replace_settings(args, defaults, limits):
+    from dataclasses import replace
     return replace(defaults, limits=limits, max_requests=args.max_requests,
                    max_request_seconds=args.max_request_minutes * 60 if args.max_request_minutes else None,
                    chunk_timeout_seconds=args.chunk_timeout, upload_timeout_seconds=args.upload_timeout_minutes * 60,
