@@ -77,6 +77,7 @@ class Gateway:
         self.server: grpc.aio.Server | None = None
         self.health_port = health_port
         self.health_server: grpc.aio.Server | None = None
+        self.health: health_aio.HealthServicer | None = None
         self.watch: TritonWatch | None = None
 
     async def start(self) -> None:
@@ -94,7 +95,7 @@ class Gateway:
                                       maximum_concurrent_rpcs=2 * self.settings.max_requests + 32)
         service = AnalyzerService(self.inference, self.settings, self.metrics, self.keys)
         toneserve_pb2_grpc.add_AnalyzerServicer_to_server(service, self.server)
-        health = health_aio.HealthServicer()
+        health = self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -142,6 +143,10 @@ class Gateway:
         log.info("gateway listening on %s (Triton at %s)", self.address, self.triton_url)
 
     async def stop(self, grace: float = 5.0) -> None:
+        # NOT_SERVING first, for good: health checkers and load balancers stop sending calls here while
+        # the calls in progress drain (for up to `grace`), instead of sending ones that would be refused.
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
         if self.watch is not None:
             await self.watch.stop()
         if self.server is not None:

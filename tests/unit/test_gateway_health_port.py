@@ -81,3 +81,28 @@ def test_the_cli_takes_the_health_port_and_the_drain():
     assert parser().parse_args(["gateway", "--health-port", "50052"]).health_port == 50052
     assert parser().parse_args(["gateway"]).drain_seconds == 5.0  # a quick stop by hand, as before
     assert parser().parse_args(["serve", "--drain-seconds", "16200"]).drain_seconds == 16200.0
+
+
+def test_health_says_not_serving_while_the_gateway_drains(tmp_path, monkeypatch):
+    monkeypatch.setattr(server_module, "Inference", FakeTriton)
+    FakeTriton.is_ready = True
+    port, health_port = free_port(), free_port()
+    seen_while_draining: list[str] = []
+
+    async def scenario():
+        gateway = server_module.Gateway("127.0.0.1:1", port=port, settings=Settings(triton_poll_seconds=0.05),
+                                        health_port=health_port)
+        await gateway.start()
+        assert await _status(f"127.0.0.1:{health_port}") == "SERVING"
+        real_stop = gateway.server.stop
+
+        async def drain(grace):  # what a health checker sees while calls in progress finish
+            seen_while_draining.append(await _status(f"127.0.0.1:{health_port}"))
+            seen_while_draining.append(await _status(f"127.0.0.1:{health_port}", server_module.SERVICE_NAME))
+            await real_stop(grace)
+
+        gateway.server.stop = drain
+        await gateway.stop(grace=1.0)
+
+    asyncio.run(scenario())
+    assert seen_while_draining == ["NOT_SERVING", "NOT_SERVING"]
