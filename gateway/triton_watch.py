@@ -32,6 +32,7 @@ class TritonWatch:
         self.interval = interval
         self.failures = failures
         self.ready = True  # the gateway starts only once Triton served its model configs
+        self._announced = True  # the state on_change last took without failing
         self._failed = 0
         self._task: asyncio.Task | None = None
 
@@ -52,11 +53,12 @@ class TritonWatch:
         if ok and not self.ready:
             self.ready = True
             log.warning("Triton is ready again: serving")
-            await self.on_change(True)
         elif self.ready and self._failed >= self.failures:
             self.ready = False
             log.warning("Triton is not ready (%d probes failed): NOT_SERVING until it is", self._failed)
-            await self.on_change(False)
+        if self._announced != self.ready:  # a callback that failed is tried again at the next poll
+            await self.on_change(self.ready)
+            self._announced = self.ready
 
     async def _run(self) -> None:
         while True:

@@ -52,3 +52,33 @@ def test_the_watch_task_survives_a_failing_probe_and_stops_cleanly():
         return watch
 
     assert asyncio.run(scenario()).ready is False
+
+
+def test_a_failed_health_update_is_tried_again_at_the_next_poll():
+    answers = iter([False, False, False, False])
+    changes: list[bool] = []
+    attempts = 0
+
+    async def probe(timeout: float) -> bool:
+        return next(answers)
+
+    async def on_change(ready: bool) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise RuntimeError("health servicer busy")
+        changes.append(ready)
+
+    async def scenario() -> None:
+        watch = TritonWatch(probe, on_change, interval=0.01, failures=2)
+        await watch.poll()
+        try:
+            await watch.poll()  # down: the first announcement fails
+        except RuntimeError:
+            pass
+        assert watch.ready is False  # requests are refused at once all the same
+        await watch.poll()  # still down: announced now
+        await watch.poll()  # and only once
+
+    asyncio.run(scenario())
+    assert changes == [False]
