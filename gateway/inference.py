@@ -249,6 +249,10 @@ class Inference:
                     # Triton's text can quote a runner's traceback, naming the server's files: the log has it.
                     log.error("request %s: %s call failed: %s", request_id, model, exc.message())
                     error = ToneserveError(Code.INTERNAL, f"model {model!r} failed (request id {request_id})")
+                elif error.code is Code.TRITON_UNAVAILABLE and "UNAVAILABLE" in str(exc.status() or ""):
+                    # gRPC's text names Triton's addresses (pod IPs, ports): the log has it, the client a summary.
+                    log.warning("request %s: %s call failed: %s", request_id, model, exc.message())
+                    error = ToneserveError(Code.TRITON_UNAVAILABLE, f"Triton could not be reached for model {model!r}")
                 raise error from None
         raise AssertionError("unreachable: the second attempt returns or raises")
 

@@ -55,3 +55,28 @@ def test_a_models_failure_reaches_the_client_without_tritons_text(caplog):
     assert error.value.code is Code.INTERNAL and "/srv/models" not in error.value.message
     assert "'asr'" in error.value.message and "req-7" in error.value.message
     assert "/srv/models/asr/1/model.py" in caplog.text
+
+
+def test_an_unreachable_triton_reaches_the_client_without_its_addresses(caplog):
+    """gRPC's text names the replicas' addresses (pod IPs and ports): the log has them, not the client."""
+    import asyncio
+
+    from toneserve.gateway.inference import Inference
+
+    text = "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.12.3.4:8001: Connection refused"
+
+    class Gone:
+        async def infer(self, *args, **kwargs):
+            raise InferenceServerException(text, status="StatusCode.UNAVAILABLE")
+
+    async def call():
+        inference = Inference("127.0.0.1:1")
+        await inference.client.close()
+        inference.client = Gone()  # type: ignore[assignment]
+        await inference._infer("emotion", [], ["PROBS"], "req-8", 0.1)  # too short for the retry once
+
+    with pytest.raises(ToneserveError) as error:
+        asyncio.run(call())
+    assert error.value.code is Code.TRITON_UNAVAILABLE and "10.12.3.4" not in error.value.message
+    assert "'emotion'" in error.value.message
+    assert "10.12.3.4:8001" in caplog.text
