@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from toneserve.export import presets
-from toneserve.export.artifacts import atomic_write_bytes, sha256_file
+from toneserve.export.artifacts import atomic_write_bytes
 from toneserve.export.errors import SourceError
+from toneserve.export.families.funasr_common import export_graphs, folder_arch, folder_config, loaded_model
 from toneserve.export.family import LoadedModel, ModelFiles
 from toneserve.export.layout import checkpoint_bytes, configuration_json_bytes, yaml_bytes
 from toneserve.export.loading import build_and_load, locate, read_config
@@ -88,11 +89,7 @@ class SenseVoiceFamily:
     def load(self, root: Path, *, trust_checkpoint: bool = False, hash_weights: bool = True) -> LoadedModel:
         import sentencepiece as spm
 
-        files = self.locate(root)
-        config = read_config(files.config)
-        if config.get("model") != self.model_class:
-            raise SourceError(f"{files.config}: model is {config.get('model')!r}, expected {self.model_class!r} "
-                              f"for a {self.name} model directory")
+        files, config = folder_config(self, root)
         sp = spm.SentencePieceProcessor()
         try:
             ok = sp.Load(str(files.bpe_model))
@@ -106,28 +103,19 @@ class SenseVoiceFamily:
         diff = {k: fconf[k] for k, v in FRONTEND_FIXED.items() if k in fconf and fconf[k] != v}
         if diff:
             raise SourceError(f"{files.config}: frontend_conf {diff} differs from the exported frontend's {FRONTEND_FIXED}")
-        try:
-            arch = self.arch_config(config)
-        except SourceError as e:
-            raise SourceError(f"{files.config}: {e}") from None
+        arch = folder_arch(self, files, config)
         model, stats = build_and_load(config, files, module=self.funasr_module, vocab_size=sp.GetPieceSize(),
                                       input_size=arch["input_size"], trust=trust_checkpoint)
         model.toneserve_encoder_conf = copy.deepcopy(arch["encoder_conf"])
         model.toneserve_model_conf = copy.deepcopy(config.get("model_conf") or {})
-        preset = self.detect_preset(arch)
-        model.toneserve_preset = preset
-        return LoadedModel(family=self.name, model=model, files=files, config=config, preset=preset,
-                           arch_config=arch, load=stats,
-                           weights_sha256=sha256_file(files.weights) if hash_weights else "")
+        return loaded_model(self, model, files, config, arch, stats, hash_weights=hash_weights)
 
     def export(self, out_dir: Path, *, preset: str | None = None, seed: int = 0, model_dir: Path | None = None,
                source: dict | None = None, verify: bool = True, trust_checkpoint: bool = False) -> dict:
         from toneserve.export import sensevoice
 
-        if model_dir is not None:
-            loaded = self.load(model_dir, trust_checkpoint=trust_checkpoint)
-            return sensevoice.export_onnx(out_dir, seed=seed, verify=verify, loaded=loaded, source=source)
-        return sensevoice.export_onnx(out_dir, preset or self.default_preset, seed, verify=verify, source=source)
+        return export_graphs(sensevoice.export_onnx, self, out_dir, preset=preset, seed=seed, model_dir=model_dir,
+                             source=source, verify=verify, trust_checkpoint=trust_checkpoint)
 
     def parity_inputs(self, folder: Path) -> tuple[dict, dict]:
         import numpy as np
