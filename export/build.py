@@ -29,7 +29,7 @@ from toneserve.export.artifacts import atomic_write_json, sha256_file
 from toneserve.export.errors import SourceError, SourceUnavailable
 from toneserve.export.families import exported, get
 from toneserve.export.family import ModelFamily
-from toneserve.export.sources import Source, export_from_source, parse_source, resolve
+from toneserve.export.sources import Source, export_resolved, parse_source, resolve
 from toneserve.export.variants import convert_fp16, parity_report, quantize_int8
 
 VARIANTS = ("int8", "fp16")
@@ -148,8 +148,7 @@ def export_family(family: str, folder: Path, source: Source, fallback: Source | 
         what = "RANDOM weights" if candidate.kind == "random" else f"weights from {model_dir}"
         _log(f"{family}: exporting {candidate} ({what}) ...")
         started = time.perf_counter()
-        manifest = export_from_source(family, candidate, folder, seed=seed, cache_dir=cache_dir,
-                                      trust_checkpoint=trust_checkpoint)
+        manifest = export_resolved(family, candidate, model_dir, folder, seed=seed, trust_checkpoint=trust_checkpoint)
         _log(f"{family}: exported in {time.perf_counter() - started:.1f} s -> {folder}")
         return manifest
     raise AssertionError("unreachable: a source either exports or raises")

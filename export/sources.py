@@ -209,6 +209,15 @@ def export_from_source(family: str, source: Source | str, out_dir: Path, *, seed
     if src.family is None:
         src = Source(src.kind, src.ref, family, hub=src.hub, revision=src.revision)
     model_dir = resolve(src, cache_dir, probe_timeout, endpoint=endpoint)
+    return export_resolved(family, src, model_dir, out_dir, seed=seed, verify=verify,
+                           trust_checkpoint=trust_checkpoint)
+
+
+def export_resolved(family: str, src: Source, model_dir: Path | None, out_dir: Path, *, seed: int = 0,
+                    verify: bool = True, trust_checkpoint: bool = False) -> dict:
+    """Export ``family`` from a source `resolve` has already turned into ``model_dir`` (None: random)."""
+    if src.family is None:
+        src = Source(src.kind, src.ref, family, hub=src.hub, revision=src.revision)
     fam = get(family)
     described = src.describe()
     if src.kind == "random":
@@ -222,6 +231,6 @@ def export_from_source(family: str, source: Source | str, out_dir: Path, *, seed
 __all__ = [
     "DEFAULT_PRESETS", "FAMILIES", "HUB_ALIASES", "HUB_IDS", "LoadedModel", "MissingModelFiles", "ModelFiles",
     "PRESET_NAMES", "REQUIRED_FILES", "Source", "SourceError", "SourceUnavailable", "alternatives",
-    "detect_preset", "export_from_source", "hub_endpoint", "load_local_model", "locate_files", "model_kwargs",
+    "detect_preset", "export_from_source", "export_resolved", "hub_endpoint", "load_local_model", "locate_files", "model_kwargs",
     "parse_source", "probe_endpoint", "read_checkpoint", "read_config", "resolve", "save_local_layout",
 ]
