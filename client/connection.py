@@ -10,13 +10,12 @@ TONESERVE_ALLOW_PLAINTEXT_KEY=1), for a network known to be private.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-
-from toneserve.hosts import is_loopback
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ENV_ADDRESS = "TONESERVE_ADDRESS"
@@ -36,7 +35,13 @@ def is_local(address: str) -> bool:
         return True
     target = address.split(":///", 1)[-1] if "://" in address else address.removeprefix("ipv4:").removeprefix("ipv6:")
     host = target.rsplit(":", 1)[0] if target.count(":") == 1 or target.startswith("[") else target
-    return is_loopback(host)
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # gRPC target schemes that may resolve to several addresses, which calls are balanced over.

@@ -1,6 +1,7 @@
 """The gateway's gRPC server: Analyzer plus standard health checking and reflection."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import grpc
@@ -15,7 +16,6 @@ from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.service import AnalyzerService
 from toneserve.gateway.settings import Settings
 from toneserve.gateway.triton_watch import TritonWatch
-from toneserve.hosts import is_loopback
 from toneserve.v1 import toneserve_pb2, toneserve_pb2_grpc
 
 log = logging.getLogger("toneserve.gateway")
@@ -26,6 +26,18 @@ class GatewayStartError(CommandError):
 
 
 SERVICE_NAME = toneserve_pb2.DESCRIPTOR.services_by_name["Analyzer"].full_name
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`. A name other than localhost counts as the network:
+    what it resolves to can change."""
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_exposure(host: str, keys: ApiKeys, allow_unauthenticated: bool = False) -> None:
