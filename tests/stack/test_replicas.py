@@ -45,6 +45,17 @@ def _shared_port() -> int:
     pytest.skip("no port free on both 127.0.0.1 and 127.0.0.2")
 
 
+def _busy(triton: EmbeddedTriton) -> bool:
+    """Whether a request is waiting in one of this replica's models (Triton's pending-request gauge):
+    a call from the gateway is then in progress on it."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{triton.host}:{triton.ports.metrics}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return any(line.startswith("nv_inference_pending_request_count{") and float(line.rsplit(" ", 1)[1]) > 0
+               for line in text.splitlines())
+
+
 def _kill(triton: EmbeddedTriton) -> None:
     """A crash, not a shutdown: SIGKILL to the server and its stubs, nothing drains."""
     import os
@@ -124,7 +135,10 @@ def test_replicas_behind_one_name_share_calls_and_survive_a_kill(repository, tmp
                 assert min(spread) >= sum(spread) / 4, f"calls per replica once both are named: {spread}"
                 with lock:
                     before_kill = len(answers)
-                _kill(first)  # mid-load: calls are in progress on it
+                busy_since = time.monotonic()
+                while not _busy(first):  # mid-load, with a call in progress on it
+                    assert time.monotonic() - busy_since < 30, "the first replica never had a call in progress"
+                _kill(first)
                 killed_with = _calls_served(second)
                 wait_answers(8, timeout=60)  # the survivor serves on, the lost calls included
                 figures.update(alone=alone, new_replica_first_call_s=round(took, 1), both=spread,

@@ -115,7 +115,7 @@ def test_no_retry_once_the_time_is_up():
 # --- real gRPC: replicas on 127.0.0.1 and 127.0.0.2 behind one port ---
 
 REPLICA = r'''
-import sys, threading, time
+import os, sys, threading, time
 from concurrent import futures
 import grpc
 from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
@@ -124,12 +124,12 @@ address, hold, age, ready = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), s
 
 class Replica(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):
-        print("call", flush=True)
+        os.write(1, b"call\n")  # one write: print() from two handler threads at once can give "callcall\n\n"
         time.sleep(hold)
         return pb.ModelInferResponse(model_name=request.model_name, id=address)
 
     def ServerReady(self, request, context):
-        print("probe", flush=True)
+        os.write(1, b"probe\n")
         return pb.ServerReadyResponse(ready=ready)
 
 options = [("grpc.so_reuseport", 0)] + ([("grpc.max_connection_age_ms", age),
@@ -192,11 +192,11 @@ async def _connected(inference: Inference, *replicas: Replica) -> None:
         assert time.monotonic() - started < 10
 
 
-async def _calls(inference: Inference, n: int, at_once: int = 1) -> Counter:
+async def _calls(inference: Inference, n: int, at_once: int = 1, timeout: float = 10.0) -> Counter:
     served: Counter = Counter()
 
     async def one(i: int) -> None:
-        result = await inference._infer("vad", [], ["SPEECH_PROBS"], f"r{i}", 10.0)
+        result = await inference._infer("vad", [], ["SPEECH_PROBS"], f"r{i}", timeout)
         served[result.get_response().id] += 1
 
     for start in range(0, n, at_once):
@@ -245,26 +245,34 @@ def test_a_replica_added_behind_a_name_takes_calls(port, replicas):
 
 
 def test_a_call_on_a_replica_killed_mid_call_is_answered_by_another(port, replicas):
-    slow, quick = replicas("127.0.0.1", port, hold=30.0), replicas("127.0.0.2", port)
+    slow, quick = replicas("127.0.0.1", port, hold=60.0), replicas("127.0.0.2", port)
 
-    async def killed_mid_call() -> tuple[Counter, int, float]:
-        inference = Inference(f"127.0.0.1:{port},127.0.0.2:{port}", 60.0)
+    async def killed_mid_call() -> tuple[Counter, int, float, int]:
+        inference = Inference(f"127.0.0.1:{port},127.0.0.2:{port}", 120.0)
+        calls = []
         try:
-            started = time.monotonic()
             await _connected(inference, slow, quick)
-            calls = asyncio.gather(*(_calls(inference, 1) for _ in range(4)))
-            while slow.calls < 2:  # round robin gave the slow replica half of them
-                assert time.monotonic() - started < 20, (slow.calls, quick.calls)
+            calls = [asyncio.ensure_future(_calls(inference, 1, timeout=90.0)) for _ in range(4)]
+            # Round robin sends half of them to each replica: the quick one answers its two at once, the
+            # other two are in progress on the slow one (which holds them far longer than this waits).
+            started = time.monotonic()
+            while sum(call.done() for call in calls) < 2 or slow.calls < 2:
+                assert time.monotonic() - started < 60, (slow.calls, quick.calls)
                 await asyncio.sleep(0.05)
+            in_progress = sum(not call.done() for call in calls)
             killed = time.monotonic()
             slow.kill()
-            served = sum(await calls, Counter())
-            return served, inference.retried, time.monotonic() - killed
+            served = sum(await asyncio.gather(*calls), Counter())
+            return served, inference.retried, time.monotonic() - killed, in_progress
         finally:
+            for call in calls:  # on a failure above, none is left behind unretrieved
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
             await inference.close()
 
-    served, retried, took = asyncio.run(killed_mid_call())
-    assert served == {quick.address: 4} and retried == 2 and took < 10, (served, retried, took)
+    served, retried, took, in_progress = asyncio.run(killed_mid_call())
+    assert in_progress == 2 and served == {quick.address: 4} and retried == 2 and took < 10, \
+        (in_progress, served, retried, took)
 
 
 def test_ready_while_one_replica_is_and_not_when_none_is(port, replicas):
