@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from toneserve import contract
-from toneserve.contract import SAMPLE_RATE, Code, ToneserveError
+from toneserve.contract import SAMPLE_RATE, VAD_FRAME, Code, ToneserveError
 from toneserve.gateway import prosody, reconcile, rollup, sentiment, thresholds
 from toneserve.gateway.audio import AudioStream, open_audio
 from toneserve.gateway.backend import AsrResult, Backend, Distribution
-from toneserve.gateway.segmenter import BLOCK_FRAMES, Segmentation, Utterance, block_seconds
+from toneserve.gateway.segmenter import BLOCK_FRAMES, VAD_CELL_FRAMES, Segmentation, Utterance, block_seconds
 from toneserve.gateway.settings import Settings
 from toneserve.gateway.sources import AudioSource
 from toneserve.v1 import toneserve_pb2 as pb
@@ -173,13 +173,21 @@ class Analysis:
         try:
             stream = await self._decode(open_audio, source.audio(), self.settings.limits)
             blocks = stream.blocks(block_seconds(block_frames))
-            first = await self._decode(next, blocks, None)
+            # Whether the channels are copies is judged on the first VAD_CELL_FRAMES at least, whatever
+            # the block size: short live blocks must not decide otherwise than 1 s blocks (that would change
+            # the segments); the blocks read for it are then analysed one by one.
+            first: list[np.ndarray] = []
+            while sum(b.shape[1] for b in first) < VAD_CELL_FRAMES * VAD_FRAME:
+                block = await self._decode(next, blocks, None)
+                if block is None:
+                    break
+                first.append(block)
             mix = self.options.mix_channels
-            if first is not None and not mix and same_audio_on_every_channel(first):
+            if first and not mix and same_audio_on_every_channel(np.concatenate(first, axis=1)):
                 mix = True
                 self._warn(f"the {stream.channels} channels carry the same audio: analysed as one speaker (mix)")
             speakers = speakers_of(stream.channels, self.options, mix)
-            segments, samples = await self._segments(first, blocks, speakers, mix)
+            segments, samples = await self._segments(first, blocks, speakers, mix, block_frames)
         finally:
             # A cancelled or failed request may leave the recording being opened or read in a
             # worker thread: the container is closed only after that thread has returned, never
@@ -215,11 +223,13 @@ class Analysis:
 
         return await asyncio.shield(loop.run_in_executor(self.executor, work))
 
-    async def _segments(self, first, blocks, speakers: list[Speaker], mix: bool) -> tuple[list[pb.Segment], int]:
-        """Decode, VAD and segment block by block; analyse each utterance as soon as it is finished."""
+    async def _segments(self, first: list[np.ndarray], blocks, speakers: list[Speaker], mix: bool,
+                        block_frames: int) -> tuple[list[pb.Segment], int]:
+        """Decode, VAD and segment block by block (`first`: the blocks read already); analyse each
+        utterance as soon as it is finished."""
         t = self.thresholds
         segmentation = Segmentation([s.channel for s in speakers], t.vad_threshold, t.min_silence_ms,
-                                    self.settings.max_utterance_seconds)
+                                    self.settings.max_utterance_seconds, block_frames)
         names = {s.channel: s.name for s in speakers}
         slots = asyncio.Semaphore(self.settings.utterances_per_request)
         results: list[pb.Segment] = []
@@ -230,7 +240,8 @@ class Analysis:
                     await slots.acquire()  # back-pressure: decoding waits for Triton
                     group.create_task(self._utterance(utterance, names[utterance.channel], slots, results))
 
-            block = first
+            read = iter(first)
+            block = next(read, None)
             while block is not None:
                 if mix:
                     block = block.mean(axis=0, keepdims=True)
@@ -238,7 +249,9 @@ class Analysis:
                 self.samples = samples
                 probs = await self._vad(segmentation.vad_input(block))
                 await launch(segmentation.feed(block, probs))
-                block = await self._decode(next, blocks, None)
+                block = next(read, None)
+                if block is None:
+                    block = await self._decode(next, blocks, None)
             await launch(segmentation.finish())
         return results, samples
 

@@ -21,6 +21,14 @@ Memory per channel: the open utterance (at most ``max_utterance_s``, silero's
 each block (with the previous block's tail as context) and the frames of its output
 that belong to the block. The gateway awaits VAD on Triton between the two steps;
 the load tests' compute bound runs it in-process: both cut the same utterances.
+
+silero's probabilities depend on where its state was restarted, so VAD restarts on a
+fixed grid of *cells* (at least ``VAD_CELL_FRAMES``), not at each block: a block shorter
+than a cell is run on VAD together with the cell's earlier blocks (silero is causal, so
+their frames come out as they did before). Blocks of 8 frames then give the frames the
+probabilities that blocks of 32 give them, bit for bit, and so the same utterances; an
+utterance's end is seen within 0.26 s instead of 1 s, for VAD on 4.5 frames per frame of
+audio instead of 1.5 (silero is the cheapest model by far).
 """
 from __future__ import annotations
 
@@ -42,6 +50,8 @@ BLOCK_FRAMES = 960
 # silero restarts its recurrent state at every call; the last 0.5 s of the previous block is run
 # again in front of each block so the state is warm at the seam (those frames are dropped).
 VAD_CONTEXT = 16 * VAD_FRAME
+# VAD's state restarts every this many frames (1.024 s), or every block where blocks are longer.
+VAD_CELL_FRAMES = 32
 
 
 def block_seconds(frames: int = BLOCK_FRAMES) -> float:
@@ -127,26 +137,41 @@ class Segmenter:
 class Segmentation:
     """The utterances of a recording's channels, block by block.
 
-    Blocks are float32 [channels, n] at 16 kHz, every one but the last a whole number of VAD
-    frames. For each block, VAD runs on `vad_input(block)` (the block with the previous one's
-    last VAD_CONTEXT samples in front) and `feed(block, probabilities)` takes its output, one
-    row per channel, and returns the utterances that block finished; `finish()` returns the rest.
+    Blocks are float32 [channels, n] at 16 kHz, all but the last `block_frames` VAD frames
+    long. For each block, VAD runs on `vad_input(block)` (the current cell's earlier blocks and
+    the previous cell's last VAD_CONTEXT samples in front) and `feed(block, probabilities)` takes
+    its output, one row per channel, and returns the utterances that block finished; `finish()`
+    returns the rest. A cell is the fewest whole blocks holding VAD_CELL_FRAMES: one block where
+    blocks are that long or longer (then this is one block and its context, as ever).
     """
 
     def __init__(self, channels: Iterable[int], vad_threshold: float, min_silence_ms: int,
-                 max_utterance_s: float):
+                 max_utterance_s: float, block_frames: int = BLOCK_FRAMES):
         """`channels`: the channel number of each row (reported in each Utterance)."""
+        if block_frames < 1:
+            raise ValueError(f"block_frames must be at least 1, got {block_frames}")
         self.segmenters = [Segmenter(channel, vad_threshold, min_silence_ms, max_utterance_s) for channel in channels]
-        self.context: np.ndarray | None = None  # the previous block's tail
+        self.cell_samples = -(-VAD_CELL_FRAMES // block_frames) * block_frames * VAD_FRAME
+        self.context: np.ndarray | None = None  # the previous cell's tail
+        self.cell: list[np.ndarray] = []  # the current cell's blocks so far
+        self.cell_length = 0
 
     def vad_input(self, block: np.ndarray) -> np.ndarray:
-        return block if self.context is None else np.concatenate([self.context, block], axis=1)
+        parts = ([] if self.context is None else [self.context]) + self.cell + [block]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def feed(self, block: np.ndarray, probs: np.ndarray) -> list[Utterance]:
         """`probs`: VAD's frame probabilities of `vad_input(block)`, [channels, frames]."""
-        skip = 0 if self.context is None else self.context.shape[1] // VAD_FRAME
+        if self.cell_length + block.shape[1] > self.cell_samples:
+            raise ValueError(f"a block of {block.shape[1]} samples after {self.cell_length} overruns the "
+                             f"VAD cell of {self.cell_samples}: blocks must be block_frames long")
+        skip = (0 if self.context is None else self.context.shape[1]) // VAD_FRAME + self.cell_length // VAD_FRAME
         probs = probs[:, skip:skip + -(-block.shape[1] // VAD_FRAME)]
-        self.context = block[:, -VAD_CONTEXT:]
+        self.cell.append(block)
+        self.cell_length += block.shape[1]
+        if self.cell_length == self.cell_samples:
+            self.context = np.concatenate(self.cell, axis=1)[:, -VAD_CONTEXT:]
+            self.cell, self.cell_length = [], 0
         return [utterance for row, segmenter in enumerate(self.segmenters)
                 for utterance in segmenter.feed(block[row], probs[row])]
 
