@@ -178,7 +178,8 @@ def page(result: Result, title: str, svg: str) -> str:
              f"<h1>{e(title)}</h1>"]
     if meta.random_weights:
         parts.append(f"<p class=\"warning\">{e(RANDOM_WEIGHTS_NOTE)}.</p>")
-    models = ", ".join(f"{m.name} {m.family} {m.preset} ({m.weights_origin}, {m.precision})" for m in meta.models)
+    models = ", ".join(f"{m.name} {m.family} {m.preset} ({m.weights_origin}, {m.precision}"
+                       f"{', ' + m.runtime if m.runtime else ''})" for m in meta.models)
     parts.append(f"<p class=\"meta\">{call.duration_seconds:.1f} s of {e(meta.container)}/{e(meta.codec)} at "
                  f"{meta.sample_rate_in} Hz, {meta.channels_in} channel(s); {len(result.segments)} segments; "
                  f"average sentiment {call.average_sentiment:+.2f}; {call.overlap_seconds:.1f} s overlapping, "

@@ -154,6 +154,7 @@ class ModelInfo:
     preset: str
     weights_origin: str
     precision: str
+    runtime: str = ""  # "onnxruntime" or "openvino"; empty from a server older than the field
 
 
 @dataclass(frozen=True)

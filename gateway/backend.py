@@ -32,6 +32,7 @@ class ModelInfo:
     weights_origin: str  # "random": untrained weights, every response says so
     precision: str
     max_batch_size: int = 0  # rows one call may carry; 0: no limit
+    runtime: str = "onnxruntime"  # what computes the heavy model: "onnxruntime" or "openvino"
 
 
 class Backend(Protocol):

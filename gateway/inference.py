@@ -201,6 +201,8 @@ class Inference:
                 name=name, version=str(max(versions.get("versions", ["1"]), key=int)),
                 family=parameters[contract.FAMILY], preset=parameters[contract.PRESET],
                 weights_origin=parameters[contract.WEIGHTS_ORIGIN], precision=parameters[contract.PRECISION],
+                # A repository rendered before the runtime parameter existed ran ONNX Runtime.
+                runtime=parameters.get(contract.RUNTIME, "onnxruntime"),
                 parameters=parameters, ragged=bool(wav.get("allow_ragged_batch", False)),
                 max_batch_size=int(config.get("max_batch_size", 0)))
 

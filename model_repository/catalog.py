@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +28,7 @@ from toneserve.contract import (
     PRECISION,
     PRESET,
     PROBS,
+    RUNTIME,
     SPEECH_PROBS,
     TEXT,
     TEXTNORM,
@@ -38,6 +40,7 @@ from toneserve.contract import (
     WAV_LENS,
     WEIGHTS_ORIGIN,
 )
+from toneserve.model_repository.cpu import has_bf16
 from toneserve.model_repository.runners import sensevoice_decode
 from toneserve.model_repository.spec import Batching, Ensemble, OnnxModel, PythonModel, Step, Tensor
 from toneserve.samples import speechlike
@@ -104,33 +107,94 @@ def load_manifest(models_root: Path, family: str) -> dict:
     return json.loads(path.read_text())
 
 
-PRECISIONS = ("fp32", "int8", "fp16")
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+# The models whose runtime and precision are chosen (the rest run fp32 in ONNX Runtime or numpy).
+HEAVY = ("emotion2vec", "sensevoice_encoder")
 
 
-def _provenance(manifest: dict, precision: str) -> dict[str, str]:
-    return {FAMILY: manifest["model"], PRESET: manifest["preset"],
-            WEIGHTS_ORIGIN: manifest["weights_origin"], PRECISION: precision}
+@dataclass(frozen=True)
+class Choice:
+    """What serves a heavy model: the runtime, the precision it computes in, the graph and any
+    OpenVINO compile properties (from the export's accuracy gate)."""
+
+    runtime: str
+    precision: str
+    graph: Path
+    compile_config: dict
 
 
-def _graph(folder: Path, manifest: dict, fp32_name: str, precision: str) -> Path:
-    """The graph to serve: the fp32 export, or the variant of it the manifest records."""
+def _ort_graph(folder: Path, manifest: dict, fp32_name: str, precision: str) -> Path:
+    """The ONNX Runtime graph: the fp32 export, or the variant of it the manifest records."""
     if precision == "fp32":
         return folder / fp32_name
     entry = manifest.get("variants", {}).get(precision)
     if entry is None:
-        raise FileNotFoundError(f"no {precision} variant of {manifest['model']} in {folder}; "
-                                f"run `toneserve export --variants {precision}`")
+        raise CommandError(f"no {precision} variant of {manifest['model']} in {folder}; "
+                           f"run `toneserve export --variants {precision}`")
     (name,) = entry["files"]
     return folder / name
 
 
-def emotion_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING) -> list:
+def choose(folder: Path, manifest: dict, fp32_name: str, precision: str, runtime: str = "auto",
+           cpu: Iterable[str] | None = None) -> Choice:
+    """The runtime and graph of one heavy model for a requested precision.
+
+    auto: OpenVINO where the export's openvino entry says the precision passed its accuracy gate (bf16
+    also needs a CPU that computes in bf16: elsewhere OpenVINO would silently run f32, so bf16 is served
+    as fp32 and chosen as fp32 is); else ONNX Runtime: the fp32 graph for fp32 and bf16, the dynamic-int8
+    variant for int8, the fp16 variant for fp16 (the gpu profile's). "onnxruntime" forces ONNX Runtime
+    (bf16 then serves fp32); "openvino" forces OpenVINO whatever the gates said (it needs the openvino entry)."""
+    if runtime not in RUNTIMES:
+        raise CommandError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES}")
+    openvino = manifest.get("variants", {}).get("openvino")
+    if precision == "bf16" and runtime != "onnxruntime" and not has_bf16(cpu):
+        precision = "fp32"  # OpenVINO would run f32 anyway: say so, and choose as for fp32
+    if precision != "fp16" and runtime != "onnxruntime" and openvino is not None:
+        gate = openvino.get("precisions", {}).get(precision, {})
+        if runtime == "openvino" or gate.get("passed", False):
+            if precision == "int8":
+                if "file" not in gate:
+                    raise CommandError(f"the openvino export of {manifest['model']} has no int8 IR; "
+                                       "run `toneserve export --variants openvino`")
+                graph = folder / gate["file"]
+            else:
+                graph = folder / fp32_name
+            return Choice("openvino", precision, graph, dict(gate.get("compile_config", {})))
+    if runtime == "openvino":
+        why = ("fp16 is the gpu profile's" if precision == "fp16" else
+               f"no openvino export of {manifest['model']} in {folder}; run `toneserve export --variants openvino`")
+        raise CommandError(f"cannot serve {manifest['model']} {precision} on OpenVINO: {why}")
+    if precision == "bf16":
+        precision = "fp32"  # ONNX Runtime has no bf16 on CPU: the fp32 graph
+    return Choice("onnxruntime", precision, _ort_graph(folder, manifest, fp32_name, precision), {})
+
+
+def _provenance(manifest: dict, choice: Choice) -> dict[str, str]:
+    """The ensemble's provenance: the runtime and precision its heavy model actually got."""
+    return {FAMILY: manifest["model"], PRESET: manifest["preset"],
+            WEIGHTS_ORIGIN: manifest["weights_origin"], PRECISION: choice.precision, RUNTIME: choice.runtime}
+
+
+def _heavy(tuning: Tuning, choice: Choice) -> dict:
+    """The OnnxModel fields of a heavy model: tuning, runtime, precision, compile properties."""
+    settings = tuning.heavy()
+    parameters = dict(settings.pop("parameters"))
+    if choice.compile_config:
+        parameters["compile_config"] = json.dumps(choice.compile_config, sort_keys=True)
+    return {**settings, "parameters": parameters, "onnx_file": choice.graph, "runtime": choice.runtime,
+            "precision": choice.precision}
+
+
+def emotion_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING,
+                   runtime: str = "auto", cpu: Iterable[str] | None = None) -> list:
     manifest = load_manifest(models_root, "emotion2vec")
     folder = Path(models_root) / "emotion2vec"
     serving = manifest["serving"]
     classes, dim = len(serving["labels"]), serving["embedding_dim"]
+    choice = choose(folder, manifest, "model.onnx", precision, runtime, cpu)
     encoder = OnnxModel(
-        name="emotion2vec", onnx_file=_graph(folder, manifest, "model.onnx", precision), **tuning.heavy(),
+        name="emotion2vec", **_heavy(tuning, choice),
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
         outputs=(Tensor("logits", "float32", (classes,)), Tensor("embedding", "float32", (dim,))),
         warmup=_audio())
@@ -147,11 +211,12 @@ def emotion_models(models_root: Path, precision: str = "fp32", tuning: Tuning = 
         steps=(Step("emotion2vec", {"wav": WAV, "wav_lens": WAV_LENS},
                     {"logits": "_logits", "embedding": EMBEDDING}),
                Step("emotion_softmax", {"logits": "_logits"}, {"probs": PROBS})),
-        parameters={**_provenance(manifest, precision), EMOTION_LABELS: json.dumps(serving["labels"])})
+        parameters={**_provenance(manifest, choice), EMOTION_LABELS: json.dumps(serving["labels"])})
     return [encoder, softmax, ensemble]
 
 
-def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING) -> list:
+def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING,
+               runtime: str = "auto", cpu: Iterable[str] | None = None) -> list:
     manifest = load_manifest(models_root, "sensevoice")
     folder = Path(models_root) / "sensevoice"
     assets = json.loads((folder / "decode_assets.json").read_text())
@@ -162,9 +227,9 @@ def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFA
         outputs=(Tensor("feats", "float32", (-1, feat_dim)), Tensor("feat_lens", "int64", (1,), is_length=True)),
         trim={"feats": ("feat_lens", 1)}, warmup=_audio())
     query = {"language": assets["language_query_ids"]["auto"], "textnorm": assets["textnorm_query_ids"]["woitn"]}
+    choice = choose(folder, manifest, "encoder.onnx", precision, runtime, cpu)
     encoder = OnnxModel(
-        name="sensevoice_encoder", onnx_file=_graph(folder, manifest, "encoder.onnx", precision),
-        **tuning.heavy(),
+        name="sensevoice_encoder", **_heavy(tuning, choice),
         inputs=(Tensor("speech", "float32", (-1, feat_dim), ragged=True),
                 Tensor("speech_lengths", "int64", (1,), is_length=True),
                 Tensor("language", "int64", (1,), is_length=True),
@@ -196,7 +261,7 @@ def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFA
                     {"ctc_logits": "_ctc_logits", "encoder_out_lens": "_encoder_out_lens"}),
                Step("sensevoice_decoder", {"ctc_logits": "_ctc_logits", "encoder_out_lens": "_encoder_out_lens"},
                     {t.name: t.name for t in decoder.outputs})),
-        parameters={**_provenance(manifest, precision),
+        parameters={**_provenance(manifest, choice),
                     **{ASR_LABELS[name]: json.dumps(list(assets[name])) for name in ASR_DISTRIBUTIONS},
                     LANGUAGE_QUERY_IDS: json.dumps(assets["language_query_ids"]),
                     TEXTNORM_QUERY_IDS: json.dumps(assets["textnorm_query_ids"])})
@@ -220,19 +285,29 @@ def vad_models(tuning: Tuning = DEFAULT_TUNING) -> list:
         outputs=(Tensor(SPEECH_PROBS, "float32", (-1,)), Tensor(FRAMES, "int64", (1,))),
         # Real weights from the silero-vad wheel: the preset names the package version they came with.
         parameters={FAMILY: "silero_vad", PRESET: f"silero-vad {metadata.version('silero-vad')}",
-                    WEIGHTS_ORIGIN: "package", PRECISION: "fp32", "onnx_file": "silero_vad.onnx"},
+                    WEIGHTS_ORIGIN: "package", PRECISION: "fp32", RUNTIME: "onnxruntime",
+                    "onnx_file": "silero_vad.onnx"},
         warmup={WAV: audio["wav"], WAV_LENS: audio["wav_lens"]})
     return [model]
 
 
-def describe(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING) -> list:
+def describe(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING, runtime: str = "auto",
+             cpu: Iterable[str] | None = None) -> list:
     """All models of the repository, built from the manifests under `models_root`.
 
-    `precision` picks the graph each model serves: fp32, or a variant recorded in its manifest
-    (int8 for the cpu profile, fp16 for the gpu profile). The SenseVoice frontend (fbank) always
-    stays fp32: it is cheap and precision-sensitive.
+    `precision` is what the heavy models (emotion2vec+, the SenseVoice encoder) should compute in, and
+    `runtime` what runs them ("auto", "onnxruntime", "openvino"): see `choose` for how each heavy model
+    gets its runtime and graph, and `summary` for what they got. `cpu`: OpenVINO's capabilities to
+    choose for (default: this machine's). The light models (softmax, the fbank frontend, CTC decoding,
+    VAD) always run fp32 in ONNX Runtime / numpy: they are cheap and the frontend is precision-sensitive.
     """
     if precision not in PRECISIONS:
         raise CommandError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    return (emotion_models(models_root, precision, tuning) + asr_models(models_root, precision, tuning)
-            + vad_models(tuning))
+    return (emotion_models(models_root, precision, tuning, runtime, cpu)
+            + asr_models(models_root, precision, tuning, runtime, cpu) + vad_models(tuning))
+
+
+def summary(models: list) -> str:
+    """One line naming the runtime and precision each heavy model got, e.g.
+    "emotion2vec openvino bf16, sensevoice_encoder onnxruntime fp32"."""
+    return ", ".join(f"{m.name} {m.runtime} {m.precision}" for m in models if m.name in HEAVY)

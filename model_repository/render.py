@@ -6,8 +6,9 @@ by construction and there is no template text to patch. One description gives
 both profiles:
 
 - ``cpu``: the embedded tritonserver from the nvidia-pytriton wheel, which has
-  only the Python backend. ONNX graphs run in ONNX Runtime inside one generic
-  Python-backend runner (runners/onnx_runner.py) that pads ragged batches.
+  only the Python backend. Graphs run in ONNX Runtime (runners/onnx_runner.py) or
+  OpenVINO (runners/openvino_runner.py, a model whose runtime is "openvino") inside a
+  generic Python-backend runner that pads ragged batches (runners/batch_io.py).
 - ``gpu``: the NGC tritonserver container; ONNX graphs run on its
   ``onnxruntime`` backend on the GPU. That backend cannot pad, so variable
   length inputs batch only when their shapes are equal (the gateway buckets).
@@ -31,10 +32,15 @@ from toneserve.model_repository.spec import Ensemble, Model, OnnxModel, PythonMo
 PROFILES = ("cpu", "gpu")
 RUNNERS = Path(__file__).parent / "runners"
 ONNX_RUNNER = RUNNERS / "onnx_runner.py"
+OPENVINO_RUNNER = RUNNERS / "openvino_runner.py"
+RUNTIMES = ("onnxruntime", "openvino")
 # Runner helpers every Python-backend model.py imports by plain name: copied beside each one. The
 # contract is among them (it imports only the standard library), so the runners serve the very
-# tensor names the gateway calls.
-RUNNER_HELPERS = (RUNNERS / "runner_errors.py", Path(contract.__file__))
+# tensor names the gateway calls; batch_io (numpy) is the graph runners' shared batching.
+RUNNER_HELPERS = (RUNNERS / "runner_errors.py", RUNNERS / "batch_io.py", Path(contract.__file__))
+# OpenVINO's INFERENCE_PRECISION_HINT per served precision. An int8 IR carries its own quantized
+# precision; the layers it leaves unquantized run at f32, so int8's accuracy gate holds whatever the CPU.
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 VERSION = "1"
 
 WARMUP_DIR = "warmup"
@@ -84,7 +90,11 @@ def model_config(model: Model, profile: str) -> mc.ModelConfig:
             config.ensemble_scheduling.step.add(
                 model_name=step.model, model_version=-1,
                 input_map=step.input_map, output_map=step.output_map)
-        _parameters(config, model.parameters)
+        parameters = dict(model.parameters)
+        if profile == "gpu" and contract.RUNTIME in parameters:
+            # The gpu profile serves every graph on Triton's onnxruntime backend, whatever the cpu chose.
+            parameters[contract.RUNTIME] = "onnxruntime"
+        _parameters(config, parameters)
         return config
 
     python_backend = isinstance(model, PythonModel) or profile == "cpu"
@@ -112,13 +122,35 @@ def model_config(model: Model, profile: str) -> mc.ModelConfig:
         setattr(resource, "global", True)  # one pool of cores for the machine ("global" is a Python keyword)
     parameters = dict(model.parameters)
     if isinstance(model, OnnxModel):
-        if python_backend:
+        if model.runtime not in RUNTIMES:
+            raise ValueError(f"{model.name}: unknown runtime {model.runtime!r}; expected one of {RUNTIMES}")
+        if profile == "gpu" and _is_ir(model):
+            raise ValueError(f"{model.name}: the gpu profile serves ONNX graphs, not the OpenVINO IR {model.onnx_file}")
+        if python_backend and _openvino(model, profile):
+            parameters["graph_file"] = _graph_name(model)
+            parameters.setdefault("inference_precision", INFERENCE_PRECISION[model.precision])
+            parameters["trim"] = json.dumps({k: list(v) for k, v in model.trim.items()}, sort_keys=True)
+        elif python_backend:
             parameters["onnx_file"] = "model.onnx"
             parameters["trim"] = json.dumps({k: list(v) for k, v in model.trim.items()}, sort_keys=True)
         else:
             config.default_model_filename = "model.onnx"
     _parameters(config, parameters)
     return config
+
+
+def _is_ir(model: OnnxModel) -> bool:
+    return model.onnx_file.suffix == ".xml"
+
+
+def _openvino(model: OnnxModel, profile: str) -> bool:
+    """Whether `model` runs in OpenVINO: its runtime says so, and only in the cpu profile."""
+    return profile == "cpu" and model.runtime == "openvino"
+
+
+def _graph_name(model: OnnxModel) -> str:
+    """The graph's file name in the version folder."""
+    return "model.xml" if _is_ir(model) else "model.onnx"
 
 
 def validate(models: list[Model]) -> None:
@@ -177,9 +209,11 @@ def render_repository(models: list[Model], profile: str, out_dir: Path) -> Path:
                     (model_dir / WARMUP_DIR / name).write_bytes(np.ascontiguousarray(array).tobytes())
             runner = None
             if isinstance(model, OnnxModel):
-                _place(model.onnx_file, version_dir / "model.onnx")
+                _place(model.onnx_file, version_dir / _graph_name(model))
+                if _is_ir(model):  # an IR's weights: model.bin beside model.xml, as read_model expects
+                    _place(model.onnx_file.with_suffix(".bin"), version_dir / "model.bin")
                 if profile == "cpu":
-                    runner = ONNX_RUNNER
+                    runner = OPENVINO_RUNNER if _openvino(model, profile) else ONNX_RUNNER
             elif isinstance(model, PythonModel):
                 runner = model.source
                 for extra in model.files:

@@ -18,7 +18,7 @@ class Tensor:
     dtype: str  # numpy dtype name ("float32", "int64") or "bytes"
     dims: tuple[int, ...]  # without the batch dimension; -1 = variable
     # Variable-length input the dynamic batcher may merge across requests
-    # (the cpu runner pads it; see runners/onnx_runner.py).
+    # (the cpu runners pad it; see runners/batch_io.py).
     ragged: bool = False
     # Lengths travel as [B, 1] on the wire but the ONNX graph takes [B].
     is_length: bool = False
@@ -36,9 +36,10 @@ class Batching:
 
 @dataclass(frozen=True)
 class OnnxModel:
-    """One ONNX graph, served by ONNX Runtime."""
+    """One graph, served by ONNX Runtime or (cpu profile) OpenVINO."""
 
     name: str
+    # The ONNX graph, or (runtime "openvino") an OpenVINO IR: the .xml, its .bin beside it.
     onnx_file: Path
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
@@ -56,6 +57,12 @@ class OnnxModel:
     # limiter resource contract.CORES, of which the server has as many as the machine (toneserve/triton.py);
     # 0: not rate limited.
     cores: int = 0
+    # What runs the graph in the cpu profile: "onnxruntime" or "openvino" (runners/openvino_runner.py).
+    # The gpu profile always serves the ONNX graph on Triton's onnxruntime backend.
+    runtime: str = "onnxruntime"
+    # What the runtime computes in: "fp32", "bf16" (OpenVINO's bf16 inference precision on the fp32
+    # graph), "int8" (a quantized graph) or "fp16" (the gpu profile's graph).
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

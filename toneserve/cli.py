@@ -42,7 +42,8 @@ _EXPORT = Part(("export",), ("toneserve.export.build", "toneserve.model_reposito
                 "huggingface_hub"))
 _GATEWAY = ("toneserve.gateway.server", "toneserve.gateway.auth")
 # The runners inside tritonserver import onnxruntime and sentencepiece from this environment.
-_SERVE = Part(("serve",), ("toneserve.triton", *_GATEWAY), ("pytriton", "onnxruntime", "sentencepiece", "snownlp"))
+_SERVE = Part(("serve",), ("toneserve.triton", *_GATEWAY),
+              ("pytriton", "onnxruntime", "openvino", "sentencepiece", "snownlp"))
 PARTS = {
     "export": _EXPORT,
     "serve": _SERVE,
@@ -97,6 +98,23 @@ def _repository(args) -> Path:
     return Path(args.repository) if args.repository else paths.repository_dir(args.size, args.profile, args.precision)
 
 
+def _serve_repository(args) -> Path:
+    """The repository `serve` serves. --precision auto is bf16 where the CPU computes in bf16 natively
+    (OpenVINO), else fp32; auto falls back to fp32 when no bf16 repository was rendered."""
+    if args.repository or args.precision != "auto":
+        return _repository(args)
+    from toneserve.model_repository.cpu import default_precision
+
+    precision = default_precision()
+    repository = paths.repository_dir(args.size, args.profile, precision)
+    if precision != "fp32" and not repository.is_dir():
+        say(f"no {precision} repository at {repository} (`toneserve export --variants openvino` renders it); "
+            "serving fp32")
+        precision, repository = "fp32", paths.repository_dir(args.size, args.profile, "fp32")
+    say(f"--precision auto: serving {precision}")
+    return repository
+
+
 def _models(args) -> Path:
     return Path(args.models_dir) if args.models_dir else paths.models_dir(args.size)
 
@@ -111,7 +129,7 @@ def cmd_export(args) -> int:
         return 0 if all(r.loads for r in reports) else 1
 
     from toneserve.export.build import export_models
-    from toneserve.model_repository.catalog import DEFAULT_TUNING, describe
+    from toneserve.model_repository.catalog import DEFAULT_TUNING, describe, summary
     from toneserve.model_repository.render import render_repository
 
     tuning = _tuning(args, DEFAULT_TUNING)
@@ -121,19 +139,22 @@ def cmd_export(args) -> int:
     for profile, precision in _renderings(args.profiles, args.variants):
         out = (Path(args.repository) / paths.repository_name(profile, precision) if args.repository
                else paths.repository_dir(args.size, profile, precision))
-        render_repository(describe(models, precision, tuning), profile, out)
-        say(f"rendered the {profile} model repository ({precision}) -> {out}", "export")
+        described = describe(models, precision, tuning)
+        render_repository(described, profile, out)
+        got = summary(described) if profile == "cpu" else "onnxruntime backend"
+        say(f"rendered the {profile} model repository ({precision}: {got}) -> {out}", "export")
     return 0
 
 
 def _renderings(profiles, variants) -> list[tuple[str, str]]:
     """(profile, precision) of each repository `export` renders. The cpu profile gets one per precision
-    it can serve, so `serve --precision` picks without re-rendering; the gpu profile serves fp16 when
-    it was built, else fp32."""
+    it can serve, so `serve --precision` picks without re-rendering (bf16 once the openvino variant is
+    built: OpenVINO computes it); the gpu profile serves fp16 when it was built, else fp32."""
     out = []
     for profile in profiles:
         if profile == "cpu":
-            out += [("cpu", "fp32")] + ([("cpu", "int8")] if "int8" in variants else [])
+            out += ([("cpu", "fp32")] + ([("cpu", "bf16")] if "openvino" in variants else [])
+                    + ([("cpu", "int8")] if "int8" in variants else []))
         else:
             out.append(("gpu", "fp16" if "fp16" in variants else "fp32"))
     return out
@@ -231,7 +252,7 @@ def cmd_serve(args) -> int:
     # Key and exposure mistakes are known before Triton takes a minute to start.
     security = _security(args)
     check_exposure(args.host, security[0], args.allow_unauthenticated)
-    repository = _repository(args)
+    repository = _serve_repository(args)
     # Triton listens on 127.0.0.1 whatever --host says (toneserve/triton.py): only the gateway serves the network.
     with EmbeddedTriton(repository, _triton_ports(args)) as triton:
         say(f"tritonserver ready on {triton.grpc_url} (repository {repository}, log {triton.log_path})")
@@ -485,9 +506,10 @@ def _export_arguments(p):
 def _serve_arguments(p):
     _add_size(p, default="base")
     p.add_argument("--profile", default="cpu", choices=["cpu"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
-                   help="which rendered repository to serve: fp32, or int8 (MatMuls quantised: faster on "
-                        "CPU, see docs/BENCHMARKS.md); `export` renders both by default")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                   help="which rendered repository to serve: fp32; bf16 (OpenVINO on a CPU with native bf16); "
+                        "int8 (quantised: faster on CPU, see docs/BENCHMARKS.md); auto (default): bf16 where the "
+                        "CPU has it and `export` rendered it, else fp32")
     p.add_argument("--repository", help="rendered model repository (default: the one `export` wrote for "
                                         "--size and --precision)")
     p.add_argument("--host", default="127.0.0.1")

@@ -42,7 +42,10 @@ VAD_FRAME = 512
 
 # Provenance, copied into every response's metadata.
 FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION = "family", "preset", "weights_origin", "precision"
-PROVENANCE = (FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION)
+# What runs the ensemble's heavy model: "onnxruntime" or "openvino" (cpu profile); with PRECISION
+# ("fp32", "bf16", "int8", "fp16"), what that runtime actually computes in.
+RUNTIME = "runtime"
+PROVENANCE = (FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION, RUNTIME)
 # The emotion ensemble's label set (a JSON list, in PROBS order).
 EMOTION_LABELS = "labels"
 # The asr ensemble's label sets, one JSON list per distribution.

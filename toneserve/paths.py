@@ -13,7 +13,8 @@ def models_dir(preset: str) -> Path:
 
 
 def repository_name(profile: str, precision: str = "fp32") -> str:
-    """The cpu profile has a repository per precision, fp32 under the plain name ("cpu", "cpu-int8");
+    """The cpu profile has a repository per precision, fp32 under the plain name ("cpu", "cpu-bf16",
+    "cpu-int8");
     the gpu profile has one (fp16 when built, else fp32) under its plain name, which
     docker-compose.yml mounts."""
     return profile if profile == "gpu" or precision == "fp32" else f"{profile}-{precision}"

@@ -29,7 +29,7 @@ def test_every_rendered_config_parses_as_a_model_config(models_root, tmp_path, p
 
 
 # What the Triton Python backend environment provides besides the standard library.
-RUNTIME_MODULES = {"numpy", "onnxruntime", "sentencepiece", "triton_python_backend_utils"}
+RUNTIME_MODULES = {"numpy", "onnxruntime", "openvino", "sentencepiece", "triton_python_backend_utils"}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -39,7 +39,7 @@ def test_every_model_py_finds_the_runner_files_it_imports_beside_it(models_root,
     repo = render_repository(describe(models_root), profile, tmp_path / profile)
     runners = sorted(repo.glob("*/1/model.py"))
     python_backend = {"sensevoice_decoder", "vad"}
-    if profile == "cpu":  # ONNX graphs run in the onnx_runner there
+    if profile == "cpu":  # graphs run in the onnx_runner or openvino_runner there
         python_backend |= {"emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder"}
     assert {p.parent.parent.name for p in runners} == python_backend
     for model_py in runners:

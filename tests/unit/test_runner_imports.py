@@ -8,7 +8,7 @@ import sys
 
 from toneserve.model_repository.render import RUNNER_HELPERS, RUNNERS
 
-RUNTIME_MODULES = {"numpy", "onnxruntime", "sentencepiece", "triton_python_backend_utils"}
+RUNTIME_MODULES = {"numpy", "onnxruntime", "openvino", "sentencepiece", "triton_python_backend_utils"}
 
 
 def imports(path) -> list[tuple[str, int]]:
@@ -24,7 +24,8 @@ def imports(path) -> list[tuple[str, int]]:
 
 def test_runners_import_only_the_runtime_and_their_siblings():
     files = sorted(p for p in RUNNERS.glob("*.py") if p.name != "__init__.py")
-    assert {"onnx_runner.py", "vad_model.py", "sensevoice_decoder.py", "runner_errors.py"} <= {p.name for p in files}
+    assert {"onnx_runner.py", "openvino_runner.py", "batch_io.py", "vad_model.py", "sensevoice_decoder.py",
+            "runner_errors.py"} <= {p.name for p in files}
     # Siblings, and the helpers the renderer copies beside every runner (the contract among them).
     allowed = set(sys.stdlib_module_names) | RUNTIME_MODULES | {p.stem for p in files} | {p.stem for p in RUNNER_HELPERS}
     for path in files:
@@ -34,9 +35,12 @@ def test_runners_import_only_the_runtime_and_their_siblings():
 
 
 def test_the_copied_helpers_import_only_the_standard_library():
-    """They run inside tritonserver beside the runners: nothing of toneserve, no third-party module."""
+    """They run inside tritonserver beside the runners: nothing of toneserve, no third-party module but numpy
+    (which the Python backend itself needs), and one another by plain name."""
+    helpers = {p.stem for p in RUNNER_HELPERS}
     for path in RUNNER_HELPERS:
         for module, level in imports(path):
             top = module.split(".")[0]
-            assert level == 0 and (top in sys.stdlib_module_names or top == "triton_python_backend_utils"), \
+            assert level == 0 and (top in sys.stdlib_module_names | helpers
+                                   or top in ("numpy", "triton_python_backend_utils")), \
                 f"{path.name} imports {module!r}"

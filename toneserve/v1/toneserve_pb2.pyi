@@ -250,20 +250,22 @@ class CallSummary(_message.Message):
     def __init__(self, duration_seconds: _Optional[float] = ..., talk_seconds: _Optional[float] = ..., non_talk_seconds: _Optional[float] = ..., overlap_seconds: _Optional[float] = ..., interruptions: _Optional[int] = ..., average_sentiment: _Optional[float] = ..., quarters: _Optional[_Iterable[_Union[Quarter, _Mapping]]] = ..., emotion_timeline: _Optional[_Iterable[_Union[TimelinePoint, _Mapping]]] = ..., emotion: _Optional[_Union[Distribution, _Mapping]] = ..., loudness_dbfs: _Optional[float] = ..., speaking_rate_wpm: _Optional[float] = ..., segments: _Optional[int] = ..., flagged_segments: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "family", "preset", "weights_origin", "precision")
+    __slots__ = ("name", "version", "family", "preset", "weights_origin", "precision", "runtime")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_ORIGIN_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     family: str
     preset: str
     weights_origin: str
     precision: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., family: _Optional[str] = ..., preset: _Optional[str] = ..., weights_origin: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
+    runtime: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., family: _Optional[str] = ..., preset: _Optional[str] = ..., weights_origin: _Optional[str] = ..., precision: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class LabelSet(_message.Message):
     __slots__ = ("name", "labels")

@@ -1,0 +1,90 @@
+"""Generic Triton Python-backend model that runs one graph in OpenVINO on the CPU.
+
+Copied verbatim as ``model.py`` into every OpenVINO model of the cpu profile, with ``batch_io.py``
+and ``runner_errors.py`` beside it; it imports numpy and openvino only. The graph is the fp32 ONNX
+export (``model.onnx``, run at f32 or bf16) or an OpenVINO IR (``model.xml`` + ``model.bin``, the
+int8 variant, which carries its own quantized precision). Padding, length groups, output trimming
+and cancellation are batch_io's, shared with onnx_runner.py, so batching is exact here too.
+
+Parameters (strings, from config.pbtxt):
+- ``graph_file``: the graph in the version folder;
+- ``inference_precision``: OpenVINO's INFERENCE_PRECISION_HINT, ``f32`` or ``bf16`` (for an int8 IR:
+  the precision of the layers left unquantized);
+- ``intra_op_threads``: INFERENCE_NUM_THREADS;
+- ``cache_dir``: where compiled models are cached, so a restart skips compilation; default
+  ``ov_cache`` in the version folder, a temporary folder when that is not writable;
+- ``compile_config``: a JSON object of further compile properties, e.g. ``{"SNIPPETS_MODE": "DISABLE"}``.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+import openvino as ov
+import triton_python_backend_utils as pb_utils
+from batch_io import PaddedBatches, parameters  # copied next to this file
+
+
+def _log(message):
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_warn(message)
+    else:
+        print(message, flush=True)
+
+
+def writable_cache(preferred, model_name):
+    """`preferred` when it can be created and written, else a folder under the temp dir (logged):
+    a read-only repository (a container image) still serves, only without a persistent cache."""
+    try:
+        os.makedirs(preferred, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=preferred):
+            pass
+        return preferred
+    except OSError as exc:
+        fallback = os.path.join(tempfile.gettempdir(), f"toneserve-ov-cache-{model_name}")
+        os.makedirs(fallback, exist_ok=True)
+        _log(f"{model_name}: OpenVINO cache dir {preferred} is not writable ({exc}); caching in {fallback}")
+        return fallback
+
+
+def compile_properties(params, cache_dir):
+    """The compile_model properties a runner's parameters ask for."""
+    properties = {
+        "INFERENCE_PRECISION_HINT": params.get("inference_precision", "f32"),
+        "INFERENCE_NUM_THREADS": int(params.get("intra_op_threads", "1")),
+        # One stream per instance: Triton's instances and batching give the parallelism, as the
+        # ONNX Runtime runner's single session does.
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "CACHE_DIR": cache_dir,
+    }
+    properties.update(json.loads(params.get("compile_config", "{}")))
+    return properties
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = parameters(config)
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        cache = writable_cache(params.get("cache_dir") or os.path.join(version_dir, "ov_cache"),
+                               config.get("name", "model"))
+        core = ov.Core()
+        model = core.read_model(os.path.join(version_dir, params["graph_file"]))
+        self.compiled = core.compile_model(model, "CPU", compile_properties(params, cache))
+        self.request = self.compiled.create_infer_request()
+        inputs = [(port.get_any_name(), port.get_partial_shape().rank.get_length()) for port in self.compiled.inputs]
+        self.output_ports = [(port.get_any_name(), port) for port in self.compiled.outputs]
+        self.batches = PaddedBatches(config, inputs, [name for name, _ in self.output_ports], self._infer)
+
+    def _infer(self, feed):
+        # OpenVINO's Python binding knows numpy's int64 only under one of its two C type numbers (long,
+        # not long long, which some array sources produce): a view under the one it knows, no copy.
+        feed = {name: a.view(np.int64) if a.dtype == np.int64 else a for name, a in feed.items()}
+        results = self.request.infer(feed)
+        # Copies: the request reuses its output buffers on the next call.
+        return {name: np.array(results[port]) for name, port in self.output_ports}
+
+    def execute(self, requests):
+        return self.batches.execute(requests)

@@ -1,0 +1,158 @@
+"""Which runtime and graph each heavy model gets for a requested precision (catalog.choose), from the
+export manifest's accuracy gates and the CPU's capabilities, and what the renderer makes of it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from toneserve import contract, paths
+from toneserve.console import CommandError
+from toneserve.model_repository.catalog import choose
+from toneserve.model_repository.cpu import default_precision
+from toneserve.model_repository.render import RUNNER_HELPERS, RUNNERS, render_repository
+from toneserve.model_repository.spec import Batching, Ensemble, OnnxModel, Step, Tensor
+
+BF16_CPU = ("FP32", "BF16", "INT8")
+PLAIN_CPU = ("FP32", "INT8")
+FOLDER = Path("/models/emotion2vec")
+
+
+def manifest(fp32=True, bf16=True, int8=True, openvino=True, compile_config=None) -> dict:
+    """An export manifest with the ONNX Runtime int8 variant and (optionally) the openvino entry."""
+    variants: dict = {"int8": {"from": "d", "files": {"model.int8.onnx": "s"}}}
+    if openvino:
+        int8_gate = {"passed": int8, "file": "model.int8.xml"}
+        if compile_config:
+            int8_gate["compile_config"] = compile_config
+        variants["openvino"] = {
+            "from": "d", "files": {"model.int8.xml": "s", "model.int8.bin": "s"}, "runtime": "openvino",
+            "openvino_version": "2026.4.1",
+            "precisions": {"fp32": {"passed": fp32}, "bf16": {"passed": bf16}, "int8": int8_gate}}
+    return {"model": "emotion2vec", "variants": variants}
+
+
+def got(m, precision, runtime="auto", cpu=BF16_CPU):
+    c = choose(FOLDER, m, "model.onnx", precision, runtime, cpu)
+    return c.runtime, c.precision, c.graph.name
+
+
+@pytest.mark.parametrize("precision, cpu, expected", [
+    ("fp32", BF16_CPU, ("openvino", "fp32", "model.onnx")),
+    ("bf16", BF16_CPU, ("openvino", "bf16", "model.onnx")),
+    # No native bf16: OpenVINO would compute f32 anyway, so bf16 is chosen (and labelled) as fp32.
+    ("bf16", PLAIN_CPU, ("openvino", "fp32", "model.onnx")),
+    ("int8", PLAIN_CPU, ("openvino", "int8", "model.int8.xml")),
+    ("fp16", BF16_CPU, ("onnxruntime", "fp16", "model.fp16.onnx")),
+])
+def test_passed_gates_choose_openvino(precision, cpu, expected):
+    m = manifest()
+    m["variants"]["fp16"] = {"files": {"model.fp16.onnx": "s"}}
+    assert got(m, precision, cpu=cpu) == expected
+
+
+def test_failed_gates_fall_back_to_onnx_runtime():
+    m = manifest(fp32=False, bf16=False, int8=False)
+    assert got(m, "fp32") == ("onnxruntime", "fp32", "model.onnx")
+    assert got(m, "bf16") == ("onnxruntime", "fp32", "model.onnx")  # ORT has no CPU bf16: the fp32 graph
+    assert got(m, "int8") == ("onnxruntime", "int8", "model.int8.onnx")  # the dynamic-int8 graph
+    # bf16 failed but fp32 passed: a bf16 request is served by ONNX Runtime fp32, never OpenVINO bf16.
+    assert got(manifest(bf16=False), "bf16") == ("onnxruntime", "fp32", "model.onnx")
+
+
+def test_without_an_openvino_export_everything_is_onnx_runtime_as_before():
+    m = manifest(openvino=False)
+    for precision, expected in (("fp32", ("onnxruntime", "fp32", "model.onnx")),
+                                ("bf16", ("onnxruntime", "fp32", "model.onnx")),
+                                ("int8", ("onnxruntime", "int8", "model.int8.onnx"))):
+        assert got(m, precision) == expected
+        assert got(m, precision, cpu=PLAIN_CPU) == expected
+
+
+def test_forced_runtimes():
+    assert got(manifest(), "bf16", runtime="onnxruntime") == ("onnxruntime", "fp32", "model.onnx")
+    assert got(manifest(), "int8", runtime="onnxruntime") == ("onnxruntime", "int8", "model.int8.onnx")
+    # Forced OpenVINO ignores failed gates...
+    assert got(manifest(fp32=False, int8=False), "int8", runtime="openvino") == ("openvino", "int8", "model.int8.xml")
+    # ...but needs the export.
+    with pytest.raises(CommandError, match="no openvino export"):
+        got(manifest(openvino=False), "fp32", runtime="openvino")
+    with pytest.raises(CommandError, match="gpu profile"):
+        got(manifest(), "fp16", runtime="openvino")
+    with pytest.raises(CommandError, match="unknown runtime"):
+        got(manifest(), "fp32", runtime="tensorrt")
+
+
+def test_the_int8_compile_config_travels_with_the_choice():
+    c = choose(FOLDER, manifest(compile_config={"SNIPPETS_MODE": "DISABLE"}), "model.onnx", "int8", "auto", PLAIN_CPU)
+    assert c.compile_config == {"SNIPPETS_MODE": "DISABLE"}
+    assert choose(FOLDER, manifest(), "model.onnx", "fp32", "auto", PLAIN_CPU).compile_config == {}
+
+
+def test_default_precision_follows_the_cpu():
+    assert default_precision(BF16_CPU) == "bf16"
+    assert default_precision(PLAIN_CPU) == "fp32"
+    assert default_precision(()) == "fp32"  # openvino missing: no capabilities
+
+
+def test_repository_names():
+    assert [paths.repository_name("cpu", p) for p in ("fp32", "bf16", "int8")] == ["cpu", "cpu-bf16", "cpu-int8"]
+    assert paths.repository_name("gpu", "fp16") == "gpu"
+
+
+def _models(graph: Path, runtime: str, precision: str) -> list:
+    tensor = Tensor("x", "float32", (-1,), ragged=True)
+    model = OnnxModel(name="m", onnx_file=graph, batching=Batching(max_batch_size=4), inputs=(tensor,),
+                      outputs=(Tensor("y", "float32", (-1,)),), runtime=runtime, precision=precision,
+                      parameters={"intra_op_threads": "1"})
+    ensemble = Ensemble(name="e", max_batch_size=4, inputs=model.inputs, outputs=model.outputs,
+                        steps=(Step("m", {"x": "x"}, {"y": "y"}),),
+                        parameters={contract.RUNTIME: runtime, contract.PRECISION: precision})
+    return [model, ensemble]
+
+
+def _config(repo: Path, name: str) -> mc.ModelConfig:
+    return text_format.Parse((repo / name / "config.pbtxt").read_text(), mc.ModelConfig())
+
+
+def test_an_openvino_model_renders_the_openvino_runner_and_the_shared_helpers(tmp_path):
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"onnx")
+    repo = render_repository(_models(graph, "openvino", "bf16"), "cpu", tmp_path / "cpu")
+    version = repo / "m" / "1"
+    assert (version / "model.py").read_text() == (RUNNERS / "openvino_runner.py").read_text()
+    assert {p.name for p in RUNNER_HELPERS} | {"batch_io.py", "model.onnx"} <= {p.name for p in version.iterdir()}
+    params = {k: v.string_value for k, v in _config(repo, "m").parameters.items()}
+    assert params["graph_file"] == "model.onnx" and params["inference_precision"] == "bf16"
+    assert "onnx_file" not in params
+    assert _config(repo, "e").parameters[contract.RUNTIME].string_value == "openvino"
+    # The gpu profile ignores the runtime: Triton's onnxruntime backend, and the metadata says so.
+    gpu = render_repository(_models(graph, "openvino", "bf16"), "gpu", tmp_path / "gpu")
+    assert _config(gpu, "m").backend == "onnxruntime" and not (gpu / "m" / "1" / "model.py").exists()
+    assert _config(gpu, "e").parameters[contract.RUNTIME].string_value == "onnxruntime"
+
+
+def test_an_ir_graph_places_xml_and_bin_and_runs_int8_at_f32_elsewhere(tmp_path):
+    graph = tmp_path / "model.int8.xml"
+    graph.write_text("<net/>")
+    graph.with_suffix(".bin").write_bytes(b"weights")
+    repo = render_repository(_models(graph, "openvino", "int8"), "cpu", tmp_path / "cpu")
+    version = repo / "m" / "1"
+    assert (version / "model.xml").read_text() == "<net/>" and (version / "model.bin").read_bytes() == b"weights"
+    params = {k: v.string_value for k, v in _config(repo, "m").parameters.items()}
+    assert params["graph_file"] == "model.xml" and params["inference_precision"] == "f32"
+    with pytest.raises(ValueError, match="gpu profile serves ONNX"):
+        render_repository(_models(graph, "openvino", "int8"), "gpu", tmp_path / "gpu")
+
+
+def test_an_onnx_runtime_model_keeps_the_onnx_runner(tmp_path):
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"onnx")
+    repo = render_repository(_models(graph, "onnxruntime", "fp32"), "cpu", tmp_path / "cpu")
+    assert (repo / "m" / "1" / "model.py").read_text() == (RUNNERS / "onnx_runner.py").read_text()
+    params = {k: v.string_value for k, v in _config(repo, "m").parameters.items()}
+    assert params["onnx_file"] == "model.onnx" and "graph_file" not in params
+    assert json.loads(params["trim"]) == {}
