@@ -2,8 +2,9 @@
 
 Per exported family (``toneserve.export.families``) a weight source is resolved (hub id, local
 directory, or random weights of a preset), exported to ONNX with its parity gate, then the variants
-are derived from the fp32 graph: int8 (dynamic, MatMul only; the cpu profile may serve it) and fp16
-(for the gpu profile), each with a parity report in the manifest.
+are derived from the fp32 graph: int8 (dynamic, MatMul only; the cpu profile may serve it), fp16
+(for the gpu profile), each with a parity report in the manifest, and openvino (OpenVINO f32, bf16 and
+NNCF static int8 for the cpu profile, each judged by its gate: ``openvino_variants``).
 
 Sizes say which sources to use when none is given (each family's ``size_presets``):
 - ``tiny``: every model shrunk to test size, random weights (seconds to export);
@@ -22,6 +23,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -32,7 +34,7 @@ from toneserve.export.family import ModelFamily
 from toneserve.export.sources import Source, export_resolved, parse_source, resolve
 from toneserve.export.variants import convert_fp16, parity_report, quantize_int8
 
-VARIANTS = ("int8", "fp16")
+VARIANTS = ("int8", "fp16", "openvino")
 SIZES = ("tiny", "base")
 
 
@@ -72,15 +74,24 @@ def is_current(folder: Path, source: Source, seed: int) -> bool:
     return _intact(folder, manifest.get("files", {}))
 
 
-def build_variants(folder: Path, family: ModelFamily, variants=VARIANTS, progress=None) -> dict:
-    """Derive `variants` from the fp32 graph in `folder`; record files and parity in the manifest."""
+def build_variants(folder: Path, family: ModelFamily, variants=VARIANTS, progress=None,
+                   calibration: Path | None = None) -> dict:
+    """Derive `variants` from the fp32 graph in `folder`; record files and parity in the manifest.
+    `calibration`: a folder of the user's recordings the openvino variant's int8 calibrates on too."""
     manifest = _read_manifest(folder)
     assert manifest is not None and family.graph is not None
     base_digest = manifest["files"][family.graph]
     recorded = manifest.get("variants", {})
-    makers = {"int8": quantize_int8, "fp16": convert_fp16}
-    feeds = options = None
+    makers: dict[str, Callable[[Path, Path], None]] = {"int8": quantize_int8, "fp16": convert_fp16}
+    feeds: dict | None = None
+    options: dict = {}
     for variant in variants:
+        if variant == "openvino":
+            recorded[variant] = _openvino_variant(folder, family, base_digest, recorded.get(variant), calibration,
+                                                  progress)
+            if progress:
+                progress.update(1)
+            continue
         name = variant_file(family, variant)
         entry = recorded.get(variant)
         if entry and entry.get("from") == base_digest and _intact(folder, entry["files"]):
@@ -102,6 +113,21 @@ def build_variants(folder: Path, family: ModelFamily, variants=VARIANTS, progres
     manifest["variants"] = recorded
     atomic_write_json(folder / "manifest.json", manifest)
     return manifest
+
+
+def _openvino_variant(folder: Path, family: ModelFamily, base_digest: str, entry: dict | None,
+                      calibration: Path | None, progress) -> dict:
+    from toneserve.export import openvino_variants
+
+    if openvino_variants.is_current(folder, entry, base_digest, calibration):
+        _log(f"{family.name}: openvino variant is current")
+        assert entry is not None
+        return entry
+    step = progress.set_description if progress else None
+    entry = openvino_variants.build(folder, family, base_digest, calibration, step=step, log=_log)
+    _log(f"{family.name}: openvino -> {', '.join(entry['files'])} in {entry['seconds']} s: "
+         f"{openvino_variants.summary(entry)}")
+    return entry
 
 
 def _summary(report: dict) -> str:
@@ -157,10 +183,11 @@ def export_family(family: str, folder: Path, source: Source, fallback: Source | 
 def export_models(models_root: Path, size: str = "tiny", seed: int = 0, force: bool = False,
                   sources: dict[str, str | None] | None = None, variants=VARIANTS,
                   cache_dir: Path | None = None, revision: str | None = None,
-                  trust_checkpoint: bool = False) -> Path:
+                  trust_checkpoint: bool = False, calibration: Path | None = None) -> Path:
     """Export every exported family (and its variants) under `models_root`; returns it. `revision` pins
     the hub sources given in `sources`; `trust_checkpoint` opts in to a full (unpickling) load of
-    checkpoints `torch.load(weights_only=True)` refuses."""
+    checkpoints `torch.load(weights_only=True)` refuses; `calibration` is a folder of recordings the
+    openvino variant's int8 calibrates on besides the project's speech-like audio."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
     unknown = set(variants) - set(VARIANTS)
@@ -173,6 +200,10 @@ def export_models(models_root: Path, size: str = "tiny", seed: int = 0, force: b
     families = exported()
     # Resolve every source spec before the long work, so a typo fails in a second, not after an export.
     plans = {f.name: choose_source(f.name, size, sources.get(f.name), revision) for f in families}
+    if calibration is not None and "openvino" in variants:  # a bad folder fails now, not after an export
+        from toneserve.export.openvino_variants import user_clips
+
+        user_clips(Path(calibration))
     # FunASR prints an ffmpeg notice on import that does not apply (we never load audio through
     # it), and torch's exporter warns about torchvision ops we do not use.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -190,5 +221,5 @@ def export_models(models_root: Path, size: str = "tiny", seed: int = 0, force: b
             progress.update(1)
             fam.after_export(folder, manifest)
             if fam.graph:
-                build_variants(folder, fam, variants, progress)
+                build_variants(folder, fam, variants, progress, calibration)
     return models_root

@@ -150,6 +150,9 @@ class ModelFamily(Protocol):
     required_files: tuple[str, ...]
     graph: str | None  # the fp32 graph variants derive from; None: nothing to derive
     exported: bool  # whether `toneserve export` writes a folder for it
+    # How a variant's outputs are judged against the fp32 graph's (openvino_variants.GATES):
+    # "classification" (one label per clip) or "ctc_frames" (one token per encoder frame); None: no graph.
+    gate_kind: str | None
 
     def unconfirmed(self, preset: str) -> list[str]: ...
 
@@ -167,6 +170,8 @@ class ModelFamily(Protocol):
                source: dict | None = None, verify: bool = True, trust_checkpoint: bool = False) -> dict: ...
 
     def parity_inputs(self, folder: Path) -> tuple[dict, dict]: ...
+
+    def audio_feeds(self, folder: Path, wav: Any, wav_lens: Any) -> dict: ...  # the graph's inputs for audio
 
     def after_export(self, folder: Path, manifest: dict) -> None: ...
 

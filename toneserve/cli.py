@@ -135,7 +135,8 @@ def cmd_export(args) -> int:
     tuning = _tuning(args, DEFAULT_TUNING)
     models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
                            sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice},
-                           variants=args.variants, revision=args.revision, trust_checkpoint=args.trust_checkpoint)
+                           variants=args.variants, revision=args.revision, trust_checkpoint=args.trust_checkpoint,
+                           calibration=Path(args.calibration) if args.calibration else None)
     for profile, precision in _renderings(args.profiles, args.variants):
         out = (Path(args.repository) / paths.repository_name(profile, precision) if args.repository
                else paths.repository_dir(args.size, profile, precision))
@@ -484,8 +485,12 @@ def _export_arguments(p):
     p.add_argument("--check", metavar="SOURCE", action="append",
                    help="say what a model folder or hub id is (family, preset, files, whether it loads) without "
                         "exporting; FAMILY=SOURCE says which family it should be; repeatable")
-    p.add_argument("--variants", nargs="*", default=["int8", "fp16"], choices=["int8", "fp16"],
-                   help="derived graphs to build next to fp32 (default: int8 fp16)")
+    p.add_argument("--variants", nargs="*", default=["int8", "fp16", "openvino"], choices=["int8", "fp16", "openvino"],
+                   help="derived graphs to build next to fp32 (default: int8 fp16 openvino; openvino: OpenVINO "
+                        "f32/bf16 parity and an NNCF static int8 IR for the cpu profile)")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="folder of wav/flac recordings the openvino int8 variant calibrates on as well as the "
+                        "project's speech-like audio (the first 4 s of up to 16 files)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
     tuning = p.add_argument_group("scheduling (defaults measured: docs/BENCHMARKS.md)")
     tuning.add_argument("--instances", type=int, help="instances of each heavy model")

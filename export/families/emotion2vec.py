@@ -40,6 +40,7 @@ class Emotion2vecFamily:
     required_files = ("config.yaml", "model.pt", "tokens.txt")
     graph: str | None = "model.onnx"
     exported = True
+    gate_kind: str | None = "classification"  # one emotion label per clip
     # The data2vec 2.0 pretraining decoder is never run at inference: a checkpoint may lack it.
     tolerated_missing = ("modality_encoders.AUDIO.decoder.",)
 
@@ -97,7 +98,10 @@ class Emotion2vecFamily:
         from toneserve.export.family_inputs import padded_audio
 
         wav, lens = padded_audio()
-        return {"wav": wav, "wav_lens": lens}, {"top1_axis": {"logits": -1}}
+        return self.audio_feeds(folder, wav, lens), {"top1_axis": {"logits": -1}}
+
+    def audio_feeds(self, folder: Path, wav: Any, wav_lens: Any) -> dict:
+        return {"wav": wav, "wav_lens": wav_lens}
 
     def after_export(self, folder: Path, manifest: dict) -> None:
         """The emotion ensemble's last step: a softmax graph over the labels."""

@@ -41,6 +41,7 @@ class SenseVoiceFamily:
     required_files = ("config.yaml", "model.pt", "am.mvn", BPE_NAME)
     graph: str | None = "encoder.onnx"
     exported = True
+    gate_kind: str | None = "ctc_frames"  # one CTC token per encoder frame
 
     def unconfirmed(self, preset: str) -> list[str]:
         return list(presets.SENSEVOICE_UNCONFIRMED.get(preset, []))
@@ -118,18 +119,24 @@ class SenseVoiceFamily:
                              source=source, verify=verify, trust_checkpoint=trust_checkpoint)
 
     def parity_inputs(self, folder: Path) -> tuple[dict, dict]:
-        import numpy as np
-
         from toneserve.export.family_inputs import padded_audio
-        from toneserve.export.variants import run_onnx
 
         wav, lens = padded_audio()
-        front = run_onnx(Path(folder) / "frontend.onnx", {"wav": wav, "wav_lens": lens})
+        return (self.audio_feeds(folder, wav, lens),
+                {"valid_lengths": {"ctc_logits": ("encoder_out_lens", 1)}, "top1_axis": {"ctc_logits": -1}})
+
+    def audio_feeds(self, folder: Path, wav: Any, wav_lens: Any) -> dict:
+        """The encoder's inputs for a batch of audio: the exported frontend's features (run in ONNX
+        Runtime), language "auto", no inverse text normalisation."""
+        import numpy as np
+
+        from toneserve.export.variants import run_onnx
+
+        front = run_onnx(Path(folder) / "frontend.onnx", {"wav": wav, "wav_lens": wav_lens})
         assets = json.loads((Path(folder) / "decode_assets.json").read_text())
-        feeds = {"speech": front["feats"], "speech_lengths": front["feat_lens"],
-                 "language": np.full(len(lens), assets["language_query_ids"]["auto"], np.int64),
-                 "textnorm": np.full(len(lens), assets["textnorm_query_ids"]["woitn"], np.int64)}
-        return feeds, {"valid_lengths": {"ctc_logits": ("encoder_out_lens", 1)}, "top1_axis": {"ctc_logits": -1}}
+        return {"speech": front["feats"], "speech_lengths": front["feat_lens"],
+                "language": np.full(len(wav_lens), assets["language_query_ids"]["auto"], np.int64),
+                "textnorm": np.full(len(wav_lens), assets["textnorm_query_ids"]["woitn"], np.int64)}
 
     def after_export(self, folder: Path, manifest: dict) -> None:
         pass

@@ -44,6 +44,7 @@ class SileroVadFamily:
     required_files = (GRAPH,)
     graph: str | None = None  # no variants: the wheel's graph is served as it is
     exported = False
+    gate_kind: str | None = None
 
     def unconfirmed(self, preset: str) -> list[str]:
         return list(presets.SILERO_VAD_UNCONFIRMED.get(preset, []))
@@ -100,6 +101,9 @@ class SileroVadFamily:
 
     def parity_inputs(self, folder: Path) -> tuple[dict, dict]:
         return {}, {}
+
+    def audio_feeds(self, folder: Path, wav: Any, wav_lens: Any) -> dict:
+        raise NotImplementedError("silero VAD has no derived variants to feed")
 
     def after_export(self, folder: Path, manifest: dict) -> None:
         pass

@@ -1,0 +1,383 @@
+"""OpenVINO precisions of an exported fp32 graph, for the cpu profile, each judged against ONNX Runtime.
+
+The "openvino" variant (``toneserve export --variants openvino``) records, in the manifest's
+``variants.openvino``, which OpenVINO precisions of the family's fp32 graph may be served:
+
+* ``fp32``: the ONNX graph compiled by OpenVINO with ``INFERENCE_PRECISION_HINT=f32`` (OpenVINO would
+  otherwise pick bf16 by itself on a CPU that has it); gate: max abs difference <= 1e-4.
+* ``bf16``: the same graph compiled with ``INFERENCE_PRECISION_HINT=bf16``. No file: the serving runner
+  compiles the fp32 ONNX graph with that hint. Not passed on a CPU without bf16.
+* ``int8``: static int8 by NNCF (``nncf.quantize``), calibrated on the project's own speech-like audio
+  (``toneserve.samples.speechlike``) plus, optionally, a folder of the user's recordings
+  (``--calibration DIR``); saved as OpenVINO IR (xml + bin) beside the graph.
+
+bf16 and int8 are judged by ``judge`` against ONNX Runtime fp32 on the family's parity inputs, with the
+gate of the family's ``gate_kind`` (``GATES``): a classifier must keep every clip's label and its
+probabilities within 0.02; a CTC encoder must keep >= 97 % of the valid frames' top-1 tokens.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from toneserve.console import CommandError
+from toneserve.export.artifacts import sha256_file
+from toneserve.export.families import get
+from toneserve.export.family import ModelFamily
+from toneserve.export.variants import compare_outputs, max_abs_diff, run_onnx
+from toneserve.samples import speechlike
+
+RATE = 16000
+
+# Every number a precision is judged by, in one place. "fp32" is OpenVINO's f32 against ONNX Runtime's
+# fp32 (the same arithmetic, other kernels); the others are the gate kinds a family names.
+GATES: dict[str, dict[str, float]] = {
+    "fp32": {"max_abs_diff": 1e-4},
+    "classification": {"min_top1_agreement": 1.0, "max_prob_diff": 0.02},
+    "ctc_frames": {"min_top1_agreement": 0.97},
+}
+
+# Calibration: NNCF collects activation statistics by running the graph once per item, and its
+# min/max + SmoothQuant statistics settle within a few items; more items cost export time linearly
+# (a base encoder call is ~0.2 s here, and NNCF runs each item more than once). 12 speech-like clips
+# of 4 s (plus up to 16 of the user's) keep the int8 build to tens of seconds on base models.
+# Every item has the same length: NNCF stacks the per-item statistics and fails on ragged shapes.
+CALIBRATION_ITEMS = 12
+CALIBRATION_SECONDS = 4.0
+CALIBRATION_USER_MAX = 16
+CALIBRATION_SEED = 1000  # not the parity clips' seeds (0..2): calibration and judging use other audio
+AUDIO_SUFFIXES = (".wav", ".flac")
+
+# Tried in this order; the first whose parity passes the gate is kept, else the one with the better
+# agreement. "performance" (symmetric activations) is the faster kind on CPUs; "mixed" (asymmetric
+# activations) fits activations that are not centred on zero (after GELU, softmax) more closely.
+PRESETS = ("performance", "mixed")
+
+# A compile that fails with the default config is retried with this: OpenVINO's snippets (its fused
+# subgraph code generator) failed to compile the int8 SenseVoice encoder.
+FALLBACK_COMPILE = {"SNIPPETS_MODE": "DISABLE"}
+
+
+class CalibrationError(CommandError, ValueError):
+    """A calibration folder that cannot be used (missing, unreadable, no decodable audio in it)."""
+
+
+def ir_name(family: ModelFamily) -> str:
+    assert family.graph is not None
+    return f"{family.graph.removesuffix('.onnx')}.openvino-int8.xml"
+
+
+# ------------------------------------------------------------------------------------------ gates
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _report(family: ModelFamily, reference: dict, candidate: dict, feeds: dict, options: dict) -> dict:
+    """``compare_outputs``'s report; for a classifier also the largest difference of its probabilities."""
+    report = compare_outputs(reference, candidate, feeds=feeds, **options)
+    if family.gate_kind == "classification":
+        for name, axis in options.get("top1_axis", {}).items():
+            ref = _softmax(np.asarray(reference[name], np.float64), axis)
+            cand = _softmax(np.asarray(candidate[name], np.float64), axis)
+            diff = np.abs(ref - cand)
+            report[name]["max_prob_diff"] = float(diff.max()) if np.isfinite(diff).all() else None
+    return report
+
+
+def _sound(report: dict) -> bool:
+    """Every output finite and every integer output (lengths) exact."""
+    return all(e.get("exact", True) and e.get("finite", True) for e in report.values())
+
+
+def judge(family_name: str, report: dict, precision: str = "int8") -> tuple[bool, dict]:
+    """Whether a parity report against ONNX Runtime fp32 passes its gate: ``GATES["fp32"]`` for
+    ``precision="fp32"``, else the gate of the family's ``gate_kind``. Returns (passed, gate) where
+    gate names its kind, its limits and what was measured."""
+    kind = "fp32" if precision == "fp32" else get(family_name).gate_kind
+    if kind not in GATES:
+        raise ValueError(f"{family_name} has no parity gate")
+    limits = GATES[kind]
+    gate: dict[str, Any] = {"kind": kind, **limits}
+    passed = _sound(report)
+    if kind == "fp32":
+        worst = max_abs_diff(report)
+        gate["measured_max_abs_diff"] = worst if np.isfinite(worst) else None
+        return passed and worst <= limits["max_abs_diff"], gate
+    judged = {name: e for name, e in report.items() if "top1_agreement" in e}
+    if not judged:
+        return False, {**gate, "reason": "the report has no top-1 agreement to judge"}
+    agreement = min(e["top1_agreement"] for e in judged.values())
+    gate["measured_top1_agreement"] = agreement
+    passed = passed and agreement >= limits["min_top1_agreement"]
+    if "max_prob_diff" in limits:
+        diffs = [e.get("max_prob_diff") for e in judged.values()]
+        prob_diff = None if any(d is None for d in diffs) else max(diffs)
+        gate["measured_max_prob_diff"] = prob_diff
+        passed = passed and prob_diff is not None and prob_diff <= limits["max_prob_diff"]
+    return bool(passed), gate
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+
+def _fit(clip: np.ndarray, samples: int) -> np.ndarray:
+    out = np.zeros(samples, np.float32)
+    out[:min(samples, len(clip))] = clip[:samples]
+    return out
+
+
+def decode_audio(path: Path) -> np.ndarray:
+    """A file's first audio stream as 16 kHz mono float32 (PyAV, as the samples are encoded)."""
+    import av
+
+    chunks = []
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+        for frame in container.decode(container.streams.audio[0]):
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+        chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    if not chunks:
+        raise ValueError("no audio decoded")
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def user_clips(folder: Path, seconds: float = CALIBRATION_SECONDS, limit: int = CALIBRATION_USER_MAX) -> list:
+    """The first ``seconds`` of up to ``limit`` wav/flac files of ``folder`` (sorted by path, searched
+    recursively), cut or zero-padded to the same length. Raises CalibrationError when none decodes."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise CalibrationError(f"calibration folder {folder} does not exist or is not a folder")
+    try:
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    except OSError as exc:
+        raise CalibrationError(f"calibration folder {folder} cannot be read: {exc}") from None
+    if not files:
+        raise CalibrationError(f"calibration folder {folder} holds no {'/'.join(AUDIO_SUFFIXES)} files")
+    samples = int(seconds * RATE)
+    clips: list[np.ndarray] = []
+    failed: list[str] = []
+    for path in files:
+        if len(clips) == limit:
+            break
+        try:
+            clips.append(_fit(decode_audio(path), samples))
+        except (OSError, ValueError) as exc:  # av's errors are OSError / ValueError subclasses
+            failed.append(f"{path.name}: {exc}")
+    if not clips:
+        raise CalibrationError(f"calibration folder {folder}: no file could be decoded ({'; '.join(failed[:3])})")
+    return clips
+
+
+def calibration_clips(user_folder: Path | None = None, items: int = CALIBRATION_ITEMS,
+                      seconds: float = CALIBRATION_SECONDS) -> tuple[list[np.ndarray], list]:
+    """Equal-length clips to calibrate on, and their sources (``["speechlike", folder or None]``)."""
+    samples = int(seconds * RATE)
+    clips = [_fit(speechlike(seconds, RATE, seed=CALIBRATION_SEED + i), samples) for i in range(items)]
+    user = None
+    if user_folder is not None:
+        clips += user_clips(Path(user_folder), seconds)
+        user = str(Path(user_folder).expanduser().resolve())
+    return clips, ["speechlike", user]
+
+
+# ----------------------------------------------------------------------------------------- OpenVINO
+
+
+def _name(port, known) -> str:
+    """The port's name among ``known``: OpenVINO gives a port every name its tensor had in the ONNX
+    graph (``get_any_name`` may return an inner one, e.g. a Cast's output)."""
+    names = port.get_names()
+    found = [n for n in known if n in names]
+    if not found:
+        raise ValueError(f"no OpenVINO port named {sorted(names)} among {sorted(known)}")
+    return found[0]
+
+
+def _input_names(model, feeds) -> list[str]:
+    return [_name(port, feeds) for port in model.inputs]
+
+
+def _inputs(names: list[str], feeds: dict) -> list[np.ndarray]:
+    """The feeds in port order, each with its canonical numpy dtype: ONNX Runtime returns int64 as
+    numpy's ``longlong`` (char "q"), which OpenVINO's Python binding refuses ("Unsupported data type")."""
+    return [np.ascontiguousarray(feeds[n], dtype=np.dtype(np.asarray(feeds[n]).dtype.str)) for n in names]
+
+
+def _run(compiled, feeds: dict, outputs) -> dict[str, np.ndarray]:
+    results = compiled(_inputs(_input_names(compiled, feeds), feeds))
+    return {_name(o, outputs): np.asarray(results[o]) for o in compiled.outputs}
+
+
+def _compile_run(core, model, config: dict, feeds: dict, outputs) -> tuple[Any, dict, dict]:
+    """Compile on CPU with ``config`` and run ``feeds``; when either fails, retry with
+    ``FALLBACK_COMPILE`` added (with dynamic shapes a kernel may first be built at the first call).
+    Returns the compiled model, the config that worked and the outputs."""
+    try:
+        compiled = core.compile_model(model, "CPU", config)
+        return compiled, dict(config), _run(compiled, feeds, outputs)
+    except Exception:  # noqa: BLE001 - OpenVINO raises its own exception types from C++
+        retry = {**config, **FALLBACK_COMPILE}
+        compiled = core.compile_model(model, "CPU", retry)
+        return compiled, retry, _run(compiled, feeds, outputs)
+
+
+def cpu_description(core) -> str:
+    """What the CPU offers OpenVINO: its name, OpenVINO's capabilities, and the relevant cpuinfo flags."""
+    caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = sorted(f for f in flags if re.fullmatch(r"amx_\w+|avx512_(bf16|vnni|fp16)|avx512f|avx_vnni|avx2", f))
+    return (f"{core.get_property('CPU', 'FULL_DEVICE_NAME')}; OpenVINO capabilities {', '.join(caps)}; "
+            f"flags {' '.join(wanted) or 'unknown'}")
+
+
+def _save_ir(model, dst_xml: Path) -> None:
+    """``openvino.save_model`` (weights as they are: no fp16 compression) into a temporary folder beside
+    ``dst_xml``, then the bin and the xml moved into place; a failure leaves no partial IR."""
+    import openvino as ov  # type: ignore[import-untyped]
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst_xml.name}.", suffix=".tmp", dir=dst_xml.parent))
+    try:
+        staged = tmp / dst_xml.name
+        ov.save_model(model, str(staged), compress_to_fp16=False)
+        for path in (staged.with_suffix(".bin"), staged):  # the xml, which names the bin, last
+            os.chmod(path, 0o644)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(path, dst_xml.parent / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _quantize(core, graph: Path, family: ModelFamily, folder: Path, clips: list, preset: str):
+    import nncf  # type: ignore[import-untyped]
+    from nncf.quantization.advanced_parameters import (  # type: ignore[import-untyped]
+        AdvancedQuantizationParameters,
+        QuantizationParameters,
+    )
+
+    items = [family.audio_feeds(folder, clip[None, :], np.array([len(clip)], np.int64)) for clip in clips]
+    model = core.read_model(str(graph))
+    names = _input_names(model, items[0])
+    dataset = nncf.Dataset(items, lambda item: _inputs(names, item))
+    # Activations per tensor: left to itself NNCF gave SenseVoice's FSMN memory block (a depthwise
+    # conv after a transpose) one activation scale per *frame* of the calibration length, and the
+    # graph then failed on any other length ("Eltwise shape infer ... mismatch").
+    # NNCF draws its own (rich) progress bars on stdout, which would tear the export's bar on stderr;
+    # the export's bar names this step instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset(preset),
+                             model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items),
+                             advanced_parameters=AdvancedQuantizationParameters(
+                                 activations_quantization_params=QuantizationParameters(per_channel=False)))
+
+
+def is_current(folder: Path, entry: dict | None, base_digest: str, calibration: Path | None) -> bool:
+    """A recorded entry built from this fp32 graph, with this OpenVINO and calibration, files intact."""
+    import openvino as ov  # type: ignore[import-untyped]
+
+    if not entry or entry.get("from") != base_digest or entry.get("openvino_version") != ov.__version__:
+        return False
+    user = str(Path(calibration).expanduser().resolve()) if calibration is not None else None
+    sources = ((entry.get("precisions") or {}).get("int8") or {}).get("calibration", {}).get("sources")
+    if sources != ["speechlike", user]:
+        return False
+    return all((folder / n).is_file() and sha256_file(folder / n) == d for n, d in entry.get("files", {}).items())
+
+
+def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path | None = None,
+          step: Callable[[str], None] | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Build and judge the OpenVINO precisions of ``family``'s fp32 graph in ``folder``; the manifest
+    entry. ``step`` is told each phase (a progress bar's description), ``log`` each result."""
+    import openvino as ov  # type: ignore[import-untyped]
+
+    step = step or (lambda text: None)
+    log = log or (lambda text: None)
+    folder = Path(folder)
+    assert family.graph is not None
+    graph = folder / family.graph
+    started = time.perf_counter()
+    # Calibration problems (a bad --calibration folder) fail before any slow work.
+    clips, sources = calibration_clips(calibration)
+    feeds, options = family.parity_inputs(folder)
+    reference = run_onnx(graph, feeds)
+    core = ov.Core()
+    source_model = core.read_model(str(graph))
+    precisions: dict[str, dict] = {}
+
+    step(f"{family.name}: openvino f32")
+    _, _, out = _compile_run(core, source_model, {"INFERENCE_PRECISION_HINT": "f32"}, feeds, reference)
+    report = _report(family, reference, out, feeds, options)
+    passed, gate = judge(family.name, report, "fp32")
+    precisions["fp32"] = {"passed": passed, "gate": gate, "parity": report}
+
+    step(f"{family.name}: openvino bf16")
+    cpu = cpu_description(core)
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        precisions["bf16"] = {"passed": False, "reason": "cpu has no bf16", "gate": {"kind": family.gate_kind,
+                              **GATES[str(family.gate_kind)]}, "parity": None, "cpu": cpu}
+    else:
+        _, _, out = _compile_run(core, source_model, {"INFERENCE_PRECISION_HINT": "bf16"}, feeds, reference)
+        report = _report(family, reference, out, feeds, options)
+        passed, gate = judge(family.name, report, "bf16")
+        precisions["bf16"] = {"passed": passed, "gate": gate, "parity": report, "cpu": cpu}
+
+    name = ir_name(family)
+    best: dict | None = None
+    for preset in PRESETS:
+        step(f"{family.name}: openvino int8 (NNCF {preset}, {len(clips)} items)")
+        t0 = time.perf_counter()
+        quantized = _quantize(core, graph, family, folder, clips, preset)
+        seconds = round(time.perf_counter() - t0, 1)
+        # int8 runs in f32 where it is not int8: the gate judges quantisation, not bf16 on top of it.
+        _, config, out = _compile_run(core, quantized, {"INFERENCE_PRECISION_HINT": "f32"}, feeds, reference)
+        report = _report(family, reference, out, feeds, options)
+        passed, gate = judge(family.name, report, "int8")
+        log(f"{family.name}: openvino int8 ({preset}): {'passed' if passed else 'FAILED'} {gate}")
+        if best is None or (passed and not best["passed"]) or (
+                passed == best["passed"] and gate.get("measured_top1_agreement", 0)
+                > best["gate"].get("measured_top1_agreement", 0)):
+            best = {"passed": passed, "file": name, "gate": gate, "parity": report, "preset": preset,
+                    "compile_config": config, "model": quantized,
+                    "calibration": {"items": len(clips), "seconds": seconds, "item_seconds": CALIBRATION_SECONDS,
+                                    "sources": sources}}
+        if passed:
+            break
+    assert best is not None
+    _save_ir(best.pop("model"), folder / name)
+    precisions["int8"] = best
+    bin_name = str(Path(name).with_suffix(".bin"))
+    return {"from": base_digest, "files": {name: sha256_file(folder / name), bin_name: sha256_file(folder / bin_name)},
+            "runtime": "openvino", "openvino_version": ov.__version__, "precisions": precisions,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def summary(entry: dict) -> str:
+    parts = []
+    for precision, e in entry["precisions"].items():
+        gate = e["gate"]
+        measured = {k.removeprefix("measured_"): v for k, v in gate.items() if k.startswith("measured_")}
+        text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in measured.items())
+        parts.append(f"{precision} {'passed' if e['passed'] else 'FAILED'}"
+                     f"{' (' + text + ')' if text else ''}{' ' + e['reason'] if e.get('reason') else ''}")
+    return "; ".join(parts)
