@@ -74,17 +74,21 @@ class TritonPythonModel:
         model = core.read_model(os.path.join(version_dir, params["graph_file"]))
         self.compiled = core.compile_model(model, "CPU", compile_properties(params, cache))
         self.request = self.compiled.create_infer_request()
-        inputs = [(port.get_any_name(), port.get_partial_shape().rank.get_length()) for port in self.compiled.inputs]
-        self.output_ports = [(port.get_any_name(), port) for port in self.compiled.outputs]
-        self.batches = PaddedBatches(config, inputs, [name for name, _ in self.output_ports], self._infer)
+        # Names from the graph as read: compiling may rename a port (a fused Cast), so the inputs are fed
+        # and the outputs read by position, in the graph's order.
+        self.input_names = [port.get_any_name() for port in model.inputs]
+        inputs = [(port.get_any_name(), port.get_partial_shape().rank.get_length()) for port in model.inputs]
+        self.output_names = [port.get_any_name() for port in model.outputs]
+        self.batches = PaddedBatches(config, inputs, self.output_names, self._infer)
 
     def _infer(self, feed):
         # OpenVINO's Python binding knows numpy's int64 only under one of its two C type numbers (long,
         # not long long, which some array sources produce): a view under the one it knows, no copy.
-        feed = {name: a.view(np.int64) if a.dtype == np.int64 else a for name, a in feed.items()}
-        results = self.request.infer(feed)
+        arrays = [feed[name] for name in self.input_names]
+        self.request.infer({index: a.view(np.int64) if a.dtype == np.int64 else a for index, a in enumerate(arrays)})
         # Copies: the request reuses its output buffers on the next call.
-        return {name: np.array(results[port]) for name, port in self.output_ports}
+        return {name: np.array(self.request.get_output_tensor(index).data)
+                for index, name in enumerate(self.output_names)}
 
     def execute(self, requests):
         return self.batches.execute(requests)

@@ -1,0 +1,116 @@
+"""The OpenVINO runner in-process (fake pb_utils) on a small graph built with OpenVINO's own opset (the unit
+tier has no ONNX exporter): batched requests of different lengths answer exactly what each answers alone
+(zero padding is exact, outputs are trimmed), compile properties follow the parameters, and the compiled
+model is cached on disk. Parity with ONNX Runtime on the exported graphs: tests/export/test_openvino_runner.py."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.runner_harness import load_runner, outputs
+
+ov = pytest.importorskip("openvino")
+
+
+def masked_graph(path):
+    """x [B, T] f32, lens [B] i64 -> total [B] (sum of x[b, :lens[b]]), scaled [B, T] (3 x, zero past lens),
+    out_lens [B] (= lens): a graph whose answer padding would change if the lengths were ignored."""
+    from openvino import opset13 as op
+
+    x = op.parameter([-1, -1], np.float32, name="x")
+    lens = op.parameter([-1], np.int64, name="lens")
+    steps = op.gather(op.shape_of(x, "i64"), op.constant(np.int64(1)), op.constant(np.int64(0)))
+    t = op.range(op.constant(np.int64(0)), steps, op.constant(np.int64(1)), "i64")
+    mask = op.convert(op.less(op.unsqueeze(t, op.constant(np.int64(0))),
+                              op.unsqueeze(lens, op.constant(np.int64(1)))), "f32")
+    masked = op.multiply(x, mask)
+    total = op.reduce_sum(masked, op.constant(np.int64(1)))
+    scaled = op.multiply(masked, op.constant(np.float32(3.0)))
+    out_lens = op.add(lens, op.constant(np.int64(0)))
+    for node, name in ((total, "total"), (scaled, "scaled"), (out_lens, "out_lens")):
+        node.output(0).get_tensor().set_names({name})
+    ov.save_model(ov.Model([total, scaled, out_lens], [x, lens]), str(path), compress_to_fp16=False)
+    return path
+
+
+def config(**parameters) -> dict:
+    return {"name": "masked", "parameters": {k: {"string_value": v} for k, v in parameters.items()},
+            "output": [{"name": "total", "dims": [1]}, {"name": "scaled", "dims": [-1]},
+                       {"name": "out_lens", "dims": [1]}]}
+
+
+@pytest.fixture
+def graph(tmp_path):
+    return masked_graph(tmp_path / "graph" / "masked.xml")
+
+
+@pytest.fixture
+def runner(graph, tmp_path, monkeypatch):
+    return load_runner(monkeypatch, tmp_path / "masked", "openvino_runner.py",
+                       {"model.xml": graph, "model.bin": graph.with_suffix(".bin")},
+                       config(graph_file="model.xml", inference_precision="f32", intra_op_threads="1",
+                              trim=json.dumps({"scaled": ["out_lens", 1]}), max_pad_ratio="inf"))
+
+
+def request(pb, x):
+    return pb.Request(x=x[None], lens=np.array([[len(x)]], np.int64))
+
+
+def test_a_batch_answers_what_each_request_answers_alone(runner):
+    model, pb = runner
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(n).astype(np.float32) for n in (5, 17, 9, 1)]
+    alone = [outputs(model.execute([request(pb, c)])[0]) for c in clips]
+    batched = [outputs(r) for r in model.execute([request(pb, c) for c in clips])]
+    for clip, one, many in zip(clips, alone, batched):
+        assert many["scaled"].shape == (1, len(clip))  # trimmed back to the request's own length
+        assert many["total"].shape == (1, 1) and many["out_lens"].tolist() == [[len(clip)]]
+        for name in one:
+            # Padding is exact; only the summation order of a longer padded row may move the last bit.
+            np.testing.assert_allclose(many[name], one[name], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(many["scaled"], one["scaled"])  # no reduction: bit for bit
+        np.testing.assert_allclose(one["total"][0, 0], clip.sum(), rtol=1e-5)
+        np.testing.assert_allclose(one["scaled"][0], 3 * clip, rtol=1e-6)
+
+
+def test_a_cancelled_request_is_not_run_and_a_bad_one_is_answered_an_error(runner):
+    model, pb = runner
+    clip = np.ones(4, np.float32)
+    responses = model.execute([request(pb, clip), pb.Request(cancelled=True, x=clip[None], lens=np.array([[4]]))])
+    assert outputs(responses[0])["total"].tolist() == [[4.0]]
+    assert responses[1].error.code == "CANCELLED"
+    (bad,) = model.execute([pb.Request(x=clip[None])])  # no lens: an error response, not a crashed instance
+    assert bad.error is not None and bad.output_tensors == []
+
+
+def test_the_compiled_model_is_cached_in_the_version_folder(runner, tmp_path):
+    model, _ = runner
+    cache = tmp_path / "masked" / "1" / "ov_cache"
+    assert model.compiled.get_property("NUM_STREAMS") == 1
+    assert model.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert any(p.is_file() for p in cache.rglob("*")), f"no compiled model cached in {cache}"
+
+
+def test_an_unwritable_cache_dir_falls_back_to_a_temporary_one(graph, tmp_path, monkeypatch):
+    if os.geteuid() == 0:
+        target = "/proc/toneserve-cache"  # root writes anywhere else
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = str(locked / "cache")
+    model, pb = load_runner(monkeypatch, tmp_path / "fallback", "openvino_runner.py",
+                            {"model.xml": graph, "model.bin": graph.with_suffix(".bin")},
+                            config(graph_file="model.xml", cache_dir=target))
+    assert outputs(model.execute([request(pb, np.ones(3, np.float32))])[0])["total"].tolist() == [[3.0]]
+
+
+def test_compile_config_reaches_openvino(graph, tmp_path, monkeypatch):
+    model, _ = load_runner(monkeypatch, tmp_path / "configured", "openvino_runner.py",
+                           {"model.xml": graph, "model.bin": graph.with_suffix(".bin")},
+                           config(graph_file="model.xml", intra_op_threads="2",
+                                  compile_config=json.dumps({"PERFORMANCE_HINT": "THROUGHPUT"})))
+    assert str(model.compiled.get_property("PERFORMANCE_HINT")) in ("THROUGHPUT", "PerformanceMode.THROUGHPUT")
+    assert model.compiled.get_property("INFERENCE_NUM_THREADS") == 2
