@@ -156,3 +156,23 @@ def test_an_onnx_runtime_model_keeps_the_onnx_runner(tmp_path):
     params = {k: v.string_value for k, v in _config(repo, "m").parameters.items()}
     assert params["onnx_file"] == "model.onnx" and "graph_file" not in params
     assert json.loads(params["trim"]) == {}
+
+
+def test_export_renders_a_bf16_cpu_repository_when_the_openvino_variant_is_built():
+    from toneserve.cli import _renderings
+
+    assert _renderings(["cpu", "gpu"], ["int8", "fp16", "openvino"]) == [
+        ("cpu", "fp32"), ("cpu", "bf16"), ("cpu", "int8"), ("gpu", "fp16")]
+    assert _renderings(["cpu"], ["int8"]) == [("cpu", "fp32"), ("cpu", "int8")]
+
+
+def test_summary_names_what_each_heavy_model_got(tmp_path):
+    from toneserve.model_repository.catalog import summary
+
+    graph = tmp_path / "g.onnx"
+    models = [OnnxModel(name=name, onnx_file=graph, batching=Batching(max_batch_size=1), inputs=(), outputs=(),
+                        runtime=runtime, precision=precision)
+              for name, runtime, precision in (("emotion2vec", "openvino", "bf16"),
+                                               ("emotion_softmax", "onnxruntime", "fp32"),
+                                               ("sensevoice_encoder", "onnxruntime", "fp32"))]
+    assert summary(models) == "emotion2vec openvino bf16, sensevoice_encoder onnxruntime fp32"
