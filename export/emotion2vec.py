@@ -6,7 +6,8 @@ What is here
 * ``build_model(preset, seed)``: the real FunASR class (``tables.model_classes["Emotion2vec"]``,
   what ``AutoModel`` instantiates for ``iic/emotion2vec_plus_*``) with random weights, eval mode.
 * ``Emotion2vecWrapper``: ``(wav[B,S] f32, wav_lens[B] i64) -> (logits[B,9] f32, embedding[B,D] f32)``
-  that gives a padded batch the same answer as unbatched FunASR inference.
+  that gives a padded batch the same answer as unbatched FunASR inference (the exported graph adds
+  ``probs[B,9]`` = softmax(logits)).
 * ``export_onnx(out_dir, preset, seed, loaded=None, source=None)``: writes ``model.onnx``,
   ``tokens.txt``, ``manifest.json`` atomically and returns the manifest; random weights of
   ``preset``, or a model folder's own weights and tokens as the family loaded them
@@ -24,7 +25,16 @@ mixes information along time is made length-aware:
 3. padded frames zeroed before *each* position conv (equals the zero padding an unpadded
    sequence sees at its end);
 4. padded keys masked out of attention (-inf before softmax);
-5. mean pool over valid frames, then ``proj``. Logits only: no softmax.
+5. mean pool over valid frames, then ``proj``.
+
+Graph rewrites at export (not in FunASR)
+----------------------------------------
+* Every ``TransposeLast, LayerNorm, TransposeLast`` of the conv front end (7 conv layers on up to
+  16,000 frames x 512 channels) and of the position convs becomes ``ChannelLayerNorm``: the same
+  normalisation taken over dim 1 of ``[B, C, T]`` directly, so the graph carries no Transpose pair
+  around them (fp32 parity with FunASR's module ~1e-6, tested).
+* The exported graph also gives ``probs = softmax(logits)`` (``EXPORT_OUTPUTS``), so serving needs
+  no separate softmax step. ``Emotion2vecWrapper`` itself still returns ``(logits, embedding)``.
 """
 
 from __future__ import annotations
@@ -144,6 +154,78 @@ def min_samples(spec: Sequence[Sequence[int]]) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Channel layer norm (export-time rewrite of TransposeLast + LayerNorm + TransposeLast)
+# --------------------------------------------------------------------------------------------
+
+
+class ChannelLayerNorm(nn.Module):
+    """``TransposeLast, LayerNorm(C), TransposeLast`` on ``[B, C, T]`` without the transposes: mean and
+    biased variance over dim 1, weight/bias broadcast as ``[C, 1]``, computed in fp32 and cast back like
+    FunASR's ``Fp32LayerNorm``. Holds the original ``LayerNorm`` module, so parameters are shared, not
+    copied. Decomposed (ReduceMean/Sub/Mul/Sqrt/Div) because ONNX LayerNormalization only normalises
+    trailing axes; OpenVINO fuses the pattern back into one MVN over axis 1."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        if not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
+            raise ValueError(f"expected a LayerNorm over one dim, got {norm!r}")
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        mean = xf.mean(dim=1, keepdim=True)
+        d = xf - mean
+        var = d.pow(2).mean(dim=1, keepdim=True)
+        y = d / torch.sqrt(var + self.norm.eps)
+        if self.norm.weight is not None:
+            y = y * self.norm.weight.float().unsqueeze(-1)
+        if self.norm.bias is not None:
+            y = y + self.norm.bias.float().unsqueeze(-1)
+        return y.type_as(x)
+
+
+def _is_transpose_last(m: nn.Module) -> bool:
+    from funasr.models.emotion2vec.fairseq_modules import TransposeLast  # type: ignore[import-untyped]
+
+    return isinstance(m, TransposeLast) and m.deconstruct_idx is None
+
+
+def _is_channel_norm_triple(mods: Sequence[nn.Module]) -> bool:
+    return (len(mods) == 3 and _is_transpose_last(mods[0]) and _is_transpose_last(mods[2])
+            and isinstance(mods[1], nn.LayerNorm) and len(mods[1].normalized_shape) == 1)
+
+
+def channel_norm_rewrite(seq: nn.Sequential) -> tuple[nn.Sequential, int]:
+    """A new ``nn.Sequential`` sharing ``seq``'s modules in which every ``TransposeLast, LayerNorm,
+    TransposeLast`` (as three consecutive children, or as one child ``Sequential`` of exactly those) is one
+    ``ChannelLayerNorm``; nested ``Sequential`` children are rewritten too. Returns it and the number of
+    norms rewritten. ``seq`` itself is left as it was (the FunASR model is not modified)."""
+    children = list(seq.children())
+    out: list[nn.Module] = []
+    count = 0
+    i = 0
+    while i < len(children):
+        m = children[i]
+        if _is_channel_norm_triple(children[i:i + 3]):
+            out.append(ChannelLayerNorm(children[i + 1]))
+            count += 1
+            i += 3
+            continue
+        if isinstance(m, nn.Sequential):
+            if _is_channel_norm_triple(list(m.children())):
+                out.append(ChannelLayerNorm(list(m.children())[1]))
+                count += 1
+            else:
+                sub, n = channel_norm_rewrite(m)
+                out.append(sub)
+                count += n
+        else:
+            out.append(m)
+        i += 1
+    return nn.Sequential(*out), count
+
+
+# --------------------------------------------------------------------------------------------
 # Lengths-aware wrapper
 # --------------------------------------------------------------------------------------------
 
@@ -160,9 +242,12 @@ class Emotion2vecWrapper(nn.Module):
     which both ONNX exporters handle. ``wav_lens`` is clamped to ``[0, S]``; an item
     shorter than ``min_samples`` (400) is given one frame so the output stays finite, but such
     input is not meaningful and should be rejected upstream.
+
+    ``channel_norm`` (default): the conv front end's and position convs' transposed layer norms run as
+    ``ChannelLayerNorm`` (see the module docstring); False runs FunASR's modules as they are.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, channel_norm: bool = True):
         super().__init__()
         if model.training:
             raise ValueError("wrap a model in eval mode")
@@ -201,6 +286,22 @@ class Emotion2vecWrapper(nn.Module):
             slopes = -get_alibi(2, heads_a)[:, 0, 1].to(torch.float32)
             self.register_buffer("alibi_slopes", slopes.view(1, heads_a, 1, 1), persistent=False)
             self.alibi_pad_heads = self.num_heads - heads_a
+
+        # The conv front end and position convs as run here: FunASR's modules, or (channel_norm) new
+        # Sequentials sharing them with the transposed layer norms rewritten.
+        self.channel_norm = bool(channel_norm)
+        conv_layers = list(enc.local_encoder.conv_layers)
+        pos = list(enc.relative_positional_encoder)
+        self.pos_pre_ln = pos[0] if enc.modality_cfg.conv_pos_pre_ln else None
+        pos_inner = list(pos[1])[1:-1] if self.pos_pre_ln is not None else pos[1:-1]  # drop the outer pair
+        self.rewritten_norms = 0
+        if self.channel_norm:
+            pairs = [channel_norm_rewrite(b) for b in conv_layers + pos_inner]
+            self.rewritten_norms = sum(n for _, n in pairs)
+            conv_layers = [b for b, _ in pairs[:len(conv_layers)]]
+            pos_inner = [b for b, _ in pairs[len(conv_layers):]]
+        self.conv_blocks = nn.ModuleList(conv_layers)
+        self.pos_blocks = nn.ModuleList(pos_inner)
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -283,16 +384,12 @@ class Emotion2vecWrapper(nn.Module):
 
     def _position_convs(self, x: torch.Tensor, fvalid: torch.Tensor) -> torch.Tensor:
         """relative_positional_encoder with padded frames zeroed before each conv."""
-        enc = self.model.modality_encoders["AUDIO"]
-        mods = list(enc.relative_positional_encoder)
-        if enc.modality_cfg.conv_pos_pre_ln:
-            x = mods[0](x)
-            mods = list(mods[1])
-        inner = mods[1:-1]  # drop the outer TransposeLast pair
+        if self.pos_pre_ln is not None:
+            x = self.pos_pre_ln(x)
         h = x.transpose(1, 2)  # [B, D, T]
         m = fvalid.unsqueeze(1)  # [B, 1, T]
         zero = torch.zeros((), dtype=h.dtype, device=h.device)
-        for blk in inner:
+        for blk in self.pos_blocks:
             h = torch.where(m, h, zero)
             h = blk(h)
         return h.transpose(1, 2)
@@ -307,7 +404,9 @@ class Emotion2vecWrapper(nn.Module):
         smask = torch.arange(S, device=wav.device).unsqueeze(0) < lens.unsqueeze(1)
 
         x = self._normalise(wav, smask, lens)
-        x = enc.local_encoder(x)  # [B, C, T]
+        x = x.unsqueeze(1)  # ConvFeatureExtractionModel.forward: [B, S] -> [B, 1, S] -> conv layers
+        for blk in self.conv_blocks:
+            x = blk(x)  # [B, C, T]
         x = enc.project_features(x)  # [B, T, D]
         T = x.shape[1]
         n_frames = torch.clamp(conv_frames(lens, self.spec), min=1)
@@ -356,6 +455,24 @@ class Emotion2vecWrapper(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+EXPORT_OUTPUTS = ("logits", "embedding", "probs")
+PROBS_OUTPUT = "probs"
+
+
+class _ExportGraph(nn.Module):
+    """What is exported: the wrapper's ``(logits, embedding)`` and ``probs = softmax(logits)`` (fp32), so
+    the serving ensemble needs no separate softmax model."""
+
+    def __init__(self, wrapper: Emotion2vecWrapper):
+        super().__init__()
+        self.wrapper = wrapper
+        self.spec = wrapper.spec
+
+    def forward(self, wav: torch.Tensor, wav_lens: torch.Tensor):
+        logits, embedding = self.wrapper(wav, wav_lens)
+        return logits, embedding, torch.softmax(logits.float(), dim=-1)
+
+
 def example_batch(lengths: Sequence[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic padded batch of noise + sines (used for export tracing and parity)."""
     rng = np.random.default_rng(seed)
@@ -369,7 +486,7 @@ def example_batch(lengths: Sequence[int], seed: int = 0) -> tuple[torch.Tensor, 
     return torch.from_numpy(wav), torch.tensor(list(lengths), dtype=torch.int64)
 
 
-def _export_to(wrapper: nn.Module, path: Path) -> None:
+def _export_to(wrapper: Emotion2vecWrapper, path: Path) -> None:
     """Exporter choice: ``dynamo=True`` (torch.export + onnxscript), explicitly.
 
     Both exporters were tried on torch 2.13 and both meet the parity gate (max abs error vs
@@ -388,11 +505,11 @@ def _export_to(wrapper: nn.Module, path: Path) -> None:
     samples = torch.export.Dim(
         "samples", min=samples_for_frames(2, wrapper.spec), max=SAMPLE_RATE * 600)
     prog = torch.onnx.export(
-        wrapper,
+        _ExportGraph(wrapper).eval(),
         (wav, lens),
         dynamo=True,
         input_names=["wav", "wav_lens"],
-        output_names=["logits", "embedding"],
+        output_names=list(EXPORT_OUTPUTS),
         dynamic_shapes={"wav": {0: batch, 1: samples}, "wav_lens": {0: batch}},
         opset_version=OPSET,
         external_data=False,
@@ -461,11 +578,14 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
             wav, lens = example_batch([SAMPLE_RATE, 9000, 12345], seed=seed + 7)
             with torch.no_grad():
                 tl, te = wrapper(wav, lens)
+                tp = torch.softmax(tl, dim=-1)
             onnx_out = run_onnx(tmp["model.onnx"], {"wav": wav.numpy(), "wav_lens": lens.numpy()})
-            parity = Parity(reference="torch wrapper (FunASR's modules, lengths-aware)", gates={"logits": PARITY_GATE, "embedding": PARITY_GATE},
+            parity = Parity(reference="torch wrapper (FunASR's modules, lengths-aware)",
+                            gates={"logits": PARITY_GATE, "embedding": PARITY_GATE, "probs": PARITY_GATE},
                             inputs=f"padded batch of lengths {lens.tolist()}",
                             max_abs_err={"logits": float(np.abs(onnx_out["logits"] - tl.numpy()).max()),
-                                         "embedding": float(np.abs(onnx_out["embedding"] - te.numpy()).max())})
+                                         "embedding": float(np.abs(onnx_out["embedding"] - te.numpy()).max()),
+                                         "probs": float(np.abs(onnx_out["probs"] - tp.numpy()).max())})
             if not parity.passed():
                 raise RuntimeError(f"ONNX parity gate failed: {parity}")
 
@@ -473,7 +593,8 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
         graph = {"inputs": [Tensor("wav", "float32", ("batch", "samples")).describe(),
                             Tensor("wav_lens", "int64", ("batch",)).describe()],
                  "outputs": [Tensor("logits", "float32", ("batch", len(labels))).describe(),
-                             Tensor("embedding", "float32", ("batch", D)).describe()]}
+                             Tensor("embedding", "float32", ("batch", D)).describe(),
+                             Tensor(PROBS_OUTPUT, "float32", ("batch", len(labels))).describe()]}
         _check_io(tmp["model.onnx"], graph)
         manifest = Manifest(
             model="emotion2vec", preset=preset, source=source, seed=seed,
@@ -483,7 +604,8 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
             serving={"labels": labels, "embedding_dim": D, "sample_rate": SAMPLE_RATE,
                      "min_samples": min_samples(wrapper.spec),
                      "frames_per_second": SAMPLE_RATE / float(np.prod([s for _, _, s in wrapper.spec])),
-                     "num_params": int(sum(p.numel() for p in model.parameters()))},
+                     "num_params": int(sum(p.numel() for p in model.parameters())),
+                     "probs_output": PROBS_OUTPUT},
             config=preset_config(preset) if loaded is None else loaded.arch_config,
             config_source=(f"preset {preset!r} (random weights)" if loaded is None else str(loaded.files.config)),
             unconfirmed=list((UNCONFIRMED if loaded is None else UNCONFIRMED_LOADED).get(preset, [])),
@@ -491,7 +613,11 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
             versions=versions(), export_seconds=round(time.perf_counter() - t0, 3),
             weights=None if loaded is None else loaded_weights_entry(loaded),
             notes={"padding": "each item of a padded batch gives what FunASR gives it alone (lengths-aware "
-                            "normalisation, convolutions, attention and pooling); logits, no softmax"},
+                            "normalisation, convolutions, attention and pooling)",
+                   "outputs": f"logits, embedding and {PROBS_OUTPUT} = softmax(logits) in the graph (serving "
+                              "needs no separate softmax step); softmax.onnx is still written",
+                   "graph_rewrites": f"{wrapper.rewritten_norms} transposed layer norms (conv front end, "
+                                     "position convs) exported as channel layer norms over dim 1"},
         ).to_dict()
         atomic_write_bytes(
             tmp["manifest.json"],
@@ -526,5 +652,5 @@ __all__ = [
     "build_model", "build_from_config", "preset_config", "Emotion2vecWrapper", "export_onnx",
     "read_tokens", "read_labels", "token_to_label", "conv_frames", "min_samples", "EXPECTED_LABELS",
     "samples_for_frames",
-    "example_batch",
+    "example_batch", "ChannelLayerNorm", "channel_norm_rewrite", "EXPORT_OUTPUTS", "PROBS_OUTPUT",
 ]

@@ -205,6 +205,26 @@ def test_onnx_matches_torch_and_reference(tiny, signals, exported):
     assert max_err(logits, ref_logits) < TOL_ONNX and max_err(emb, ref_emb) < TOL_ONNX
 
 
+def test_onnx_probs_is_softmax_of_logits(signals, exported):
+    """The graph's own probs output replaces the separate softmax model: softmax(logits) per item, rows sum
+    to 1, and the same as the standalone softmax.onnx the emotion ensemble ran so far."""
+    from toneserve.export.family_inputs import softmax_onnx
+
+    out, _ = exported
+    wav, lens = signals
+    outputs = run_onnx(out / "model.onnx", {"wav": wav, "wav_lens": lens})
+    logits, probs = outputs["logits"].astype(np.float64), outputs["probs"]
+    assert probs.dtype == np.float32 and probs.shape == logits.shape
+    want = np.exp(logits - logits.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    assert max_err(probs, want) < 1e-6
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    softmax_onnx(out / "softmax.test.onnx", logits.shape[1])
+    standalone = run_onnx(out / "softmax.test.onnx", {"logits": outputs["logits"]})["probs"]
+    assert max_err(probs, standalone) < 1e-6
+    (out / "softmax.test.onnx").unlink()
+
+
 def test_onnx_dynamic_axes_batch_one_and_one_frame(tiny, exported):
     """Batch 1, and the shortest inputs (1 frame: 400..719 samples, below torch.export's
     traced range) are still right."""
@@ -246,7 +266,9 @@ def test_manifest(exported):
     assert [d["name"] for d in declared["inputs"]] == [v.name for v in m.graph.input] == [
         "wav", "wav_lens"]
     assert [d["name"] for d in declared["outputs"]] == [v.name for v in m.graph.output] == [
-        "logits", "embedding"]
+        "logits", "embedding", "probs"]
+    assert serving["probs_output"] == "probs"
+    assert manifest["parity"]["max_abs_err"]["probs"] <= manifest["parity"]["gates"]["probs"]
     np_dtype = onnx.helper.tensor_dtype_to_np_dtype
     for decl, graph in ((declared["inputs"], graph_in), (declared["outputs"], graph_out)):
         for d in decl:
