@@ -162,8 +162,9 @@ class ChannelLayerNorm(nn.Module):
     """``TransposeLast, LayerNorm(C), TransposeLast`` on ``[B, C, T]`` without the transposes: mean and
     biased variance over dim 1, weight/bias broadcast as ``[C, 1]``, computed in fp32 and cast back like
     FunASR's ``Fp32LayerNorm``. Holds the original ``LayerNorm`` module, so parameters are shared, not
-    copied. Decomposed (ReduceMean/Sub/Mul/Sqrt/Div) because ONNX LayerNormalization only normalises
-    trailing axes; OpenVINO fuses the pattern back into one MVN over axis 1."""
+    copied. Decomposed (ReduceMean/Sub/Pow/Sqrt/Div) because ONNX LayerNormalization only normalises
+    trailing axes. OpenVINO's CPU plugin runs it as those nodes (its MVN kernel does not take the channel axis
+    alone of a 3-D tensor), which still costs far less than the two Transposes did (docs/BENCHMARKS.md)."""
 
     def __init__(self, norm: nn.Module):
         super().__init__()
