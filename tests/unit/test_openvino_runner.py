@@ -38,6 +38,7 @@ def masked_graph(path):
 
 def config(**parameters) -> dict:
     return {"name": "masked", "parameters": {k: {"string_value": v} for k, v in parameters.items()},
+            "input": [{"name": "x", "dims": [-1]}, {"name": "lens", "dims": [1]}],
             "output": [{"name": "total", "dims": [1]}, {"name": "scaled", "dims": [-1]},
                        {"name": "out_lens", "dims": [1]}]}
 
