@@ -56,8 +56,11 @@ class PaddedBatches:
 
     def __init__(self, config, inputs, outputs, run):
         params = parameters(config)
-        self.inputs, self.outputs, self.run = list(inputs), list(outputs), run
         self.wire_rank = {o["name"]: 1 + len(o["dims"]) for o in config["output"]}
+        # A graph may compute more than the model serves (emotion2vec+'s probs beside its logits): only the
+        # config's outputs are returned.
+        self.inputs, self.run = list(inputs), run
+        self.outputs = [name for name in outputs if name in self.wire_rank]
         self.trim = {k: tuple(v) for k, v in json.loads(params.get("trim", "{}")).items()}
         self.max_pad_ratio = float(params.get("max_pad_ratio", "inf"))
 

@@ -65,11 +65,12 @@ def compile_properties(params, cache_dir):
 
 def _name(port, tensors):
     """The name the model config gives a compiled port. Compiling may give a port more names (a fused Cast
-    adds its own), and get_any_name() then need not be the graph's; fed and read by position, in graph order."""
+    adds its own), and get_any_name() then need not be the graph's; fed and read by position, in graph order.
+    A port the config does not serve keeps any name (batch_io returns only the config's outputs)."""
     names = port.get_names() & {t["name"] for t in tensors}
-    if len(names) != 1:
-        raise ValueError(f"graph port {sorted(port.get_names())} matches {len(names)} tensors of the config")
-    return names.pop()
+    if len(names) > 1:
+        raise ValueError(f"graph port {sorted(port.get_names())} matches {sorted(names)} of the config")
+    return names.pop() if names else port.get_any_name()
 
 
 class TritonPythonModel:

@@ -115,3 +115,12 @@ def test_compile_config_reaches_openvino(graph, tmp_path, monkeypatch):
                                   compile_config=json.dumps({"PERFORMANCE_HINT": "THROUGHPUT"})))
     assert str(model.compiled.get_property("PERFORMANCE_HINT")) in ("THROUGHPUT", "PerformanceMode.THROUGHPUT")
     assert model.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+
+
+def test_graph_outputs_the_config_does_not_serve_are_left_out(graph, tmp_path, monkeypatch):
+    """emotion2vec+'s graph computes probs beside its logits; a model serves what its config lists."""
+    served = config(graph_file="model.xml")
+    served["output"] = [o for o in served["output"] if o["name"] != "total"]
+    model, pb = load_runner(monkeypatch, tmp_path / "fewer", "openvino_runner.py",
+                            {"model.xml": graph, "model.bin": graph.with_suffix(".bin")}, served)
+    assert set(outputs(model.execute([request(pb, np.ones(3, np.float32))])[0])) == {"scaled", "out_lens"}
