@@ -20,6 +20,7 @@ Locust CSV / HTML / ledger under OUT/runs/.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -29,13 +30,14 @@ import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from toneserve import paths
 from toneserve.console import say
-from toneserve.loadtest import compute_bound, corpus, process_cpu, triton_metrics
+from toneserve.loadtest import compute_bound, corpus, live_lag, process_cpu, triton_metrics
 from toneserve.loadtest.run import run, warm_up
 from toneserve.model_repository.catalog import DEFAULT_TUNING, describe
 from toneserve.model_repository.render import render_repository
@@ -105,16 +107,25 @@ def baseline(models_dir: Path, workers: int, threads: int, check_against: str, l
 
 
 # What a --systems entry may change: its key there -> (Tuning.changed argument, type).
-SYSTEM_FLAGS = {"instances": ("instances", int), "threads": ("threads", int),
+SYSTEM_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {"instances": ("instances", int), "threads": ("threads", int),
                 "batch": ("max_batch_size", int), "pad": ("max_pad_ratio", float),
                 "share": ("share_cores", lambda v: {"1": True, "0": False}[v])}
 
 
-def parse_system(spec: str) -> tuple[str, dict[str, float]]:
-    """'int8:instances=2,threads=1,pad=1.0' -> ('int8', {'instances': 2, 'threads': 1, 'pad': 1.0})."""
-    precision, _, rest = spec.partition(":")
-    if precision not in ("fp32", "int8"):
-        raise ValueError(f"--systems {spec!r}: the precision must be fp32 or int8")
+# A --systems name: RUNTIME-PRECISION, or a bare precision (the catalog's "auto" runtime).
+RUNTIMES = {"ort": "onnxruntime", "ov": "openvino"}
+PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"), "auto": ("fp32", "int8")}
+
+
+def parse_system(spec: str) -> tuple[str, str, dict[str, float]]:
+    """'ov-int8:instances=2,threads=1,pad=1.0' -> ('openvino', 'int8', {'instances': 2, 'threads': 1, 'pad': 1.0});
+    'int8' -> ('auto', 'int8', {}); 'ort-fp32' -> ('onnxruntime', 'fp32', {})."""
+    name, _, rest = spec.partition(":")
+    prefix, dash, precision = name.rpartition("-")
+    runtime = RUNTIMES.get(prefix) if dash else "auto"
+    if runtime is None or precision not in PRECISIONS[runtime]:
+        raise ValueError(f"--systems {spec!r}: name a system fp32, int8 (the catalog's runtime), ort-fp32, ort-int8 "
+                         "(ONNX Runtime), ov-fp32, ov-bf16 or ov-int8 (OpenVINO)")
     flags = {}
     for part in filter(None, rest.split(",")):
         key, _, value = part.partition("=")
@@ -125,7 +136,39 @@ def parse_system(spec: str) -> tuple[str, dict[str, float]]:
         if flags[key] is not False and flags[key] < 1:
             raise ValueError(f"--systems {spec!r}: give instances=N, threads=N, batch=N (max batch size), "
                              "pad=R (max pad ratio, at least 1) and/or share=1|0 (instances share the cores)")
-    return precision, flags
+    return runtime, precision, flags
+
+
+def system_name(spec: str) -> str:
+    """The report's name of a --systems entry: "toneserve ov-int8 2x1" (2 instances of each heavy model,
+    1 thread each); a bare precision keeps its bare name (the catalog chose the runtime)."""
+    runtime, precision, flags = parse_system(spec)
+    short = {full: short for short, full in RUNTIMES.items()}
+    tuning = tuning_of(flags)
+    name = "toneserve " + (f"{short[runtime]}-{precision}" if runtime != "auto" else precision)
+    name += f" {tuning.instances}x{tuning.intra_op_threads}" if flags else ""
+    return name + "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad", "share") if key in flags)
+
+
+def describe_system(models_dir: Path, runtime: str, precision: str, tuning):
+    """catalog.describe for a system: the runtime is passed only where describe takes one (the catalog
+    before OpenVINO has none, and serves ONNX Runtime: "ort-" and bare names need nothing from it)."""
+    if "runtime" in inspect.signature(describe).parameters:
+        return describe(models_dir, precision, tuning, runtime=runtime)
+    if runtime == "openvino":
+        raise ValueError("this model repository has no OpenVINO runtime yet (catalog.describe takes no runtime=): "
+                         "use fp32, int8, ort-fp32 or ort-int8")
+    return describe(models_dir, precision, tuning)
+
+
+def reference_system(systems: list[dict]) -> dict:
+    """The system the baseline's fp32 weights are checked against: fp32 served by ONNX Runtime if one is
+    run (ort-fp32), else the catalog's fp32, else OpenVINO's."""
+    order = {"onnxruntime": 0, "auto": 1, "openvino": 2}
+    fp32 = [system for system in systems if system.get("precision") == "fp32"]
+    if not fp32:
+        raise ValueError("--systems needs an fp32 system (ort-fp32): the baseline's parity check compares with it")
+    return min(fp32, key=lambda system: order[system["runtime"]])
 
 
 def tuning_of(flags: dict):
@@ -133,13 +176,16 @@ def tuning_of(flags: dict):
     return DEFAULT_TUNING.changed(**{SYSTEM_FLAGS[key][0]: value for key, value in flags.items()})
 
 
-def measure(system: dict, users: int, args, out: Path) -> dict:
-    """One Locust run against one system, with Triton's metrics (toneserve) and CPU per part."""
+def measure(system: dict, users: int, args, out: Path, corpus_dir: Path | None = None, tag: str = "") -> dict:
+    """One Locust run against one system, with Triton's metrics (toneserve) and CPU per part. `corpus_dir`:
+    another corpus than --corpus (the short clips), all of it."""
     cpu_before = process_cpu.snapshot(system["pid"], system["label"])
     metrics_before = triton_metrics.scrape(system["metrics"]) if system.get("metrics") else None
-    result = run(system["address"], args.corpus, out, users, run_time=args.run_time, mix="analyze:1",
-                 durations=args.durations, formats=args.formats, rates=args.rates, channels=args.channels,
-                 request_timeout=args.request_timeout, name=f"{system['name']}-users-{users}", warmup=0)
+    filters = ({"durations": args.durations, "formats": args.formats, "rates": args.rates, "channels": args.channels}
+               if corpus_dir is None else {})
+    result = run(system["address"], corpus_dir or args.corpus, out, users, run_time=args.run_time, mix="analyze:1",
+                 request_timeout=args.request_timeout, warmup=0,
+                 name=f"{system['name']}-{tag + '-' if tag else ''}users-{users}", **filters)
     wall = result["wall_s"]
     record = {"system": system["name"], "users": users, "run": result,
               "cpu_cores": process_cpu.cores(cpu_before, process_cpu.snapshot(system["pid"], system["label"]), wall)}
@@ -160,7 +206,7 @@ def report(bench: dict) -> str:
              f"(lengths {bench['lengths']} s; {bench['formats']}; 8 and 16 kHz; two speakers on two channels), "
              f"sent round-robin as `Analyze` by closed-loop Locust users for {a['run_time']:g} s per run. "
              f"Baseline: {a['baseline_workers']} worker(s) x {a['baseline_threads']} torch thread(s). Parity "
-             f"baseline vs {bench['systems'][0]}: same utterances {bench['parity']['same_utterances']}, emotion "
+             f"baseline vs {bench.get('parity_against', bench['systems'][0])}: same utterances {bench['parity']['same_utterances']}, emotion "
              f"max |diff| {bench['parity']['max_emotion_diff']:.1e}, transcripts match "
              f"{bench['parity']['transcripts_match']}.", "",
              "| system | users | requests | failures | req/s | RTFx | p50 ms | p95 ms | p99 ms |",
@@ -177,6 +223,28 @@ def report(bench: dict) -> str:
     for o in bench["overhead"]:
         lines.append(f"| {o['system']} | {o['streams']} | {o['bound_rtfx']:.2f} ({o['bound_cores']:.2f}) | "
                      f"{o['best_rtfx']:.2f} ({o['best_users']}, {o['best_cores']:.2f}) | {o['overhead']:.0%} |")
+    if bench.get("short"):
+        short = bench["short"]
+        lines += ["", f"Short clips: {short['corpus']}, {short['recordings']} recordings, {short['audio_seconds']:.0f} s "
+                  "of audio, the same users and run time:", "",
+                  "| system | users | requests | failures | RTFx | p50 ms | p95 ms | short RTFx / call RTFx "
+                  "| short RTFx vs baseline |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        ratios = {(r["system"], r["users"]): r for r in short.get("ratios", [])}
+        for r in short["runs"]:
+            x, ratio = r["run"], ratios.get((r["system"], r["users"]), {})
+            vs_long, vs_base = ratio.get("vs_long"), ratio.get("vs_baseline")
+            lines.append(f"| {r['system']} | {r['users']} | {x['requests']} | {x['failures'] + x['lost']} "
+                         f"| {x['rtfx']:.2f} | {_f(x['p50'])} | {_f(x['p95'])} "
+                         f"| {'–' if vs_long is None else f'{vs_long:.0%}'} "
+                         f"| {'–' if vs_base is None else f'{vs_base:.2f}x'} |")
+    if bench.get("live"):
+        lines += ["", "Live lag: the shortest calls streamed at real time through AnalyzeStream (20 ms chunks, one call "
+                  "at a time, nothing else running); a segment's lag is its arrival minus the moment its end "
+                  "(the segment's end in audio time) was sent (live_lag.py):", "",
+                  "| system | calls | segments | p50 s | p95 s | max s |", "|---|---:|---:|---:|---:|---:|"]
+        for name, live in bench["live"].items():
+            lines.append(f"| {name} | {len(live['calls'])} | {live['segments']} | {_f(live['p50_s'], 2)} "
+                         f"| {_f(live['p95_s'], 2)} | {_f(live['max_s'], 2)} |")
     lines += ["", "Where the time goes (CPU cores used per part, of "
               f"{os.cpu_count()}; Triton's queue and compute per request of the composing models):", ""]
     for r in bench["runs"]:
@@ -190,23 +258,24 @@ def report(bench: dict) -> str:
 
 
 def run_benchmark(args) -> dict:
-    if not any(parse_system(spec)[0] == "fp32" for spec in args.systems):
-        raise ValueError("--systems needs an fp32 system: the baseline's parity check compares with it")
+    if not any(parse_system(spec)[1] == "fp32" for spec in args.systems):
+        raise ValueError("--systems needs an fp32 system (ort-fp32): the baseline's parity check compares with it")
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     models_dir = Path(args.models_dir or paths.models_dir(args.size))
     entries = corpus.select(corpus.load(args.corpus), args.durations, args.formats, args.rates, args.channels)
     repositories = {}
+    kinds = {}
     for spec in args.systems:
-        precision, flags = parse_system(spec)
-        tuning = tuning_of(flags)
-        # "toneserve int8 2x1": 2 instances of each heavy model, 1 ONNX Runtime thread each
-        name = f"toneserve {precision}" + (f" {tuning.instances}x{tuning.intra_op_threads}" if flags else "")
-        name += "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad", "share") if key in flags)
+        runtime, precision, flags = parse_system(spec)
+        name = system_name(spec)
+        kinds[name] = {"runtime": runtime, "precision": precision}
         say(f"rendering the cpu repository of {name} from {models_dir}", "benchmark")
         folder = out / ("repository-" + name.removeprefix("toneserve ").replace(" ", "-"))
-        repositories[name] = render_repository(describe(models_dir, precision, tuning), "cpu", folder)
-    bench = {"started": time.strftime("%Y-%m-%d %H:%M %z"),
+        repositories[name] = render_repository(describe_system(models_dir, runtime, precision, tuning_of(flags)),
+                                               "cpu", folder)
+    short_entries = corpus.load(args.short_corpus) if args.short_corpus else []
+    bench: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M %z"),
              "command": " ".join(["python -m toneserve.loadtest.benchmark", *sys.argv[1:]]),
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
              "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -219,13 +288,15 @@ def run_benchmark(args) -> dict:
             say(f"starting {name}", "benchmark")
             log = out / "logs" / f"serve-{repository.name}.log"
             address, metrics, pid = stack.enter_context(toneserve(repository, log))
-            systems.append({"name": name, "address": address, "metrics": metrics, "pid": pid, "label": "gateway"})
+            systems.append({"name": name, "address": address, "metrics": metrics, "pid": pid, "label": "gateway",
+                            **kinds[name]})
         # The baseline runs the fp32 weights: its parity check is against an fp32 system (int8 differs by design).
-        reference = next(system for system in systems if system["name"].startswith("toneserve fp32"))
+        reference = reference_system(systems)
         say(f"starting the baseline (FunASR AutoModel) and checking parity with {reference['name']}", "benchmark")
         address, pid, parity = stack.enter_context(baseline(models_dir, args.baseline_workers, args.baseline_threads,
                                                             reference["address"], out / "logs" / "baseline.log"))
         bench["parity"] = parity
+        bench["parity_against"] = reference["name"]
         systems.append({"name": "baseline", "address": address, "pid": pid, "label": "baseline"})
         for system in systems:
             say(f"warming up {system['name']}", "benchmark")
@@ -239,6 +310,21 @@ def run_benchmark(args) -> dict:
                 x = record["run"]
                 say(f"  {x['requests']} requests, {x['failures']} failed, {x['lost']} lost, RTFx {x['rtfx']:.2f}, "
                     f"p95 {_f(x['p95'])} ms", "benchmark")
+        if short_entries:  # the same systems and loads on 1-3 s clips (a second set of runs)
+            bench["short"] = {"corpus": str(args.short_corpus), "recordings": len(short_entries),
+                              "audio_seconds": sum(e.seconds for e in short_entries), "runs": []}
+            for users in args.users:
+                for system in systems:
+                    say(f"{system['name']}: {users} users on short clips for {args.run_time:g} s", "benchmark")
+                    record = measure(system, users, args, out / "runs", corpus_dir=args.short_corpus, tag="short")
+                    bench["short"]["runs"].append(record)
+                    say(f"  RTFx {record['run']['rtfx']:.2f}, p95 {_f(record['run']['p95'])} ms", "benchmark")
+        bench["live"] = {}
+        live_files = [Path(args.corpus) / e.file for e in sorted(entries, key=lambda e: (e.seconds, e.file))]
+        for system in systems[:-1] if args.live_calls else []:  # the baseline has no AnalyzeStream
+            say(f"{system['name']}: live lag of {args.live_calls} call(s) streamed at real time", "benchmark")
+            bench["live"][system["name"]] = live_lag.measure_calls(system["address"], live_files[:args.live_calls])
+            say(f"  {live_lag.describe(bench['live'][system['name']])}", "benchmark")
     bench["compute_bound"] = {}
     for name, repository in repositories.items():
         say(f"compute bound of {name}", "benchmark")
@@ -250,6 +336,14 @@ def run_benchmark(args) -> dict:
                         "p95": runs[(name, users)]["p95"] / runs[("baseline", users)]["p95"]}
                        for users in args.users for name in repositories
                        if runs[("baseline", users)]["rtfx"] > 0 and runs[("baseline", users)]["p95"]]
+    if "short" in bench:
+        short = {(r["system"], r["users"]): r["run"] for r in bench["short"]["runs"]}
+        bench["short"]["ratios"] = [
+            {"users": users, "system": name, "rtfx": short[(name, users)]["rtfx"], "p95": short[(name, users)]["p95"],
+             "vs_long": short[(name, users)]["rtfx"] / runs[(name, users)]["rtfx"] if runs[(name, users)]["rtfx"] else None,
+             "vs_baseline": (short[(name, users)]["rtfx"] / short[("baseline", users)]["rtfx"]
+                             if short[("baseline", users)]["rtfx"] else None)}
+            for users in args.users for name in [*repositories, "baseline"]]
     bench["overhead"] = []
     for name, bound in bench["compute_bound"].items():
         best = max((r for r in bench["runs"] if r["system"] == name), key=lambda r: r["run"]["rtfx"])
@@ -274,7 +368,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, nargs="+", default=[1, 2, 4], help="load levels (default 1 2 4)")
     p.add_argument("--run-time", type=float, default=180.0, help="seconds per run (default 180)")
     p.add_argument("--systems", nargs="+", default=["fp32", "int8"],
-                   help="toneserve variants: PRECISION[:instances=N,threads=N,batch=N,pad=R,share=1|0] (default fp32 int8)")
+                   help="toneserve variants: [ort-|ov-]PRECISION[:instances=N,threads=N,batch=N,pad=R,share=1|0]: "
+                        "fp32 or int8 (the catalog's runtime), ort-fp32, ort-int8, ov-fp32, ov-bf16, ov-int8 "
+                        "(default fp32 int8)")
+    p.add_argument("--short-corpus", type=Path,
+                   help="a short-clip corpus (corpus.py --short): the same runs on it, and its RTFx against the calls'")
+    p.add_argument("--live-calls", type=int, default=2,
+                   help="after the runs, stream this many of the shortest calls at real time through each system "
+                        "alone and report each segment's lag behind its utterance's end (default 2; 0: off)")
     p.add_argument("--baseline-workers", type=int, default=os.cpu_count(), help="baseline workers (default: cores)")
     p.add_argument("--baseline-threads", type=int, default=1, help="baseline torch threads (default 1)")
     p.add_argument("--request-timeout", type=float, default=900.0)

@@ -10,6 +10,13 @@ asks for 1). Durations are shared out in proportion to `--weights` and shuffled;
 rates and channel counts rotate from call to call, so even a small corpus mixes them all.
 Everything is a function of `--seed`: the same command writes the same audio.
 
+    python -m toneserve.loadtest.corpus --out DIR --short 32 [--clip-seconds 2] [--rates ...] [--formats ...]
+
+`--short N` writes short clips instead of calls: N mono recordings of `--clip-seconds` +- 1 s
+(at least 0.5 s), each one continuous speech-like turn (`toneserve.samples.speechlike`) with
+0.1-0.3 s of silence before and after, as a voice command or a clipped utterance has; formats
+and rates rotate as for calls. The benchmark runs them with `--short-corpus`.
+
 `manifest.json` lists every file: file, seconds, rate, channels, format, bytes, the call's
 seed and its turns (speaker, start s, end s) as ground truth. The load-test users, the
 baseline and the compute bound all read the corpus through `load` / `select` here.
@@ -28,7 +35,7 @@ from typing import Iterator
 
 import numpy as np
 
-from toneserve.samples import FORMATS, call_blocks, call_turns, write_encoded
+from toneserve.samples import FORMATS, call_blocks, call_turns, speechlike, write_encoded
 
 MANIFEST = "manifest.json"
 DEFAULT_DURATIONS = (15.0, 30.0, 60.0, 120.0)
@@ -110,9 +117,76 @@ def render(item: dict, out: Path) -> Entry:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    turns = tuple(tuple(t) for t in call_turns(item["seconds"], seed=item["seed"], speakers=2))
+    turns = tuple((int(speaker), float(start), float(end))
+                  for speaker, start, end in call_turns(item["seconds"], seed=item["seed"], speakers=2))
     return Entry(file=name, seconds=item["seconds"], rate=item["rate"], channels=item["channels"],
                  format=item["format"], bytes=(out / name).stat().st_size, seed=item["seed"], turns=turns)
+
+
+def plan_short(count: int, clip_seconds: float, rates, formats, seed: int) -> list[dict]:
+    """What to render for `--short`: one dict per clip (no audio yet)."""
+    if count < 1:
+        raise ValueError("--short must be at least 1")
+    if clip_seconds < 0.5:
+        raise ValueError(f"--clip-seconds must be at least 0.5, got {clip_seconds:g}")
+    if not rates or not formats:
+        raise ValueError("--rates and --formats need at least one value")
+    rng = np.random.default_rng([seed, 0x5C])
+    out = []
+    for index in range(count):
+        seconds = round(float(rng.uniform(max(0.5, clip_seconds - 1.0), clip_seconds + 1.0)), 2)
+        lead = round(float(rng.uniform(0.1, 0.3)), 2)
+        trail = round(float(rng.uniform(0.1, 0.3)), 2)
+        speech = round(max(0.3, seconds - lead - trail), 2)
+        out.append({"index": index, "seconds": round(lead + speech + trail, 2), "lead": lead, "speech": speech,
+                    "rate": int(rates[(index + index // len(formats)) % len(rates)]),
+                    "format": formats[index % len(formats)], "channels": 1, "seed": int(rng.integers(2**31)),
+                    "f0": round(float(rng.uniform(100, 220)), 1)})
+    return out
+
+
+def render_short(item: dict, out: Path) -> Entry:
+    """Write one planned clip into `out`, atomically; return its manifest entry."""
+    rate = item["rate"]
+    speech = speechlike(item["speech"], rate, seed=item["seed"], f0=item["f0"], pauses=False)
+    lead = np.zeros(int(round(item["lead"] * rate)), np.float32)
+    samples = np.concatenate([lead, speech, np.zeros(int(round(item["seconds"] * rate)) - len(lead) - len(speech),
+                                                     np.float32)])
+    name = f"clip-{item['index']:04d}-{item['seconds']:g}s-{rate // 1000}k-1ch.{item['format']}"
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write_encoded(file, [samples], rate, item["format"])
+        os.replace(temporary, out / name)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    turn: tuple[int, float, float] = (0, item["lead"], round(item["lead"] + item["speech"], 2))
+    return Entry(file=name, seconds=item["seconds"], rate=rate, channels=1, format=item["format"],
+                 bytes=(out / name).stat().st_size, seed=item["seed"],
+                 turns=(turn,))
+
+
+def generate_short(out: Path, count: int, clip_seconds: float = 2.0, rates=DEFAULT_RATES, formats=DEFAULT_FORMATS,
+                   seed: int = 0, progress: bool = True) -> list[Entry]:
+    """Render a short-clip corpus into `out` and write its manifest (the calls' manifest format)."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"unknown formats {unknown}; choose from {sorted(FORMATS)}")
+    items = plan_short(count, clip_seconds, list(rates), list(formats), seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = [render_short(item, out) for item in items]
+    manifest = {"generator": "toneserve.samples.speechlike", "seed": seed, "clips": count,
+                "options": {"clip_seconds": clip_seconds, "rates": list(rates), "formats": list(formats)},
+                "audio_seconds": sum(e.seconds for e in entries), "entries": [asdict(e) for e in entries]}
+    temporary = out / f".{MANIFEST}.tmp"
+    temporary.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(temporary, out / MANIFEST)
+    if progress:
+        print(f"[corpus] {len(entries)} clips, {manifest['audio_seconds']:.1f} s of audio -> {out / MANIFEST}",
+              file=sys.stderr, flush=True)
+    return entries
 
 
 def generate(out: Path, calls: int, durations=DEFAULT_DURATIONS, weights=None, rates=DEFAULT_RATES,
@@ -174,7 +248,11 @@ def select(entries: list[Entry], durations=None, formats=None, rates=None, chann
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m toneserve.loadtest.corpus", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="folder to write the recordings and manifest.json into")
-    p.add_argument("--calls", type=int, required=True, help="how many recordings")
+    count = p.add_mutually_exclusive_group(required=True)
+    count.add_argument("--calls", type=int, help="how many call recordings")
+    count.add_argument("--short", type=int, metavar="N", help="write N short clips instead of calls")
+    p.add_argument("--clip-seconds", type=float, default=2.0,
+                   help="--short: mean clip length; clips are this +- 1 s (default 2)")
     p.add_argument("--durations", type=float, nargs="+", default=list(DEFAULT_DURATIONS),
                    help="call lengths in seconds (default 15 30 60 120)")
     p.add_argument("--weights", type=float, nargs="+", help="share of each duration (default equal)")
@@ -190,7 +268,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        generate(args.out, args.calls, args.durations, args.weights, args.rates, args.formats, args.channels, args.seed)
+        if args.short is not None:
+            generate_short(args.out, args.short, args.clip_seconds, args.rates, args.formats, args.seed)
+        else:
+            generate(args.out, args.calls, args.durations, args.weights, args.rates, args.formats, args.channels,
+                     args.seed)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

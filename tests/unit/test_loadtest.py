@@ -2,6 +2,7 @@
 and what `toneserve plan` refuses."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from toneserve.loadtest import corpus, ledger, triton_metrics
@@ -53,18 +54,83 @@ def test_benchmark_systems_change_only_what_they_name():
     from toneserve.loadtest.benchmark import parse_system, tuning_of
     from toneserve.model_repository.catalog import DEFAULT_TUNING
 
-    precision, flags = parse_system("int8:instances=3,batch=1,pad=1.0")
-    assert precision == "int8" and flags == {"instances": 3, "batch": 1, "pad": 1.0}
+    runtime, precision, flags = parse_system("int8:instances=3,batch=1,pad=1.0")
+    assert (runtime, precision) == ("auto", "int8") and flags == {"instances": 3, "batch": 1, "pad": 1.0}
     tuning = tuning_of(flags)
     assert (tuning.instances, tuning.intra_op_threads, tuning.max_pad_ratio) == (3, DEFAULT_TUNING.intra_op_threads, 1.0)
     assert tuning.batching.max_batch_size == 1 and tuning.batching.preferred_batch_sizes == ()
     assert tuning.batching.max_queue_delay_us == DEFAULT_TUNING.batching.max_queue_delay_us
     assert tuning_of({}) == DEFAULT_TUNING
-    assert tuning_of(parse_system("fp32:share=1")[1]).share_cores is True
-    assert tuning_of(parse_system("fp32:share=0")[1]).share_cores is False
-    for bad in ("fp16", "int8:instances=0", "int8:pad=0.5", "int8:threads=two", "int8:speed=9", "int8:share=yes"):
+    assert tuning_of(parse_system("fp32:share=1")[2]).share_cores is True
+    assert tuning_of(parse_system("fp32:share=0")[2]).share_cores is False
+    for bad in ("fp16", "bf16", "ort-bf16", "tf-int8", "ov-", "-int8", "int8:instances=0", "int8:pad=0.5", "int8:threads=two", "int8:speed=9", "int8:share=yes"):
         with pytest.raises(ValueError, match="--systems"):
             parse_system(bad)
+
+
+def test_benchmark_system_names_say_the_runtime():
+    from toneserve.loadtest.benchmark import parse_system, reference_system, system_name
+
+    assert parse_system("ort-fp32") == ("onnxruntime", "fp32", {})
+    assert parse_system("ov-bf16:instances=2") == ("openvino", "bf16", {"instances": 2})
+    assert parse_system("ov-int8")[:2] == ("openvino", "int8") and parse_system("ov-fp32")[:2] == ("openvino", "fp32")
+    assert parse_system("fp32")[:2] == ("auto", "fp32")
+    assert system_name("ov-bf16") == "toneserve ov-bf16" and system_name("int8") == "toneserve int8"
+    assert system_name("ort-fp32:instances=2,threads=1") == "toneserve ort-fp32 2x1"
+    systems = [{"name": n, "runtime": r, "precision": p} for n, r, p in
+               [("a", "openvino", "fp32"), ("b", "openvino", "bf16"), ("c", "onnxruntime", "fp32"), ("d", "auto", "fp32")]]
+    assert reference_system(systems)["name"] == "c"  # ort-fp32: the baseline's parity reference
+    assert reference_system(systems[:2])["name"] == "a"
+    with pytest.raises(ValueError, match="ort-fp32"):
+        reference_system(systems[1:2])
+
+
+def test_benchmark_passes_the_runtime_only_to_a_catalog_that_takes_it(monkeypatch):
+    """catalog.describe gains runtime= with OpenVINO; the benchmark works with it and without."""
+    from toneserve.loadtest import benchmark
+
+    calls = []
+
+    def new(models_root, precision="fp32", tuning=None, runtime="auto", cpu=None):
+        calls.append((precision, runtime))
+
+    def old(models_root, precision="fp32", tuning=None):
+        calls.append((precision, None))
+
+    monkeypatch.setattr(benchmark, "describe", new)
+    benchmark.describe_system("/m", "openvino", "bf16", None)
+    benchmark.describe_system("/m", "auto", "int8", None)
+    monkeypatch.setattr(benchmark, "describe", old)
+    benchmark.describe_system("/m", "onnxruntime", "fp32", None)
+    with pytest.raises(ValueError, match="no OpenVINO"):
+        benchmark.describe_system("/m", "openvino", "int8", None)
+    assert calls == [("bf16", "openvino"), ("int8", "auto"), ("fp32", None)]
+
+
+def test_short_clip_corpus(tmp_path):
+    from toneserve.gateway.audio import decode
+
+    entries = corpus.generate_short(tmp_path / "short", 5, clip_seconds=2.0, rates=(8000, 16000),
+                                    formats=("wav", "flac"), seed=3, progress=False)
+    assert [e.file for e in corpus.load(tmp_path / "short")] == [e.file for e in entries]
+    assert {e.format for e in entries} == {"wav", "flac"} and {e.rate for e in entries} == {8000, 16000}
+    for entry in entries:
+        assert 1.0 <= entry.seconds <= 3.0 and entry.channels == 1, entry
+        (speaker, start, end), = entry.turns
+        assert speaker == 0 and 0.1 <= start < end <= entry.seconds - 0.09, entry
+        audio = decode(tmp_path / "short" / entry.file)
+        assert abs(audio.seconds - entry.seconds) < 0.02, entry
+        rate = 16000
+        level = np.abs(audio.samples[0])
+        assert level[:int(start * rate) - 160].max() < 1e-3  # silence before the turn
+        assert level[int(start * rate):int(end * rate)].max() > 0.1  # speech in it
+    again = corpus.generate_short(tmp_path / "again", 5, clip_seconds=2.0, rates=(8000, 16000),
+                                  formats=("wav", "flac"), seed=3, progress=False)
+    assert [(e.file, e.bytes, e.turns) for e in again] == [(e.file, e.bytes, e.turns) for e in entries]
+    with pytest.raises(ValueError):
+        corpus.plan_short(2, 0.2, [8000], ["wav"], 0)
+    assert corpus.main(["--out", str(tmp_path / "cli"), "--short", "2", "--formats", "wav"]) == 0
+    assert len(corpus.load(tmp_path / "cli")) == 2
 
 
 def test_benchmark_needs_an_fp32_system_for_the_baseline_parity(tmp_path, capsys):
