@@ -9,6 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from toneserve import contract
 from toneserve.model_repository.catalog import describe
 from toneserve.model_repository.render import PROFILES, model_config, render_repository
 
@@ -66,7 +67,13 @@ def test_profiles_differ_where_they_should(models_root):
     assert gpu.backend == "onnxruntime" and not gpu.input[0].allow_ragged_batch
     assert gpu.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     assert model_config(models["sensevoice_decoder"], "gpu").backend == "python"
-    assert model_config(models["asr"], "gpu") == model_config(models["asr"], "cpu")
+    # The ensembles differ only in what their metadata says ran the heavy model: the gpu profile's
+    # onnxruntime backend, whatever the cpu profile chose.
+    asr_gpu, asr_cpu = model_config(models["asr"], "gpu"), model_config(models["asr"], "cpu")
+    assert asr_gpu.parameters[contract.RUNTIME].string_value == "onnxruntime"
+    assert asr_cpu.parameters[contract.RUNTIME].string_value == models["sensevoice_encoder"].runtime
+    del asr_gpu.parameters[contract.RUNTIME], asr_cpu.parameters[contract.RUNTIME]
+    assert asr_gpu == asr_cpu
 
 
 def test_warmup_samples_and_label_files_are_complete(models_root, tmp_path):
