@@ -30,7 +30,7 @@ from tqdm import tqdm
 from toneserve.export.artifacts import atomic_write_json, sha256_file
 from toneserve.export.errors import SourceError, SourceUnavailable
 from toneserve.export.families import exported, get
-from toneserve.export.family import ModelFamily
+from toneserve.export.family import MANIFEST_SCHEMA, ModelFamily
 from toneserve.export.sources import Source, export_resolved, parse_source, resolve
 from toneserve.export.variants import convert_fp16, parity_report, quantize_int8
 
@@ -65,6 +65,8 @@ def is_current(folder: Path, source: Source, seed: int) -> bool:
     """True when `folder` holds a complete, unmodified export of `source` (and `seed` for random)."""
     manifest = _read_manifest(folder)
     if manifest is None or not isinstance(manifest.get("source"), dict):
+        return False
+    if manifest.get("schema") != MANIFEST_SCHEMA:  # an older exporter's graphs lack what serving now reads
         return False
     recorded = {k: manifest["source"].get(k) for k in _SOURCE_KEYS if k in manifest["source"]}
     if recorded != source.describe():

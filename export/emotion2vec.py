@@ -616,7 +616,7 @@ def export_onnx(out_dir: Path, preset: str = "tiny", seed: int = 0, *, verify: b
             notes={"padding": "each item of a padded batch gives what FunASR gives it alone (lengths-aware "
                             "normalisation, convolutions, attention and pooling)",
                    "outputs": f"logits, embedding and {PROBS_OUTPUT} = softmax(logits) in the graph (serving "
-                              "needs no separate softmax step); softmax.onnx is still written",
+                              "needs no separate softmax step)",
                    "graph_rewrites": f"{wrapper.rewritten_norms} transposed layer norms (conv front end, "
                                      "position convs) exported as channel layer norms over dim 1"},
         ).to_dict()

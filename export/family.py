@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-MANIFEST_SCHEMA = 2
+MANIFEST_SCHEMA = 3
 
 
 @dataclass(frozen=True)

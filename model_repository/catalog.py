@@ -193,26 +193,22 @@ def emotion_models(models_root: Path, precision: str = "fp32", tuning: Tuning = 
     serving = manifest["serving"]
     classes, dim = len(serving["labels"]), serving["embedding_dim"]
     choice = choose(folder, manifest, "model.onnx", precision, runtime, cpu)
+    labels = tuple(serving["labels"])
+    # The graph computes the probabilities itself (serving.probs_output): one execution per request
+    # instead of the encoder and a separate softmax model, which a short clip paid for twice.
+    probs = serving["probs_output"]
     encoder = OnnxModel(
         name="emotion2vec", **_heavy(tuning, choice),
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
-        outputs=(Tensor("logits", "float32", (classes,)), Tensor("embedding", "float32", (dim,))),
+        outputs=(Tensor(probs, "float32", (classes,), labels=labels), Tensor("embedding", "float32", (dim,))),
         warmup=_audio())
-    labels = tuple(serving["labels"])
-    softmax = OnnxModel(
-        name="emotion_softmax", onnx_file=folder / "softmax.onnx", batching=tuning.batching,
-        inputs=(Tensor("logits", "float32", (classes,)),),
-        outputs=(Tensor("probs", "float32", (classes,), labels=labels),),
-        warmup={"logits": np.zeros(classes, np.float32)})
     ensemble = Ensemble(
         name=EMOTION, max_batch_size=tuning.batching.max_batch_size,
         inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,))),
         outputs=(Tensor(PROBS, "float32", (classes,), labels=labels), Tensor(EMBEDDING, "float32", (dim,))),
-        steps=(Step("emotion2vec", {"wav": WAV, "wav_lens": WAV_LENS},
-                    {"logits": "_logits", "embedding": EMBEDDING}),
-               Step("emotion_softmax", {"logits": "_logits"}, {"probs": PROBS})),
+        steps=(Step("emotion2vec", {"wav": WAV, "wav_lens": WAV_LENS}, {probs: PROBS, "embedding": EMBEDDING}),),
         parameters={**_provenance(manifest, choice), EMOTION_LABELS: json.dumps(serving["labels"])})
-    return [encoder, softmax, ensemble]
+    return [encoder, ensemble]
 
 
 def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING,

@@ -104,10 +104,7 @@ class Emotion2vecFamily:
         return {"wav": wav, "wav_lens": wav_lens}
 
     def after_export(self, folder: Path, manifest: dict) -> None:
-        """The emotion ensemble's last step: a softmax graph over the labels."""
-        from toneserve.export.family_inputs import softmax_onnx
-
-        softmax_onnx(Path(folder) / "softmax.onnx", len(manifest["serving"]["labels"]))
+        """Nothing beside the graph: it computes the probabilities itself (serving.probs_output)."""
 
     def save_layout(self, model: Any, out_dir: Path, **assets) -> Path:
         """Write ``model`` as a folder in the hub's layout (config.yaml, model.pt, tokens.txt,

@@ -18,7 +18,7 @@ from toneserve.model_repository.render import PROFILES, model_config, render_rep
 def test_every_rendered_config_parses_as_a_model_config(models_root, tmp_path, profile):
     repo = render_repository(describe(models_root), profile, tmp_path / profile)
     configs = sorted(repo.glob("*/config.pbtxt"))
-    assert {c.parent.name for c in configs} == {"emotion", "emotion2vec", "emotion_softmax", "asr", "vad",
+    assert {c.parent.name for c in configs} == {"emotion", "emotion2vec", "asr", "vad",
                                                 "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder"}
     for path in configs:
         config = text_format.Parse(path.read_text(), mc.ModelConfig())
@@ -41,7 +41,7 @@ def test_every_model_py_finds_the_runner_files_it_imports_beside_it(models_root,
     runners = sorted(repo.glob("*/1/model.py"))
     python_backend = {"sensevoice_decoder", "vad"}
     if profile == "cpu":  # graphs run in the onnx_runner or openvino_runner there
-        python_backend |= {"emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder"}
+        python_backend |= {"emotion2vec", "sensevoice_frontend", "sensevoice_encoder"}
     assert {p.parent.parent.name for p in runners} == python_backend
     for model_py in runners:
         folder = model_py.parent
@@ -92,7 +92,7 @@ def test_warmup_samples_and_label_files_are_complete(models_root, tmp_path):
             if output.label_filename:
                 labels = (path.parent / output.label_filename).read_text().split()
                 assert len(labels) == output.dims[0], (config.name, output.name)
-    assert warmed == {"emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder",
+    assert warmed == {"emotion2vec", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder",
                       "vad"}
 
 

@@ -21,7 +21,7 @@ def test_bench_on_tiny_repository(repository, tmp_path, capsys):
 
     results = json.loads(out.read_text())
     assert results["errors"] == 0
-    composing = {"emotion": ["emotion2vec", "emotion_softmax"],
+    composing = {"emotion": ["emotion2vec"],
                  "asr": ["sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder"]}
     for name, entry in results["ensembles"].items():
         assert entry["composing_models"] == composing[name]

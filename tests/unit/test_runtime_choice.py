@@ -173,6 +173,6 @@ def test_summary_names_what_each_heavy_model_got(tmp_path):
     models = [OnnxModel(name=name, onnx_file=graph, batching=Batching(max_batch_size=1), inputs=(), outputs=(),
                         runtime=runtime, precision=precision)
               for name, runtime, precision in (("emotion2vec", "openvino", "bf16"),
-                                               ("emotion_softmax", "onnxruntime", "fp32"),
+                                               ("sensevoice_frontend", "onnxruntime", "fp32"),
                                                ("sensevoice_encoder", "onnxruntime", "fp32"))]
     assert summary(models) == "emotion2vec openvino bf16, sensevoice_encoder onnxruntime fp32"
