@@ -79,8 +79,10 @@ class Settings:
     # AnalyzeStream decodes and runs VAD on blocks of this many 32 ms frames (0.256 s): an utterance
     # is analysed within about a block (plus min_silence_ms and the models' time) of its end. VAD
     # restarts on a 1.024 s grid whatever the block (gateway/segmenter.py), so 8, 16 or 32 give the
-    # same segments; 8 cut the median live lag from 1.7 s (32) to below 1 s. Recordings sent whole
-    # take 30.72 s blocks (fewer VAD calls).
+    # same segments. Measured (loadtest/live_lag.py, base int8, two 15 s calls on a 2-core host): median
+    # lag 1.64 s with 32, 0.75-1.0 s with 8 (0.27 s of it the silence that closes an utterance, about
+    # half a block waiting for the block, the rest the models); 4 saves ~0.06 s more for twice the
+    # VAD calls. Recordings sent whole take 30.72 s blocks (fewer VAD calls).
     live_block_frames: int = 8
 
     def __post_init__(self):

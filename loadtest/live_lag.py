@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -81,24 +82,40 @@ def paced(header: bytes, chunks: Iterable[bytes], bytes_per_second: float, sent:
         yield chunk
 
 
-def measure(address: str, audio: Path, chunk_ms: float = DEFAULT_CHUNK_MS, roles: list[str] | None = None,
-            api_key: str | None = None, timeout: float | None = None) -> dict:
+def live_wav_header(sample_rate: int, channels: int) -> bytes:
+    """A 16-bit PCM WAV header whose sizes say "unknown" (a live capture's), as the SDK's
+    `live_wav_header` writes it (loadtest/ speaks gRPC itself: it does not import the client)."""
+    unknown = 0xFFFFFFFF
+    block = channels * 2
+    return (b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * block, block, 16)
+            + b"data" + struct.pack("<I", unknown))
+
+
+def measure(address: str, audio: Path, chunk_ms: float = DEFAULT_CHUNK_MS, timeout: float | None = None) -> dict:
     """Stream one recording at real time through AnalyzeStream; its segments' lags."""
-    from toneserve.client.results import Result
-    from toneserve.client.sdk import Client, live_wav_header
+    import grpc
+
+    from toneserve.v1 import toneserve_pb2 as pb
+    from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
     channels, chunks = pcm_chunks(Path(audio), chunk_ms)
     sent: list[tuple[float, float]] = []  # appended by gRPC's sending thread, read once the call has ended
     arrived: list[tuple[float, float]] = []
-    messages = paced(live_wav_header(SAMPLE_RATE, channels), chunks, SAMPLE_RATE * channels * 2, sent)
+
+    def messages():
+        yield pb.UploadRequest(options=pb.AnalyzeRequest())
+        for chunk in paced(live_wav_header(SAMPLE_RATE, channels), chunks, SAMPLE_RATE * channels * 2, sent):
+            yield pb.UploadRequest(chunk=chunk)
+
     segments = None
-    with Client(address, api_key=api_key) as client:
-        for event in client.analyze_stream(messages, channel_roles=roles or None, timeout=timeout):
+    with grpc.insecure_channel(address) as channel:
+        for event in pb_grpc.AnalyzerStub(channel).AnalyzeStream(messages(), timeout=timeout):
             now = time.monotonic()
-            if isinstance(event, Result):
-                segments = len(event.segments)
+            if event.HasField("result"):
+                segments = len(event.result.segments)
             else:
-                arrived.append((event.end_ms / 1000.0, now))
+                arrived.append((event.segment.end_ms / 1000.0, now))
     values = lags(sent, arrived)
     return {**summary(values), "file": str(audio), "audio_seconds": sent[-1][0] if sent else 0.0,
             "channels": channels, "chunk_ms": chunk_ms, "result_segments": segments, "lags_s": values}
@@ -131,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toneserve.client.errors import AnalyzeError
+    import grpc
 
     args = parser().parse_args(argv)
     try:
@@ -140,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, ToneserveError) as exc:  # an unreadable file; the gateway's error
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except AnalyzeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except grpc.RpcError as exc:  # the gateway's answer
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
     print(f"all: {describe(figures)}")
     return 0

@@ -95,13 +95,16 @@ async def measure(triton: str, gateway: str | None, audio: Path, repeat: int = 2
     finally:
         await inference.close()
     if gateway:
-        from toneserve.client.sdk import Client
+        import grpc
 
-        with Client(gateway, tls=False) as client:
-            client.analyze(data)
+        from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(gateway, options=[("grpc.max_send_message_length", 64 * 2**20)]) as channel:
+            stub = pb_grpc.AnalyzerStub(channel)
+            stub.Analyze(pb.AnalyzeRequest(audio=data))
             for _ in range(repeat):
                 started = time.perf_counter()
-                client.analyze(data)
+                stub.Analyze(pb.AnalyzeRequest(audio=data))
                 timed("Analyze through the gateway", started)
     stages = {name: _median_ms(values) for name, values in times.items()}
     parts = ("decode", "vad call", "emotion + asr together", "segment cpu (pitch, sentiment, judgement)")
