@@ -302,7 +302,7 @@ class Analysis:
 
     def _metadata(self, stream: AudioStream, duration: float, started: float) -> pb.Metadata:
         models = [pb.ModelInfo(name=m.name, version=m.version, family=m.family, preset=m.preset,
-                               weights_origin=m.weights_origin, precision=m.precision)
+                               weights_origin=m.weights_origin, precision=m.precision, runtime=m.runtime)
                   for m in self.inference.models.values()]
         random = any(m.weights_origin == "random" for m in models)
         warnings = ([RANDOM_WEIGHTS_WARNING] if random else []) + list(self.warnings)

@@ -37,6 +37,9 @@ def test_export_renders_each_precision_and_serve_picks_one(models_root, tmp_path
     int8` serves the int8 graphs (the metadata says so), without re-rendering anything."""
     import os
 
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
     from tests.support import processes_using, stop_stack, wait_for_health
     from toneserve.client.sdk import Client
     from toneserve.triton import free_port
@@ -46,10 +49,17 @@ def test_export_renders_each_precision_and_serve_picks_one(models_root, tmp_path
                            "--models-dir", str(models_root)], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
     repositories = tmp_path / "repository"
-    assert sorted(p.name for p in repositories.iterdir()) == ["tiny-cpu", "tiny-cpu-int8", "tiny-gpu"]
-    for folder, graph in (("tiny-cpu", "model.onnx"), ("tiny-cpu-int8", "model.int8.onnx")):
-        served = repositories / folder / "emotion2vec" / "1" / "model.onnx"
-        assert served.read_bytes() == (models_root / "emotion2vec" / graph).read_bytes(), folder
+    assert sorted(p.name for p in repositories.iterdir()) == ["tiny-cpu", "tiny-cpu-bf16", "tiny-cpu-int8",
+                                                                "tiny-gpu"]
+    served = repositories / "tiny-cpu" / "emotion2vec" / "1" / "model.onnx"
+    assert served.read_bytes() == (models_root / "emotion2vec" / "model.onnx").read_bytes()
+    # What each ensemble of the int8 repository says it serves: the runtime and precision its gates chose.
+    rendered = {}
+    for name in ("emotion", "asr", "vad"):
+        config = text_format.Parse((repositories / "tiny-cpu-int8" / name / "config.pbtxt").read_text(),
+                                   mc.ModelConfig())
+        rendered[name] = (config.parameters["precision"].string_value, config.parameters["runtime"].string_value)
+    assert rendered["emotion"][0] == rendered["asr"][0] == "int8"
 
     port = free_port()
     log = tmp_path / "serve.log"
@@ -62,8 +72,8 @@ def test_export_renders_each_precision_and_serve_picks_one(models_root, tmp_path
     try:
         wait_for_health(f"127.0.0.1:{port}", process, log)
         with Client(f"127.0.0.1:{port}", tls=False) as client:
-            models = {m.name: m.precision for m in client.analyze(clip.read_bytes()).metadata.models}
+            models = {m.name: (m.precision, m.runtime) for m in client.analyze(clip.read_bytes()).metadata.models}
     finally:
         assert stop_stack(process) == 0, log.read_text()
-    assert models == {"emotion": "int8", "asr": "int8", "vad": "fp32"}  # silero stays fp32 (cheap, sensitive)
+    assert models == rendered and models["vad"][0] == "fp32"  # silero stays fp32 (cheap, sensitive)
     assert not processes_using(repositories)
