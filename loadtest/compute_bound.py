@@ -1,4 +1,4 @@
-"""The raw ONNX Runtime compute bound: the served models, run in-process, no server.
+"""The raw compute bound: the served models, run in-process in the runtime that serves each, no server.
 
     python -m toneserve.loadtest.compute_bound --repository ~/.cache/toneserve/repository/base-cpu \
         --corpus DIR [--durations 30 60] [--formats wav] [--streams N] [--json out.json]
@@ -8,7 +8,8 @@ very files, `intra_op_threads` and `instance_group` Triton serves), and the corp
 load test sends. The recordings are decoded first, as the gateway decodes them (not timed).
 Then each is cut into utterances exactly as the gateway does (30.72 s VAD blocks with 0.5 s of
 context, its segmenter, 5 s emotion windows) and every model call the gateway would make goes
-straight to ONNX Runtime: silero VAD per block, emotion2vec+ and its softmax per window, the
+straight to the model's runtime (ONNX Runtime, or OpenVINO compiled with the properties its runner
+uses): silero VAD per block, emotion2vec+ (softmax in its graph) per window, the
 SenseVoice frontend, encoder and CTC decoding per utterance, one call at a time per stream.
 Streams (default: the instances of the heavy models) take recordings from a shared list, each
 with its own sessions, as Triton's instances would.
@@ -42,10 +43,11 @@ from toneserve.gateway.segmenter import Segmentation, block_seconds
 from toneserve.gateway.settings import Settings
 from toneserve.gateway.thresholds import DEFAULTS
 from toneserve.loadtest import corpus as corpus_module
+from toneserve.model_repository.runners.openvino_compile import compile_properties
 from toneserve.model_repository.runners.sensevoice_decode import ctc_greedy_decode, load_decode_assets
 from toneserve.samples import speechlike
 
-MODELS = ("vad", "emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder")
+MODELS = ("vad", "emotion2vec", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder")
 
 
 def model_config(repository: Path, name: str):
@@ -60,22 +62,49 @@ def _parameters(config) -> dict[str, str]:
     return {key: value.string_value for key, value in config.parameters.items()}
 
 
+def _ort_session(path: Path, threads: int):
+    options = ort.SessionOptions()
+    # as model_repository/runners/onnx_runner.py sets them
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feed: dict(zip(names, session.run(None, feed)))
+
+
+def _openvino_session(path: Path, params: dict[str, str], cache_dir: Path):
+    import openvino as ov
+
+    # as model_repository/runners/openvino_runner.py compiles it
+    compiled = ov.Core().compile_model(str(path), "CPU", compile_properties(params, str(cache_dir)))
+    request = compiled.create_infer_request()
+    inputs = [port.get_names() for port in compiled.inputs]  # compiling may add names (fused Casts)
+    outputs = list(compiled.outputs)
+
+    def run(feed: dict) -> dict:
+        arrays = [np.ascontiguousarray(next(feed[name] for name in names if name in feed)) for names in inputs]
+        # OpenVINO's binding knows numpy's int64 under one of its two C type numbers: a view, as the runner does
+        request.infer([a.view(np.int64) if a.dtype == np.int64 else a for a in arrays])
+        return {name: np.array(request.get_tensor(port).data) for port in outputs for name in port.get_names()}
+    return run
+
+
 class Models:
-    """ONNX Runtime sessions of the repository's graphs, each timed per call."""
+    """The repository's graphs, each in the runtime that serves it, each timed per call."""
 
     def __init__(self, repository: Path):
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.threads: dict[str, int] = {}
         self.sessions = {}
-        for name in ("emotion2vec", "emotion_softmax", "sensevoice_frontend", "sensevoice_encoder"):
+        for name in ("emotion2vec", "sensevoice_frontend", "sensevoice_encoder"):
             params = _parameters(model_config(repository, name))
-            options = ort.SessionOptions()
-            # as model_repository/runners/onnx_runner.py sets them
-            options.intra_op_num_threads = self.threads[name] = int(params.get("intra_op_threads", "1"))
-            options.inter_op_num_threads = 1
-            self.sessions[name] = ort.InferenceSession(str(Path(repository) / name / "1" / params["onnx_file"]),
-                                                       options, providers=["CPUExecutionProvider"])
+            self.threads[name] = int(params.get("intra_op_threads", "1"))
+            version = Path(repository) / name / "1"
+            # The OpenVINO runner names its graph graph_file, the ONNX Runtime runner onnx_file.
+            self.sessions[name] = (_openvino_session(version / params["graph_file"], params, version / "ov_cache")
+                                   if "graph_file" in params else _ort_session(version / params["onnx_file"],
+                                                                               self.threads[name]))
         vad_params = _parameters(model_config(repository, "vad"))
         spec = importlib.util.spec_from_file_location("vad_core", Path(repository) / "vad" / "1" / "vad_core.py")
         vad_core = importlib.util.module_from_spec(spec)
@@ -98,15 +127,14 @@ class Models:
 
     def _run(self, name: str, feed: dict):
         session = self.sessions[name]
-        return self._timed(name, lambda: dict(zip([o.name for o in session.get_outputs()], session.run(None, feed))))
+        return self._timed(name, lambda: session(feed))
 
     def vad(self, rows: np.ndarray) -> np.ndarray:
         lens = np.full(len(rows), rows.shape[1], np.int64)
         return self._timed("vad", lambda: self.vad_model.probabilities(np.ascontiguousarray(rows, np.float32), lens))[0]
 
     def emotion(self, wav: np.ndarray) -> np.ndarray:
-        out = self._run("emotion2vec", {"wav": wav[None], "wav_lens": np.array([len(wav)], np.int64)})
-        return self._run("emotion_softmax", {"logits": out["logits"]})["probs"][0]
+        return self._run("emotion2vec", {"wav": wav[None], "wav_lens": np.array([len(wav)], np.int64)})["probs"][0]
 
     def asr(self, wav: np.ndarray) -> str:
         front = self._run("sensevoice_frontend", {"wav": wav[None], "wav_lens": np.array([len(wav)], np.int64)})

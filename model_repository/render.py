@@ -37,7 +37,8 @@ RUNTIMES = ("onnxruntime", "openvino")
 # Runner helpers every Python-backend model.py imports by plain name: copied beside each one. The
 # contract is among them (it imports only the standard library), so the runners serve the very
 # tensor names the gateway calls; batch_io (numpy) is the graph runners' shared batching.
-RUNNER_HELPERS = (RUNNERS / "runner_errors.py", RUNNERS / "batch_io.py", Path(contract.__file__))
+RUNNER_HELPERS = (RUNNERS / "runner_errors.py", RUNNERS / "batch_io.py", RUNNERS / "openvino_compile.py",
+                  Path(contract.__file__))
 # OpenVINO's INFERENCE_PRECISION_HINT per served precision. An int8 IR carries its own quantized
 # precision; the layers it leaves unquantized run at f32, so int8's accuracy gate holds whatever the CPU.
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}

@@ -23,6 +23,7 @@ import numpy as np
 import openvino as ov
 import triton_python_backend_utils as pb_utils
 from batch_io import PaddedBatches, parameters  # copied next to this file
+from openvino_compile import compile_properties  # likewise
 
 
 def _log(message):
@@ -46,21 +47,6 @@ def writable_cache(preferred, model_name):
         os.makedirs(fallback, exist_ok=True)
         _log(f"{model_name}: OpenVINO cache dir {preferred} is not writable ({exc}); caching in {fallback}")
         return fallback
-
-
-def compile_properties(params, cache_dir):
-    """The compile_model properties a runner's parameters ask for."""
-    properties = {
-        "INFERENCE_PRECISION_HINT": params.get("inference_precision", "f32"),
-        "INFERENCE_NUM_THREADS": int(params.get("intra_op_threads", "1")),
-        # One stream per instance: Triton's instances and batching give the parallelism, as the
-        # ONNX Runtime runner's single session does.
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
-        "CACHE_DIR": cache_dir,
-    }
-    properties.update(json.loads(params.get("compile_config", "{}")))
-    return properties
 
 
 def _name(port, tensors):

@@ -1,0 +1,19 @@
+"""The OpenVINO compile properties a model's config parameters ask for: one place for the runner
+(openvino_runner.py, which gets this file copied beside it) and for whatever else runs the served graphs
+as the runner does (the load test's compute bound). Standard library only."""
+import json
+
+
+def compile_properties(params, cache_dir):
+    """The compile_model properties a runner's parameters ask for."""
+    properties = {
+        "INFERENCE_PRECISION_HINT": params.get("inference_precision", "f32"),
+        "INFERENCE_NUM_THREADS": int(params.get("intra_op_threads", "1")),
+        # One stream per instance: Triton's instances and batching give the parallelism, as the
+        # ONNX Runtime runner's single session does.
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "CACHE_DIR": cache_dir,
+    }
+    properties.update(json.loads(params.get("compile_config", "{}")))
+    return properties
