@@ -103,14 +103,19 @@ def _serve_repository(args) -> Path:
     (OpenVINO), else fp32; auto falls back to fp32 when no bf16 repository was rendered."""
     if args.repository or args.precision != "auto":
         return _repository(args)
+    return _auto_repository(args.size, args.profile)
+
+
+def _auto_repository(size: str, profile: str) -> Path:
+    """The repository --precision auto serves (`serve`, `demo`)."""
     from toneserve.model_repository.cpu import default_precision
 
     precision = default_precision()
-    repository = paths.repository_dir(args.size, args.profile, precision)
+    repository = paths.repository_dir(size, profile, precision)
     if precision != "fp32" and not repository.is_dir():
         say(f"no {precision} repository at {repository} (`toneserve export --variants openvino` renders it); "
             "serving fp32")
-        precision, repository = "fp32", paths.repository_dir(args.size, args.profile, "fp32")
+        precision, repository = "fp32", paths.repository_dir(size, profile, "fp32")
     say(f"--precision auto: serving {precision}")
     return repository
 
@@ -280,9 +285,11 @@ def cmd_demo(args) -> int:
     from toneserve.samples import call, wav_bytes
     from toneserve.triton import EmbeddedTriton, free_port
 
-    # The demo serves fp32 on the cpu profile: the int8 / fp16 variants are `toneserve export`'s job.
+    # The demo serves the cpu profile's default (bf16 through OpenVINO where the CPU has it and the parity
+    # gates pass, fp32 elsewhere): the openvino variant is built; int8 / fp16 are `toneserve export`'s job.
     cmd_export(parser().parse_args(["export", "--size", args.size, "--seed", str(args.seed), "--profiles", "cpu",
-                                    "--variants", *(["--models-dir", args.models_dir] if args.models_dir else [])]))
+                                    "--variants", "openvino",
+                                    *(["--models-dir", args.models_dir] if args.models_dir else [])]))
     roles = {}
     if args.file:
         audio, name = Path(args.file).read_bytes(), args.file
@@ -293,7 +300,7 @@ def cmd_demo(args) -> int:
         roles = {0: "agent", 1: "customer"}
         audio, name = sample.read_bytes(), str(sample)
     port = args.port or free_port()
-    with EmbeddedTriton(paths.repository_dir(args.size, "cpu"), _triton_ports(args)) as triton:
+    with EmbeddedTriton(_auto_repository(args.size, "cpu"), _triton_ports(args)) as triton:
         say(f"tritonserver ready on {triton.grpc_url}", "demo")
         from toneserve.gateway.server import Gateway
 

@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
 from tests.support import processes_using
+from toneserve.model_repository.cpu import default_precision
 
 
 def test_demo_exports_serves_analyses_and_stops(models_root, tmp_path):
@@ -20,5 +24,13 @@ def test_demo_exports_serves_analyses_and_stops(models_root, tmp_path):
     assert len(result["segments"]) >= 4 and result["metadata"]["audio_seconds"] == 20.0
     assert [s["speaker"] for s in result["speakers"]] == ["agent", "customer"]
     assert "RANDOM-WEIGHT" in done.stderr and "everything stopped" in done.stderr
-    assert (tmp_path / "repository" / "tiny-cpu" / "emotion" / "config.pbtxt").is_file()
+    # It serves the cpu profile's default: bf16 where this CPU has it (the openvino variant is built), else fp32;
+    # each model's metadata says the runtime and precision its rendered ensemble chose.
+    precision = default_precision()
+    assert f"--precision auto: serving {precision}" in done.stderr
+    served = tmp_path / "repository" / ("tiny-cpu" if precision == "fp32" else f"tiny-cpu-{precision}")
+    for model in result["metadata"]["models"]:
+        config = text_format.Parse((served / model["name"] / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert (model["precision"], model["runtime"]) == (config.parameters["precision"].string_value,
+                                                          config.parameters["runtime"].string_value), model
     assert not processes_using(tmp_path)
