@@ -141,15 +141,20 @@ def choose(folder: Path, manifest: dict, fp32_name: str, precision: str, runtime
     """The runtime and graph of one heavy model for a requested precision.
 
     auto: OpenVINO where the export's openvino entry says the precision passed its accuracy gate (bf16
-    also needs a CPU that computes in bf16: elsewhere OpenVINO would silently run f32, so bf16 is served
-    as fp32 and chosen as fp32 is); else ONNX Runtime: the fp32 graph for fp32 and bf16, the dynamic-int8
-    variant for int8, the fp16 variant for fp16 (the gpu profile's). "onnxruntime" forces ONNX Runtime
+    also needs a CPU that computes in bf16: elsewhere, or where bf16 failed its gate, bf16 is served as
+    fp32 and chosen as fp32 is); else ONNX Runtime: the fp32 graph for fp32, the dynamic-int8 variant for
+    int8, the fp16 variant for fp16 (the gpu profile's). "onnxruntime" forces ONNX Runtime
     (bf16 then serves fp32); "openvino" forces OpenVINO whatever the gates said (it needs the openvino entry)."""
     if runtime not in RUNTIMES:
         raise CommandError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES}")
     openvino = manifest.get("variants", {}).get("openvino")
-    if precision == "bf16" and runtime != "onnxruntime" and not has_bf16(cpu):
-        precision = "fp32"  # OpenVINO would run f32 anyway: say so, and choose as for fp32
+    if precision == "bf16" and runtime == "auto" and not (
+            has_bf16(cpu) and (openvino or {}).get("precisions", {}).get("bf16", {}).get("passed", False)):
+        # No bf16 here (OpenVINO would silently run f32), or bf16 failed its gate: served as fp32 and chosen
+        # as fp32 is, so OpenVINO f32 where that passed its gate.
+        precision = "fp32"
+    elif precision == "bf16" and runtime == "openvino" and not has_bf16(cpu):
+        precision = "fp32"  # OpenVINO would run f32 anyway: say so
     if precision != "fp16" and runtime != "onnxruntime" and openvino is not None:
         gate = openvino.get("precisions", {}).get(precision, {})
         if runtime == "openvino" or gate.get("passed", False):
