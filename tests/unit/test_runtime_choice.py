@@ -59,8 +59,8 @@ def test_failed_gates_fall_back_to_onnx_runtime():
     assert got(m, "fp32") == ("onnxruntime", "fp32", "model.onnx")
     assert got(m, "bf16") == ("onnxruntime", "fp32", "model.onnx")  # ORT has no CPU bf16: the fp32 graph
     assert got(m, "int8") == ("onnxruntime", "int8", "model.int8.onnx")  # the dynamic-int8 graph
-    # bf16 failed but fp32 passed: a bf16 request is served by ONNX Runtime fp32, never OpenVINO bf16.
-    assert got(manifest(bf16=False), "bf16") == ("onnxruntime", "fp32", "model.onnx")
+    # bf16 failed but OpenVINO f32 passed: a bf16 request is served as fp32 is, by OpenVINO f32, never bf16.
+    assert got(manifest(bf16=False), "bf16") == ("openvino", "fp32", "model.onnx")
 
 
 def test_without_an_openvino_export_everything_is_onnx_runtime_as_before():
