@@ -20,7 +20,6 @@ Locust CSV / HTML / ledger under OUT/runs/.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -114,7 +113,7 @@ SYSTEM_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {"instances": ("inst
 
 # A --systems name: RUNTIME-PRECISION, or a bare precision (the catalog's "auto" runtime).
 RUNTIMES = {"ort": "onnxruntime", "ov": "openvino"}
-PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"), "auto": ("fp32", "int8")}
+PRECISIONS = {"onnxruntime": ("fp32", "int8"), "openvino": ("fp32", "bf16", "int8"), "auto": ("fp32", "bf16", "int8")}
 
 
 def parse_system(spec: str) -> tuple[str, str, dict[str, float]]:
@@ -124,7 +123,8 @@ def parse_system(spec: str) -> tuple[str, str, dict[str, float]]:
     prefix, dash, precision = name.rpartition("-")
     runtime = RUNTIMES.get(prefix) if dash else "auto"
     if runtime is None or precision not in PRECISIONS[runtime]:
-        raise ValueError(f"--systems {spec!r}: name a system fp32, int8 (the catalog's runtime), ort-fp32, ort-int8 "
+        raise ValueError(f"--systems {spec!r}: name a system fp32, bf16, int8 (the runtime the catalog's gates "
+                         "choose), ort-fp32, ort-int8 "
                          "(ONNX Runtime), ov-fp32, ov-bf16 or ov-int8 (OpenVINO)")
     flags = {}
     for part in filter(None, rest.split(",")):
@@ -148,17 +148,6 @@ def system_name(spec: str) -> str:
     name = "toneserve " + (f"{short[runtime]}-{precision}" if runtime != "auto" else precision)
     name += f" {tuning.instances}x{tuning.intra_op_threads}" if flags else ""
     return name + "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad", "share") if key in flags)
-
-
-def describe_system(models_dir: Path, runtime: str, precision: str, tuning):
-    """catalog.describe for a system: the runtime is passed only where describe takes one (the catalog
-    before OpenVINO has none, and serves ONNX Runtime: "ort-" and bare names need nothing from it)."""
-    if "runtime" in inspect.signature(describe).parameters:
-        return describe(models_dir, precision, tuning, runtime=runtime)
-    if runtime == "openvino":
-        raise ValueError("this model repository has no OpenVINO runtime yet (catalog.describe takes no runtime=): "
-                         "use fp32, int8, ort-fp32 or ort-int8")
-    return describe(models_dir, precision, tuning)
 
 
 def reference_system(systems: list[dict]) -> dict:
@@ -272,7 +261,7 @@ def run_benchmark(args) -> dict:
         kinds[name] = {"runtime": runtime, "precision": precision}
         say(f"rendering the cpu repository of {name} from {models_dir}", "benchmark")
         folder = out / ("repository-" + name.removeprefix("toneserve ").replace(" ", "-"))
-        repositories[name] = render_repository(describe_system(models_dir, runtime, precision, tuning_of(flags)),
+        repositories[name] = render_repository(describe(models_dir, precision, tuning_of(flags), runtime=runtime),
                                                "cpu", folder)
     short_entries = corpus.load(args.short_corpus) if args.short_corpus else []
     bench: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M %z"),

@@ -63,7 +63,7 @@ def test_benchmark_systems_change_only_what_they_name():
     assert tuning_of({}) == DEFAULT_TUNING
     assert tuning_of(parse_system("fp32:share=1")[2]).share_cores is True
     assert tuning_of(parse_system("fp32:share=0")[2]).share_cores is False
-    for bad in ("fp16", "bf16", "ort-bf16", "tf-int8", "ov-", "-int8", "int8:instances=0", "int8:pad=0.5", "int8:threads=two", "int8:speed=9", "int8:share=yes"):
+    for bad in ("fp16", "ort-bf16", "tf-int8", "ov-", "-int8", "int8:instances=0", "int8:pad=0.5", "int8:threads=two", "int8:speed=9", "int8:share=yes"):
         with pytest.raises(ValueError, match="--systems"):
             parse_system(bad)
 
@@ -74,7 +74,7 @@ def test_benchmark_system_names_say_the_runtime():
     assert parse_system("ort-fp32") == ("onnxruntime", "fp32", {})
     assert parse_system("ov-bf16:instances=2") == ("openvino", "bf16", {"instances": 2})
     assert parse_system("ov-int8")[:2] == ("openvino", "int8") and parse_system("ov-fp32")[:2] == ("openvino", "fp32")
-    assert parse_system("fp32")[:2] == ("auto", "fp32")
+    assert parse_system("fp32")[:2] == ("auto", "fp32") and parse_system("bf16")[:2] == ("auto", "bf16")
     assert system_name("ov-bf16") == "toneserve ov-bf16" and system_name("int8") == "toneserve int8"
     assert system_name("ort-fp32:instances=2,threads=1") == "toneserve ort-fp32 2x1"
     systems = [{"name": n, "runtime": r, "precision": p} for n, r, p in
@@ -83,28 +83,6 @@ def test_benchmark_system_names_say_the_runtime():
     assert reference_system(systems[:2])["name"] == "a"
     with pytest.raises(ValueError, match="ort-fp32"):
         reference_system(systems[1:2])
-
-
-def test_benchmark_passes_the_runtime_only_to_a_catalog_that_takes_it(monkeypatch):
-    """catalog.describe gains runtime= with OpenVINO; the benchmark works with it and without."""
-    from toneserve.loadtest import benchmark
-
-    calls = []
-
-    def new(models_root, precision="fp32", tuning=None, runtime="auto", cpu=None):
-        calls.append((precision, runtime))
-
-    def old(models_root, precision="fp32", tuning=None):
-        calls.append((precision, None))
-
-    monkeypatch.setattr(benchmark, "describe", new)
-    benchmark.describe_system("/m", "openvino", "bf16", None)
-    benchmark.describe_system("/m", "auto", "int8", None)
-    monkeypatch.setattr(benchmark, "describe", old)
-    benchmark.describe_system("/m", "onnxruntime", "fp32", None)
-    with pytest.raises(ValueError, match="no OpenVINO"):
-        benchmark.describe_system("/m", "openvino", "int8", None)
-    assert calls == [("bf16", "openvino"), ("int8", "auto"), ("fp32", None)]
 
 
 def test_short_clip_corpus(tmp_path):
