@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 20
+CACHE_DIR = "ov_cache"  # model_repository/runners/openvino_runner.py's default cache folder
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,13 @@ def artifact_name(sha256: str) -> str:
 
 
 def _entries(root: Path) -> list[Path]:
-    """Every file and folder under `root`, sorted by their relative path; symlinks refused (a
+    """Every file and folder under `root` but compiled-model caches, sorted by their relative path; symlinks refused (a
     repository rendered by toneserve has none, and one pointing outside would not travel)."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
+        # OpenVINO's compiled-model caches (left by serving this folder) are for the CPU that wrote them, and
+        # would make the same repository pack to other bytes: each pod compiles and caches its own.
+        dirnames[:] = [d for d in dirnames if d != CACHE_DIR]
         for name in dirnames + filenames:
             path = Path(dirpath) / name
             if path.is_symlink():

@@ -183,6 +183,18 @@ def test_pack_is_deterministic_and_named_by_its_digest(tmp_path):
     assert pack.pack(copy, tmp_path / "c").sha256 != first.sha256
 
 
+def test_pack_leaves_out_compiled_model_caches(tmp_path):
+    """A served repository holds OpenVINO's caches of this CPU's compiled models: not part of the artifact."""
+    repo = _repository(tmp_path)
+    clean = pack.pack(repo, tmp_path / "a")
+    (repo / "asr" / "1" / "ov_cache").mkdir()
+    (repo / "asr" / "1" / "ov_cache" / "1234.blob").write_bytes(b"compiled")
+    served = pack.pack(repo, tmp_path / "b")
+    with tarfile.open(served.path) as tar:
+        assert not [m.name for m in tar.getmembers() if "ov_cache" in m.name]
+    assert served.sha256 == clean.sha256
+
+
 def test_pack_refuses_what_is_not_a_repository(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a rendered model repository"):
         pack.pack(tmp_path, tmp_path / "out")
