@@ -10,7 +10,8 @@ from the measured defaults (`instances`, `threads`: what `toneserve export --ins
 the baseline (baseline.py, checked for parity against the first system before it serves). For each number
 of users, every system gets the same Locust load from the same corpus, one system after the
 other (interleaved, so a disturbance of the machine spreads over all systems instead of
-landing on one), with Triton's metrics and every process's CPU read around each run. Then the
+landing on one; --one-at-a-time starts one server at a time where several do not fit in memory),
+with Triton's metrics and every process's CPU read around each run. Then the
 compute bound of each system's repository on the same recordings (compute_bound.py, as many
 streams as the repository has instances). Everything is stopped at the end.
 
@@ -193,7 +194,8 @@ def report(bench: dict) -> str:
     lines = [f"Run {bench['started']} on {bench['machine']}; `{bench['command']}`.",
              f"Corpus {a['corpus']}: {bench['recordings']} recordings, {bench['audio_seconds']:.0f} s of audio "
              f"(lengths {bench['lengths']} s; {bench['formats']}; 8 and 16 kHz; two speakers on two channels), "
-             f"sent round-robin as `Analyze` by closed-loop Locust users for {a['run_time']:g} s per run. "
+             f"sent round-robin as `Analyze` by closed-loop Locust users for {a['run_time']:g} s per run"
+             + (", one server at a time (--one-at-a-time). " if bench.get("one_at_a_time") else ". ") +
              f"Baseline: {a['baseline_workers']} worker(s) x {a['baseline_threads']} torch thread(s). Parity "
              f"baseline vs {bench.get('parity_against', bench['systems'][0])}: same utterances {bench['parity']['same_utterances']}, emotion "
              f"max |diff| {bench['parity']['max_emotion_diff']:.1e}, transcripts match "
@@ -271,22 +273,29 @@ def run_benchmark(args) -> dict:
              "recordings": len(entries), "audio_seconds": sum(e.seconds for e in entries),
              "lengths": sorted({e.seconds for e in entries}), "formats": sorted({e.format for e in entries}),
              "systems": list(repositories), "runs": []}
-    with ExitStack() as stack:
-        systems = []
-        for name, repository in repositories.items():
-            say(f"starting {name}", "benchmark")
-            log = out / "logs" / f"serve-{repository.name}.log"
-            address, metrics, pid = stack.enter_context(toneserve(repository, log))
-            systems.append({"name": name, "address": address, "metrics": metrics, "pid": pid, "label": "gateway",
-                            **kinds[name]})
+    if short_entries:
+        bench["short"] = {"corpus": str(args.short_corpus), "recordings": len(short_entries),
+                          "audio_seconds": sum(e.seconds for e in short_entries), "runs": []}
+    bench["live"] = {}
+    live_files = [Path(args.corpus) / e.file for e in sorted(entries, key=lambda e: (e.seconds, e.file))]
+
+    def start_system(stack: ExitStack, name: str) -> dict:
+        say(f"starting {name}", "benchmark")
+        repository = repositories[name]
+        address, metrics, pid = stack.enter_context(toneserve(repository, out / "logs" / f"serve-{repository.name}.log"))
+        return {"name": name, "address": address, "metrics": metrics, "pid": pid, "label": "gateway", **kinds[name]}
+
+    def start_baseline(stack: ExitStack, reference: dict) -> dict:
         # The baseline runs the fp32 weights: its parity check is against an fp32 system (int8 differs by design).
-        reference = reference_system(systems)
         say(f"starting the baseline (FunASR AutoModel) and checking parity with {reference['name']}", "benchmark")
         address, pid, parity = stack.enter_context(baseline(models_dir, args.baseline_workers, args.baseline_threads,
                                                             reference["address"], out / "logs" / "baseline.log"))
-        bench["parity"] = parity
-        bench["parity_against"] = reference["name"]
-        systems.append({"name": "baseline", "address": address, "pid": pid, "label": "baseline"})
+        bench["parity"], bench["parity_against"] = parity, reference["name"]
+        return {"name": "baseline", "address": address, "pid": pid, "label": "baseline"}
+
+    def run_all(systems: list[dict]) -> None:
+        """Warm-up, then every phase of every system: per number of users the call corpus, then the short
+        clips, then (toneserve only: the baseline has no AnalyzeStream) the live lag, one call at a time."""
         for system in systems:
             say(f"warming up {system['name']}", "benchmark")
             bench.setdefault("models", {})[system["name"]] = warm_up(system["address"], Path(args.corpus), entries, 2,
@@ -299,21 +308,37 @@ def run_benchmark(args) -> dict:
                 x = record["run"]
                 say(f"  {x['requests']} requests, {x['failures']} failed, {x['lost']} lost, RTFx {x['rtfx']:.2f}, "
                     f"p95 {_f(x['p95'])} ms", "benchmark")
-        if short_entries:  # the same systems and loads on 1-3 s clips (a second set of runs)
-            bench["short"] = {"corpus": str(args.short_corpus), "recordings": len(short_entries),
-                              "audio_seconds": sum(e.seconds for e in short_entries), "runs": []}
-            for users in args.users:
-                for system in systems:
-                    say(f"{system['name']}: {users} users on short clips for {args.run_time:g} s", "benchmark")
-                    record = measure(system, users, args, out / "runs", corpus_dir=args.short_corpus, tag="short")
-                    bench["short"]["runs"].append(record)
-                    say(f"  RTFx {record['run']['rtfx']:.2f}, p95 {_f(record['run']['p95'])} ms", "benchmark")
-        bench["live"] = {}
-        live_files = [Path(args.corpus) / e.file for e in sorted(entries, key=lambda e: (e.seconds, e.file))]
-        for system in systems[:-1] if args.live_calls else []:  # the baseline has no AnalyzeStream
+        for users in args.users if short_entries else []:  # the same systems and loads on 1-3 s clips
+            for system in systems:
+                say(f"{system['name']}: {users} users on short clips for {args.run_time:g} s", "benchmark")
+                record = measure(system, users, args, out / "runs", corpus_dir=args.short_corpus, tag="short")
+                bench["short"]["runs"].append(record)
+                say(f"  RTFx {record['run']['rtfx']:.2f}, p95 {_f(record['run']['p95'])} ms", "benchmark")
+        for system in systems if args.live_calls else []:
+            if system["label"] == "baseline":
+                continue
             say(f"{system['name']}: live lag of {args.live_calls} call(s) streamed at real time", "benchmark")
             bench["live"][system["name"]] = live_lag.measure_calls(system["address"], live_files[:args.live_calls])
             say(f"  {live_lag.describe(bench['live'][system['name']])}", "benchmark")
+
+    reference = reference_system([{"name": name, **kinds[name]} for name in repositories])
+    if args.one_at_a_time:
+        # One server at a time (the baseline beside the parity reference only, while it is checked and
+        # measured): OpenVINO's base models take ~8 GB per server, and several at once beside the baseline's
+        # ~5 GB ran a 24 GB machine out of memory. The cost: a drift of the machine lands on one system.
+        bench["one_at_a_time"] = True
+        for name in sorted(repositories, key=lambda n: n != reference["name"]):
+            with ExitStack() as stack:
+                system = start_system(stack, name)
+                if name == reference["name"]:
+                    with ExitStack() as baseline_stack:
+                        run_all([start_baseline(baseline_stack, system)])
+                run_all([system])
+    else:
+        with ExitStack() as stack:
+            systems = [start_system(stack, name) for name in repositories]
+            systems.append(start_baseline(stack, next(s for s in systems if s["name"] == reference["name"])))
+            run_all(systems)
     bench["compute_bound"] = {}
     for name, repository in repositories.items():
         say(f"compute bound of {name}", "benchmark")
@@ -365,6 +390,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--live-calls", type=int, default=2,
                    help="after the runs, stream this many of the shortest calls at real time through each system "
                         "alone and report each segment's lag behind its utterance's end (default 2; 0: off)")
+    p.add_argument("--one-at-a-time", action="store_true",
+                   help="start one server at a time (the baseline beside the fp32 reference only) instead of all "
+                        "side by side, interleaved: for machines where they do not all fit in memory")
     p.add_argument("--baseline-workers", type=int, default=os.cpu_count(), help="baseline workers (default: cores)")
     p.add_argument("--baseline-threads", type=int, default=1, help="baseline torch threads (default 1)")
     p.add_argument("--request-timeout", type=float, default=900.0)
