@@ -234,7 +234,7 @@ def test_triton_results_equal_local_onnxruntime(client, short_call, models_root)
         wav = samples[segment.channel, segment.start_ms * 16:segment.end_ms * 16]
         probs, weights = [], []
         for a, b in emotion_windows(len(wav), 1.0):
-            logits, _ = emotion.run(None, {"wav": wav[None, a:b], "wav_lens": np.array([b - a], np.int64)})
+            (logits,) = emotion.run(["logits"], {"wav": wav[None, a:b], "wav_lens": np.array([b - a], np.int64)})
             p = np.exp(logits[0] - logits[0].max())
             probs.append(p / p.sum())
             weights.append(b - a)
