@@ -148,15 +148,13 @@ def choose(folder: Path, manifest: dict, fp32_name: str, precision: str, runtime
     if runtime not in RUNTIMES:
         raise CommandError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES}")
     openvino = manifest.get("variants", {}).get("openvino")
-    if precision == "bf16" and runtime == "auto" and not (
-            has_bf16(cpu) and (openvino or {}).get("precisions", {}).get("bf16", {}).get("passed", False)):
-        # No bf16 here (OpenVINO would silently run f32), or bf16 failed its gate: served as fp32 and chosen
-        # as fp32 is, so OpenVINO f32 where that passed its gate.
+    gates = (openvino or {}).get("precisions", {})
+    if precision == "bf16" and (not has_bf16(cpu) or (runtime == "auto" and not gates.get("bf16", {}).get("passed"))):
+        # No bf16 here (OpenVINO would silently run f32), or (auto) bf16 failed its gate: served as fp32 and
+        # chosen as fp32 is, so OpenVINO f32 where that passed its gate.
         precision = "fp32"
-    elif precision == "bf16" and runtime == "openvino" and not has_bf16(cpu):
-        precision = "fp32"  # OpenVINO would run f32 anyway: say so
     if precision != "fp16" and runtime != "onnxruntime" and openvino is not None:
-        gate = openvino.get("precisions", {}).get(precision, {})
+        gate = gates.get(precision, {})
         if runtime == "openvino" or gate.get("passed", False):
             if precision == "int8":
                 if "file" not in gate:
