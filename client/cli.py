@@ -21,6 +21,7 @@ from toneserve.client.formats import FORMATS, open_output
 from toneserve.client.inputs import AUDIO_EXTENSIONS, expand, output_names
 from toneserve.client.results import Result
 from toneserve.client.retry import RetryPolicy
+from toneserve.contract import DIARIZATION_MODES
 from toneserve.v1 import toneserve_pb2 as pb
 
 
@@ -57,6 +58,13 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     request = p.add_argument_group("analysis")
     request.add_argument("--roles", help="speaker names of the channels in order, e.g. agent,customer")
     request.add_argument("--mix-channels", action="store_true", help="one speaker for all channels")
+    request.add_argument("--diarization", choices=DIARIZATION_MODES, default="auto",
+                         help="tell voices apart inside a channel: auto (mono and mixed-down audio), on (every "
+                              "channel too) or off (default auto)")
+    request.add_argument("--speakers-expected", type=int, default=0, metavar="N",
+                         help="the number of speakers per diarized channel, if known (default: estimated)")
+    request.add_argument("--min-speakers", type=int, default=0, metavar="N", help="at least N speakers (default: no bound)")
+    request.add_argument("--max-speakers", type=int, default=0, metavar="N", help="at most N speakers (default: the server's cap)")
     request.add_argument("--language", default="auto", help="auto, zh, en, yue, ja or ko (default auto)")
     request.add_argument("--itn", action="store_true", help="punctuation and digits in transcripts")
     request.add_argument("--window-seconds", type=float, default=0.0,
@@ -112,7 +120,9 @@ def request_options(args) -> dict:
                   if getattr(args, f.name) is not None}
     return dict(language=args.language, window_seconds=args.window_seconds, use_itn=args.itn,
                 channel_roles=[r.strip() for r in args.roles.split(",")] if args.roles else None,
-                mix_channels=args.mix_channels, thresholds=thresholds, timeout=args.timeout)
+                mix_channels=args.mix_channels, thresholds=thresholds, timeout=args.timeout,
+                diarization=args.diarization, speakers_expected=args.speakers_expected,
+                min_speakers=args.min_speakers, max_speakers=args.max_speakers)
 
 
 def _note(args, message: str) -> None:

@@ -81,6 +81,8 @@ class Segment:
     text_sentiment: TextSentiment
     judgement: Judgement
     emotion_windows: int
+    # Diarized channels of a live stream: the speaker given when the segment was sent (see the proto).
+    provisional_speaker: str = ""
 
     @property
     def start(self) -> float:

@@ -34,7 +34,7 @@ from toneserve.client.connection import Connection
 from toneserve.client.errors import AnalyzeError
 from toneserve.client.results import Result, Segment, from_event
 from toneserve.client.retry import Deadline, RetryPolicy
-from toneserve.contract import request_id_problem, role_problem
+from toneserve.contract import DIARIZATION_MODES, request_id_problem, role_problem
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
@@ -49,9 +49,29 @@ CHUNK_BYTES = 1024 * 1024
 Audio = bytes | str | os.PathLike
 
 
+def _diarization(diarization: str, speakers_expected: int, min_speakers: int, max_speakers: int) -> pb.Diarization:
+    """The request's diarization: mode "auto" (mono and mixed-down audio), "on" (every channel) or "off", and
+    the speaker-count hints (0: not given), checked as the gateway checks them (it also caps them)."""
+    if diarization not in DIARIZATION_MODES:
+        raise ValueError(f"diarization must be one of {', '.join(DIARIZATION_MODES)}, got {diarization!r}")
+    hints = {"speakers_expected": speakers_expected, "min_speakers": min_speakers, "max_speakers": max_speakers}
+    for name, value in hints.items():
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a positive int (0: not given), got {value!r}")
+    if min_speakers and max_speakers and min_speakers > max_speakers:
+        raise ValueError(f"min_speakers ({min_speakers}) is above max_speakers ({max_speakers})")
+    if speakers_expected and ((min_speakers and speakers_expected < min_speakers)
+                              or (max_speakers and speakers_expected > max_speakers)):
+        raise ValueError(f"speakers_expected ({speakers_expected}) is outside [min_speakers, max_speakers]")
+    if diarization == "off" and any(hints.values()):
+        raise ValueError("speaker-count hints were given with diarization off")
+    return pb.Diarization(mode=pb.Diarization.Mode.Value(diarization.upper()), **hints)
+
+
 def _analyze_request(*, language: str, window_seconds: float, use_itn: bool,
              channel_roles: Mapping[int, str] | Sequence[str] | None, mix_channels: bool,
-             thresholds: Mapping[str, float] | None, request_id: str) -> pb.AnalyzeRequest:
+             thresholds: Mapping[str, float] | None, request_id: str, diarization: str = "auto",
+             speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0) -> pb.AnalyzeRequest:
     """The request without its audio. `channel_roles` may be a list: ["agent", "customer"] names channels 0, 1."""
     if channel_roles is not None and not isinstance(channel_roles, Mapping):
         channel_roles = dict(enumerate(channel_roles))
@@ -64,8 +84,9 @@ def _analyze_request(*, language: str, window_seconds: float, use_itn: bool,
                                                      None)
     if problem:
         raise ValueError(problem)
+    speakers = _diarization(diarization, speakers_expected, min_speakers, max_speakers)
     return pb.AnalyzeRequest(language=language, window_seconds=window_seconds, use_itn=use_itn,
-                             channel_roles=channel_roles or {}, mix_channels=mix_channels,
+                             channel_roles=channel_roles or {}, mix_channels=mix_channels, diarization=speakers,
                              # Field types are protobuf's to check (an int field refuses a float).
                              thresholds=pb.Thresholds(**cast(dict[str, Any], thresholds or {})),
                              request_id=request_id or uuid.uuid4().hex)
@@ -166,20 +187,24 @@ class Client(_Base):
 
     def analyze(self, audio: Audio, *, language: str = "auto", window_seconds: float = 0.0, use_itn: bool = False,
                 channel_roles: Mapping[int, str] | Sequence[str] | None = None, mix_channels: bool = False,
-                thresholds: Mapping[str, float] | None = None, request_id: str = "",
+                thresholds: Mapping[str, float] | None = None, request_id: str = "", diarization: str = "auto",
+                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0,
                 timeout: float | None = 300.0, upload: bool | None = None) -> Result:
         """Analyse a recording: a file path, or the encoded bytes of one (wav, flac, mp3, ogg/opus, m4a, webm...).
 
         language: "auto", zh, en, yue, ja or ko. window_seconds: longest emotion window (0: the server's).
         use_itn: punctuation and digits in transcripts. channel_roles: speaker names of the channels.
         mix_channels: one speaker for all channels. thresholds: e.g. {"min_silence_ms": 500} (README).
+        diarization: "auto" (tell the voices of mono or mixed-down audio apart), "on" (inside every channel
+        too) or "off"; speakers_expected / min_speakers / max_speakers: the speaker count, if known (0: not given).
         request_id: echoed in the metadata and the gateway's log (a random one when empty).
         timeout: seconds for the whole call, retries included (None: no limit).
         upload: stream through AnalyzeUpload; by default only recordings above 32 MiB are.
         """
         request, upload = self._request(audio, upload, language=language, window_seconds=window_seconds,
                                          use_itn=use_itn, channel_roles=channel_roles, mix_channels=mix_channels,
-                                         thresholds=thresholds, request_id=request_id)
+                                         thresholds=thresholds, request_id=request_id, diarization=diarization,
+            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers)
         if not upload:
             request.audio = audio if isinstance(audio, bytes) else Path(audio).read_bytes()
         deadline = Deadline(timeout)
@@ -205,7 +230,8 @@ class Client(_Base):
     def analyze_stream(self, chunks: Iterable[bytes], *, language: str = "auto", window_seconds: float = 0.0,
                        use_itn: bool = False, channel_roles: Mapping[int, str] | Sequence[str] | None = None,
                        mix_channels: bool = False, thresholds: Mapping[str, float] | None = None,
-                       request_id: str = "", timeout: float | None = None) -> Iterator[Segment | Result]:
+                       request_id: str = "", diarization: str = "auto",
+                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0, timeout: float | None = None) -> Iterator[Segment | Result]:
         """Analyse audio while it is being captured (a live call).
 
         chunks: the bytes of a recording that grows as it is captured, in order, as they come: a
@@ -217,7 +243,8 @@ class Client(_Base):
         """
         request = _analyze_request(language=language, window_seconds=window_seconds, use_itn=use_itn,
                                    channel_roles=channel_roles, mix_channels=mix_channels, thresholds=thresholds,
-                                   request_id=request_id)
+                                   request_id=request_id, diarization=diarization,
+            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers)
         deadline = Deadline(timeout)
         call = self._stub.AnalyzeStream(_stream_messages(request, chunks), timeout=timeout,
                                         metadata=self.connection.call_metadata())
@@ -259,11 +286,13 @@ class AsyncClient(_Base):
     async def analyze(self, audio: Audio, *, language: str = "auto", window_seconds: float = 0.0,
                       use_itn: bool = False, channel_roles: Mapping[int, str] | Sequence[str] | None = None,
                       mix_channels: bool = False, thresholds: Mapping[str, float] | None = None,
-                      request_id: str = "", timeout: float | None = 300.0, upload: bool | None = None) -> Result:
+                      request_id: str = "", diarization: str = "auto",
+                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0, timeout: float | None = 300.0, upload: bool | None = None) -> Result:
         """As Client.analyze."""
         request, upload = self._request(audio, upload, language=language, window_seconds=window_seconds,
                                          use_itn=use_itn, channel_roles=channel_roles, mix_channels=mix_channels,
-                                         thresholds=thresholds, request_id=request_id)
+                                         thresholds=thresholds, request_id=request_id, diarization=diarization,
+            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers)
         if not upload:
             request.audio = audio if isinstance(audio, bytes) else await asyncio.to_thread(Path(audio).read_bytes)
         stub = self._analyzer()
@@ -291,11 +320,13 @@ class AsyncClient(_Base):
                              window_seconds: float = 0.0, use_itn: bool = False,
                              channel_roles: Mapping[int, str] | Sequence[str] | None = None,
                              mix_channels: bool = False, thresholds: Mapping[str, float] | None = None,
-                             request_id: str = "", timeout: float | None = None) -> AsyncIterator[Segment | Result]:
+                             request_id: str = "", diarization: str = "auto",
+                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0, timeout: float | None = None) -> AsyncIterator[Segment | Result]:
         """As Client.analyze_stream; `chunks` may be an async iterable."""
         request = _analyze_request(language=language, window_seconds=window_seconds, use_itn=use_itn,
                                    channel_roles=channel_roles, mix_channels=mix_channels, thresholds=thresholds,
-                                   request_id=request_id)
+                                   request_id=request_id, diarization=diarization,
+            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers)
 
         async def messages():
             yield pb.UploadRequest(options=request)

@@ -1,6 +1,6 @@
 """What an analysis needs of the models that serve it: `Backend`.
 
-The three calls (silero VAD, SenseVoice, emotion2vec+) and what a response's metadata says about
+The four calls (silero VAD, SenseVoice, emotion2vec+, the speaker-embedding model) and what a response's metadata says about
 the models. gateway/inference.py implements it over Triton; the unit tests implement it with
 fakes, so the pipeline is tested without a model server.
 """
@@ -38,7 +38,13 @@ class ModelInfo:
 class Backend(Protocol):
     @property
     def models(self) -> Mapping[str, ModelInfo]:
-        """By name: contract.EMOTION, contract.ASR and contract.VAD."""
+        """By name: contract.EMOTION, contract.ASR and contract.VAD, and contract.SPEAKER where the server
+        has a speaker model (a repository rendered before diarization has none: no diarization then)."""
+        ...
+
+    @property
+    def speaker_min_samples(self) -> int:
+        """The shortest clip the speaker model gives a meaningful embedding for (16 kHz samples)."""
         ...
 
     @property
@@ -65,4 +71,8 @@ class Backend(Protocol):
     async def asr(self, wav: np.ndarray, language: str = "auto", use_itn: bool = False,
                   request_id: str = "", timeout: float | None = None) -> AsrResult:
         """SenseVoice's transcript of one clip [n] and its four query distributions."""
+        ...
+
+    async def speaker(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
+        """The speaker model's L2-normalised embedding [D] of one clip [n] (diarization)."""
         ...

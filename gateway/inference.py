@@ -186,9 +186,16 @@ class Inference:
         return False
 
     async def load(self) -> None:
-        """Read the ensembles' configs; fails with TRITON_UNAVAILABLE when Triton or a model is not ready."""
-        for name in (contract.EMOTION, contract.ASR, contract.VAD):
+        """Read the ensembles' configs; fails with TRITON_UNAVAILABLE when Triton or a model is not ready.
+        The speaker model is optional: a repository rendered before diarization existed has none, and the
+        gateway then serves without diarization (each request that would diarize says so in a warning)."""
+        for name in (contract.EMOTION, contract.ASR, contract.VAD, contract.SPEAKER):
             try:
+                if name == contract.SPEAKER and not any(
+                        m.get("name") == name for m in (await self.client.get_model_repository_index(
+                            as_json=True)).get("models", [])):
+                    log.warning("Triton serves no %r model: diarization is off", name)
+                    continue
                 if not await self.client.is_model_ready(name):
                     raise ToneserveError(Code.TRITON_UNAVAILABLE, f"model {name!r} is not ready on {self.url}")
                 config = (await self.client.get_model_config(name, as_json=True))["config"]
@@ -289,6 +296,15 @@ class Inference:
             distributions[name] = (labels, checked(contract.ASR, out, result.as_numpy(out)[0], len(labels)))
         return AsrResult(text=result.as_numpy(contract.TEXT).reshape(-1)[0].decode("utf-8"),
                          distributions=distributions)
+
+    @property
+    def speaker_min_samples(self) -> int:
+        return int(self.models[contract.SPEAKER].parameters[contract.SPEAKER_MIN_SAMPLES])
+
+    async def speaker(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
+        inputs = wav_inputs(wav, self.models[contract.SPEAKER].ragged)
+        result = await self._infer(contract.SPEAKER, inputs, [contract.EMBEDDING], request_id, timeout)
+        return checked(contract.SPEAKER, contract.EMBEDDING, result.as_numpy(contract.EMBEDDING)[0])
 
     async def close(self) -> None:
         await self.client.close()

@@ -8,7 +8,8 @@ these Triton calls concurrent. A bounded number of utterances per request is in
 flight: when Triton is slower than the decoder, decoding waits, so memory stays
 bounded however long the recording. What is kept to the end is small: the
 segments' results, for reconciliation (escalation looks back along a speaker's
-segments) and the rollups.
+segments) and the rollups. Channels that are diarized (gateway/speakers.py) also keep
+each segment's speaker embedding, clustered into speakers once the recording has ended.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from toneserve import contract
 from toneserve.contract import SAMPLE_RATE, VAD_FRAME, Code, ToneserveError
-from toneserve.gateway import prosody, reconcile, rollup, sentiment, thresholds
+from toneserve.gateway import diarization, prosody, reconcile, rollup, sentiment, speakers, thresholds
 from toneserve.gateway.audio import AudioStream, open_audio
 from toneserve.gateway.backend import AsrResult, Backend, Distribution
 from toneserve.gateway.segmenter import BLOCK_FRAMES, VAD_CELL_FRAMES, Segmentation, Utterance, block_seconds
@@ -118,6 +119,8 @@ class Analysis:
         inference.language_query_id(self.language)  # an unknown language fails before any decoding
         self.window_seconds = settings.window(options.window_seconds)
         self.thresholds = thresholds.from_proto(options.thresholds)
+        self.diarization = speakers.plan(options, settings)  # bad hints fail before any decoding
+        self.voices: dict[int, speakers.Voices] = {}  # diarized channel -> its pieces
         self.warnings: dict[str, None] = {}  # ordered set, filled from worker threads
         self.lock = threading.Lock()
         self.on_segment = None
@@ -186,8 +189,9 @@ class Analysis:
             if first and not mix and same_audio_on_every_channel(np.concatenate(first, axis=1)):
                 mix = True
                 self._warn(f"the {stream.channels} channels carry the same audio: analysed as one speaker (mix)")
-            speakers = speakers_of(stream.channels, self.options, mix)
-            segments, samples = await self._segments(first, blocks, speakers, mix, block_frames)
+            channel_speakers = speakers_of(stream.channels, self.options, mix)
+            self._diarize(channel_speakers)
+            segments, samples = await self._segments(first, blocks, channel_speakers, mix, block_frames)
         finally:
             # A cancelled or failed request may leave the recording being opened or read in a
             # worker thread: the container is closed only after that thread has returned, never
@@ -200,12 +204,35 @@ class Analysis:
         if not segments:
             raise ToneserveError(Code.NO_SPEECH, f"VAD found no speech in {samples / SAMPLE_RATE:.1f} s of audio "
                                                  f"(vad_threshold {self.thresholds.vad_threshold:g})")
+        names = await asyncio.to_thread(self._speaker_names, channel_speakers)  # clustering: CPU work, off the loop
         segments.sort(key=lambda s: (s.start_ms, s.channel))
         reconcile.mark_escalation(segments, self.thresholds)
         duration = samples / SAMPLE_RATE
-        summaries, call = rollup.summarize(segments, duration, [(s.name, s.channel) for s in speakers])
+        summaries, call = rollup.summarize(segments, duration, names)
         return pb.AnalyzeResponse(segments=segments, speakers=summaries, call=call,
                                   metadata=self._metadata(stream, duration, started))
+
+    def _diarize(self, voices: list[Speaker]) -> None:
+        """Which channels are told apart into speakers (`self.voices`), as the request asked."""
+        diarized = self.diarization.diarized([s.channel for s in voices])
+        if diarized and contract.SPEAKER not in self.inference.models:
+            self._warn("diarization is off: this server has no speaker model (one speaker per channel)")
+            return
+        roles = dict(self.options.channel_roles)
+        for voice in voices:
+            if voice.channel in diarized:
+                prefix = roles.get(voice.channel) or ("speaker" if len(voices) == 1 else voice.name)
+                self.voices[voice.channel] = speakers.Voices(voice.name, prefix, self.diarization.hints,
+                                                             self.diarization.limit)
+
+    def _speaker_names(self, voices: list[Speaker]) -> list[tuple[str, int]]:
+        """The call's speakers (name, channel) in channel order: a diarized channel's in order of first
+        speech, its segments renamed to them."""
+        names = []
+        for voice in voices:
+            found = self.voices[voice.channel].finish() if voice.channel in self.voices else [voice.name]
+            names.extend((name, voice.channel) for name in found)
+        return names
 
     async def _decode(self, function, *args):
         """`function(*args)` in a worker thread. Shielded: a cancelled request stops waiting for
@@ -223,14 +250,14 @@ class Analysis:
 
         return await asyncio.shield(loop.run_in_executor(self.executor, work))
 
-    async def _segments(self, first: list[np.ndarray], blocks, speakers: list[Speaker], mix: bool,
+    async def _segments(self, first: list[np.ndarray], blocks, channel_speakers: list[Speaker], mix: bool,
                         block_frames: int) -> tuple[list[pb.Segment], int]:
         """Decode, VAD and segment block by block (`first`: the blocks read already); analyse each
         utterance as soon as it is finished."""
         t = self.thresholds
-        segmentation = Segmentation([s.channel for s in speakers], t.vad_threshold, t.min_silence_ms,
+        segmentation = Segmentation([s.channel for s in channel_speakers], t.vad_threshold, t.min_silence_ms,
                                     self.settings.max_utterance_seconds, block_frames)
-        names = {s.channel: s.name for s in speakers}
+        names = {s.channel: s.name for s in channel_speakers}
         slots = asyncio.Semaphore(self.settings.utterances_per_request)
         results: list[pb.Segment] = []
         samples = 0
@@ -266,19 +293,41 @@ class Analysis:
     async def _utterance(self, utterance: Utterance, speaker: str, slots: asyncio.Semaphore,
                          results: list[pb.Segment]) -> None:
         try:
-            wav = utterance.samples
-            windows = emotion_windows(len(wav), self.window_seconds)
+            voices = self.voices.get(utterance.channel)
+            pieces = [utterance] if voices is None else await self._pieces(utterance)
             async with asyncio.TaskGroup() as group:
-                asr = group.create_task(self._triton(self.inference.asr, wav, self.language, self.options.use_itn))
-                emotions = [group.create_task(self._triton(self.inference.emotion, wav[a:b])) for a, b in windows]
-            # Pitch, sentiment and reconciliation are CPU work: off the event loop.
-            segment = await asyncio.to_thread(
-                self._segment, utterance, speaker, asr.result(), [e.result() for e in emotions], windows)
-            results.append(segment)
-            if self.on_segment is not None:
-                await self.on_segment(segment)
+                for piece in pieces:
+                    group.create_task(self._piece(piece, speaker, voices, results))
         finally:
             slots.release()
+
+    async def _pieces(self, utterance: Utterance) -> list[Utterance]:
+        """A diarized utterance cut where the voice changes (speakers.split), from embeddings of its windows."""
+        if len(utterance.samples) < speakers.SPLIT_MIN_SECONDS * SAMPLE_RATE:
+            return [utterance]
+        spans = speakers.windows(len(utterance.samples))
+        async with asyncio.TaskGroup() as group:
+            calls = [group.create_task(self._triton(self.inference.speaker, utterance.samples[a:b])) for a, b in spans]
+        changes = diarization.change_points(np.stack([c.result() for c in calls]))
+        return speakers.split(utterance, spans, changes)
+
+    async def _piece(self, utterance: Utterance, speaker: str, voices: speakers.Voices | None,
+                     results: list[pb.Segment]) -> None:
+        wav = utterance.samples
+        windows = emotion_windows(len(wav), self.window_seconds)
+        embed = voices is not None and len(wav) >= self.inference.speaker_min_samples
+        async with asyncio.TaskGroup() as group:
+            asr = group.create_task(self._triton(self.inference.asr, wav, self.language, self.options.use_itn))
+            emotions = [group.create_task(self._triton(self.inference.emotion, wav[a:b])) for a, b in windows]
+            voice = group.create_task(self._triton(self.inference.speaker, wav)) if embed else None
+        # Pitch, sentiment and reconciliation are CPU work: off the event loop.
+        segment = await asyncio.to_thread(
+            self._segment, utterance, speaker, asr.result(), [e.result() for e in emotions], windows)
+        if voices is not None:
+            voices.add(segment, voice.result() if voice is not None else None, live=self.on_segment is not None)
+        results.append(segment)
+        if self.on_segment is not None:
+            await self.on_segment(segment)
 
     def _segment(self, utterance: Utterance, speaker: str, asr: AsrResult, emotions: list[Distribution],
                  windows: list[tuple[int, int]]) -> pb.Segment:

@@ -84,11 +84,14 @@ class Settings:
     # half a block waiting for the block, the rest the models); 4 saves ~0.06 s more for twice the
     # VAD calls. Recordings sent whole take 30.72 s blocks (fewer VAD calls).
     live_block_frames: int = 8
+    # Diarization: the most speakers told apart in one channel, and the largest hint a request may give
+    # (AWS Transcribe's MaxSpeakerLabels goes to 30 too).
+    max_speakers: int = 30
 
     def __post_init__(self):
         # A zero here would not mean "off": no thread to decode with, no Triton slot, every request refused.
         counts = {"max_requests": self.max_requests, "max_inflight (--max-triton-calls)": self.max_inflight,
-                  "utterances_per_request": self.utterances_per_request}
+                  "utterances_per_request": self.utterances_per_request, "max_speakers": self.max_speakers}
         quotas = {"tenant_audio_seconds_per_minute": self.tenant_audio_seconds_per_minute,
                   "tenant_audio_seconds_per_day": self.tenant_audio_seconds_per_day,
                   "max_requests_per_tenant": self.max_requests_per_tenant}

@@ -29,6 +29,8 @@ from toneserve.contract import (
     PRESET,
     PROBS,
     RUNTIME,
+    SPEAKER,
+    SPEAKER_MIN_SAMPLES,
     SPEECH_PROBS,
     TEXT,
     TEXTNORM,
@@ -267,6 +269,28 @@ def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFA
     return [frontend, encoder, decoder, ensemble]
 
 
+def speaker_models(models_root: Path, tuning: Tuning = DEFAULT_TUNING) -> list:
+    """The speaker-embedding model (diarization): light like the VAD and the fbank frontend, so always the
+    fp32 graph in ONNX Runtime, whatever precision the heavy models get; its features are inside the graph."""
+    manifest = load_manifest(models_root, "speaker")
+    folder = Path(models_root) / "speaker"
+    serving = manifest["serving"]
+    dim = serving["embedding_dim"]
+    graph = folder / "model.onnx"
+    encoder = OnnxModel(
+        name="speaker_encoder", onnx_file=graph, batching=tuning.batching,
+        inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
+        outputs=(Tensor("embedding", "float32", (dim,)),), warmup=_audio(2.0))
+    ensemble = Ensemble(
+        name=SPEAKER, max_batch_size=tuning.batching.max_batch_size,
+        inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,))),
+        outputs=(Tensor(EMBEDDING, "float32", (dim,)),),
+        steps=(Step("speaker_encoder", {"wav": WAV, "wav_lens": WAV_LENS}, {"embedding": EMBEDDING}),),
+        parameters={**_provenance(manifest, Choice("onnxruntime", "fp32", graph, {})),
+                    SPEAKER_MIN_SAMPLES: str(int(serving["min_samples"]))})
+    return [encoder, ensemble]
+
+
 def silero_onnx() -> Path:
     """The standard silero VAD graph that the silero-vad wheel ships (MIT), 8 and 16 kHz."""
     spec = importlib.util.find_spec("silero_vad")
@@ -303,7 +327,8 @@ def describe(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAUL
     if precision not in PRECISIONS:
         raise CommandError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     return (emotion_models(models_root, precision, tuning, runtime, cpu)
-            + asr_models(models_root, precision, tuning, runtime, cpu) + vad_models(tuning))
+            + asr_models(models_root, precision, tuning, runtime, cpu) + vad_models(tuning)
+            + speaker_models(models_root, tuning))
 
 
 def summary(models: list) -> str:

@@ -57,6 +57,8 @@ PARTS = {
     # The autoscaling rules name the catalog's models: the catalog reads the export manifests.
     "k8s": Part(("kube", "export"), ("toneserve.kube.render", "toneserve.model_repository.catalog")),
     "pack": Part(("kube",), ("toneserve.kube.pack",)),
+    "eval": Part(("loadtest",), ("toneserve.loadtest.eval_diarization", "toneserve.loadtest.der",
+                                 "toneserve.client.sdk"), ("pyannote.metrics",)),
 }
 
 
@@ -204,7 +206,7 @@ def _replace_settings(args, defaults, limits):
                    max_message_bytes=args.max_message_mb * 1024 * 1024,
                    triton_timeout_seconds=args.triton_timeout, max_inflight=args.max_triton_calls,
                    tenant_audio_seconds_per_minute=args.tenant_seconds_per_minute,
-                   tenant_audio_seconds_per_day=args.tenant_seconds_per_day)
+                   tenant_audio_seconds_per_day=args.tenant_seconds_per_day, max_speakers=args.max_speakers)
 
 
 def _security(args):
@@ -320,6 +322,11 @@ def cmd_demo(args) -> int:
     print(json.dumps(result, indent=2, ensure_ascii=False))
     say(summary(result))
     return 0
+
+
+def cmd_eval(args) -> int:
+    from toneserve.loadtest.eval_diarization import run
+    return run(args)
 
 
 def cmd_stream(args) -> int:
@@ -449,6 +456,9 @@ def _add_gateway_options(p):
                    help="Triton calls in flight at once, shared fairly between tenants (key-file weight=); near "
                         "what Triton runs at once, tenants wait in the gateway's fair queue, not Triton's FIFO "
                         f"(default {defaults.max_inflight})")
+    p.add_argument("--max-speakers", type=int, default=defaults.max_speakers, metavar="N",
+                   help="diarization: the most speakers told apart in one channel, and the largest speaker-count hint "
+                        f"a request may give (default {defaults.max_speakers})")
     p.add_argument("--triton-timeout", type=float, default=defaults.triton_timeout_seconds, metavar="S",
                    help="give up a Triton call after this long: TRITON_UNAVAILABLE "
                         f"(default {defaults.triton_timeout_seconds:g})")
@@ -550,6 +560,12 @@ def _stream_arguments(p):
     add_arguments(p)
 
 
+def _eval_arguments(p):
+    from toneserve.loadtest.eval_diarization import add_arguments
+    p.add_argument("subject", choices=("diarization",), help="what to evaluate")
+    add_arguments(p)
+
+
 def _demo_arguments(p):
     _add_size(p, default="base")
     p.add_argument("--seed", type=int, default=0)
@@ -605,6 +621,8 @@ COMMANDS = {
             _k8s_arguments, cmd_k8s),
     "pack": ("pack a rendered model repository into a tarball named by its sha256, for Kubernetes",
              _pack_arguments, cmd_pack),
+    "eval": ("evaluate what the gateway serves against references: eval diarization DIR (DER per file)",
+             _eval_arguments, cmd_eval),
 }
 
 

@@ -22,6 +22,8 @@ SAMPLE_RATE = 16000
 EMOTION = "emotion"
 ASR = "asr"
 VAD = "vad"
+# The speaker-embedding ensemble (diarization): EMBEDDING float32 [batch, dim], L2-normalised.
+SPEAKER = "speaker"
 
 # Audio in: WAV float32 [batch, samples], WAV_LENS int64 [batch, 1] (the true length of each row).
 WAV, WAV_LENS = "WAV", "WAV_LENS"
@@ -53,6 +55,9 @@ ASR_LABELS = {name: f"labels_{name}" for name in ASR_DISTRIBUTIONS}
 # The asr ensemble's query ids: JSON objects, language -> id and "withitn" / "woitn" -> id.
 LANGUAGE_QUERY_IDS, TEXTNORM_QUERY_IDS = "language_query_ids", "textnorm_query_ids"
 
+# The speaker ensemble's shortest clip (in samples, a decimal string) that gives a meaningful embedding.
+SPEAKER_MIN_SAMPLES = "min_samples"
+
 # Triton's rate-limiter resource for the cpu profile's heavy instances (--share-cores): the
 # rendered configs ask for it and the embedded server is started with as many as the machine has.
 CORES = "cpu_cores"
@@ -71,6 +76,8 @@ RETRY_PUSHBACK_METADATA = "grpc-retry-pushback-ms"
 MAX_REQUEST_ID_CHARS = 64
 REQUEST_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
 MAX_ROLE_CHARS = 64
+# Diarization modes as the SDK and the command line name them (the proto's Diarization.Mode, lower case).
+DIARIZATION_MODES = ("auto", "on", "off")
 
 
 def request_id_problem(request_id: str) -> str | None:

@@ -52,6 +52,7 @@ def test_readme_states_the_limits_the_code_has():
     assert float(table["whole `AnalyzeUpload".strip("`")].split()[0]) * 60 == defaults.upload_timeout_seconds
     assert mib(next(v for k, v in table.items() if "buffered" in k)) == defaults.live_buffer_bytes
     assert table["request_id"].startswith(f"{contract.MAX_REQUEST_ID_CHARS} characters")
+    assert int(next(v for k, v in table.items() if k.startswith("speakers told apart"))) == defaults.max_speakers
     assert table["channel role"].startswith(f"{contract.MAX_ROLE_CHARS} printable")
 
 

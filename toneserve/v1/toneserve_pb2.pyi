@@ -19,7 +19,7 @@ ESCALATION: Flag
 ABSTAINED: Flag
 
 class AnalyzeRequest(_message.Message):
-    __slots__ = ("audio", "language", "window_seconds", "use_itn", "request_id", "channel_roles", "thresholds", "mix_channels")
+    __slots__ = ("audio", "language", "window_seconds", "use_itn", "request_id", "channel_roles", "thresholds", "mix_channels", "diarization")
     class ChannelRolesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class AnalyzeRequest(_message.Message):
     CHANNEL_ROLES_FIELD_NUMBER: _ClassVar[int]
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     MIX_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    DIARIZATION_FIELD_NUMBER: _ClassVar[int]
     audio: bytes
     language: str
     window_seconds: float
@@ -43,7 +44,28 @@ class AnalyzeRequest(_message.Message):
     channel_roles: _containers.ScalarMap[int, str]
     thresholds: Thresholds
     mix_channels: bool
-    def __init__(self, audio: _Optional[bytes] = ..., language: _Optional[str] = ..., window_seconds: _Optional[float] = ..., use_itn: _Optional[bool] = ..., request_id: _Optional[str] = ..., channel_roles: _Optional[_Mapping[int, str]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., mix_channels: _Optional[bool] = ...) -> None: ...
+    diarization: Diarization
+    def __init__(self, audio: _Optional[bytes] = ..., language: _Optional[str] = ..., window_seconds: _Optional[float] = ..., use_itn: _Optional[bool] = ..., request_id: _Optional[str] = ..., channel_roles: _Optional[_Mapping[int, str]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., mix_channels: _Optional[bool] = ..., diarization: _Optional[_Union[Diarization, _Mapping]] = ...) -> None: ...
+
+class Diarization(_message.Message):
+    __slots__ = ("mode", "speakers_expected", "min_speakers", "max_speakers")
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        AUTO: _ClassVar[Diarization.Mode]
+        ON: _ClassVar[Diarization.Mode]
+        OFF: _ClassVar[Diarization.Mode]
+    AUTO: Diarization.Mode
+    ON: Diarization.Mode
+    OFF: Diarization.Mode
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SPEAKERS_EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    MIN_SPEAKERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPEAKERS_FIELD_NUMBER: _ClassVar[int]
+    mode: Diarization.Mode
+    speakers_expected: int
+    min_speakers: int
+    max_speakers: int
+    def __init__(self, mode: _Optional[_Union[Diarization.Mode, str]] = ..., speakers_expected: _Optional[int] = ..., min_speakers: _Optional[int] = ..., max_speakers: _Optional[int] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("options", "chunk")
@@ -126,7 +148,7 @@ class Judgement(_message.Message):
     def __init__(self, sentiment: _Optional[str] = ..., score: _Optional[float] = ..., tone_score: _Optional[float] = ..., arousal: _Optional[float] = ..., agreement: _Optional[float] = ..., flags: _Optional[_Iterable[_Union[Flag, str]]] = ...) -> None: ...
 
 class Segment(_message.Message):
-    __slots__ = ("start_ms", "end_ms", "channel", "transcript", "language", "asr_emotion", "event", "itn", "emotion", "speaker", "prosody", "text_sentiment", "judgement", "emotion_windows")
+    __slots__ = ("start_ms", "end_ms", "channel", "transcript", "language", "asr_emotion", "event", "itn", "emotion", "speaker", "prosody", "text_sentiment", "judgement", "emotion_windows", "provisional_speaker")
     START_MS_FIELD_NUMBER: _ClassVar[int]
     END_MS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +163,7 @@ class Segment(_message.Message):
     TEXT_SENTIMENT_FIELD_NUMBER: _ClassVar[int]
     JUDGEMENT_FIELD_NUMBER: _ClassVar[int]
     EMOTION_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONAL_SPEAKER_FIELD_NUMBER: _ClassVar[int]
     start_ms: int
     end_ms: int
     channel: int
@@ -155,7 +178,8 @@ class Segment(_message.Message):
     text_sentiment: TextSentiment
     judgement: Judgement
     emotion_windows: int
-    def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., channel: _Optional[int] = ..., transcript: _Optional[str] = ..., language: _Optional[_Union[Distribution, _Mapping]] = ..., asr_emotion: _Optional[_Union[Distribution, _Mapping]] = ..., event: _Optional[_Union[Distribution, _Mapping]] = ..., itn: _Optional[_Union[Distribution, _Mapping]] = ..., emotion: _Optional[_Union[Distribution, _Mapping]] = ..., speaker: _Optional[str] = ..., prosody: _Optional[_Union[Prosody, _Mapping]] = ..., text_sentiment: _Optional[_Union[TextSentiment, _Mapping]] = ..., judgement: _Optional[_Union[Judgement, _Mapping]] = ..., emotion_windows: _Optional[int] = ...) -> None: ...
+    provisional_speaker: str
+    def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., channel: _Optional[int] = ..., transcript: _Optional[str] = ..., language: _Optional[_Union[Distribution, _Mapping]] = ..., asr_emotion: _Optional[_Union[Distribution, _Mapping]] = ..., event: _Optional[_Union[Distribution, _Mapping]] = ..., itn: _Optional[_Union[Distribution, _Mapping]] = ..., emotion: _Optional[_Union[Distribution, _Mapping]] = ..., speaker: _Optional[str] = ..., prosody: _Optional[_Union[Prosody, _Mapping]] = ..., text_sentiment: _Optional[_Union[TextSentiment, _Mapping]] = ..., judgement: _Optional[_Union[Judgement, _Mapping]] = ..., emotion_windows: _Optional[int] = ..., provisional_speaker: _Optional[str] = ...) -> None: ...
 
 class Quarter(_message.Message):
     __slots__ = ("index", "has_speech", "sentiment", "talk_seconds")

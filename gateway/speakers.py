@@ -1,0 +1,166 @@
+"""Who speaks when inside a channel: the pipeline's side of diarization.
+
+The analysis asks its `Backend` for a speaker embedding of each utterance (`Backend.speaker`); an
+utterance long enough to hold two voices is first embedded in windows, and cut where the voice
+changes (`diarization.change_points`), so that each piece is transcribed and judged as a segment
+of its own. Each piece's embedding is kept (256 floats), and once the recording has ended the
+pieces of each diarized channel are clustered (`diarization.cluster`) and the segments renamed.
+Live streams get a provisional speaker as each segment is sent (`diarization.OnlineClusters`).
+
+Which channels are diarized (`Diarization.mode`), the hints and the names follow the API
+(proto `Diarization`): a channel where one voice is found keeps its usual name.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from toneserve.contract import SAMPLE_RATE, Code, ToneserveError
+from toneserve.gateway import diarization
+from toneserve.gateway.segmenter import Utterance
+from toneserve.gateway.settings import Settings
+from toneserve.v1 import toneserve_pb2 as pb
+
+Mode = pb.Diarization.Mode
+
+# Utterances at least this long are embedded in windows and cut where the voice changes; shorter
+# ones get one embedding. Two windows are needed to see a change.
+WINDOW_SECONDS = 1.5
+WINDOW_SHIFT_SECONDS = 0.75
+SPLIT_MIN_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a request asked of diarization, checked before any audio is read."""
+
+    mode: int  # pb.Diarization.Mode
+    hints: diarization.Hints
+    limit: int  # the server's cap on speakers per channel
+
+    def diarized(self, channels: list[int]) -> set[int]:
+        """Which of the analysed channels (-1: mixed down) are diarized."""
+        if self.mode == Mode.OFF:
+            return set()
+        if self.mode == Mode.ON or len(channels) == 1:
+            return set(channels)
+        return set()
+
+
+def plan(options: pb.AnalyzeRequest, settings: Settings) -> Plan:
+    """The request's diarization options; INVALID_ARGUMENT for hints that cannot hold."""
+    d = options.diarization
+    if d.mode not in Mode.values():
+        raise ToneserveError(Code.INVALID_ARGUMENT, f"diarization.mode {d.mode} is not one of AUTO, ON, OFF")
+    limit = settings.max_speakers
+    named = {"speakers_expected": d.speakers_expected, "min_speakers": d.min_speakers,
+             "max_speakers": d.max_speakers}
+    for name, value in named.items():
+        if value < 0:
+            raise ToneserveError(Code.INVALID_ARGUMENT, f"diarization.{name} must be positive (0: not given), "
+                                                        f"got {value}")
+        if value > limit:
+            raise ToneserveError(Code.INVALID_ARGUMENT, f"diarization.{name} is {value}; this server tells apart "
+                                                        f"at most {limit} speakers per channel")
+    low, high = d.min_speakers, d.max_speakers
+    if low and high and low > high:
+        raise ToneserveError(Code.INVALID_ARGUMENT, f"diarization.min_speakers ({low}) is above "
+                                                    f"max_speakers ({high})")
+    expected = d.speakers_expected
+    if expected and ((low and expected < low) or (high and expected > high)):
+        raise ToneserveError(Code.INVALID_ARGUMENT, f"diarization.speakers_expected ({expected}) is outside "
+                                                    f"[min_speakers, max_speakers] = [{low or 1}, {high or limit}]")
+    if d.mode == Mode.OFF and any(named.values()):
+        raise ToneserveError(Code.INVALID_ARGUMENT, "diarization hints were given with mode OFF")
+    return Plan(d.mode, diarization.Hints(expected=expected, min_speakers=low, max_speakers=high), limit)
+
+
+def windows(n: int) -> list[tuple[int, int]]:
+    """[0, n) as WINDOW_SECONDS windows every WINDOW_SHIFT_SECONDS, the last one ending at n."""
+    size, shift = int(WINDOW_SECONDS * SAMPLE_RATE), int(WINDOW_SHIFT_SECONDS * SAMPLE_RATE)
+    if n <= size:
+        return [(0, n)]
+    starts = list(range(0, n - size, shift)) + [n - size]
+    return [(a, a + size) for a in starts]
+
+
+def split(utterance: Utterance, spans: list[tuple[int, int]], changes: list[int]) -> list[Utterance]:
+    """`utterance` cut before each window index in `changes`: each cut lies in the middle of the overlap
+    of the window before and the window where the new voice starts."""
+    cuts = [0]
+    for index in sorted(set(changes)):
+        if 0 < index < len(spans):
+            cut = (spans[index][0] + spans[index - 1][1]) // 2
+            if cut > cuts[-1]:
+                cuts.append(cut)
+    cuts.append(len(utterance.samples))
+    return [Utterance(utterance.channel, utterance.start + a, utterance.samples[a:b])
+            for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """The L2-normalised mean of some embeddings [k, D]."""
+    mean = np.asarray(vectors, np.float64).mean(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return (mean / norm if norm > 0 else mean).astype(np.float32)
+
+
+@dataclass
+class Voices:
+    """The diarized pieces of one channel: each segment and its embedding, and live provisional labels."""
+
+    base: str  # the channel's usual name (its role, "channel_<c>", "mix")
+    prefix: str  # the numbered names' stem: the role, or "speaker" (one analysed channel), or "channel_<c>"
+    hints: diarization.Hints
+    limit: int
+    segments: list[pb.Segment] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+    online: diarization.OnlineClusters = field(default_factory=diarization.OnlineClusters)
+    live_count: int = 0  # voices the live labels have told apart so far
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def name(self, label: int, count: int) -> str:
+        return self.base if count <= 1 else f"{self.prefix}_{label + 1}"
+
+    def add(self, segment: pb.Segment, embedding: np.ndarray | None, live: bool) -> None:
+        """Keep a finished piece; `embedding` None: too short to carry a voice (it takes its neighbour's
+        speaker). Live: the segment gets its provisional speaker now."""
+        with self.lock:
+            self.segments.append(segment)
+            self.embeddings.append(embedding if embedding is not None else np.zeros(0, np.float32))
+            if live:
+                if embedding is not None:
+                    label = self.online.add(embedding, (segment.end_ms - segment.start_ms) / 1000)
+                    self.live_count = max(self.live_count, label + 1)
+                    segment.speaker = self.name(label, self.live_count)
+                segment.provisional_speaker = segment.speaker
+
+    def finish(self) -> list[str]:
+        """Cluster the channel's pieces and rename its segments; returns the speakers' names in order of
+        first speech (the base name alone when one voice was found, or when nothing could be embedded)."""
+        order = sorted(range(len(self.segments)), key=lambda i: (self.segments[i].start_ms, i))
+        voiced = [i for i in order if self.embeddings[i].size]
+        if not voiced:
+            for segment in self.segments:
+                segment.speaker = self.base
+            return [self.base]
+        vectors = np.stack([self.embeddings[i] for i in voiced])
+        seconds = np.array([(self.segments[i].end_ms - self.segments[i].start_ms) / 1000 for i in voiced])
+        labels = diarization.cluster(vectors, seconds, self.hints, limit=self.limit)
+        label_of = dict(zip(voiced, (int(x) for x in labels)))
+        # A piece too short to embed takes the speaker of the nearest voiced piece in time.
+        starts = np.array([self.segments[i].start_ms for i in voiced])
+        for i in order:
+            if i not in label_of:
+                nearest = int(np.argmin(np.abs(starts - self.segments[i].start_ms)))
+                label_of[i] = label_of[voiced[nearest]]
+        # Numbered in order of first speech.
+        renumber: dict[int, int] = {}
+        for i in order:
+            renumber.setdefault(label_of[i], len(renumber))
+        count = len(renumber)
+        for i in order:
+            self.segments[i].speaker = self.name(renumber[label_of[i]], count)
+        return [self.name(k, count) for k in range(count)]
