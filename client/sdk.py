@@ -65,7 +65,7 @@ def _diarization(diarization: str, speakers_expected: int, min_speakers: int, ma
         raise ValueError(f"speakers_expected ({speakers_expected}) is outside [min_speakers, max_speakers]")
     if diarization == "off" and any(hints.values()):
         raise ValueError("speaker-count hints were given with diarization off")
-    return pb.Diarization(mode=pb.Diarization.Mode.Value(diarization.upper()), **hints)
+    return pb.Diarization(mode=cast(Any, diarization.upper()), **hints)
 
 
 def _analyze_request(*, language: str, window_seconds: float, use_itn: bool,

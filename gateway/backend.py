@@ -43,11 +43,6 @@ class Backend(Protocol):
         ...
 
     @property
-    def speaker_min_samples(self) -> int:
-        """The shortest clip the speaker model gives a meaningful embedding for (16 kHz samples)."""
-        ...
-
-    @property
     def emotion_labels(self) -> list[str]:
         """emotion2vec+'s labels, in the order of its probabilities."""
         ...

@@ -297,10 +297,6 @@ class Inference:
         return AsrResult(text=result.as_numpy(contract.TEXT).reshape(-1)[0].decode("utf-8"),
                          distributions=distributions)
 
-    @property
-    def speaker_min_samples(self) -> int:
-        return int(self.models[contract.SPEAKER].parameters[contract.SPEAKER_MIN_SAMPLES])
-
     async def speaker(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
         inputs = wav_inputs(wav, self.models[contract.SPEAKER].ragged)
         result = await self._infer(contract.SPEAKER, inputs, [contract.EMBEDDING], request_id, timeout)

@@ -228,7 +228,7 @@ class Analysis:
     def _speaker_names(self, voices: list[Speaker]) -> list[tuple[str, int]]:
         """The call's speakers (name, channel) in channel order: a diarized channel's in order of first
         speech, its segments renamed to them."""
-        names = []
+        names: list[tuple[str, int]] = []
         for voice in voices:
             found = self.voices[voice.channel].finish() if voice.channel in self.voices else [voice.name]
             names.extend((name, voice.channel) for name in found)
@@ -315,16 +315,16 @@ class Analysis:
                      results: list[pb.Segment]) -> None:
         wav = utterance.samples
         windows = emotion_windows(len(wav), self.window_seconds)
-        embed = voices is not None and len(wav) >= self.inference.speaker_min_samples
         async with asyncio.TaskGroup() as group:
             asr = group.create_task(self._triton(self.inference.asr, wav, self.language, self.options.use_itn))
             emotions = [group.create_task(self._triton(self.inference.emotion, wav[a:b])) for a, b in windows]
-            voice = group.create_task(self._triton(self.inference.speaker, wav)) if embed else None
+            # Every piece, however short: clustering weighs its units by duration (diarization.RELIABLE_S).
+            voice = group.create_task(self._triton(self.inference.speaker, wav)) if voices is not None else None
         # Pitch, sentiment and reconciliation are CPU work: off the event loop.
         segment = await asyncio.to_thread(
             self._segment, utterance, speaker, asr.result(), [e.result() for e in emotions], windows)
-        if voices is not None:
-            voices.add(segment, voice.result() if voice is not None else None, live=self.on_segment is not None)
+        if voices is not None and voice is not None:
+            voices.add(segment, voice.result(), live=self.on_segment is not None)
         results.append(segment)
         if self.on_segment is not None:
             await self.on_segment(segment)

@@ -87,12 +87,12 @@ def windows(n: int) -> list[tuple[int, int]]:
 
 
 def split(utterance: Utterance, spans: list[tuple[int, int]], changes: list[int]) -> list[Utterance]:
-    """`utterance` cut before each window index in `changes`: each cut lies in the middle of the overlap
-    of the window before and the window where the new voice starts."""
+    """`utterance` cut before each window index in `changes`, at the start of the window where the new
+    voice is found (diarization.change_points; measured there against cuts further into the overlap)."""
     cuts = [0]
     for index in sorted(set(changes)):
         if 0 < index < len(spans):
-            cut = (spans[index][0] + spans[index - 1][1]) // 2
+            cut = spans[index][0]
             if cut > cuts[-1]:
                 cuts.append(cut)
     cuts.append(len(utterance.samples))
@@ -124,43 +124,27 @@ class Voices:
     def name(self, label: int, count: int) -> str:
         return self.base if count <= 1 else f"{self.prefix}_{label + 1}"
 
-    def add(self, segment: pb.Segment, embedding: np.ndarray | None, live: bool) -> None:
-        """Keep a finished piece; `embedding` None: too short to carry a voice (it takes its neighbour's
-        speaker). Live: the segment gets its provisional speaker now."""
+    def add(self, segment: pb.Segment, embedding: np.ndarray, live: bool) -> None:
+        """Keep a finished piece and its embedding. Live: the segment gets its provisional speaker now."""
         with self.lock:
             self.segments.append(segment)
-            self.embeddings.append(embedding if embedding is not None else np.zeros(0, np.float32))
+            self.embeddings.append(embedding)
             if live:
-                if embedding is not None:
-                    label = self.online.add(embedding, (segment.end_ms - segment.start_ms) / 1000)
-                    self.live_count = max(self.live_count, label + 1)
-                    segment.speaker = self.name(label, self.live_count)
-                segment.provisional_speaker = segment.speaker
+                label = self.online.add(embedding, (segment.end_ms - segment.start_ms) / 1000)
+                self.live_count = max(self.live_count, label + 1)
+                segment.speaker = segment.provisional_speaker = self.name(label, self.live_count)
 
     def finish(self) -> list[str]:
-        """Cluster the channel's pieces and rename its segments; returns the speakers' names in order of
-        first speech (the base name alone when one voice was found, or when nothing could be embedded)."""
+        """Cluster the channel's pieces (in time order: the labels come numbered in order of first speech)
+        and rename its segments; returns the speakers' names in that order (the base name alone when one
+        voice was found, or when the channel had no speech)."""
         order = sorted(range(len(self.segments)), key=lambda i: (self.segments[i].start_ms, i))
-        voiced = [i for i in order if self.embeddings[i].size]
-        if not voiced:
-            for segment in self.segments:
-                segment.speaker = self.base
+        if not order:
             return [self.base]
-        vectors = np.stack([self.embeddings[i] for i in voiced])
-        seconds = np.array([(self.segments[i].end_ms - self.segments[i].start_ms) / 1000 for i in voiced])
+        vectors = np.stack([self.embeddings[i] for i in order])
+        seconds = np.array([(self.segments[i].end_ms - self.segments[i].start_ms) / 1000 for i in order])
         labels = diarization.cluster(vectors, seconds, self.hints, limit=self.limit)
-        label_of = dict(zip(voiced, (int(x) for x in labels)))
-        # A piece too short to embed takes the speaker of the nearest voiced piece in time.
-        starts = np.array([self.segments[i].start_ms for i in voiced])
-        for i in order:
-            if i not in label_of:
-                nearest = int(np.argmin(np.abs(starts - self.segments[i].start_ms)))
-                label_of[i] = label_of[voiced[nearest]]
-        # Numbered in order of first speech.
-        renumber: dict[int, int] = {}
-        for i in order:
-            renumber.setdefault(label_of[i], len(renumber))
-        count = len(renumber)
-        for i in order:
-            self.segments[i].speaker = self.name(renumber[label_of[i]], count)
+        count = int(labels.max()) + 1
+        for i, label in zip(order, labels):
+            self.segments[i].speaker = self.name(int(label), count)
         return [self.name(k, count) for k in range(count)]

@@ -60,10 +60,6 @@ class SpeakerBackend(FakeBackend):
                                                   preset="test", weights_origin="package", precision="fp32")
         self.speaker_clips: list[np.ndarray] = []
 
-    @property
-    def speaker_min_samples(self) -> int:
-        return RATE // 2
-
     async def speaker(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
         self.speaker_clips.append(wav)
         await self._answer("speaker")
@@ -173,3 +169,21 @@ def test_bad_hints_fail_before_any_work(hints, says):
         analysis(backend, pb.AnalyzeRequest(diarization=pb.Diarization(**hints)))
     assert error.value.code is Code.INVALID_ARGUMENT and says in str(error.value)
     assert not backend.vad_rows and not backend.speaker_clips
+
+
+@pytest.mark.parametrize("kwargs,says", [
+    (dict(diarization="maybe"), "diarization must be one of"),
+    (dict(min_speakers=3, max_speakers=2), "above max_speakers"),
+    (dict(speakers_expected=5, max_speakers=4), "outside"),
+    (dict(speakers_expected=-1), "positive int"),
+    (dict(diarization="off", speakers_expected=2), "diarization off"),
+])
+def test_the_sdk_checks_the_hints_before_sending(kwargs, says):
+    from toneserve.client.sdk import _analyze_request
+
+    base = dict(language="auto", window_seconds=0.0, use_itn=False, channel_roles=None, mix_channels=False,
+                thresholds=None, request_id="")
+    with pytest.raises(ValueError, match=says):
+        _analyze_request(**base, **kwargs)
+    request = _analyze_request(**base, diarization="on", speakers_expected=2)
+    assert request.diarization.mode == pb.Diarization.ON and request.diarization.speakers_expected == 2
