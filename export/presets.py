@@ -136,3 +136,54 @@ SENSEVOICE_UNCONFIRMED_LOADED: dict[str, list[str]] = {}
 # One "preset": the graph the silero-vad wheel ships.
 SILERO_VAD: dict[str, dict[str, Any]] = {"wheel": {"source": "silero_vad/data/silero_vad.onnx of the installed wheel"}}
 SILERO_VAD_UNCONFIRMED: dict[str, list[str]] = {"wheel": []}
+
+# ------------------------------------------------------------------------------------ speaker (diarization)
+# Speaker-embedding encoders. Every graph: wav [batch, samples] + wav_lens [batch] -> embedding [batch, dim]
+# (L2-normalised). ``min_samples``: the shortest input whose embedding is meaningful (shorter ones still give
+# an embedding, from mostly zero padding).
+
+# Resemblyzer's GE2E encoder (resemblyzer 0.1.4, hparams.py): LSTM 40 -> 256, 3 layers, Linear 256 -> 256,
+# ReLU, L2 norm, on 40-mel power spectrograms (25 ms / 10 ms) of 1.6 s partial utterances.
+_RESEMBLYZER = {
+    "encoder": "resemblyzer", "embedding_dim": 256, "mel_n_channels": 40, "model_hidden_size": 256,
+    "model_num_layers": 3, "partials_n_frames": 160, "rate": 1.3, "min_coverage": 0.75,
+    # The coverage rule's own threshold: 75 % of one 1.6 s partial (embed_utterance drops a last partial
+    # with less audio than this whenever it has another).
+    "min_samples": 19200,
+}
+# CAM++ (3D-Speaker; FunASR's CAMPPlus defaults, which are iic/speech_campplus_sv_zh-cn_16k-common's
+# architecture): 80-dim fbank, 192-d embeddings.
+_CAMPPLUS_CONF = {"feat_dim": 80, "embedding_size": 192, "growth_rate": 32, "bn_size": 4, "init_channels": 128,
+                  "config_str": "batchnorm-relu", "memory_efficient": True, "output_level": "segment"}
+
+SPEAKER: dict[str, dict[str, Any]] = {
+    # The default of `toneserve export` (--size tiny and base): Resemblyzer's real weights from its wheel,
+    # recorded as source kind "package". build.py reaches a family's default only as "random:<preset>", so
+    # this preset name means "the wheel's weights", not random ones.
+    "resemblyzer_wheel": {**_RESEMBLYZER, "weights": "package",
+                          "source": "resemblyzer/pretrained.pt of the installed resemblyzer wheel (real weights)"},
+    # The same architecture, random weights (tests; outputs meaningless).
+    "resemblyzer": {**_RESEMBLYZER, "weights": "random", "source": "resemblyzer 0.1.4's VoiceEncoder architecture"},
+    # CAM++ through FunASR's CAMPPlus: random weights of the published architecture, or a folder's weights.
+    "campplus": {"encoder": "campplus", "embedding_dim": 192, "model_conf": dict(_CAMPPLUS_CONF),
+                 # 3D-Speaker's diarization embeds 1.5 s sub-segments (shift 0.75 s).
+                 "min_samples": 24000, "weights": "random",
+                 "source": "FunASR CAMPPlus defaults = iic/speech_campplus_sv_zh-cn_16k-common's architecture"},
+    # WeSpeaker's ResNet34 (VoxCeleb, large-margin fine-tuned) from its published ONNX (Hugging Face
+    # Wespeaker/wespeaker-voxceleb-resnet34-LM, voxceleb_resnet34_LM.onnx); a folder only, no random weights.
+    "wespeaker_resnet34": {"encoder": "wespeaker", "embedding_dim": 256, "onnx": "voxceleb_resnet34_LM.onnx",
+                           # WeSpeaker's diarization recipe embeds 1.5 s windows (shift 0.75 s).
+                           "min_samples": 24000, "weights": "folder",
+                           "source": "Wespeaker/wespeaker-voxceleb-resnet34-LM's voxceleb_resnet34_LM.onnx"},
+}
+SPEAKER_UNCONFIRMED: dict[str, list[str]] = {
+    "resemblyzer_wheel": [],
+    "resemblyzer": [],
+    "campplus": ["the published config.yaml of iic/speech_campplus_sv_zh-cn_16k-common was not reachable here: "
+                 "the architecture is FunASR's CAMPPlus defaults (6.85 M parameters under FunASR 1.x; 3D-Speaker's "
+                 "card says 7.2 M)"],
+    "wespeaker_resnet34": ["the published voxceleb_resnet34_LM.onnx was not reachable here: the wrapping was tested "
+                           "on a stand-in graph with its IO (feats [B, T, 80] -> embs [B, 256]); WeSpeaker's "
+                           "compute_fbank settings (hamming, x32768, mean-normalised) are from its code"],
+}
+SPEAKER_UNCONFIRMED_LOADED: dict[str, list[str]] = {}

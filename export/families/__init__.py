@@ -4,9 +4,10 @@ from __future__ import annotations
 from toneserve.export.families.emotion2vec import EMOTION2VEC
 from toneserve.export.families.sensevoice import SENSEVOICE
 from toneserve.export.families.silero_vad import SILERO_VAD
+from toneserve.export.families.speaker import SPEAKER
 from toneserve.export.family import ModelFamily
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (EMOTION2VEC, SENSEVOICE, SILERO_VAD)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (EMOTION2VEC, SENSEVOICE, SILERO_VAD, SPEAKER)}
 
 
 def get(name: str) -> ModelFamily:
