@@ -173,7 +173,12 @@ def export_family(family: str, folder: Path, source: Source, fallback: Source | 
             _log(f"{family}: {exc}")
             _log(f"{family}: FALLING BACK TO RANDOM WEIGHTS ({fallback}): real architecture, meaningless outputs")
             continue
-        what = "RANDOM weights" if candidate.kind == "random" else f"weights from {model_dir}"
+        if candidate.kind != "random":
+            what = f"weights from {model_dir}"
+        elif get(family).presets.get(candidate.ref, {}).get("weights") == "package":
+            what = "the real weights its package ships"  # a preset whose weights are a wheel's (speaker)
+        else:
+            what = "RANDOM weights"
         _log(f"{family}: exporting {candidate} ({what}) ...")
         started = time.perf_counter()
         manifest = export_resolved(family, candidate, model_dir, folder, seed=seed, trust_checkpoint=trust_checkpoint)
@@ -197,7 +202,7 @@ def export_models(models_root: Path, size: str = "tiny", seed: int = 0, force: b
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     sources = sources or {}
     if revision and not any(sources.values()):  # else it would pin nothing, silently
-        raise SourceError(f"--revision {revision!r} pins the hub ids given (--emotion2vec / --sensevoice); "
+        raise SourceError(f"--revision {revision!r} pins the hub ids given (--emotion2vec / --sensevoice / --speaker); "
                           f"none was given")
     families = exported()
     # Resolve every source spec before the long work, so a typo fails in a second, not after an export.

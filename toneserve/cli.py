@@ -141,7 +141,8 @@ def cmd_export(args) -> int:
 
     tuning = _tuning(args, DEFAULT_TUNING)
     models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
-                           sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice},
+                           sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice,
+                                    "speaker": args.speaker},
                            variants=args.variants, revision=args.revision, trust_checkpoint=args.trust_checkpoint,
                            calibration=Path(args.calibration) if args.calibration else None)
     for profile, precision in _renderings(args.profiles, args.variants):
@@ -495,6 +496,11 @@ def _export_arguments(p):
                    help="hub id (iic/SenseVoiceSmall on ModelScope, FunAudioLLM/SenseVoiceSmall on Hugging Face), "
                         "a local model folder (config.yaml, model.pt, am.mvn, chn_jpn_yue_eng_ko_spectok.bpe.model) "
                         "or random:PRESET (tiny, small)")
+    p.add_argument("--speaker", metavar="SOURCE",
+                   help="the speaker-embedding model (diarization): random:resemblyzer_wheel (default: Resemblyzer's "
+                        "real weights from its wheel), random:resemblyzer, random:campplus, a CAM++ hub id "
+                        "(iic/speech_campplus_sv_zh-cn_16k-common) or folder, a WeSpeaker ResNet34 ONNX folder or "
+                        "Hugging Face id (Wespeaker/wespeaker-voxceleb-resnet34-LM)")
     p.add_argument("--revision", help="pin the hub ids given to this revision (branch, tag or commit)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load model.pt files that torch.load(weights_only=True) refuses with a full load, which "

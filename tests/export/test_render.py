@@ -19,7 +19,8 @@ def test_every_rendered_config_parses_as_a_model_config(models_root, tmp_path, p
     repo = render_repository(describe(models_root), profile, tmp_path / profile)
     configs = sorted(repo.glob("*/config.pbtxt"))
     assert {c.parent.name for c in configs} == {"emotion", "emotion2vec", "asr", "vad",
-                                                "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder"}
+                                                "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder",
+                                                "speaker", "speaker_encoder"}
     for path in configs:
         config = text_format.Parse(path.read_text(), mc.ModelConfig())
         assert config.name == path.parent.name
@@ -41,7 +42,7 @@ def test_every_model_py_finds_the_runner_files_it_imports_beside_it(models_root,
     runners = sorted(repo.glob("*/1/model.py"))
     python_backend = {"sensevoice_decoder", "vad"}
     if profile == "cpu":  # graphs run in the onnx_runner or openvino_runner there
-        python_backend |= {"emotion2vec", "sensevoice_frontend", "sensevoice_encoder"}
+        python_backend |= {"emotion2vec", "sensevoice_frontend", "sensevoice_encoder", "speaker_encoder"}
     assert {p.parent.parent.name for p in runners} == python_backend
     for model_py in runners:
         folder = model_py.parent
@@ -93,7 +94,7 @@ def test_warmup_samples_and_label_files_are_complete(models_root, tmp_path):
                 labels = (path.parent / output.label_filename).read_text().split()
                 assert len(labels) == output.dims[0], (config.name, output.name)
     assert warmed == {"emotion2vec", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder",
-                      "vad"}
+                      "vad", "speaker_encoder"}
 
 
 def test_shared_cores_render_a_rate_limiter_and_the_launcher_provides_the_pool(models_root, tmp_path):
