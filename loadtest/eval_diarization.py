@@ -35,7 +35,7 @@ def pairs(folder: Path) -> list[tuple[Path, Path]]:
     if not folder.is_dir():
         raise CommandError(f"{folder} is not a folder")
     found = [(audio, audio.with_suffix(".rttm")) for audio in sorted(folder.iterdir())
-             if audio.suffix.lower() in AUDIO_EXTENSIONS and audio.with_suffix(".rttm").is_file()]
+             if audio.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS and audio.with_suffix(".rttm").is_file()]
     if not found:
         raise CommandError(f"no recording in {folder} has a NAME.rttm reference beside it "
                            "(python -m toneserve.loadtest.diarization_corpus DIR builds a corpus)")
