@@ -191,9 +191,7 @@ class Inference:
         gateway then serves without diarization (each request that would diarize says so in a warning)."""
         for name in (contract.EMOTION, contract.ASR, contract.VAD, contract.SPEAKER):
             try:
-                if name == contract.SPEAKER and not any(
-                        m.get("name") == name for m in (await self.client.get_model_repository_index(
-                            as_json=True)).get("models", [])):
+                if name == contract.SPEAKER and not await self._serves(name):
                     log.warning("Triton serves no %r model: diarization is off", name)
                     continue
                 if not await self.client.is_model_ready(name):
@@ -212,6 +210,16 @@ class Inference:
                 runtime=parameters.get(contract.RUNTIME, "onnxruntime"),
                 parameters=parameters, ragged=bool(wav.get("allow_ragged_batch", False)),
                 max_batch_size=int(config.get("max_batch_size", 0)))
+
+    async def _serves(self, name: str) -> bool:
+        """Whether Triton has model `name` ready. Asked last, of a server that just answered for the others:
+        an unknown model (the repository index is an admin API the gateway may not reach) is an error."""
+        try:
+            return bool(await self.client.is_model_ready(name))
+        except InferenceServerException as exc:
+            if "UNAVAILABLE" in str(exc.status() or ""):
+                raise
+            return False
 
     def label_sets(self) -> dict[str, list[str]]:
         asr = self.models[contract.ASR]

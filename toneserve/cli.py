@@ -57,8 +57,8 @@ PARTS = {
     # The autoscaling rules name the catalog's models: the catalog reads the export manifests.
     "k8s": Part(("kube", "export"), ("toneserve.kube.render", "toneserve.model_repository.catalog")),
     "pack": Part(("kube",), ("toneserve.kube.pack",)),
-    "eval": Part(("loadtest",), ("toneserve.loadtest.eval_diarization", "toneserve.loadtest.der",
-                                 "toneserve.client.sdk"), ("pyannote.metrics",)),
+    "eval": Part(("loadtest",), ("toneserve.loadtest.eval_diarization", "toneserve.loadtest.der"),
+                 ("pyannote.metrics",)),
 }
 
 

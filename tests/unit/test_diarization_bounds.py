@@ -50,3 +50,19 @@ def test_twenty_thousand_windows_in_bounded_memory():
     assert peak < 48 * 2**20, f"peak {peak / 2**20:.1f} MiB"
     assert len(np.unique(labels)) == 4 and purity(labels, truth) >= 0.99
     print(f"20,000 units: {seconds:.1f} s, peak {peak / 2**20:.1f} MiB")
+
+
+def test_the_tree_is_scipy_s_average_linkage():
+    """Below one block, without the duration rules, `cluster` cut at a threshold is exactly scipy's average
+    linkage on cosine distance cut at the same height (the gateway's own code is checked against the
+    maintained implementation; it exists to cluster in blocks and to weigh merged groups by their members)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    embeddings, _ = synthetic(300, 5, seed=3)
+    ours = cluster(embeddings, np.full(len(embeddings), 2.0), threshold=dz.THRESHOLD, reliable_s=0.0,
+                   merge_small=False)
+    theirs = fcluster(linkage(embeddings.astype(np.float64), method="average", metric="cosine"),
+                      t=dz.THRESHOLD, criterion="distance")
+    # the same partition, whatever the numbering
+    pairs = set(zip(ours.tolist(), theirs.tolist()))
+    assert len(pairs) == len(set(ours.tolist())) == len(set(theirs.tolist())) >= 2
