@@ -215,8 +215,8 @@ def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True, reduce_rang
       weights have outlier columns that a single per-tensor scale would crush.
     * ``reduce_range=True``: 7-bit weights, so that U8S8 products cannot saturate the int16
       accumulators of x86 kernels without VNNI. On the Xeon (AMX, VNNI) this was first measured
-      on, 8-bit weights had half the error; on an AMD EPYC (Zen 4, avx512_vnni, no AMX) ONNX
-      Runtime 1.31's MLAS saturates with 8-bit weights: tiny emotion2vec+ embedding error 0.142
+      on, 8-bit weights had half the error; on an AMD EPYC whose /proc/cpuinfo shows AVX2 and no
+      AVX-512 or VNNI (2026-12-06), ONNX Runtime 1.31 saturates with 8-bit weights: tiny emotion2vec+ embedding error 0.142
       with 8 bits against 0.021 with 7, tiny SenseVoice CTC logits 0.748 (frame top-1 70 %)
       against 0.068 (96 %). A graph is exported on one machine and served on others, so the
       range that is safe on every x86 CPU is the default.
