@@ -212,24 +212,24 @@ class Analysis:
         return pb.AnalyzeResponse(segments=segments, speakers=summaries, call=call,
                                   metadata=self._metadata(stream, duration, started))
 
-    def _diarize(self, voices: list[Speaker]) -> None:
+    def _diarize(self, channel_speakers: list[Speaker]) -> None:
         """Which channels are told apart into speakers (`self.voices`), as the request asked."""
-        diarized = self.diarization.diarized([s.channel for s in voices])
+        diarized = self.diarization.diarized([s.channel for s in channel_speakers])
         if diarized and contract.SPEAKER not in self.inference.models:
             self._warn("diarization is off: this server has no speaker model (one speaker per channel)")
             return
         roles = dict(self.options.channel_roles)
-        for voice in voices:
+        for voice in channel_speakers:
             if voice.channel in diarized:
-                prefix = roles.get(voice.channel) or ("speaker" if len(voices) == 1 else voice.name)
+                prefix = roles.get(voice.channel) or ("speaker" if len(channel_speakers) == 1 else voice.name)
                 self.voices[voice.channel] = speakers.Voices(voice.name, prefix, self.diarization.hints,
                                                              self.diarization.limit)
 
-    def _speaker_names(self, voices: list[Speaker]) -> list[tuple[str, int]]:
+    def _speaker_names(self, channel_speakers: list[Speaker]) -> list[tuple[str, int]]:
         """The call's speakers (name, channel) in channel order: a diarized channel's in order of first
         speech, its segments renamed to them."""
         names: list[tuple[str, int]] = []
-        for voice in voices:
+        for voice in channel_speakers:
             found = self.voices[voice.channel].finish() if voice.channel in self.voices else [voice.name]
             names.extend((name, voice.channel) for name in found)
         return names

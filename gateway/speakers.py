@@ -100,13 +100,6 @@ def split(utterance: Utterance, spans: list[tuple[int, int]], changes: list[int]
             for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
-def unit(vectors: np.ndarray) -> np.ndarray:
-    """The L2-normalised mean of some embeddings [k, D]."""
-    mean = np.asarray(vectors, np.float64).mean(axis=0)
-    norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32)
-
-
 @dataclass
 class Voices:
     """The diarized pieces of one channel: each segment and its embedding, and live provisional labels."""

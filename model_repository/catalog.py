@@ -30,7 +30,6 @@ from toneserve.contract import (
     PROBS,
     RUNTIME,
     SPEAKER,
-    SPEAKER_MIN_SAMPLES,
     SPEECH_PROBS,
     TEXT,
     TEXTNORM,
@@ -286,8 +285,7 @@ def speaker_models(models_root: Path, tuning: Tuning = DEFAULT_TUNING) -> list:
         inputs=(Tensor(WAV, "float32", (-1,)), Tensor(WAV_LENS, "int64", (1,))),
         outputs=(Tensor(EMBEDDING, "float32", (dim,)),),
         steps=(Step("speaker_encoder", {"wav": WAV, "wav_lens": WAV_LENS}, {"embedding": EMBEDDING}),),
-        parameters={**_provenance(manifest, Choice("onnxruntime", "fp32", graph, {})),
-                    SPEAKER_MIN_SAMPLES: str(int(serving["min_samples"]))})
+        parameters=_provenance(manifest, Choice("onnxruntime", "fp32", graph, {})))
     return [encoder, ensemble]
 
 

@@ -55,9 +55,6 @@ ASR_LABELS = {name: f"labels_{name}" for name in ASR_DISTRIBUTIONS}
 # The asr ensemble's query ids: JSON objects, language -> id and "withitn" / "woitn" -> id.
 LANGUAGE_QUERY_IDS, TEXTNORM_QUERY_IDS = "language_query_ids", "textnorm_query_ids"
 
-# The speaker ensemble's shortest clip (in samples, a decimal string) that gives a meaningful embedding.
-SPEAKER_MIN_SAMPLES = "min_samples"
-
 # Triton's rate-limiter resource for the cpu profile's heavy instances (--share-cores): the
 # rendered configs ask for it and the embedded server is started with as many as the machine has.
 CORES = "cpu_cores"
