@@ -187,3 +187,11 @@ def test_the_sdk_checks_the_hints_before_sending(kwargs, says):
         _analyze_request(**base, **kwargs)
     request = _analyze_request(**base, diarization="on", speakers_expected=2)
     assert request.diarization.mode == pb.Diarization.ON and request.diarization.speakers_expected == 2
+
+
+def test_voices_of_an_unnamed_channel_are_numbered_after_it():
+    turns = [(0.5, 2.5, "a"), (3.0, 5.0, "b"), (5.6, 7.0, "a"), (7.6, 9.6, "c")]
+    audio = conversation(10.5, turns, channels=2, channel_of={"a": 0, "b": 0, "c": 1})
+    response = run(SpeakerBackend(), audio, pb.AnalyzeRequest(diarization=pb.Diarization(mode=pb.Diarization.ON)))
+    assert [(s.speaker, s.channel) for s in response.speakers] == [("channel_0_1", 0), ("channel_0_2", 0),
+                                                                  ("channel_1", 1)]
