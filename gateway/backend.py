@@ -1,7 +1,7 @@
 """What an analysis needs of the models that serve it: `Backend`.
 
-The four calls (silero VAD, SenseVoice, emotion2vec+, the speaker-embedding model) and what a response's metadata says about
-the models. gateway/inference.py implements it over Triton; the unit tests implement it with
+The four calls (silero VAD, SenseVoice, emotion2vec+, the speaker-embedding model) and what a
+response's metadata says about the models. gateway/inference.py implements it over Triton; the unit tests implement it with
 fakes, so the pipeline is tested without a model server.
 """
 from __future__ import annotations

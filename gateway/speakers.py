@@ -110,9 +110,11 @@ class Voices:
     limit: int
     segments: list[pb.Segment] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
-    online: diarization.OnlineClusters = field(default_factory=diarization.OnlineClusters)
-    live_count: int = 0  # voices the live labels have told apart so far
+    online: diarization.OnlineClusters = field(init=False)  # live labels, under the same hints and cap
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.online = diarization.OnlineClusters(self.hints, limit=self.limit)
 
     def name(self, label: int, count: int) -> str:
         return self.base if count <= 1 else f"{self.prefix}_{label + 1}"
@@ -124,8 +126,8 @@ class Voices:
             self.embeddings.append(embedding)
             if live:
                 label = self.online.add(embedding, (segment.end_ms - segment.start_ms) / 1000)
-                self.live_count = max(self.live_count, label + 1)
-                segment.speaker = segment.provisional_speaker = self.name(label, self.live_count)
+                # the voices told apart so far: one centroid each
+                segment.speaker = segment.provisional_speaker = self.name(label, len(self.online.sums))
 
     def finish(self) -> list[str]:
         """Cluster the channel's pieces (in time order: the labels come numbered in order of first speech)

@@ -195,3 +195,15 @@ def test_voices_of_an_unnamed_channel_are_numbered_after_it():
     response = run(SpeakerBackend(), audio, pb.AnalyzeRequest(diarization=pb.Diarization(mode=pb.Diarization.ON)))
     assert [(s.speaker, s.channel) for s in response.speakers] == [("channel_0_1", 0), ("channel_0_2", 0),
                                                                   ("channel_1", 1)]
+
+
+def test_live_provisional_speakers_keep_to_the_hints():
+    sent: list[str] = []
+
+    async def on_segment(segment: pb.Segment) -> None:
+        sent.append(segment.provisional_speaker)
+
+    options = pb.AnalyzeRequest(diarization=pb.Diarization(max_speakers=1))
+    response = run(SpeakerBackend(), conversation(12.0, TWO_VOICES), options, on_segment=on_segment)
+    assert sent and set(sent) == {"channel_0"}
+    assert [s.speaker for s in response.speakers] == ["channel_0"]
