@@ -1,12 +1,10 @@
 """Prosody of one utterance: pitch (Praat via parselmouth), loudness and speaking rate."""
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import parselmouth
 
-from toneserve.gateway.sentiment import strip_tags
+from toneserve.gateway import words
 from toneserve.v1 import toneserve_pb2 as pb
 
 # Speech F0 spans roughly 60-500 Hz, from low male voices to children and raised voices.
@@ -19,38 +17,19 @@ _PERIODS_PER_WINDOW = 3
 # Loudness of digital silence: -120 dBFS, below any real recording's noise floor.
 SILENCE_DBFS = -120.0
 
-# Languages written without spaces between words, where each character counts as a word.
-CHARACTER_LANGUAGES = frozenset({"zh", "yue", "ja"})
-# Han ideographs (basic, extension A, compatibility, supplementary planes) and kana;
-# the kana ranges leave out the middle dot (U+30FB), which is punctuation.
-_CJK = ("\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-        "\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30ff\u31f0-\u31ff\uff66-\uff9d")
-# One CJK character, or a run of other letters/digits (a latin word or number mixed in).
-_CJK_WORD = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[^\W_])+")
-_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
-
-
-def count_words(text: str, language: str) -> int:
-    """Words of a transcript: CJK characters plus mixed-in words for zh/yue/ja, else
-    whitespace-separated tokens with a letter or digit (so a lone "-" or "..." is no word)."""
-    text = strip_tags(text)
-    if language in CHARACTER_LANGUAGES:
-        return len(_CJK_WORD.findall(text))
-    return sum(1 for token in text.split() if _LETTER_OR_DIGIT.search(token))
-
 
 def prosody(samples: np.ndarray, rate: int, transcript: str, language: str) -> pb.Prosody:
     """Prosody of float32 mono `samples` in [-1, 1] at `rate` Hz with its transcript."""
     seconds = len(samples) / rate
-    words = count_words(transcript, language)
+    count = words.count(transcript, language)
     pitch_hz, pitch_std, voiced_fraction = _pitch(samples, rate)
     return pb.Prosody(
         pitch_hz=pitch_hz,
         pitch_std_semitones=pitch_std,
         loudness_dbfs=_loudness_dbfs(samples),
-        speaking_rate_wpm=words / seconds * 60.0 if seconds > 0 else 0.0,
+        speaking_rate_wpm=count / seconds * 60.0 if seconds > 0 else 0.0,
         voiced_fraction=voiced_fraction,
-        words=words,
+        words=count,
     )
 
 

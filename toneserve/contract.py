@@ -25,6 +25,12 @@ VAD = "vad"
 # The speaker-embedding ensemble (diarization): EMBEDDING float32 [batch, dim], L2-normalised.
 SPEAKER = "speaker"
 
+# The text-sentiment ensemble: TEXT in (bytes [batch, 1], one UTF-8 sentence per row; tokenised inside
+# Triton), PROBS out (float32 [batch, labels], in the order of its TEXT_SENTIMENT_LABELS parameter).
+TEXT_SENTIMENT = "text_sentiment"
+# The languages SenseVoice transcribes, which the gateway's text sentiment and AnalyzeText take.
+TEXT_LANGUAGES = ("zh", "en", "yue", "ja", "ko")
+
 # Audio in: WAV float32 [batch, samples], WAV_LENS int64 [batch, 1] (the true length of each row).
 WAV, WAV_LENS = "WAV", "WAV_LENS"
 # SenseVoice's query ids: int64 [batch, 1], chosen from the asr ensemble's *_QUERY_IDS parameters.
@@ -50,6 +56,9 @@ RUNTIME = "runtime"
 PROVENANCE = (FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION, RUNTIME)
 # The emotion ensemble's label set (a JSON list, in PROBS order).
 EMOTION_LABELS = "labels"
+# The text_sentiment ensemble's label set (a JSON list, in PROBS order: the model's id2label) and the
+# longest token sequence it scores (a longer sentence is cut there).
+TEXT_SENTIMENT_LABELS, MAX_TOKENS = "labels", "max_tokens"
 # The asr ensemble's label sets, one JSON list per distribution.
 ASR_LABELS = {name: f"labels_{name}" for name in ASR_DISTRIBUTIONS}
 # The asr ensemble's query ids: JSON objects, language -> id and "withitn" / "woitn" -> id.

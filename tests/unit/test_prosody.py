@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toneserve.gateway.prosody import count_words, prosody
+from toneserve.gateway.prosody import prosody
+from toneserve.gateway.words import count as count_words
 
 RATE = 16000
 

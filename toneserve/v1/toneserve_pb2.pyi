@@ -120,16 +120,78 @@ class Prosody(_message.Message):
     def __init__(self, pitch_hz: _Optional[float] = ..., pitch_std_semitones: _Optional[float] = ..., loudness_dbfs: _Optional[float] = ..., speaking_rate_wpm: _Optional[float] = ..., voiced_fraction: _Optional[float] = ..., words: _Optional[int] = ...) -> None: ...
 
 class TextSentiment(_message.Message):
-    __slots__ = ("scored", "score", "label", "method")
+    __slots__ = ("scored", "score", "label", "method", "sentences")
     SCORED_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
+    SENTENCES_FIELD_NUMBER: _ClassVar[int]
     scored: bool
     score: float
     label: str
     method: str
-    def __init__(self, scored: _Optional[bool] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
+    sentences: _containers.RepeatedCompositeFieldContainer[TextSegment]
+    def __init__(self, scored: _Optional[bool] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., method: _Optional[str] = ..., sentences: _Optional[_Iterable[_Union[TextSegment, _Mapping]]] = ...) -> None: ...
+
+class TextSegment(_message.Message):
+    __slots__ = ("text", "start_word", "end_word", "sentiment", "sentiment_score")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    START_WORD_FIELD_NUMBER: _ClassVar[int]
+    END_WORD_FIELD_NUMBER: _ClassVar[int]
+    SENTIMENT_FIELD_NUMBER: _ClassVar[int]
+    SENTIMENT_SCORE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    start_word: int
+    end_word: int
+    sentiment: str
+    sentiment_score: float
+    def __init__(self, text: _Optional[str] = ..., start_word: _Optional[int] = ..., end_word: _Optional[int] = ..., sentiment: _Optional[str] = ..., sentiment_score: _Optional[float] = ...) -> None: ...
+
+class SentimentAverage(_message.Message):
+    __slots__ = ("sentiment", "sentiment_score")
+    SENTIMENT_FIELD_NUMBER: _ClassVar[int]
+    SENTIMENT_SCORE_FIELD_NUMBER: _ClassVar[int]
+    sentiment: str
+    sentiment_score: float
+    def __init__(self, sentiment: _Optional[str] = ..., sentiment_score: _Optional[float] = ...) -> None: ...
+
+class AnalyzeTextRequest(_message.Message):
+    __slots__ = ("text", "language", "request_id", "thresholds")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    language: str
+    request_id: str
+    thresholds: Thresholds
+    def __init__(self, text: _Optional[str] = ..., language: _Optional[str] = ..., request_id: _Optional[str] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ...) -> None: ...
+
+class AnalyzeTextResponse(_message.Message):
+    __slots__ = ("segments", "average", "metadata", "language")
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    AVERAGE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedCompositeFieldContainer[TextSegment]
+    average: SentimentAverage
+    metadata: Metadata
+    language: str
+    def __init__(self, segments: _Optional[_Iterable[_Union[TextSegment, _Mapping]]] = ..., average: _Optional[_Union[SentimentAverage, _Mapping]] = ..., metadata: _Optional[_Union[Metadata, _Mapping]] = ..., language: _Optional[str] = ...) -> None: ...
+
+class Verdict(_message.Message):
+    __slots__ = ("sentiment", "score", "reason", "segment_ids", "model")
+    SENTIMENT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    sentiment: str
+    score: float
+    reason: str
+    segment_ids: _containers.RepeatedScalarFieldContainer[int]
+    model: str
+    def __init__(self, sentiment: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ..., segment_ids: _Optional[_Iterable[int]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Judgement(_message.Message):
     __slots__ = ("sentiment", "score", "tone_score", "arousal", "agreement", "flags")
@@ -244,7 +306,7 @@ class SpeakerSummary(_message.Message):
     def __init__(self, speaker: _Optional[str] = ..., channel: _Optional[int] = ..., segments: _Optional[int] = ..., talk_seconds: _Optional[float] = ..., non_talk_seconds: _Optional[float] = ..., average_sentiment: _Optional[float] = ..., quarters: _Optional[_Iterable[_Union[Quarter, _Mapping]]] = ..., emotion_timeline: _Optional[_Iterable[_Union[TimelinePoint, _Mapping]]] = ..., emotion: _Optional[_Union[Distribution, _Mapping]] = ..., loudness_dbfs: _Optional[float] = ..., speaking_rate_wpm: _Optional[float] = ..., words: _Optional[int] = ..., overlap_seconds: _Optional[float] = ..., interruptions: _Optional[int] = ..., flagged_segments: _Optional[int] = ...) -> None: ...
 
 class CallSummary(_message.Message):
-    __slots__ = ("duration_seconds", "talk_seconds", "non_talk_seconds", "overlap_seconds", "interruptions", "average_sentiment", "quarters", "emotion_timeline", "emotion", "loudness_dbfs", "speaking_rate_wpm", "segments", "flagged_segments")
+    __slots__ = ("duration_seconds", "talk_seconds", "non_talk_seconds", "overlap_seconds", "interruptions", "average_sentiment", "quarters", "emotion_timeline", "emotion", "loudness_dbfs", "speaking_rate_wpm", "segments", "flagged_segments", "verdict")
     DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     TALK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NON_TALK_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +320,7 @@ class CallSummary(_message.Message):
     SPEAKING_RATE_WPM_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     FLAGGED_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
     duration_seconds: float
     talk_seconds: float
     non_talk_seconds: float
@@ -271,7 +334,8 @@ class CallSummary(_message.Message):
     speaking_rate_wpm: float
     segments: int
     flagged_segments: int
-    def __init__(self, duration_seconds: _Optional[float] = ..., talk_seconds: _Optional[float] = ..., non_talk_seconds: _Optional[float] = ..., overlap_seconds: _Optional[float] = ..., interruptions: _Optional[int] = ..., average_sentiment: _Optional[float] = ..., quarters: _Optional[_Iterable[_Union[Quarter, _Mapping]]] = ..., emotion_timeline: _Optional[_Iterable[_Union[TimelinePoint, _Mapping]]] = ..., emotion: _Optional[_Union[Distribution, _Mapping]] = ..., loudness_dbfs: _Optional[float] = ..., speaking_rate_wpm: _Optional[float] = ..., segments: _Optional[int] = ..., flagged_segments: _Optional[int] = ...) -> None: ...
+    verdict: Verdict
+    def __init__(self, duration_seconds: _Optional[float] = ..., talk_seconds: _Optional[float] = ..., non_talk_seconds: _Optional[float] = ..., overlap_seconds: _Optional[float] = ..., interruptions: _Optional[int] = ..., average_sentiment: _Optional[float] = ..., quarters: _Optional[_Iterable[_Union[Quarter, _Mapping]]] = ..., emotion_timeline: _Optional[_Iterable[_Union[TimelinePoint, _Mapping]]] = ..., emotion: _Optional[_Union[Distribution, _Mapping]] = ..., loudness_dbfs: _Optional[float] = ..., speaking_rate_wpm: _Optional[float] = ..., segments: _Optional[int] = ..., flagged_segments: _Optional[int] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "family", "preset", "weights_origin", "precision", "runtime")

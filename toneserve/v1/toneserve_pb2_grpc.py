@@ -49,6 +49,11 @@ class AnalyzerStub:
                 request_serializer=toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.SerializeToString,
                 response_deserializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeEvent.FromString,
                 _registered_method=True)
+        self.AnalyzeText = channel.unary_unary(
+                '/toneserve.v1.Analyzer/AnalyzeText',
+                request_serializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeTextRequest.SerializeToString,
+                response_deserializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeTextResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyzerServicer:
@@ -79,6 +84,14 @@ class AnalyzerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnalyzeText(self, request, context):
+        """The sentiment of a text (no audio): its sentences scored by the same text model, and their
+        average (Deepgram's text sentiment shape). The audio path scores its transcripts with the same code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyzerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_AnalyzerServicer_to_server(servicer, server):
                     servicer.AnalyzeStream,
                     request_deserializer=toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.FromString,
                     response_serializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeEvent.SerializeToString,
+            ),
+            'AnalyzeText': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnalyzeText,
+                    request_deserializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeTextRequest.FromString,
+                    response_serializer=toneserve_dot_v1_dot_toneserve__pb2.AnalyzeTextResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +197,33 @@ class Analyzer:
             '/toneserve.v1.Analyzer/AnalyzeStream',
             toneserve_dot_v1_dot_toneserve__pb2.UploadRequest.SerializeToString,
             toneserve_dot_v1_dot_toneserve__pb2.AnalyzeEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyzeText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/toneserve.v1.Analyzer/AnalyzeText',
+            toneserve_dot_v1_dot_toneserve__pb2.AnalyzeTextRequest.SerializeToString,
+            toneserve_dot_v1_dot_toneserve__pb2.AnalyzeTextResponse.FromString,
             options,
             channel_credentials,
             insecure,
