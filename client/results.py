@@ -48,11 +48,38 @@ class Prosody:
 
 
 @dataclass(frozen=True)
+class TextSegment:
+    """One sentence and its sentiment; words [start_word, end_word) of the whole text."""
+    text: str
+    start_word: int
+    end_word: int
+    sentiment: str
+    sentiment_score: float
+
+
+@dataclass(frozen=True)
 class TextSentiment:
-    scored: bool  # False when there is no text model for the segment's language
+    scored: bool  # False when the text holds no word, or nothing scores its language
     score: float
     label: str
-    method: str
+    method: str  # "<family>/<preset> <precision>" of the text model, or "vader" / "snownlp"
+    sentences: tuple[TextSegment, ...] = ()
+
+
+@dataclass(frozen=True)
+class SentimentAverage:
+    sentiment: str
+    sentiment_score: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The LLM judge's verdict on the call (the gateway's --judge-url)."""
+    sentiment: str
+    score: float
+    reason: str
+    segment_ids: tuple[int, ...]  # indexes into Result.segments
+    model: str
 
 
 @dataclass(frozen=True)
@@ -146,6 +173,7 @@ class CallSummary:
     speaking_rate_wpm: float
     segments: int
     flagged_segments: int
+    verdict: Verdict | None = None  # None: no judge configured, or it failed (a metadata warning says why)
 
 
 @dataclass(frozen=True)
@@ -218,6 +246,25 @@ class Result:
                    raw=response)
 
 
+@dataclass(frozen=True)
+class TextResult:
+    """AnalyzeText's answer: the text's sentences scored, and their average (Deepgram's shape)."""
+    segments: tuple[TextSegment, ...]
+    average: SentimentAverage
+    language: str
+    metadata: Metadata
+    raw: pb.AnalyzeTextResponse = field(repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "raw"}
+
+    @classmethod
+    def from_proto(cls, response: pb.AnalyzeTextResponse) -> TextResult:
+        return cls(segments=tuple(_convert(s, TextSegment) for s in response.segments),
+                   average=_convert(response.average, SentimentAverage), language=response.language,
+                   metadata=_convert(response.metadata, Metadata), raw=response)
+
+
 def _plain(value):
     if dataclasses.is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -227,9 +274,11 @@ def _plain(value):
 
 
 # Each proto message type and the dataclass it becomes.
-_TYPES = {cls.__name__: cls for cls in (Distribution, Prosody, TextSentiment, Judgement, Segment, Quarter,
-                                        TimelinePoint, SpeakerSummary, CallSummary, ModelInfo, LabelSet,
-                                        Thresholds, Metadata)}
+_TYPES = {cls.__name__: cls for cls in (Distribution, Prosody, TextSentiment, TextSegment, Judgement, Segment,
+                                        Quarter, TimelinePoint, SpeakerSummary, CallSummary, ModelInfo, LabelSet,
+                                        Thresholds, Metadata, SentimentAverage, Verdict)}
+# Message fields that read as None when the server left them unset (not as an empty message).
+_ABSENT_IS_NONE = frozenset({"verdict"})
 
 
 @cache
@@ -255,7 +304,8 @@ def _convert(message, cls):
         value = getattr(message, descriptor.name)
         if descriptor.is_repeated:
             values[descriptor.name] = tuple(_scalar(descriptor, v) for v in value)
-        elif descriptor.has_presence and descriptor.type != FieldDescriptor.TYPE_MESSAGE \
+        elif descriptor.has_presence and (descriptor.type != FieldDescriptor.TYPE_MESSAGE
+                                          or descriptor.name in _ABSENT_IS_NONE) \
                 and not message.HasField(descriptor.name):
             values[descriptor.name] = None
         else:

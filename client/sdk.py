@@ -32,13 +32,13 @@ import grpc
 
 from toneserve.client.connection import Connection
 from toneserve.client.errors import AnalyzeError
-from toneserve.client.results import Result, Segment, from_event
+from toneserve.client.results import Result, Segment, TextResult, from_event
 from toneserve.client.retry import Deadline, RetryPolicy
-from toneserve.contract import DIARIZATION_MODES, request_id_problem, role_problem
+from toneserve.contract import DIARIZATION_MODES, TEXT_LANGUAGES, request_id_problem, role_problem
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
-__all__ = ["Client", "AsyncClient", "AnalyzeError", "Result", "Segment", "RetryPolicy", "live_wav_header",
+__all__ = ["Client", "AsyncClient", "AnalyzeError", "Result", "Segment", "TextResult", "RetryPolicy", "live_wav_header",
            "UPLOAD_ABOVE_BYTES", "CHUNK_BYTES"]
 
 # Files above this go through AnalyzeUpload in CHUNK_BYTES pieces (the gateway's Analyze takes 64 MiB by
@@ -90,6 +90,22 @@ def _analyze_request(*, language: str, window_seconds: float, use_itn: bool,
                              # Field types are protobuf's to check (an int field refuses a float).
                              thresholds=pb.Thresholds(**cast(dict[str, Any], thresholds or {})),
                              request_id=request_id or uuid.uuid4().hex)
+
+
+def _text_request(text: str, language: str, sentiment_break: float | None, request_id: str) -> pb.AnalyzeTextRequest:
+    """AnalyzeText's request, checked as the gateway checks it (the length limit is the server's)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("the text is empty")
+    if language not in ("auto", *TEXT_LANGUAGES):
+        raise ValueError(f"language must be auto or one of {', '.join(TEXT_LANGUAGES)}, got {language!r}")
+    problem = request_id_problem(request_id)
+    if problem:
+        raise ValueError(problem)
+    thresholds = pb.Thresholds() if sentiment_break is None else pb.Thresholds(sentiment_break=sentiment_break)
+    return pb.AnalyzeTextRequest(text=text, language=language, thresholds=thresholds,
+                                 request_id=request_id or uuid.uuid4().hex)
 
 
 def _size(audio: Audio) -> int:
@@ -171,7 +187,8 @@ class _Base(abc.ABC):
             upload = _size(audio) > UPLOAD_ABOVE_BYTES
         return request, upload
 
-    def _error(self, exc: grpc.RpcError, request: pb.AnalyzeRequest, deadline: Deadline) -> AnalyzeError:
+    def _error(self, exc: grpc.RpcError, request: pb.AnalyzeRequest | pb.AnalyzeTextRequest,
+               deadline: Deadline) -> AnalyzeError:
         return AnalyzeError.from_rpc_error(exc, self.address, request.request_id, deadline.timeout)
 
     def __repr__(self) -> str:
@@ -219,6 +236,28 @@ class Client(_Base):
                     response = self._stub.Analyze(request, timeout=deadline.remaining(),
                                                   metadata=self.connection.call_metadata())
                 return Result.from_proto(response)
+            except grpc.RpcError as exc:
+                error = self._error(exc, request, deadline)
+            wait = self.retry.wait_before_retry(error, attempt, deadline)
+            if wait is None:
+                error.attempts = attempt
+                raise error
+            time.sleep(wait)
+
+    def analyze_text(self, text: str, *, language: str = "auto", sentiment_break: float | None = None,
+                     request_id: str = "", timeout: float | None = 60.0) -> TextResult:
+        """The sentiment of a text (no audio): its sentences (segments with start_word / end_word) and their
+        average, scored by the server's text-sentiment model. language: auto, zh, en, yue, ja or ko (how
+        words and sentences are counted). sentiment_break: the label break points (None: the server's).
+        The server takes up to 16000 characters by default. Retried as analyze() is."""
+        request = _text_request(text, language, sentiment_break, request_id)
+        deadline = Deadline(timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return TextResult.from_proto(self._stub.AnalyzeText(request, timeout=deadline.remaining(),
+                                                                    metadata=self.connection.call_metadata()))
             except grpc.RpcError as exc:
                 error = self._error(exc, request, deadline)
             wait = self.retry.wait_before_retry(error, attempt, deadline)
@@ -308,6 +347,26 @@ class AsyncClient(_Base):
                     response = await stub.Analyze(request, timeout=deadline.remaining(),
                                                   metadata=self.connection.call_metadata())
                 return Result.from_proto(response)
+            except grpc.RpcError as exc:
+                error = self._error(exc, request, deadline)
+            wait = self.retry.wait_before_retry(error, attempt, deadline)
+            if wait is None:
+                error.attempts = attempt
+                raise error
+            await asyncio.sleep(wait)
+
+    async def analyze_text(self, text: str, *, language: str = "auto", sentiment_break: float | None = None,
+                           request_id: str = "", timeout: float | None = 60.0) -> TextResult:
+        """As Client.analyze_text."""
+        request = _text_request(text, language, sentiment_break, request_id)
+        stub = self._analyzer()
+        deadline = Deadline(timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return TextResult.from_proto(await stub.AnalyzeText(request, timeout=deadline.remaining(),
+                                                                    metadata=self.connection.call_metadata()))
             except grpc.RpcError as exc:
                 error = self._error(exc, request, deadline)
             wait = self.retry.wait_before_retry(error, attempt, deadline)

@@ -1,12 +1,12 @@
 """What an analysis needs of the models that serve it: `Backend`.
 
-The four calls (silero VAD, SenseVoice, emotion2vec+, the speaker-embedding model) and what a
+The five calls (silero VAD, SenseVoice, emotion2vec+, the speaker-embedding model, the text-sentiment model) and what a
 response's metadata says about the models. gateway/inference.py implements it over Triton; the unit tests implement it with
 fakes, so the pipeline is tested without a model server.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,8 +38,9 @@ class ModelInfo:
 class Backend(Protocol):
     @property
     def models(self) -> Mapping[str, ModelInfo]:
-        """By name: contract.EMOTION, contract.ASR and contract.VAD, and contract.SPEAKER where the server
-        has a speaker model (a repository rendered before diarization has none: no diarization then)."""
+        """By name: contract.EMOTION, contract.ASR and contract.VAD; contract.SPEAKER where the server has a
+        speaker model (a repository rendered before diarization has none: no diarization then), and
+        contract.TEXT_SENTIMENT where it has a text-sentiment model (else transcripts go unscored)."""
         ...
 
     @property
@@ -70,4 +71,9 @@ class Backend(Protocol):
 
     async def speaker(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
         """The speaker model's L2-normalised embedding [D] of one clip [n] (diarization)."""
+        ...
+
+    async def sentiment(self, texts: Sequence[str], request_id: str = "", timeout: float | None = None) -> Distribution:
+        """The text-sentiment model's labels (its id2label order) and probabilities [len(texts), labels], one row
+        per text, for at most its max_batch_size texts (gateway/sentiment.py scores them)."""
         ...

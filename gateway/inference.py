@@ -17,6 +17,7 @@ import ipaddress
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -187,12 +188,15 @@ class Inference:
 
     async def load(self) -> None:
         """Read the ensembles' configs; fails with TRITON_UNAVAILABLE when Triton or a model is not ready.
-        The speaker model is optional: a repository rendered before diarization existed has none, and the
-        gateway then serves without diarization (each request that would diarize says so in a warning)."""
-        for name in (contract.EMOTION, contract.ASR, contract.VAD, contract.SPEAKER):
+        The speaker and text-sentiment models are optional: a repository rendered before they existed has
+        none, and the gateway then serves without diarization / text scores (each request says so in a
+        warning)."""
+        optional = {contract.SPEAKER: "diarization is off",
+                    contract.TEXT_SENTIMENT: "transcripts get no text sentiment (unless --text-sentiment lexicon)"}
+        for name in (contract.EMOTION, contract.ASR, contract.VAD, contract.SPEAKER, contract.TEXT_SENTIMENT):
             try:
-                if name == contract.SPEAKER and not await self._serves(name):
-                    log.warning("Triton serves no %r model: diarization is off", name)
+                if name in optional and not await self._serves(name):
+                    log.warning("Triton serves no %r model: %s", name, optional[name])
                     continue
                 if not await self.client.is_model_ready(name):
                     raise ToneserveError(Code.TRITON_UNAVAILABLE, f"model {name!r} is not ready on {self.url}")
@@ -201,7 +205,7 @@ class Inference:
             except InferenceServerException as exc:
                 raise _error(exc) from None
             parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-            wav = next(i for i in config.get("input", []) if i["name"] == contract.WAV)
+            wav: dict = next((i for i in config.get("input", []) if i["name"] == contract.WAV), {})
             self.models[name] = EnsembleInfo(
                 name=name, version=str(max(versions.get("versions", ["1"]), key=int)),
                 family=parameters[contract.FAMILY], preset=parameters[contract.PRESET],
@@ -309,6 +313,17 @@ class Inference:
         inputs = wav_inputs(wav, self.models[contract.SPEAKER].ragged)
         result = await self._infer(contract.SPEAKER, inputs, [contract.EMBEDDING], request_id, timeout)
         return checked(contract.SPEAKER, contract.EMBEDDING, result.as_numpy(contract.EMBEDDING)[0])
+
+    async def sentiment(self, texts: Sequence[str], request_id: str = "", timeout: float | None = None) -> Distribution:
+        tensor = triton.InferInput(contract.TEXT, [len(texts), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1))
+        result = await self._infer(contract.TEXT_SENTIMENT, [tensor], [contract.PROBS], request_id, timeout)
+        labels = self.models[contract.TEXT_SENTIMENT].json(contract.TEXT_SENTIMENT_LABELS)
+        probs = checked(contract.TEXT_SENTIMENT, contract.PROBS, result.as_numpy(contract.PROBS), len(labels))
+        if len(probs) != len(texts):
+            raise ToneserveError(Code.INTERNAL, f"model {contract.TEXT_SENTIMENT!r} returned {len(probs)} rows for "
+                                                f"{len(texts)} texts")
+        return labels, probs
 
     async def close(self) -> None:
         await self.client.close()

@@ -28,9 +28,11 @@ from toneserve.contract import SAMPLE_RATE, VAD_FRAME, Code, ToneserveError
 from toneserve.gateway import diarization, prosody, reconcile, rollup, sentiment, speakers, thresholds
 from toneserve.gateway.audio import AudioStream, open_audio
 from toneserve.gateway.backend import AsrResult, Backend, Distribution
+from toneserve.gateway.calls import TritonCalls
 from toneserve.gateway.segmenter import BLOCK_FRAMES, VAD_CELL_FRAMES, Segmentation, Utterance, block_seconds
 from toneserve.gateway.settings import Settings
 from toneserve.gateway.sources import AudioSource
+from toneserve.gateway.verdict import Judge
 from toneserve.v1 import toneserve_pb2 as pb
 
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: at least one model serving this request has untrained random "
@@ -47,6 +49,11 @@ def distribution(dist: Distribution) -> pb.Distribution:
     labels, probs = dist
     probs = np.asarray(probs, dtype=np.float32).reshape(-1)
     return pb.Distribution(labels=labels, probabilities=probs.tolist(), top=labels[int(np.argmax(probs))])
+
+
+def _top(dist: Distribution) -> str:
+    labels, probs = dist
+    return labels[int(np.argmax(np.asarray(probs).reshape(-1)))]
 
 
 def emotion_windows(n: int, window_seconds: float) -> list[tuple[int, int]]:
@@ -104,17 +111,18 @@ class Analysis:
 
     def __init__(self, inference: Backend, settings: Settings, triton_slots: contextlib.AbstractAsyncContextManager,
                  options: pb.AnalyzeRequest, request_id: str, deadline: float | None, on_triton_call=None,
-                 executor: concurrent.futures.Executor | None = None):
+                 executor: concurrent.futures.Executor | None = None, judge: Judge | None = None):
         """`executor`: the threads that open and read the recording (None: asyncio's default pool).
-        A live recording's reads wait for the client, so the service gives those their own."""
+        A live recording's reads wait for the client, so the service gives those their own. `judge`: the
+        LLM judge asked for the call's verdict once the segments are in (None: no verdict)."""
         self.executor = executor
         self.inference = inference
         self.settings = settings
-        self.triton_slots = triton_slots
+        self._triton = TritonCalls(triton_slots, request_id, deadline, on_triton_call)
+        self.text_scorer = sentiment.scorer(settings.text_sentiment, inference)
         self.options = options
         self.request_id = request_id
-        self.deadline = deadline  # time.monotonic() by which the answer is due
-        self.on_triton_call = on_triton_call  # callback(+1 / -1) for the in-flight gauge
+        self.judge = judge
         self.language = options.language or "auto"
         inference.language_query_id(self.language)  # an unknown language fails before any decoding
         self.window_seconds = settings.window(options.window_seconds)
@@ -129,25 +137,6 @@ class Analysis:
         self._decoder_idle.set()
 
     # ------------------------------------------------------------------ helpers
-
-    def _timeout(self) -> float | None:
-        if self.deadline is None:
-            return None
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise ToneserveError(Code.DEADLINE_EXCEEDED, "the request's deadline passed during analysis")
-        return left
-
-    async def _triton(self, method, *args):
-        """One Triton call, bounded by the gateway-wide slots and the request's deadline."""
-        async with self.triton_slots:
-            if self.on_triton_call:
-                self.on_triton_call(1)
-            try:
-                return await method(*args, request_id=self.request_id, timeout=self._timeout())
-            finally:
-                if self.on_triton_call:
-                    self.on_triton_call(-1)
 
     def _warn(self, message: str) -> None:
         with self.lock:
@@ -209,6 +198,12 @@ class Analysis:
         reconcile.mark_escalation(segments, self.thresholds)
         duration = samples / SAMPLE_RATE
         summaries, call = rollup.summarize(segments, duration, names)
+        if self.judge is not None:
+            verdict, warning = await self.judge.verdict(segments)
+            if verdict is not None:
+                call.verdict.CopyFrom(verdict)
+            if warning:
+                self._warn(f"no call verdict: {warning}")
         return pb.AnalyzeResponse(segments=segments, speakers=summaries, call=call,
                                   metadata=self._metadata(stream, duration, started))
 
@@ -320,17 +315,26 @@ class Analysis:
             emotions = [group.create_task(self._triton(self.inference.emotion, wav[a:b])) for a, b in windows]
             # Every piece, however short: clustering weighs its units by duration (diarization.RELIABLE_S).
             voice = group.create_task(self._triton(self.inference.speaker, wav)) if voices is not None else None
-        # Pitch, sentiment and reconciliation are CPU work: off the event loop.
+        language = self.language if self.language != "auto" else _top(asr.result().distributions["language"])
+        text = await self._text_sentiment(asr.result().text, language)
+        # Pitch and reconciliation are CPU work: off the event loop.
         segment = await asyncio.to_thread(
-            self._segment, utterance, speaker, asr.result(), [e.result() for e in emotions], windows)
+            self._segment, utterance, speaker, asr.result(), [e.result() for e in emotions], windows, language, text)
         if voices is not None and voice is not None:
             voices.add(segment, voice.result(), live=self.on_segment is not None)
         results.append(segment)
         if self.on_segment is not None:
             await self.on_segment(segment)
 
+    async def _text_sentiment(self, transcript: str, language: str) -> pb.TextSentiment:
+        """The transcript's sentences scored (gateway/sentiment.py); a warning where its language goes unscored."""
+        if self.text_scorer.method(language) is None and language != "nospeech":
+            self._warn(self.text_scorer.warning(language))
+        return await sentiment.text_sentiment(transcript, language, self.text_scorer, self.thresholds.sentiment_break,
+                                              self._triton)
+
     def _segment(self, utterance: Utterance, speaker: str, asr: AsrResult, emotions: list[Distribution],
-                 windows: list[tuple[int, int]]) -> pb.Segment:
+                 windows: list[tuple[int, int]], language: str, text: pb.TextSentiment) -> pb.Segment:
         weights = np.array([b - a for a, b in windows], np.float64)
         mean = sum(w * np.asarray(p, np.float64) for w, (_, p) in zip(weights, emotions)) / weights.sum()
         segment = pb.Segment(
@@ -341,10 +345,7 @@ class Analysis:
             event=distribution(asr.distributions["event"]),
             itn=distribution(asr.distributions["itn"]),
             emotion=distribution((emotions[0][0], mean)), emotion_windows=len(windows))
-        language = self.language if self.language != "auto" else segment.language.top
-        segment.text_sentiment.CopyFrom(sentiment.text_sentiment(asr.text, language, self.thresholds.sentiment_break))
-        if language not in sentiment.SCORED_LANGUAGES and language != "nospeech":
-            self._warn(sentiment.unscored_warning(language))
+        segment.text_sentiment.CopyFrom(text)
         segment.prosody.CopyFrom(prosody.prosody(utterance.samples, SAMPLE_RATE, asr.text, language))
         segment.judgement.CopyFrom(reconcile.judge(segment.emotion, segment.text_sentiment, self.thresholds))
         return segment

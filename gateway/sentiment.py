@@ -1,31 +1,57 @@
-"""Text sentiment of a transcript: VADER for English, SnowNLP for Chinese, nothing else.
+"""The sentiment of words: a text cut into sentences, each sentence scored, their scores averaged.
 
-Both models are lexicon/naive-Bayes models on the CPU: microseconds to a millisecond per
-utterance, so they run inline in the gateway rather than as Triton models.
+One path for both users of it: the audio pipeline's transcripts (`Segment.text_sentiment`) and
+`AnalyzeText` (Deepgram's text-sentiment shape: segments with start_word / end_word, and an average).
+
+* Sentences end at . ! ? ; and their CJK forms (a Latin mark only before a space, a quote or the end:
+  not in 3.5 or U.S.A), or a line break. A sentence of more than MAX_SENTENCE_WORDS words is cut into pieces of at most that many, so
+  that the model's token bound (contract.MAX_TOKENS, 128 by default: a longer input is cut there and its
+  tail not read) is rarely reached. Words are counted as gateway/words.py says.
+* Each sentence's score is in [-1, 1]; the text's is the mean of its sentences' weighted by their words.
+  Labels: positive at >= +break, negative at <= -break, else neutral (the request's sentiment_break).
+* Who scores (`Scorer`): the text-sentiment model Triton serves (`ModelScorer`, the default: every
+  language, score = P(positive) - P(negative), the sentences of a text in one call per batch), or
+  the lexicons toneserve had before (`LexiconScorer`, `--text-sentiment lexicon`): VADER for English,
+  SnowNLP for Chinese, no other language. They are kept for comparison (`toneserve eval sentiment`) and
+  for a server without a text model; they are not in the gateway image (SnowNLP alone holds about
+  410 MB), but in the `lexicon` extra.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+import numpy as np
 
+from toneserve import contract
+from toneserve.contract import Code, ToneserveError
+from toneserve.gateway import words
+from toneserve.gateway.backend import Backend
+from toneserve.gateway.words import strip_tags
 from toneserve.v1 import toneserve_pb2 as pb
 
-# The one table of which SenseVoice language is scored by which text model; every other
-# label ("yue", "ja", "ko", "nospeech", "") is left unscored with a warning.
-SCORED_LANGUAGES = {"en": "vader", "zh": "snownlp"}
+__all__ = ["strip_tags", "label", "sentences", "text_sentiment", "ModelScorer", "LexiconScorer", "scorer"]
 
-# SenseVoice leaves markup such as <|en|><|NEUTRAL|><|Speech|><|woitn|> in some transcripts.
-_TAG = re.compile(r"<\|[^|]*\|>")
-# A Unicode letter (CJK ideographs and kana are letters too): text without one has nothing to
-# score, and VADER/SnowNLP would still return a number for it.
-_LETTER = re.compile(r"[^\W\d_]")
+MAX_SENTENCE_WORDS = 48
+MODES = ("model", "lexicon")
+# Sentence ends: CJK end marks; Latin ones (. ! ? ;) only before a space, a closing quote or the end of the
+# text (so not in 3.5 or U.S.A); either with the closing quotes and brackets after them; or a line break.
+_CLOSE = "\"'”’)）」』"
+_END = re.compile(rf"[。！？；…]+[{_CLOSE}]*|[.!?;]+(?=[\s{_CLOSE}]|$)[{_CLOSE}]*|\n")
+
+# `call(method, *args)`: one Triton call of the request, bounded by its slots and deadline (the pipeline's).
+Call = Callable[..., Awaitable[Any]]
 
 
-def strip_tags(text: str) -> str:
-    """The transcript without SenseVoice's <|...|> tags."""
-    return _TAG.sub("", text)
+@dataclass(frozen=True)
+class Sentence:
+    text: str
+    start_word: int  # index of its first word in the whole text
+    end_word: int  # one past its last word
 
 
 def label(score: float, sentiment_break: float) -> str:
@@ -37,32 +63,162 @@ def label(score: float, sentiment_break: float) -> str:
     return "neutral"
 
 
-def unscored_warning(language: str) -> str:
-    """The metadata warning for a language that SCORED_LANGUAGES has no model for."""
-    return (f"no text sentiment model for language {language or 'unknown'!r}: "
-            f"segments in it carry no text score")
+def sentences(text: str, language: str) -> list[Sentence]:
+    """The sentences of `text` (tags already stripped) that hold a word, each with its word range."""
+    spans = words.spans(text, language)
+    ends = [m.end() for m in _END.finditer(text)]
+    out: list[Sentence] = []
+    first, end_at, begin = 0, 0, 0  # begin: where the previous sentence ended (so leading quotes come along)
+    while first < len(spans):
+        # The sentence runs to the first end mark after its first word, or to the end of the text.
+        while end_at < len(ends) and ends[end_at] <= spans[first][0]:
+            end_at += 1
+        stop = ends[end_at] if end_at < len(ends) else len(text)
+        last = first
+        while last < len(spans) and spans[last][1] <= stop and last - first < MAX_SENTENCE_WORDS:
+            last += 1
+        last = max(last, first + 1)  # a word running across the end mark still belongs to a sentence
+        # A cut piece ends with its last word; a whole sentence with its end marks.
+        cut = last < len(spans) and spans[last][0] < stop
+        tail = spans[last - 1][1] if cut else max(stop, spans[last - 1][1])
+        out.append(Sentence(text[begin:tail].strip(), first, last))
+        first, begin = last, tail
+    return out
 
 
-def text_sentiment(text: str, language: str, sentiment_break: float) -> pb.TextSentiment:
-    """Score `text` in [-1, 1] with the model for `language`; scored=False when there is none."""
-    method = SCORED_LANGUAGES.get(language)
-    text = strip_tags(text).strip()
-    if method is None or not _LETTER.search(text):
-        return pb.TextSentiment(scored=False)
-    score = _vader().polarity_scores(text)["compound"] if method == "vader" else _snownlp(text)
-    return pb.TextSentiment(scored=True, score=score, label=label(score, sentiment_break), method=method)
+class Scorer(Protocol):
+    def method(self, language: str) -> str | None:
+        """What scores text in `language` (TextSentiment.method), or None: no score for it."""
+        ...
+
+    def warning(self, language: str) -> str:
+        """The metadata warning for text in `language` that is left unscored."""
+        ...
+
+    async def score(self, texts: Sequence[str], language: str, call: Call) -> list[float]:
+        """One score in [-1, 1] per text, in order."""
+        ...
+
+
+class ModelScorer:
+    """The text-sentiment model Triton serves: every language (it is multilingual)."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def method(self, language: str) -> str | None:
+        info = self.backend.models.get(contract.TEXT_SENTIMENT)
+        return None if info is None else f"{info.family}/{info.preset} {info.precision}"
+
+    def warning(self, language: str) -> str:
+        return "no text sentiment: this server serves no text-sentiment model (transcripts carry no text score)"
+
+    async def score(self, texts: Sequence[str], language: str, call: Call) -> list[float]:
+        info = self.backend.models[contract.TEXT_SENTIMENT]
+        batch = info.max_batch_size or len(texts)
+        parts = await asyncio.gather(*(call(self.backend.sentiment, list(texts[i:i + batch]))
+                                       for i in range(0, len(texts), batch)))
+        scores: list[float] = []
+        for labels, probs in parts:
+            scores.extend(polarity(labels, probs).tolist())
+        return scores
+
+
+def polarity(labels: Sequence[str], probs: np.ndarray) -> np.ndarray:
+    """P(positive) - P(negative) of each row of `probs` [n, labels], clipped to [-1, 1]; the labels are
+    found by name (any case), so the model's own id2label order is kept."""
+    names = [name.lower() for name in labels]
+    try:
+        positive, negative = names.index("positive"), names.index("negative")
+    except ValueError:
+        raise ToneserveError(Code.INTERNAL, f"the text-sentiment model's labels {list(labels)} name no positive "
+                                            f"and negative class") from None
+    probs = np.asarray(probs, np.float64).reshape(len(probs), len(names))
+    return np.clip(probs[:, positive] - probs[:, negative], -1.0, 1.0)
+
+
+class LexiconScorer:
+    """VADER (English) and SnowNLP (Chinese) inside the gateway; nothing for yue, ja, ko."""
+
+    METHODS = {"en": "vader", "zh": "snownlp"}
+
+    def method(self, language: str) -> str | None:
+        return self.METHODS.get(language)
+
+    def warning(self, language: str) -> str:
+        return (f"no text sentiment model for language {language or 'unknown'!r} (the lexicons score en and zh "
+                f"only): segments in it carry no text score")
+
+    async def score(self, texts: Sequence[str], language: str, call: Call) -> list[float]:
+        method = self.METHODS[language]
+        return await asyncio.to_thread(lambda: [_vader(t) if method == "vader" else _snownlp(t) for t in texts])
+
+
+def _vader(text: str) -> float:
+    return float(_vader_analyzer().polarity_scores(text)["compound"])
 
 
 @functools.cache
-def _vader() -> SentimentIntensityAnalyzer:
-    # Building it reads the lexicon file (~15 ms); it is read-only afterwards, so one instance
-    # serves every thread. A race on first use can at worst build a second, identical one.
+def _vader_analyzer():
+    # Imported on first use (the lexicon extra); reading the lexicon takes ~15 ms, read-only afterwards.
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
     return SentimentIntensityAnalyzer()
 
 
 def _snownlp(text: str) -> float:
-    # Imported on first use: importing snownlp loads its models (about 2 s), which a gateway
-    # serving only English should not pay. The import lock makes this safe across threads.
+    # Importing snownlp loads its models (about 2 s, 410 MB); the import lock makes it thread safe.
     from snownlp import SnowNLP
-    # .sentiments is P(positive) in [0, 1]; map it onto VADER's [-1, 1].
-    return 2.0 * SnowNLP(text).sentiments - 1.0
+    # .sentiments is P(positive) in [0, 1]; mapped onto [-1, 1].
+    return 2.0 * float(SnowNLP(text).sentiments) - 1.0
+
+
+def lexicon_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("vaderSentiment", "snownlp"))
+
+
+def scorer(mode: str, backend: Backend) -> Scorer:
+    """The scorer `--text-sentiment MODE` names."""
+    if mode == "model":
+        return ModelScorer(backend)
+    if mode == "lexicon":
+        return LexiconScorer()
+    raise ValueError(f"text sentiment {mode!r}: choose one of {MODES}")
+
+
+async def text_sentiment(text: str, language: str, scorer: Scorer, sentiment_break: float,
+                         call: Call) -> pb.TextSentiment:
+    """`text` (a transcript: tags are stripped) cut into sentences and scored; scored=False when it holds no
+    word or nothing scores `language`."""
+    method = scorer.method(language)
+    parts = sentences(strip_tags(text), language)
+    if method is None or not parts:
+        return pb.TextSentiment(scored=False)
+    scores = await scorer.score([p.text for p in parts], language, call)
+    weights = np.array([p.end_word - p.start_word for p in parts], np.float64)
+    mean = float(np.dot(weights, scores) / weights.sum())
+    return pb.TextSentiment(
+        scored=True, score=mean, label=label(mean, sentiment_break), method=method,
+        sentences=[pb.TextSegment(text=p.text, start_word=p.start_word, end_word=p.end_word,
+                                  sentiment=label(s, sentiment_break), sentiment_score=s)
+                   for p, s in zip(parts, scores)])
+
+
+def text_language(language: str) -> str:
+    """AnalyzeText's language ("" is "auto"); INVALID_ARGUMENT for one toneserve does not transcribe."""
+    language = language or "auto"
+    if language != "auto" and language not in contract.TEXT_LANGUAGES:
+        raise ToneserveError(Code.INVALID_ARGUMENT, f"language {language!r} is not supported; choose auto or one of "
+                                                    f"{', '.join(contract.TEXT_LANGUAGES)}")
+    return language
+
+
+def check_text(text: str, max_chars: int) -> None:
+    """INVALID_ARGUMENT for a text that is empty (no word) or longer than `max_chars`."""
+    if len(text) > max_chars:
+        raise ToneserveError(Code.INVALID_ARGUMENT, f"the text is {len(text)} characters; at most {max_chars} are "
+                                                    f"allowed (send a longer text in parts)")
+    if not text.strip():
+        raise ToneserveError(Code.INVALID_ARGUMENT, "the text is empty")

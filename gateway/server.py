@@ -13,9 +13,11 @@ from toneserve.console import CommandError
 from toneserve.gateway.auth import ApiKeys
 from toneserve.gateway.inference import Inference
 from toneserve.gateway.metrics import Metrics
+from toneserve.gateway.sentiment import lexicon_installed
 from toneserve.gateway.service import AnalyzerService
 from toneserve.gateway.settings import Settings
 from toneserve.gateway.triton_watch import TritonWatch
+from toneserve.gateway.verdict import Judge, JudgeSettings
 from toneserve.v1 import toneserve_pb2, toneserve_pb2_grpc
 
 log = logging.getLogger("toneserve.gateway")
@@ -54,12 +56,13 @@ class Gateway:
                  settings: Settings = Settings(), metrics_port: int | None = None,
                  keys: ApiKeys = ApiKeys(), tls: tuple[bytes, bytes] | None = None,
                  metrics_host: str = "127.0.0.1", allow_unauthenticated: bool = False,
-                 health_port: int | None = None):
+                 health_port: int | None = None, judge: JudgeSettings | None = None):
         """`keys`: API keys -> tenants (default: no authentication, which only a loopback `host` allows
         unless `allow_unauthenticated`); `tls`: (PEM private key, PEM certificate chain) to serve TLS
         instead of plaintext; metrics (tenant names and volumes) on `metrics_host`, loopback by default;
         `health_port`: standard gRPC health checking alone, in plaintext, on `host` (Kubernetes' own gRPC
-        probes speak no TLS): it tells what the main port's health tells, and serves nothing else."""
+        probes speak no TLS): it tells what the main port's health tells, and serves nothing else. `judge`: the
+        OpenAI-compatible endpoint asked for each call's verdict (gateway/verdict.py); None: no verdicts."""
         check_exposure(host, keys, allow_unauthenticated)
         if keys.enabled and not tls and not is_loopback(host):
             log.warning("API keys travel in plaintext to %s: serve TLS (--tls-cert, --tls-key) or put a TLS "
@@ -79,6 +82,8 @@ class Gateway:
         self.health_server: grpc.aio.Server | None = None
         self.health: health_aio.HealthServicer | None = None
         self.watch: TritonWatch | None = None
+        self.judge_settings = judge
+        self.judge: Judge | None = None
 
     async def start(self) -> None:
         self.inference = Inference(self.triton_url, self.settings.triton_timeout_seconds)
@@ -93,7 +98,10 @@ class Gateway:
                                                ("grpc.max_send_message_length", max_message),
                                                ("grpc.so_reuseport", 0)],
                                       maximum_concurrent_rpcs=2 * self.settings.max_requests + 32)
-        service = AnalyzerService(self.inference, self.settings, self.metrics, self.keys)
+        if self.settings.text_sentiment == "lexicon" and not lexicon_installed():
+            raise GatewayStartError("--text-sentiment lexicon needs VADER and SnowNLP: pip install 'toneserve[lexicon]'")
+        self.judge = Judge(self.judge_settings) if self.judge_settings is not None else None
+        service = AnalyzerService(self.inference, self.settings, self.metrics, self.keys, self.judge)
         toneserve_pb2_grpc.add_AnalyzerServicer_to_server(service, self.server)
         health = self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
@@ -156,3 +164,5 @@ class Gateway:
         self.metrics.stop()
         if self.inference is not None:
             await self.inference.close()
+        if self.judge is not None:
+            await self.judge.close()

@@ -21,6 +21,7 @@ from typing import NoReturn
 
 import grpc
 
+from toneserve import contract
 from toneserve.contract import (
     ERROR_CODE_METADATA,
     REQUEST_ID_METADATA,
@@ -28,17 +29,21 @@ from toneserve.contract import (
     SAMPLE_RATE,
     Code,
     ToneserveError,
+    request_id_problem,
 )
+from toneserve.gateway import sentiment, thresholds
 from toneserve.gateway.auth import ApiKeys
 from toneserve.gateway.backend import Backend
+from toneserve.gateway.calls import TritonCalls as Call
 from toneserve.gateway.fair_queue import FairSlots
 from toneserve.gateway.live import LiveAudio
 from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.options import check as check_options
-from toneserve.gateway.pipeline import Analysis
+from toneserve.gateway.pipeline import RANDOM_WEIGHTS_WARNING, Analysis
 from toneserve.gateway.quota import Allowance, QuotaExceeded, Quotas
 from toneserve.gateway.settings import Settings
 from toneserve.gateway.sources import AudioSource, InMessage, Spool, next_message
+from toneserve.gateway.verdict import Judge
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
@@ -58,8 +63,10 @@ async def _options(request_iterator, rpc: str, timeout: float | None) -> pb.Anal
 
 class AnalyzerService(pb_grpc.AnalyzerServicer):
     def __init__(self, inference: Backend, settings: Settings = Settings(), metrics: Metrics | None = None,
-                 keys: ApiKeys = ApiKeys()):
+                 keys: ApiKeys = ApiKeys(), judge: Judge | None = None):
+        """`judge`: the LLM judge asked for each call's verdict (--judge-url); None: no verdicts."""
         self.inference = inference
+        self.judge = judge
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.keys = keys
@@ -125,34 +132,56 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         finally:
             serving.cancel()  # the client went away: stop analysing
 
+    async def AnalyzeText(self, request: pb.AnalyzeTextRequest, context) -> pb.AnalyzeTextResponse:
+        """A text's sentences scored by the text-sentiment model, and their average (gateway/sentiment.py)."""
+        async def run(tenant: str, call: Call) -> pb.AnalyzeTextResponse:
+            started = time.perf_counter()
+            problem = request_id_problem(request.request_id)
+            if problem:
+                raise ToneserveError(Code.INVALID_ARGUMENT, problem)
+            call.request_id = request.request_id or call.request_id
+            language = sentiment.text_language(request.language)
+            sentiment.check_text(request.text, self.settings.max_text_chars)
+            limits = thresholds.from_proto(request.thresholds)
+            scorer = sentiment.scorer(self.settings.text_sentiment, self.inference)
+            if scorer.method(language) is None:
+                raise ToneserveError(Code.INVALID_ARGUMENT if self.settings.text_sentiment == "lexicon"
+                                     else Code.INTERNAL, scorer.warning(language))
+            text = await sentiment.text_sentiment(request.text, language, scorer, limits.sentiment_break, call)
+            if not text.scored:
+                raise ToneserveError(Code.INVALID_ARGUMENT, "the text holds no word to score")
+            models = [m for name, m in self.inference.models.items() if name == contract.TEXT_SENTIMENT]
+            random = any(m.weights_origin == "random" for m in models)
+            return pb.AnalyzeTextResponse(
+                segments=text.sentences, language=language,
+                average=pb.SentimentAverage(sentiment=text.label, sentiment_score=text.score),
+                metadata=pb.Metadata(
+                    request_id=call.request_id, random_weights=random,
+                    warnings=[RANDOM_WEIGHTS_WARNING] if random else [],
+                    models=[pb.ModelInfo(name=m.name, version=m.version, family=m.family, preset=m.preset,
+                                         weights_origin=m.weights_origin, precision=m.precision, runtime=m.runtime)
+                            for m in models],
+                    thresholds=thresholds.to_proto(limits),
+                    processing_ms=(time.perf_counter() - started) * 1000.0))
+        # Text is not audio: the tenant's audio quota neither admits nor is charged for it.
+        return await self._guarded("AnalyzeText", context, run, audio=False)
+
     async def _serve(self, rpc: str, context, options_of, receive, decoders: concurrent.futures.Executor,
                      **run) -> pb.AnalyzeResponse:
         """`options_of()`: the request's options; `receive(deadline)`: its AudioSource, called only once
         the options are known good, so a bad option is answered before any audio is read."""
-        started = time.perf_counter()
-        request_id = uuid.uuid4().hex
-        tenant = ""  # not known until the key is checked
-        try:
-            tenant = self.keys.tenant(context.invocation_metadata())
-            self._admit(tenant)
-        except ToneserveError as error:
-            self.metrics.requests.labels(rpc, error.code.name, tenant).inc()
-            await self._abort(context, error, request_id, self._retry_hint(error))
         analysis: Analysis | None = None
-        code = "OK"
-        self.active_by_tenant[tenant] = self.active_by_tenant.get(tenant, 0) + 1
-        self.active += 1
-        self.metrics.in_flight.inc()
-        try:
+
+        async def analyse(tenant: str, call: Call) -> pb.AnalyzeResponse:
+            nonlocal analysis
             with contextlib.ExitStack() as cleanup:
                 options = await options_of()
                 check_options(options, self.settings)  # the request id is echoed only once it is known good
-                request_id = options.request_id or request_id
-                deadline = self._deadline(context)
+                call.request_id = options.request_id or call.request_id
                 # Its constructor checks the language, window and thresholds: also before any audio.
-                analysis = Analysis(self.inference, self.settings, self.triton_slots.tenant(tenant), options,
-                                    request_id, deadline, self.metrics.triton_in_flight.inc, executor=decoders)
-                source = await receive(deadline)
+                analysis = Analysis(self.inference, self.settings, call.slots, options, call.request_id,
+                                    call.deadline, call.on_call, executor=decoders, judge=self.judge)
+                source = await receive(call.deadline)
                 cleanup.callback(source.close)  # after the analysis, and so its decoder, has returned
                 try:
                     response = await analysis.run(source, **run)
@@ -161,14 +190,40 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
                         raise source.failure
             self.metrics.audio_seconds.labels(rpc, tenant).inc(response.metadata.audio_seconds)
             return response
+
+        # Charged whatever the outcome: the audio decoded before a failure cost the models too.
+        return await self._guarded(rpc, context, analyse,
+                                   lambda: analysis.samples / SAMPLE_RATE if analysis is not None else 0.0)
+
+    async def _guarded(self, rpc: str, context, work, charged=lambda: 0.0, audio: bool = True):
+        """Every RPC's frame: the key and admission checked (refused at once with a retry hint where a later try
+        can pass), `work(tenant, call)` run with its Triton calls (the tenant's fair share, the deadline), its
+        answer or exactly one error with a code returned, metrics counted and `charged()` audio seconds charged
+        to the tenant whatever the outcome. `audio`: False for an RPC that takes no audio (no quota check)."""
+        started = time.perf_counter()
+        call = Call(self.triton_slots.tenant(""), uuid.uuid4().hex, None, self.metrics.triton_in_flight.inc)
+        tenant = ""  # not known until the key is checked
+        try:
+            tenant = self.keys.tenant(context.invocation_metadata())
+            self._admit(tenant, quota=audio)
+        except ToneserveError as error:
+            self.metrics.requests.labels(rpc, error.code.name, tenant).inc()
+            await self._abort(context, error, call.request_id, self._retry_hint(error))
+        call.slots, call.deadline = self.triton_slots.tenant(tenant), self._deadline(context)
+        code = "OK"
+        self.active_by_tenant[tenant] = self.active_by_tenant.get(tenant, 0) + 1
+        self.active += 1
+        self.metrics.in_flight.inc()
+        try:
+            return await work(tenant, call)
         except ToneserveError as error:
             code = error.code.name
-            await self._abort(context, error, request_id, self._retry_hint(error))
+            await self._abort(context, error, call.request_id, self._retry_hint(error))
         except Exception as exc:  # a bug: answer INTERNAL with the id to find it in the log
-            log.error("request %s failed", request_id, exc_info=exc)
+            log.error("request %s failed", call.request_id, exc_info=exc)
             code = Code.INTERNAL.name
-            await self._abort(context, ToneserveError(Code.INTERNAL, f"internal error (request id {request_id})"),
-                              request_id)
+            await self._abort(context, ToneserveError(
+                Code.INTERNAL, f"internal error (request id {call.request_id})"), call.request_id)
         except asyncio.CancelledError:  # the client went away or its deadline passed: gRPC answered already
             code = "CANCELLED"
             raise
@@ -176,10 +231,9 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             self.active -= 1
             self.active_by_tenant[tenant] -= 1
             self.metrics.in_flight.dec()
-            # Charged whatever the outcome: the audio decoded before a failure cost the models too.
-            charged = analysis.samples / SAMPLE_RATE if analysis is not None else 0.0
-            self.quotas.charge(tenant, charged)
-            self.metrics.tenant_audio_seconds.labels(tenant).inc(charged)
+            seconds = charged()
+            self.quotas.charge(tenant, seconds)
+            self.metrics.tenant_audio_seconds.labels(tenant).inc(seconds)
             self.metrics.requests.labels(rpc, code, tenant).inc()
             self.metrics.latency.labels(rpc).observe(time.perf_counter() - started)
 
@@ -198,7 +252,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             return ((RETRY_PUSHBACK_METADATA, str(self.settings.retry_after_ms)),)
         return ()
 
-    def _admit(self, tenant: str) -> None:
+    def _admit(self, tenant: str, quota: bool = True) -> None:
         """TRITON_UNAVAILABLE while Triton is not ready; OVERLOADED when the gateway, or this tenant's
         share of it, is at capacity; QUOTA_EXCEEDED when the tenant's audio quota is used up."""
         if not self.triton_ready():
@@ -211,7 +265,8 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         if limit is not None and self.active_by_tenant.get(tenant, 0) >= limit:
             raise ToneserveError(Code.OVERLOADED, f"tenant {tenant!r} has {limit} requests in progress, its limit; "
                                                   f"retry in {self.settings.retry_after_ms} ms")
-        self.quotas.check(tenant)
+        if quota:
+            self.quotas.check(tenant)
 
     def _deadline(self, context) -> float | None:
         """time.monotonic() by which to answer: the client's deadline, capped by the server's."""

@@ -87,6 +87,11 @@ class Settings:
     # Diarization: the most speakers told apart in one channel, and the largest hint a request may give
     # (AWS Transcribe's MaxSpeakerLabels goes to 30 too).
     max_speakers: int = 30
+    # Who scores the words: "model" (the text-sentiment model Triton serves, every language) or "lexicon"
+    # (VADER for en and SnowNLP for zh inside the gateway; the lexicon extra, not in the gateway image).
+    text_sentiment: str = "model"
+    # AnalyzeText: the longest text taken, in characters (about 300 sentences).
+    max_text_chars: int = 16000
 
     def __post_init__(self):
         # A zero here would not mean "off": no thread to decode with, no Triton slot, every request refused.
@@ -98,6 +103,10 @@ class Settings:
         wrong = [f"{name} must be at least 1, got {value}" for name, value in counts.items() if value < 1]
         wrong += [f"{name} must be above 0 (or unset: unlimited), got {value}"
                   for name, value in quotas.items() if value is not None and value <= 0]
+        if self.text_sentiment not in ("model", "lexicon"):
+            wrong.append(f"text_sentiment must be model or lexicon, got {self.text_sentiment!r}")
+        if self.max_text_chars < 1:
+            wrong.append(f"max_text_chars must be at least 1, got {self.max_text_chars}")
         if wrong:
             raise ValueError("; ".join(wrong))
 

@@ -43,13 +43,14 @@ _EXPORT = Part(("export",), ("toneserve.export.build", "toneserve.model_reposito
 _GATEWAY = ("toneserve.gateway.server", "toneserve.gateway.auth")
 # The runners inside tritonserver import onnxruntime and sentencepiece from this environment.
 _SERVE = Part(("serve",), ("toneserve.triton", *_GATEWAY),
-              ("pytriton", "onnxruntime", "openvino", "sentencepiece", "snownlp"))
+              ("pytriton", "onnxruntime", "openvino", "sentencepiece", "tokenizers"))
 PARTS = {
     "export": _EXPORT,
     "serve": _SERVE,
-    "gateway": Part(("gateway",), _GATEWAY, ("snownlp",)),
+    "gateway": Part(("gateway",), _GATEWAY, ("openai",)),
     "analyze": Part(("client",), ("toneserve.client.cli", "toneserve.client.sdk"), ("tqdm", "matplotlib")),
     "stream": Part(("client",), ("toneserve.client.stream_cli", "toneserve.client.sdk")),
+    "analyze-text": Part(("client",), ("toneserve.client.text_cli", "toneserve.client.sdk")),
     "demo": _EXPORT + _SERVE + Part((), ("toneserve.samples", "toneserve.client.sdk")),
     "plan": Part(("loadtest",), ("toneserve.loadtest.plan", "toneserve.loadtest.run", "toneserve.loadtest.corpus",
                                  "toneserve.loadtest.triton_metrics", "toneserve.loadtest.process_cpu"),
@@ -57,8 +58,8 @@ PARTS = {
     # The autoscaling rules name the catalog's models: the catalog reads the export manifests.
     "k8s": Part(("kube", "export"), ("toneserve.kube.render", "toneserve.model_repository.catalog")),
     "pack": Part(("kube",), ("toneserve.kube.pack",)),
-    "eval": Part(("loadtest",), ("toneserve.loadtest.eval_diarization", "toneserve.loadtest.der"),
-                 ("pyannote.metrics",)),
+    "eval": Part(("loadtest",), ("toneserve.loadtest.eval_diarization", "toneserve.loadtest.der",
+                                 "toneserve.loadtest.eval_sentiment"), ("pyannote.metrics", "sklearn")),
 }
 
 
@@ -207,7 +208,26 @@ def _replace_settings(args, defaults, limits):
                    max_message_bytes=args.max_message_mb * 1024 * 1024,
                    triton_timeout_seconds=args.triton_timeout, max_inflight=args.max_triton_calls,
                    tenant_audio_seconds_per_minute=args.tenant_seconds_per_minute,
-                   tenant_audio_seconds_per_day=args.tenant_seconds_per_day, max_speakers=args.max_speakers)
+                   tenant_audio_seconds_per_day=args.tenant_seconds_per_day, max_speakers=args.max_speakers,
+                   text_sentiment=args.text_sentiment, max_text_chars=args.max_text_chars)
+
+
+def _judge(args):
+    """The LLM judge's settings from --judge-*, or None without --judge-url."""
+    if not args.judge_url:
+        if args.judge_model or args.judge_key_file:
+            raise CommandError("--judge-model and --judge-key-file need --judge-url")
+        return None
+    from toneserve.gateway.verdict import JudgeSettings, api_key_from
+
+    if not args.judge_model:
+        raise CommandError("--judge-url needs --judge-model (the model name the endpoint serves)")
+    try:
+        return JudgeSettings(url=args.judge_url, model=args.judge_model, api_key=api_key_from(args.judge_key_file),
+                             timeout_seconds=args.judge_timeout, max_tokens=args.judge_max_tokens,
+                             input_chars=args.judge_input_chars)
+    except ValueError as exc:
+        raise CommandError(f"judge: {exc}") from None
 
 
 def _security(args):
@@ -237,7 +257,8 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
     keys, tls = security or _security(args)
     gateway = Gateway(triton_url, host=host, port=port, settings=_settings(args),
                       metrics_port=args.metrics_port or None, keys=keys, tls=tls, metrics_host=args.metrics_host,
-                      allow_unauthenticated=args.allow_unauthenticated, health_port=args.health_port or None)
+                      allow_unauthenticated=args.allow_unauthenticated, health_port=args.health_port or None,
+                      judge=_judge(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -261,6 +282,7 @@ def cmd_serve(args) -> int:
     # Key and exposure mistakes are known before Triton takes a minute to start.
     security = _security(args)
     check_exposure(args.host, security[0], args.allow_unauthenticated)
+    _judge(args)
     repository = _serve_repository(args)
     # Triton listens on 127.0.0.1 whatever --host says (toneserve/triton.py): only the gateway serves the network.
     with EmbeddedTriton(repository, _triton_ports(args)) as triton:
@@ -326,7 +348,15 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.subject == "sentiment":
+        from toneserve.loadtest.eval_sentiment import run
+        return run(args)
     from toneserve.loadtest.eval_diarization import run
+    return run(args)
+
+
+def cmd_analyze_text(args) -> int:
+    from toneserve.client.text_cli import run
     return run(args)
 
 
@@ -460,6 +490,24 @@ def _add_gateway_options(p):
     p.add_argument("--max-speakers", type=int, default=defaults.max_speakers, metavar="N",
                    help="diarization: the most speakers told apart in one channel, and the largest speaker-count hint "
                         f"a request may give (default {defaults.max_speakers})")
+    p.add_argument("--text-sentiment", choices=("model", "lexicon"), default=defaults.text_sentiment,
+                   help="who scores the words: model (the text-sentiment model Triton serves, every language) or "
+                        "lexicon (VADER for en, SnowNLP for zh; pip install 'toneserve[lexicon]') "
+                        f"(default {defaults.text_sentiment})")
+    p.add_argument("--max-text-chars", type=int, default=defaults.max_text_chars, metavar="N",
+                   help=f"AnalyzeText: the longest text taken (default {defaults.max_text_chars})")
+    p.add_argument("--judge-url", metavar="URL",
+                   help="an OpenAI-compatible API (vLLM, llama.cpp server, Ollama: e.g. http://127.0.0.1:8000/v1) "
+                        "asked once per call for a verdict with a reason (default: off)")
+    p.add_argument("--judge-model", metavar="NAME", help="the model name that endpoint serves")
+    p.add_argument("--judge-key-file", metavar="FILE",
+                   help="its API key, read from FILE (default: TONESERVE_JUDGE_API_KEY, else none)")
+    p.add_argument("--judge-timeout", type=float, default=10.0, metavar="S",
+                   help="the verdict is given up after this long; the analysis answers without it (default 10)")
+    p.add_argument("--judge-max-tokens", type=int, default=200, metavar="N",
+                   help="the verdict's max_tokens (default 200)")
+    p.add_argument("--judge-input-chars", type=int, default=12000, metavar="N",
+                   help="the segments sent to the judge are cut to this many characters (default 12000)")
     p.add_argument("--triton-timeout", type=float, default=defaults.triton_timeout_seconds, metavar="S",
                    help="give up a Triton call after this long: TRITON_UNAVAILABLE "
                         f"(default {defaults.triton_timeout_seconds:g})")
@@ -566,10 +614,18 @@ def _stream_arguments(p):
     add_arguments(p)
 
 
-def _eval_arguments(p):
-    from toneserve.loadtest.eval_diarization import add_arguments
-    p.add_argument("subject", choices=("diarization",), help="what to evaluate")
+def _analyze_text_arguments(p):
+    from toneserve.client.text_cli import add_arguments
     add_arguments(p)
+
+
+def _eval_arguments(p):
+    from toneserve.loadtest import eval_diarization, eval_sentiment
+    subjects = p.add_subparsers(dest="subject", required=True, metavar="SUBJECT")
+    eval_diarization.add_arguments(subjects.add_parser(
+        "diarization", help="diarization error rate of recordings with RTTM references (DIR)"))
+    eval_sentiment.add_arguments(subjects.add_parser(
+        "sentiment", help="accuracy, macro-F1 and confusion per language of a labelled TSV (lang, label, text)"))
 
 
 def _demo_arguments(p):
@@ -618,6 +674,8 @@ COMMANDS = {
     "gateway": ("run only the gateway, against a Triton already running", _gateway_arguments, cmd_gateway),
     "analyze": ("analyse files, folders or globs: JSON, JSONL or CSV, and HTML/PNG reports",
                 _analyze_arguments, cmd_analyze),
+    "analyze-text": ("the sentiment of a text: its sentences scored and their average",
+                     _analyze_text_arguments, cmd_analyze_text),
     "stream": ("analyse live audio (a file or a pipe) and print each segment as it comes",
                _stream_arguments, cmd_stream),
     "demo": ("export, start everything, analyse a sample clip, print, stop", _demo_arguments, cmd_demo),
@@ -627,7 +685,8 @@ COMMANDS = {
             _k8s_arguments, cmd_k8s),
     "pack": ("pack a rendered model repository into a tarball named by its sha256, for Kubernetes",
              _pack_arguments, cmd_pack),
-    "eval": ("evaluate what the gateway serves against references: eval diarization DIR (DER per file)",
+    "eval": ("evaluate what the gateway serves against references: eval diarization DIR (DER per file), "
+             "eval sentiment FILE.tsv (accuracy and macro-F1 per language)",
              _eval_arguments, cmd_eval),
 }
 

@@ -34,7 +34,18 @@ RATE = contract.SAMPLE_RATE
 EMOTIONS = ["angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown"]
 ASR_LABELS = {"language": ["en", "zh", "nospeech"], "emotion": ["NEUTRAL", "ANGRY"], "event": ["Speech", "BGM"],
               "itn": ["woitn", "withitn"]}
-TRANSCRIPT = "I will check the account for you"  # VADER: 0.0
+TRANSCRIPT = "I will check the account for you"  # the fake text model: neutral
+TEXT_LABELS = ["positive", "neutral", "negative"]  # lxyuan's id2label order
+POSITIVE_WORDS, NEGATIVE_WORDS = ("thank", "great", "谢谢", "好"), ("never", "angry", "差", "waiting")
+
+
+def fake_text_probs(text: str) -> list[float]:
+    """The fake text model: a word list (positive, negative), else neutral."""
+    if any(w in text.lower() for w in NEGATIVE_WORDS):
+        return [0.05, 0.15, 0.8]
+    if any(w in text.lower() for w in POSITIVE_WORDS):
+        return [0.9, 0.08, 0.02]
+    return [0.1, 0.8, 0.1]
 SPEECH_DBFS = -40.0  # the fake VAD's line between speech and silence
 QUIET, LOUD = 0.05, 0.4  # voice amplitudes: a calm and an angry voice to the fake emotion model
 
@@ -59,7 +70,8 @@ class FakeBackend:
         self.models = {name: ModelInfo(name=name, version="1", family=f"fake-{name}", preset="test",
                                        weights_origin="random" if name == contract.VAD else "trained",
                                        precision="fp32", max_batch_size=vad_batch if name == contract.VAD else 0)
-                       for name in (contract.EMOTION, contract.ASR, contract.VAD)}
+                       for name in (contract.EMOTION, contract.ASR, contract.VAD, contract.TEXT_SENTIMENT)}
+        self.texts: list[list[str]] = []  # each text-sentiment call's sentences
         self.asr_error = asr_error
         self.hang = hang  # calls that never answer (until cancelled)
         self.vad_rows: list[int] = []  # rows of each VAD call
@@ -115,6 +127,12 @@ class FakeBackend:
             raise self.asr_error
         first = {name: np.eye(len(labels), dtype=np.float32)[0] for name, labels in ASR_LABELS.items()}
         return AsrResult(text=TRANSCRIPT, distributions={name: (ASR_LABELS[name], first[name]) for name in ASR_LABELS})
+
+
+    async def sentiment(self, texts, request_id: str = "", timeout: float | None = None):
+        self.texts.append(list(texts))
+        await self._answer("sentiment")
+        return TEXT_LABELS, np.array([fake_text_probs(t) for t in texts], np.float32)
 
 
 def recording(seconds: float, channels: list[list[tuple[float, float, float]]], seed: int = 0) -> np.ndarray:
@@ -256,7 +274,9 @@ def test_a_voice_turning_angry_escalates_and_the_rollups_count_it():
         loud = speaker == "customer" or start == 6.0
         assert segment.emotion.top == ("angry" if loud else "neutral")
         assert segment.judgement.sentiment == ("negative" if loud else "neutral")
-        assert segment.transcript == TRANSCRIPT and segment.text_sentiment.method == "vader"
+        assert segment.transcript == TRANSCRIPT and segment.text_sentiment.method == "fake-text_sentiment/test fp32"
+        assert [(x.text, x.start_word, x.end_word, x.sentiment) for x in segment.text_sentiment.sentences] == [
+            (TRANSCRIPT, 0, 7, "neutral")]
 
     agent_summary, customer_summary = response.speakers
     assert (agent_summary.speaker, agent_summary.channel, agent_summary.segments) == ("agent", 0, 3)
@@ -274,7 +294,7 @@ def test_a_voice_turning_angry_escalates_and_the_rollups_count_it():
 
     metadata = response.metadata
     assert metadata.random_weights and metadata.warnings[0] == RANDOM_WEIGHTS_WARNING
-    assert sorted(m.family for m in metadata.models) == ["fake-asr", "fake-emotion", "fake-vad"]
+    assert sorted(m.family for m in metadata.models) == ["fake-asr", "fake-emotion", "fake-text_sentiment", "fake-vad"]
     assert list(metadata.emotion_labels) == EMOTIONS
     assert {s.name: list(s.labels) for s in metadata.label_sets}["language"] == ASR_LABELS["language"]
     assert (metadata.channels_in, metadata.sample_rate_in, metadata.container) == (2, RATE, "wav")

@@ -1,60 +1,65 @@
-"""Text sentiment: VADER for English, SnowNLP for Chinese, unscored elsewhere."""
+"""The words' sentiment: sentences and words, the scorers (the served model, the lexicons), AnalyzeText."""
 from __future__ import annotations
 
+import asyncio
+
+import grpc
+import numpy as np
 import pytest
 
-from toneserve.gateway.sentiment import SCORED_LANGUAGES, label, text_sentiment, unscored_warning
+from tests.unit.test_pipeline import TEXT_LABELS, Aborted, FakeBackend, FakeContext, fake_text_probs
+from toneserve import contract
+from toneserve.contract import Code, ToneserveError
+from toneserve.gateway import sentiment
+from toneserve.gateway.backend import ModelInfo
+from toneserve.gateway.metrics import Metrics
+from toneserve.gateway.sentiment import LexiconScorer, ModelScorer, label, polarity, sentences, text_sentiment
+from toneserve.gateway.service import AnalyzerService
+from toneserve.gateway.settings import Settings
+from toneserve.v1 import toneserve_pb2 as pb
 
 BREAK = 1 / 3
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("I love this product, it is wonderful!", "positive"),
-    ("This is terrible, I hate it and I am very angry.", "negative"),
-    ("The meeting is at three pm on Tuesday.", "neutral"),
-    # No ITN: lowercase, no punctuation.
-    ("thank you so much this is great", "positive"),
-    ("the service was awful and nobody helped me", "negative"),
+async def direct(method, *args):
+    """A `Call` without slots or deadline."""
+    return await method(*args, request_id="test", timeout=None)
+
+
+def split(text: str, language: str) -> list[tuple[str, int, int]]:
+    return [(s.text, s.start_word, s.end_word) for s in sentences(text, language)]
+
+
+# --- sentences and words -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, language, expected", [
+    ("Great, just great. Another week of waiting, wonderful service.", "en",
+     [("Great, just great.", 0, 3), ("Another week of waiting, wonderful service.", 3, 9)]),
+    ("您好，请问有什么可以帮您？今天就给您发快递，运费全免。", "zh",
+     [("您好，请问有什么可以帮您？", 0, 11), ("今天就给您发快递，运费全免。", 11, 23)]),
+    # A decimal point and an abbreviation's inner dots end nothing; "?!" is one end.
+    ("It costs 3.5 dollars! Really?! ok", "en", [("It costs 3.5 dollars!", 0, 4), ("Really?!", 4, 5), ("ok", 5, 6)]),
+    ("I live in the U.S. now", "en", [("I live in the U.S.", 0, 5), ("now", 5, 6)]),
+    # Leading quotes come with their sentence; the closing ones stay with the one they close.
+    ("「はい」と言った。次", "ja", [("「はい」と言った。", 0, 6), ("次", 6, 7)]),
+    ("안녕하세요. 감사합니다", "ko", [("안녕하세요.", 0, 1), ("감사합니다", 1, 2)]),
+    ("係咪呀 ok 好嘢", "yue", [("係咪呀 ok 好嘢", 0, 6)]),
+    ("first line\nsecond line", "en", [("first line", 0, 2), ("second line", 2, 4)]),
+    # auto: counted by characters where there are Han or kana, else by spaces.
+    ("我们开会 meeting 吧", "auto", [("我们开会 meeting 吧", 0, 6)]),
+    ("hello there. bye", "auto", [("hello there.", 0, 2), ("bye", 2, 3)]),
+    ("", "en", []), ("...!?", "en", []), ("，。！", "zh", []), ("   ", "ko", []),
 ])
-def test_english_labels(text, expected):
-    result = text_sentiment(text, "en", BREAK)
-    assert result.scored and result.method == "vader"
-    assert result.label == expected
-    if expected == "positive":
-        assert result.score >= BREAK
-    elif expected == "negative":
-        assert result.score <= -BREAK
-    else:
-        assert abs(result.score) < BREAK
+def test_sentences(text, language, expected):
+    assert split(text, language) == expected
 
 
-def test_chinese_opposite_signs():
-    good = text_sentiment("非常好，谢谢你", "zh", BREAK)
-    bad = text_sentiment("这个服务太差了，我很生气", "zh", BREAK)
-    assert good.scored and bad.scored
-    assert good.method == bad.method == "snownlp"
-    assert good.score > 0 > bad.score
-    assert bad.label == "negative"
-
-
-@pytest.mark.parametrize("language", ["ja", "ko", "yue", "nospeech", ""])
-def test_languages_without_a_model_are_unscored(language):
-    result = text_sentiment("今日はとても良い日です I love it", language, BREAK)
-    assert not result.scored
-    assert (result.score, result.label, result.method) == (0.0, "", "")
-
-
-@pytest.mark.parametrize("text", ["", "   ", "...!?", "，。！", "<|en|><|NEUTRAL|>", "123"])
-@pytest.mark.parametrize("language", ["en", "zh"])
-def test_text_without_letters_is_unscored(text, language):
-    assert not text_sentiment(text, language, BREAK).scored
-
-
-def test_sensevoice_tags_are_stripped():
-    tagged = text_sentiment("<|en|><|NEUTRAL|><|Speech|><|woitn|>I love this", "en", BREAK)
-    plain = text_sentiment("I love this", "en", BREAK)
-    assert tagged.label == "positive"
-    assert tagged.score == plain.score
+def test_a_long_sentence_is_cut_into_pieces_that_cover_every_word():
+    text = " ".join(f"w{i}" for i in range(130)) + "."
+    parts = sentences(text, "en")
+    assert [(s.start_word, s.end_word) for s in parts] == [(0, 48), (48, 96), (96, 130)]
+    assert " ".join(s.text for s in parts) == text
+    assert all(s.end_word - s.start_word <= sentiment.MAX_SENTENCE_WORDS for s in parts)
 
 
 def test_label_at_break_points():
@@ -62,36 +67,159 @@ def test_label_at_break_points():
     assert label(-BREAK, BREAK) == "negative"
     assert label(0.0, BREAK) == "neutral"
     assert label(0.5, 0.6) == "neutral"
-    assert label(-0.5, 0.6) == "neutral"
     assert label(1.0, 1.0) == "positive"
-    assert label(-1.0, 1.0) == "negative"
     assert label(0.9999, 1.0) == "neutral"
 
 
-def test_break_changes_the_label():
-    text = "the service was awful and nobody helped me"
-    score = text_sentiment(text, "en", BREAK).score
-    assert text_sentiment(text, "en", abs(score) - 0.01).label == "negative"
-    assert text_sentiment(text, "en", abs(score) + 0.01).label == "neutral"
+# --- the served model's scores --------------------------------------------------------------------
+
+def test_polarity_finds_the_labels_by_name_whatever_their_order():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    assert polarity(["positive", "neutral", "negative"], probs) == pytest.approx([0.6, -0.5])
+    assert polarity(["NEGATIVE", "Neutral", "Positive"], probs) == pytest.approx([-0.6, 0.5])
+    with pytest.raises(ToneserveError) as error:
+        polarity(["LABEL_0", "LABEL_1", "LABEL_2"], probs)
+    assert error.value.code is Code.INTERNAL
 
 
-@pytest.mark.parametrize("text, language", [
-    ("GREAT GREAT GREAT!!! I LOVE LOVE LOVE IT, BEST EVER, AMAZING, WONDERFUL!!!", "en"),
-    ("HORRIBLE!!! WORST, HATE HATE HATE, TERRIBLE, DISGUSTING, AWFUL!!!", "en"),
-    ("太好了太好了，非常满意，非常感谢，完美，喜欢", "zh"),
-    ("太差了，垃圾，恶心，愤怒，失望，讨厌，糟糕透了", "zh"),
+def test_a_text_is_scored_sentence_by_sentence_and_averaged_by_words():
+    backend = FakeBackend()
+    text = "<|en|><|NEUTRAL|>Thank you so much. My order never arrived and nobody fixed it. Okay."
+    result = asyncio.run(text_sentiment(text, "en", ModelScorer(backend), BREAK, direct))
+    assert backend.texts == [["Thank you so much.", "My order never arrived and nobody fixed it.", "Okay."]]
+    scores = [0.9 - 0.02, 0.05 - 0.8, 0.0]
+    assert [(s.sentiment, s.start_word, s.end_word) for s in result.sentences] == [
+        ("positive", 0, 4), ("negative", 4, 12), ("neutral", 12, 13)]
+    assert [s.sentiment_score for s in result.sentences] == pytest.approx(scores, abs=1e-6)
+    mean = (4 * scores[0] + 8 * scores[1] + 1 * scores[2]) / 13
+    assert result.scored and result.score == pytest.approx(mean, abs=1e-6)
+    assert result.label == label(mean, BREAK) == "neutral"
+    assert result.method == "fake-text_sentiment/test fp32"
+
+
+def test_the_sentences_go_in_calls_of_the_models_batch_size_at_once():
+    backend = FakeBackend()
+    backend.models[contract.TEXT_SENTIMENT] = ModelInfo(
+        name=contract.TEXT_SENTIMENT, version="1", family="f", preset="p", weights_origin="random",
+        precision="int8", max_batch_size=4)
+    text = " ".join(f"Sentence number {i} is here." for i in range(10))
+    result = asyncio.run(text_sentiment(text, "en", ModelScorer(backend), BREAK, direct))
+    assert [len(batch) for batch in backend.texts] == [4, 4, 2]
+    assert [t for batch in backend.texts for t in batch] == [s.text for s in result.sentences]
+    assert result.method == "f/p int8"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "...!?", "，。！", "<|en|><|NEUTRAL|>"])
+def test_text_without_words_is_unscored_and_costs_no_call(text):
+    backend = FakeBackend()
+    result = asyncio.run(text_sentiment(text, "en", ModelScorer(backend), BREAK, direct))
+    assert not result.scored and backend.texts == []
+
+
+@pytest.mark.parametrize("language", contract.TEXT_LANGUAGES)
+def test_the_model_scores_every_language(language):
+    assert ModelScorer(FakeBackend()).method(language) == "fake-text_sentiment/test fp32"
+
+
+def test_without_a_served_model_nothing_is_scored_and_a_warning_says_so():
+    backend = FakeBackend()
+    del backend.models[contract.TEXT_SENTIMENT]
+    scorer = ModelScorer(backend)
+    assert scorer.method("en") is None
+    assert not asyncio.run(text_sentiment("Thank you.", "en", scorer, BREAK, direct)).scored
+    assert "no text-sentiment model" in scorer.warning("en")
+
+
+# --- the lexicons (--text-sentiment lexicon) -------------------------------------------------------
+
+lexicon = pytest.mark.skipif(not sentiment.lexicon_installed(), reason="the lexicon extra is not installed")
+
+
+@lexicon
+@pytest.mark.parametrize("text, expected", [
+    ("I love this product, it is wonderful!", "positive"),
+    ("This is terrible, I hate it and I am very angry.", "negative"),
+    ("The meeting is at three pm on Tuesday.", "neutral"),
 ])
-def test_scores_within_range(text, language):
-    result = text_sentiment(text, language, BREAK)
-    assert result.scored
-    assert -1.0 <= result.score <= 1.0
+def test_vader_scores_english(text, expected):
+    result = asyncio.run(text_sentiment(text, "en", LexiconScorer(), BREAK, direct))
+    assert result.method == "vader" and result.label == expected
 
 
-def test_scored_languages_table_matches_methods():
-    assert text_sentiment("good", "en", BREAK).method == SCORED_LANGUAGES["en"]
-    assert text_sentiment("好", "zh", BREAK).method == SCORED_LANGUAGES["zh"]
+@lexicon
+def test_snownlp_scores_chinese_and_nothing_else_is_scored():
+    scorer = LexiconScorer()
+    good = asyncio.run(text_sentiment("非常好，谢谢你", "zh", scorer, BREAK, direct))
+    bad = asyncio.run(text_sentiment("这个服务太差了，我很生气", "zh", scorer, BREAK, direct))
+    assert good.method == bad.method == "snownlp" and good.score > 0 > bad.score
+    for language in ("yue", "ja", "ko", "nospeech", ""):
+        assert scorer.method(language) is None
+        assert not asyncio.run(text_sentiment("今日はとても良い日です", language, scorer, BREAK, direct)).scored
 
 
-def test_unscored_warning_names_the_language():
-    warning = unscored_warning("ja")
-    assert "'ja'" in warning and "no text sentiment" in warning
+def test_the_mode_names_the_scorer():
+    assert isinstance(sentiment.scorer("model", FakeBackend()), ModelScorer)
+    assert isinstance(sentiment.scorer("lexicon", FakeBackend()), LexiconScorer)
+    with pytest.raises(ValueError):
+        sentiment.scorer("vader", FakeBackend())
+    with pytest.raises(ValueError):
+        Settings(text_sentiment="vader")
+
+
+# --- AnalyzeText -----------------------------------------------------------------------------------
+
+def analyze_text(request: pb.AnalyzeTextRequest, settings: Settings = Settings(), backend=None):
+    service = AnalyzerService(backend or FakeBackend(), settings, Metrics())
+    context = FakeContext()
+
+    async def main():
+        try:
+            return await service.AnalyzeText(request, context)
+        except Aborted:
+            return None
+        finally:
+            assert service.active == 0
+
+    return asyncio.run(main()), context
+
+
+def test_analyze_text_answers_deepgrams_shape():
+    text = "Thank you for calling. My order never arrived and nobody fixed it."
+    response, _ = analyze_text(pb.AnalyzeTextRequest(text=text, language="en", request_id="r-1"))
+    assert [(s.text, s.start_word, s.end_word, s.sentiment) for s in response.segments] == [
+        ("Thank you for calling.", 0, 4, "positive"), ("My order never arrived and nobody fixed it.", 4, 12, "negative")]
+    scores = [p[0] - p[2] for p in map(fake_text_probs, (s.text for s in response.segments))]
+    mean = (4 * scores[0] + 8 * scores[1]) / 12
+    assert response.average.sentiment_score == pytest.approx(mean, abs=1e-6)
+    assert response.average.sentiment == label(mean, BREAK) == "neutral"  # -0.21: the words outweigh the thanks
+    assert response.language == "en" and response.metadata.request_id == "r-1"
+    assert [m.name for m in response.metadata.models] == [contract.TEXT_SENTIMENT]
+    assert response.metadata.thresholds.sentiment_break == pytest.approx(BREAK)
+    assert TEXT_LABELS == ["positive", "neutral", "negative"]
+
+
+def test_analyze_text_takes_a_break_point():
+    request = pb.AnalyzeTextRequest(text="Okay.", thresholds=pb.Thresholds(sentiment_break=0.0))
+    response, _ = analyze_text(request)
+    assert response.language == "auto" and response.average.sentiment == "positive"  # 0 >= +0
+
+
+@pytest.mark.parametrize("request_, words", [
+    (pb.AnalyzeTextRequest(text=""), "empty"),
+    (pb.AnalyzeTextRequest(text="  \n "), "empty"),
+    (pb.AnalyzeTextRequest(text="x" * 101), "at most 100"),
+    (pb.AnalyzeTextRequest(text="hello", language="fr"), "'fr' is not supported"),
+    (pb.AnalyzeTextRequest(text="...!?"), "no word"),
+    (pb.AnalyzeTextRequest(text="hi", request_id="bad id!"), "request_id"),
+    (pb.AnalyzeTextRequest(text="hi", thresholds=pb.Thresholds(sentiment_break=2.0)), "sentiment_break"),
+])
+def test_analyze_text_refuses_bad_requests_clearly(request_, words):
+    response, context = analyze_text(request_, Settings(max_text_chars=100))
+    assert response is None and context.status == grpc.StatusCode.INVALID_ARGUMENT
+    assert context.trailing[contract.ERROR_CODE_METADATA] == Code.INVALID_ARGUMENT.name
+
+
+def test_analyze_text_on_a_lexicon_gateway_refuses_a_language_it_cannot_score():
+    response, context = analyze_text(pb.AnalyzeTextRequest(text="はい", language="ja"),
+                                     Settings(text_sentiment="lexicon"))
+    assert response is None and context.status == grpc.StatusCode.INVALID_ARGUMENT
