@@ -25,6 +25,7 @@ from toneserve.contract import (
     FRAMES,
     LANGUAGE,
     LANGUAGE_QUERY_IDS,
+    MAX_TOKENS,
     PRECISION,
     PRESET,
     PROBS,
@@ -32,6 +33,8 @@ from toneserve.contract import (
     SPEAKER,
     SPEECH_PROBS,
     TEXT,
+    TEXT_SENTIMENT,
+    TEXT_SENTIMENT_LABELS,
     TEXTNORM,
     TEXTNORM_QUERY_IDS,
     TOKEN_MS,
@@ -111,7 +114,7 @@ def load_manifest(models_root: Path, family: str) -> dict:
 PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 # The models whose runtime and precision are chosen (the rest run fp32 in ONNX Runtime or numpy).
-HEAVY = ("emotion2vec", "sensevoice_encoder")
+HEAVY = ("emotion2vec", "sensevoice_encoder", "text_sentiment_classifier")
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,47 @@ def speaker_models(models_root: Path, tuning: Tuning = DEFAULT_TUNING) -> list:
     return [encoder, ensemble]
 
 
+# The text-sentiment model takes a call's sentences in one request (gateway/sentiment.py): larger batches
+# than the audio models, whose rows are seconds of audio where these are a sentence's tokens (<= max_tokens).
+TEXT_BATCHING = Batching(max_batch_size=32, preferred_batch_sizes=(8, 16, 32), max_queue_delay_us=2000)
+
+
+def text_sentiment_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAULT_TUNING,
+                          runtime: str = "auto", cpu: Iterable[str] | None = None) -> list:
+    """The words' sentiment: the checkpoint's own tokenizer (a Python model, runners/text_tokenizer.py), then the
+    classifier graph (heavy: runtime and precision chosen like emotion2vec+'s), as the ``text_sentiment``
+    ensemble taking TEXT and answering PROBS in the model's id2label order."""
+    manifest = load_manifest(models_root, "text_sentiment")
+    folder = Path(models_root) / "text_sentiment"
+    serving = manifest["serving"]
+    labels = tuple(serving["labels"])
+    batching = replace(TEXT_BATCHING, max_batch_size=max(tuning.batching.max_batch_size, TEXT_BATCHING.max_batch_size))
+    tokenizer = PythonModel(
+        name="text_sentiment_tokenizer", source=RUNNERS / "text_tokenizer.py", batching=batching,
+        files=(folder / serving["tokenizer"],),
+        inputs=(Tensor(TEXT, "bytes", (1,)),),
+        outputs=(Tensor("input_ids", "int64", (-1,)), Tensor("input_lens", "int64", (1,))),
+        parameters={"tokenizer_file": serving["tokenizer"], MAX_TOKENS: str(serving["max_tokens"]),
+                    "pad_id": str(serving["pad_id"])})
+    choice = choose(folder, manifest, "model.onnx", precision, runtime, cpu)
+    heavy = _heavy(tuning, choice)
+    classifier = OnnxModel(
+        name="text_sentiment_classifier", **{**heavy, "batching": batching},
+        inputs=(Tensor("input_ids", "int64", (-1,), ragged=True), Tensor("input_lens", "int64", (1,), is_length=True)),
+        outputs=(Tensor("probs", "float32", (len(labels),), labels=labels),),
+        warmup={"input_ids": np.zeros(16, np.int64), "input_lens": np.array([16], np.int64)})
+    ensemble = Ensemble(
+        name=TEXT_SENTIMENT, max_batch_size=batching.max_batch_size,
+        inputs=(Tensor(TEXT, "bytes", (1,)),),
+        outputs=(Tensor(PROBS, "float32", (len(labels),), labels=labels),),
+        steps=(Step("text_sentiment_tokenizer", {TEXT: TEXT}, {"input_ids": "_input_ids", "input_lens": "_input_lens"}),
+               Step("text_sentiment_classifier", {"input_ids": "_input_ids", "input_lens": "_input_lens"},
+                    {"probs": PROBS})),
+        parameters={**_provenance(manifest, choice), TEXT_SENTIMENT_LABELS: json.dumps(list(labels)),
+                    MAX_TOKENS: str(serving["max_tokens"])})
+    return [tokenizer, classifier, ensemble]
+
+
 def silero_onnx() -> Path:
     """The standard silero VAD graph that the silero-vad wheel ships (MIT), 8 and 16 kHz."""
     spec = importlib.util.find_spec("silero_vad")
@@ -326,7 +370,7 @@ def describe(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFAUL
         raise CommandError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     return (emotion_models(models_root, precision, tuning, runtime, cpu)
             + asr_models(models_root, precision, tuning, runtime, cpu) + vad_models(tuning)
-            + speaker_models(models_root, tuning))
+            + speaker_models(models_root, tuning) + text_sentiment_models(models_root, precision, tuning, runtime, cpu))
 
 
 def summary(models: list) -> str:

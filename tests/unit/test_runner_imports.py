@@ -8,7 +8,7 @@ import sys
 
 from toneserve.model_repository.render import RUNNER_HELPERS, RUNNERS
 
-RUNTIME_MODULES = {"numpy", "onnxruntime", "openvino", "sentencepiece", "triton_python_backend_utils"}
+RUNTIME_MODULES = {"numpy", "onnxruntime", "openvino", "sentencepiece", "tokenizers", "triton_python_backend_utils"}
 
 
 def imports(path) -> list[tuple[str, int]]:
