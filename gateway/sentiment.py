@@ -11,7 +11,7 @@ One path for both users of it: the audio pipeline's transcripts (`Segment.text_s
   Labels: positive at >= +break, negative at <= -break, else neutral (the request's sentiment_break).
 * Who scores (`Scorer`): the text-sentiment model Triton serves (`ModelScorer`, the default: every
   language, score = P(positive) - P(negative), the sentences of a text in one call per batch), or
-  the lexicons toneserve had before (`LexiconScorer`, `--text-sentiment lexicon`): VADER for English,
+  the lexicons toneserve had before (gateway/lexicon.py, `--text-sentiment lexicon`): VADER for English,
   SnowNLP for Chinese, no other language. They are kept for comparison (`toneserve eval sentiment`) and
   for a server without a text model; they are not in the gateway image (SnowNLP alone holds about
   410 MB), but in the `lexicon` extra.
@@ -19,7 +19,6 @@ One path for both users of it: the audio pipeline's transcripts (`Segment.text_s
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from toneserve.gateway.backend import Backend
 from toneserve.gateway.words import strip_tags
 from toneserve.v1 import toneserve_pb2 as pb
 
-__all__ = ["strip_tags", "label", "sentences", "text_sentiment", "ModelScorer", "LexiconScorer", "scorer"]
+__all__ = ["strip_tags", "label", "sentences", "text_sentiment", "ModelScorer", "scorer"]
 
 MAX_SENTENCE_WORDS = 48
 MODES = ("model", "lexicon")
@@ -137,43 +136,8 @@ def polarity(labels: Sequence[str], probs: np.ndarray) -> np.ndarray:
     return np.clip(probs[:, positive] - probs[:, negative], -1.0, 1.0)
 
 
-class LexiconScorer:
-    """VADER (English) and SnowNLP (Chinese) inside the gateway; nothing for yue, ja, ko."""
-
-    METHODS = {"en": "vader", "zh": "snownlp"}
-
-    def method(self, language: str) -> str | None:
-        return self.METHODS.get(language)
-
-    def warning(self, language: str) -> str:
-        return (f"no text sentiment model for language {language or 'unknown'!r} (the lexicons score en and zh "
-                f"only): segments in it carry no text score")
-
-    async def score(self, texts: Sequence[str], language: str, call: Call) -> list[float]:
-        method = self.METHODS[language]
-        return await asyncio.to_thread(lambda: [_vader(t) if method == "vader" else _snownlp(t) for t in texts])
-
-
-def _vader(text: str) -> float:
-    return float(_vader_analyzer().polarity_scores(text)["compound"])
-
-
-@functools.cache
-def _vader_analyzer():
-    # Imported on first use (the lexicon extra); reading the lexicon takes ~15 ms, read-only afterwards.
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
-
-
-def _snownlp(text: str) -> float:
-    # Importing snownlp loads its models (about 2 s, 410 MB); the import lock makes it thread safe.
-    from snownlp import SnowNLP
-    # .sentiments is P(positive) in [0, 1]; mapped onto [-1, 1].
-    return 2.0 * float(SnowNLP(text).sentiments) - 1.0
-
-
 def lexicon_installed() -> bool:
+    """Whether the lexicon extra (VADER, SnowNLP) is installed."""
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("vaderSentiment", "snownlp"))
@@ -184,6 +148,8 @@ def scorer(mode: str, backend: Backend) -> Scorer:
     if mode == "model":
         return ModelScorer(backend)
     if mode == "lexicon":
+        from toneserve.gateway.lexicon import LexiconScorer  # the lexicon extra: only when asked for
+
         return LexiconScorer()
     raise ValueError(f"text sentiment {mode!r}: choose one of {MODES}")
 

@@ -725,7 +725,9 @@ def test_gateway_imports_with_only_its_own_requirements():
         ABSENT = {absent!r}
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] not in ALLOWED or any(name == a or name.startswith(a + ".") for a in ABSENT):
+                # _sysconfigdata_*: the interpreter's own build settings (sysconfig; zoneinfo reads them).
+                if (name.split(".")[0] not in ALLOWED and not name.startswith("_sysconfigdata")) \
+                        or any(name == a or name.startswith(a + ".") for a in ABSENT):
                     raise ImportError(f"blocked: {{name}} is not in the gateway image")
         sys.meta_path.insert(0, Block())
         import toneserve.cli, toneserve.gateway.server, toneserve.gateway.service
@@ -734,11 +736,12 @@ def test_gateway_imports_with_only_its_own_requirements():
         from toneserve.gateway.auth import ApiKeys, parse_keys
         keys = ApiKeys(parse_keys("k-Zt7q8mXo2Lw1bV9cR4yPn6Ks3Ud0Hj5 tenant"))  # the image reads /run/secrets
         Gateway(args.triton_url, host=args.host, port=args.port, keys=keys, metrics_host=args.metrics_host)
-        # The text and prosody models load lazily: exercise them too.
+        # What loads lazily: exercise it too (prosody; the judge's openai client).
         from toneserve.gateway import prosody, sentiment
+        from toneserve.gateway.verdict import Judge, JudgeSettings
         import numpy as np
-        assert sentiment.text_sentiment("great service, thank you", "en", 1 / 3).scored
-        assert sentiment.text_sentiment("非常好", "zh", 1 / 3).scored
+        assert len(sentiment.sentences("great service. thank you", "en")) == 2
+        Judge(JudgeSettings(url="http://127.0.0.1:9/v1", model="judge"))
         prosody.prosody(np.zeros(16000, np.float32), 16000, "hello", "en")
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in {sorted(HEAVY)!r})
         assert not heavy, heavy

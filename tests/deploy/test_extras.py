@@ -48,6 +48,7 @@ NOT_IN_GATEWAY = ("torch", "funasr", "onnx", "onnxruntime", "modelscope")
 PART_EXTRAS = {
     "client": "client",
     "gateway": "gateway",
+    "gateway/lexicon.py": "lexicon",  # --text-sentiment lexicon only
     "export": "export",
     "model_repository": "export",  # rendering (tritonclient's ModelConfig) and the load bench
     "model_repository/runners": "serve",  # imported inside tritonserver, from the serving environment

@@ -13,7 +13,7 @@ from toneserve.contract import Code, ToneserveError
 from toneserve.gateway import sentiment
 from toneserve.gateway.backend import ModelInfo
 from toneserve.gateway.metrics import Metrics
-from toneserve.gateway.sentiment import LexiconScorer, ModelScorer, label, polarity, sentences, text_sentiment
+from toneserve.gateway.sentiment import ModelScorer, label, polarity, sentences, text_sentiment
 from toneserve.gateway.service import AnalyzerService
 from toneserve.gateway.settings import Settings
 from toneserve.v1 import toneserve_pb2 as pb
@@ -135,6 +135,12 @@ def test_without_a_served_model_nothing_is_scored_and_a_warning_says_so():
 lexicon = pytest.mark.skipif(not sentiment.lexicon_installed(), reason="the lexicon extra is not installed")
 
 
+def LexiconScorer():
+    from toneserve.gateway.lexicon import LexiconScorer
+
+    return LexiconScorer()
+
+
 @lexicon
 @pytest.mark.parametrize("text, expected", [
     ("I love this product, it is wonderful!", "positive"),
@@ -159,7 +165,7 @@ def test_snownlp_scores_chinese_and_nothing_else_is_scored():
 
 def test_the_mode_names_the_scorer():
     assert isinstance(sentiment.scorer("model", FakeBackend()), ModelScorer)
-    assert isinstance(sentiment.scorer("lexicon", FakeBackend()), LexiconScorer)
+    assert type(sentiment.scorer("lexicon", FakeBackend())).__name__ == "LexiconScorer"
     with pytest.raises(ValueError):
         sentiment.scorer("vader", FakeBackend())
     with pytest.raises(ValueError):
