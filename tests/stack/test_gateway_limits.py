@@ -191,8 +191,7 @@ def test_an_hour_long_call_in_bounded_memory(stack, tmp_path):
     less than GROWTH_MB over its warmed-up size. Decoded whole, the hour alone would take 460 MB
     (16 kHz float32, two channels); the upload itself is 115 MB.
 
-    Warmed up means the text models are loaded: SnowNLP alone takes about 410 MB of Python objects,
-    once per gateway process, on its first Chinese segment."""
+    Warmed up means a call in each of two languages has been analysed (what loads lazily has loaded)."""
     GROWTH_MB = 200
     minutes = 60
     path = tmp_path / "hour.wav"
