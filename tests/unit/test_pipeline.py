@@ -66,7 +66,9 @@ def fake_emotion(wav: np.ndarray) -> np.ndarray:
 class FakeBackend:
     """A `Backend` without a model server; it records what it is asked."""
 
-    def __init__(self, vad_batch: int = 0, asr_error: ToneserveError | None = None, hang: tuple[str, ...] = ()):
+    def __init__(self, vad_batch: int = 0, asr_error: ToneserveError | None = None, hang: tuple[str, ...] = (),
+                 transcript: str = TRANSCRIPT):
+        self.transcript = transcript
         self.models = {name: ModelInfo(name=name, version="1", family=f"fake-{name}", preset="test",
                                        weights_origin="random" if name == contract.VAD else "trained",
                                        precision="fp32", max_batch_size=vad_batch if name == contract.VAD else 0)
@@ -126,7 +128,7 @@ class FakeBackend:
         if self.asr_error is not None:
             raise self.asr_error
         first = {name: np.eye(len(labels), dtype=np.float32)[0] for name, labels in ASR_LABELS.items()}
-        return AsrResult(text=TRANSCRIPT, distributions={name: (ASR_LABELS[name], first[name]) for name in ASR_LABELS})
+        return AsrResult(text=self.transcript, distributions={name: (ASR_LABELS[name], first[name]) for name in ASR_LABELS})
 
 
     async def sentiment(self, texts, request_id: str = "", timeout: float | None = None):
@@ -460,3 +462,26 @@ def test_more_audio_than_the_limit_is_too_large(rpc):
 
     context = asyncio.run(main())
     assert context.trailing[ERROR_CODE_METADATA] == "AUDIO_TOO_LARGE"
+
+
+# --- reconciliation with the words' new scores --------------------------------------------------------
+
+@pytest.mark.parametrize("transcript, words, flagged", [
+    # Sarcasm that the text model reads as negative (VADER read such lines as positive, +0.92, and flagged a
+    # mismatch instead): tone and words agree on negative. (The fake model stands in for one that gets it.)
+    ("Oh wonderful, another week of waiting.", "negative", False),
+    # Polite words in an angry voice: the words are positive, the tone negative: a mismatch.
+    ("Thank you so much.", "positive", True),
+    # An agent's formula: neutral words; the angry tone alone makes it negative, no mismatch.
+    ("I will check the account for you.", "neutral", False),
+])
+def test_sarcasm_and_polite_anger_with_sentence_scores(transcript, words, flagged):
+    backend = FakeBackend(transcript=transcript)
+    audio = wav_bytes(recording(3.0, [[(0.5, 2.5, LOUD)]]), RATE)
+    response = asyncio.run(analysis(backend, pb.AnalyzeRequest(language="en")).run(InMessage(audio)))
+    (segment,) = response.segments
+    assert segment.emotion.top == "angry" and segment.text_sentiment.label == words
+    assert (pb.TONE_TEXT_MISMATCH in segment.judgement.flags) == flagged
+    assert segment.judgement.sentiment == ("neutral" if flagged else "negative")
+    expected = sum((s.end_word - s.start_word) * s.sentiment_score for s in segment.text_sentiment.sentences)
+    assert segment.text_sentiment.score == pytest.approx(expected / segment.prosody.words, abs=1e-6)
