@@ -143,7 +143,7 @@ def cmd_export(args) -> int:
     tuning = _tuning(args, DEFAULT_TUNING)
     models = export_models(_models(args), size=args.size, seed=args.seed, force=args.force,
                            sources={"emotion2vec": args.emotion2vec, "sensevoice": args.sensevoice,
-                                    "speaker": args.speaker},
+                                    "speaker": args.speaker, "text_sentiment": args.text_sentiment},
                            variants=args.variants, revision=args.revision, trust_checkpoint=args.trust_checkpoint,
                            calibration=Path(args.calibration) if args.calibration else None)
     for profile, precision in _renderings(args.profiles, args.variants):
@@ -549,6 +549,12 @@ def _export_arguments(p):
                         "real weights from its wheel), random:resemblyzer, random:campplus, a CAM++ hub id "
                         "(iic/speech_campplus_sv_zh-cn_16k-common) or folder, a WeSpeaker ResNet34 ONNX folder or "
                         "Hugging Face id (Wespeaker/wespeaker-voxceleb-resnet34-LM)")
+    p.add_argument("--text-sentiment", metavar="SOURCE",
+                   help="the words' sentiment model: a Hugging Face sequence-classification folder (config.json with "
+                        "id2label, tokenizer.json, model.safetensors), a hub id (default at --size base: "
+                        "lxyuan/distilbert-base-multilingual-cased-sentiments-student; or "
+                        "cardiffnlp/twitter-xlm-roberta-base-sentiment-multilingual), or random:PRESET "
+                        "(distilbert_tiny, distilbert_multilingual, xlmr_twitter)")
     p.add_argument("--revision", help="pin the hub ids given to this revision (branch, tag or commit)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load model.pt files that torch.load(weights_only=True) refuses with a full load, which "
