@@ -77,6 +77,18 @@ def batching(triton_url: str, texts: list[str], pid: int, rounds: int) -> dict:
     return out
 
 
+def in_process(path: Path, texts: list[str], rounds: int) -> float:
+    """Microseconds per sentence of `tokenizers` encoding them in this process, a batch at a time."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.encode_batch(texts)
+    started = time.process_time()
+    for _ in range(rounds * 10):
+        tokenizer.encode_batch(texts)
+    return round(1e6 * (time.process_time() - started) / (rounds * 10 * len(texts)), 2)
+
+
 def calls(gateway: str, pid: int, count: int, seconds: float) -> dict:
     import grpc
 
@@ -116,10 +128,14 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=3)
     p.add_argument("--call-seconds", type=float, default=60.0)
     p.add_argument("--sentences-per-call", type=int, default=90)
+    p.add_argument("--tokenizer", metavar="JSON", help="the export's tokenizer.json: also time tokenising in-process "
+                                                        "(what the gateway would pay to tokenise itself)")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     texts = sentences(Path(args.set))
     report = {"batching": batching(args.triton, texts, args.serve_pid, args.rounds)}
+    if args.tokenizer:
+        report["in_process_tokenizer_us_per_sentence"] = in_process(Path(args.tokenizer), texts, args.rounds)
     report["calls"] = calls(args.gateway, args.serve_pid, args.calls, args.call_seconds)
     per_sentence = report["batching"]["requests of 32 rows"]["text_model_cpu_ms_per_sentence"]
     report["per_call_ms"] = round(per_sentence * args.sentences_per_call, 1)
@@ -129,6 +145,8 @@ def main(argv=None) -> int:
     for name, row in report["batching"].items():
         print(f"{name:<38}{row['sentences_per_s']:>9}{row['ms_per_sentence']:>9}"
               f"{row['text_model_cpu_ms_per_sentence']:>18}{row['vs_one_at_a_time']:>8}")
+    if args.tokenizer:
+        print(f"tokenizers in-process: {report['in_process_tokenizer_us_per_sentence']} us of CPU per sentence")
     print(f"per call of {args.sentences_per_call} sentences: {report['per_call_ms']} ms of CPU (batched)")
     c = report["calls"]
     print(f"{c['calls']} calls of {c['call_seconds']:g} s through the gateway: {c['segments']} segments, "
