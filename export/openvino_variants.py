@@ -9,16 +9,21 @@ The "openvino" variant (``toneserve export --variants openvino``) records, in th
   compiles the fp32 ONNX graph with that hint. Not passed on a CPU without bf16.
 * ``int8``: static int8 by NNCF (``nncf.quantize``), calibrated on the project's own speech-like audio
   (``toneserve.samples.speechlike``) plus, optionally, a folder of the user's recordings
-  (``--calibration DIR``); saved as OpenVINO IR (xml + bin) beside the graph.
+  (``--calibration DIR``); saved as OpenVINO IR (xml + bin) beside the graph. A family whose graph does not
+  read audio (text sentiment) gives its own calibration feeds instead (``calibration_feeds``, see
+  ``calibration_items``).
 
 bf16 and int8 are judged by ``judge`` against ONNX Runtime fp32 on the family's parity inputs, with the
 gate of the family's ``gate_kind`` (``GATES``): a classifier must keep every clip's label and its
-probabilities within 0.02; a CTC encoder must keep >= 97 % of the valid frames' top-1 tokens.
+probabilities within 0.02; a CTC encoder must keep >= 97 % of the valid frames' top-1 tokens. A classifier's
+probabilities are the softmax of its top-1 output, or that output itself when the family names it among its
+``probability_outputs`` (a graph that outputs probabilities, not logits).
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -87,12 +92,16 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _report(family: ModelFamily, reference: dict, candidate: dict, feeds: dict, options: dict) -> dict:
-    """``compare_outputs``'s report; for a classifier also the largest difference of its probabilities."""
+    """``compare_outputs``'s report; for a classifier also the largest difference of its probabilities (the
+    softmax of its top-1 outputs, or those outputs as they are when the family says they are probabilities)."""
     report = compare_outputs(reference, candidate, feeds=feeds, **options)
     if family.gate_kind == "classification":
+        already = set(getattr(family, "probability_outputs", ()))
         for name, axis in options.get("top1_axis", {}).items():
-            ref = _softmax(np.asarray(reference[name], np.float64), axis)
-            cand = _softmax(np.asarray(candidate[name], np.float64), axis)
+            ref = np.asarray(reference[name], np.float64)
+            cand = np.asarray(candidate[name], np.float64)
+            if name not in already:
+                ref, cand = _softmax(ref, axis), _softmax(cand, axis)
             diff = np.abs(ref - cand)
             report[name]["max_prob_diff"] = float(diff.max()) if np.isfinite(diff).all() else None
     return report
@@ -196,6 +205,26 @@ def calibration_clips(user_folder: Path | None = None, items: int = CALIBRATION_
     return clips, ["speechlike", user]
 
 
+def calibration_items(family: ModelFamily, folder: Path, user_folder: Path | None = None) -> tuple[list[dict], dict]:
+    """The feeds the int8 variant calibrates on, and their description for the manifest. An audio family: the
+    speech-like clips (and the user's recordings) through its ``audio_feeds``; a family with its own
+    ``calibration_feeds(folder, user_folder)`` (one that does not read audio): what that gives."""
+    own = getattr(family, "calibration_feeds", None)
+    if own is not None:
+        return own(Path(folder), user_folder)
+    clips, sources = calibration_clips(user_folder)
+    items = [family.audio_feeds(folder, clip[None, :], np.array([len(clip)], np.int64)) for clip in clips]
+    return items, {"items": len(clips), "item_seconds": CALIBRATION_SECONDS, "sources": sources}
+
+
+def calibration_sources(family: ModelFamily | None, user_folder: Path | None) -> list:
+    """What the manifest records as the int8 calibration's sources for ``family`` and ``user_folder``."""
+    own = getattr(family, "calibration_sources", None)
+    if own is not None:
+        return own(user_folder)
+    return ["speechlike", str(Path(user_folder).expanduser().resolve()) if user_folder is not None else None]
+
+
 # ----------------------------------------------------------------------------------------- OpenVINO
 
 
@@ -271,14 +300,13 @@ def _save_ir(model, dst_xml: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _quantize(core, graph: Path, family: ModelFamily, folder: Path, clips: list, preset: str):
+def _quantize(core, graph: Path, items: list[dict], preset: str):
     import nncf  # type: ignore[import-untyped]
     from nncf.quantization.advanced_parameters import (  # type: ignore[import-untyped]
         AdvancedQuantizationParameters,
         QuantizationParameters,
     )
 
-    items = [family.audio_feeds(folder, clip[None, :], np.array([len(clip)], np.int64)) for clip in clips]
     model = core.read_model(str(graph))
     names = _input_names(model, items[0])
     dataset = nncf.Dataset(items, lambda item: _inputs(names, item))
@@ -302,16 +330,23 @@ def _score(passed: bool, gate: dict) -> tuple:
 
 
 def is_current(folder: Path, entry: dict | None, base_digest: str, calibration: Path | None) -> bool:
-    """A recorded entry built from this fp32 graph, with this OpenVINO and calibration, files intact."""
+    """A recorded entry built from this fp32 graph, with this OpenVINO and calibration, files intact. The
+    calibration sources expected are those of the family whose manifest is in ``folder``."""
     import openvino as ov  # type: ignore[import-untyped]
 
     if not entry or entry.get("from") != base_digest or entry.get("openvino_version") != ov.__version__:
         return False
-    user = str(Path(calibration).expanduser().resolve()) if calibration is not None else None
     sources = ((entry.get("precisions") or {}).get("int8") or {}).get("calibration", {}).get("sources")
-    if sources != ["speechlike", user]:
+    if sources != calibration_sources(_folder_family(folder), calibration):
         return False
     return all((folder / n).is_file() and sha256_file(folder / n) == d for n, d in entry.get("files", {}).items())
+
+
+def _folder_family(folder: Path) -> ModelFamily | None:
+    try:
+        return get(json.loads((Path(folder) / "manifest.json").read_text())["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path | None = None,
@@ -327,7 +362,7 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
     graph = folder / family.graph
     started = time.perf_counter()
     # Calibration problems (a bad --calibration folder) fail before any slow work.
-    clips, sources = calibration_clips(calibration)
+    items, described = calibration_items(family, folder, calibration)
     feeds, options = family.parity_inputs(folder)
     reference = run_onnx(graph, feeds)
     core = ov.Core()
@@ -354,9 +389,9 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
     name = ir_name(family)
     best: dict | None = None
     for preset in PRESETS:
-        step(f"{family.name}: openvino int8 (NNCF {preset}, {len(clips)} items)")
+        step(f"{family.name}: openvino int8 (NNCF {preset}, {len(items)} items)")
         t0 = time.perf_counter()
-        quantized = _quantize(core, graph, family, folder, clips, preset)
+        quantized = _quantize(core, graph, items, preset)
         seconds = round(time.perf_counter() - t0, 1)
         # int8 runs in f32 where it is not int8: the gate judges quantisation, not bf16 on top of it.
         _, config, out = _compile_run(core, quantized, {"INFERENCE_PRECISION_HINT": "f32"}, feeds, reference)
@@ -366,8 +401,8 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
         if best is None or _score(passed, gate) > _score(best["passed"], best["gate"]):
             best = {"passed": passed, "file": name, "gate": gate, "parity": report, "preset": preset,
                     "compile_config": config, "model": quantized,
-                    "calibration": {"items": len(clips), "seconds": seconds, "item_seconds": CALIBRATION_SECONDS,
-                                    "sources": sources}}
+                    "calibration": {"items": described["items"], "seconds": seconds,
+                                    **{k: v for k, v in described.items() if k != "items"}}}
         if passed:
             break
     assert best is not None

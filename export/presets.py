@@ -187,3 +187,77 @@ SPEAKER_UNCONFIRMED: dict[str, list[str]] = {
                            "compute_fbank settings (hamming, x32768, mean-normalised) are from its code"],
 }
 SPEAKER_UNCONFIRMED_LOADED: dict[str, list[str]] = {}
+
+# ------------------------------------------------------------------------------------ text sentiment
+# Hugging Face sequence classifiers (transformers' AutoModelForSequenceClassification). ``config`` is what
+# the folder's config.json holds (AutoConfig.for_model(model_type, **config)); ``tokenizer`` says how random
+# weights get a tokenizer (``toneserve.export.text_sentiment.build_tokenizer``: a vocabulary built from the
+# project's own multilingual texts, never the published one). Labels are always read from id2label in id
+# order; these are the published models' own.
+_SENTIMENT_PND = {0: "positive", 1: "neutral", 2: "negative"}  # lxyuan's id2label
+_SENTIMENT_NNP = {0: "negative", 1: "neutral", 2: "positive"}  # cardiffnlp's id2label
+
+
+def _labels(id2label: dict[int, str]) -> dict[str, Any]:
+    return {"id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()}}
+
+
+TEXT_SENTIMENT: dict[str, dict[str, Any]] = {
+    # lxyuan/distilbert-base-multilingual-cased-sentiments-student: distilbert-base-multilingual-cased
+    # (cased WordPiece, 119547 pieces) distilled into a 3-way sentiment head.
+    "distilbert_multilingual": {
+        "architecture": "DistilBertForSequenceClassification",
+        "config": {"model_type": "distilbert", "vocab_size": 119547, "dim": 768, "n_layers": 6, "n_heads": 12,
+                   "hidden_dim": 3072, "max_position_embeddings": 512, "activation": "gelu", "pad_token_id": 0,
+                   "sinusoidal_pos_embds": False, "initializer_range": 0.02, "dropout": 0.1,
+                   "attention_dropout": 0.1, "seq_classif_dropout": 0.2, "qa_dropout": 0.1,
+                   **_labels(_SENTIMENT_PND)},
+        "tokenizer": {"kind": "wordpiece", "lowercase": False},
+        "source": "config.json of lxyuan/distilbert-base-multilingual-cased-sentiments-student (Hugging Face)",
+    },
+    # cardiffnlp/twitter-xlm-roberta-base-sentiment-multilingual: XLM-RoBERTa base (sentencepiece unigram,
+    # 250002 pieces, <pad> = 1, positions start after it) with a 3-way sentiment head.
+    "xlmr_twitter": {
+        "architecture": "XLMRobertaForSequenceClassification",
+        "config": {"model_type": "xlm-roberta", "vocab_size": 250002, "hidden_size": 768, "num_hidden_layers": 12,
+                   "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
+                   "type_vocab_size": 1, "hidden_act": "gelu", "layer_norm_eps": 1e-05, "pad_token_id": 1,
+                   "bos_token_id": 0, "eos_token_id": 2, "position_embedding_type": "absolute",
+                   "initializer_range": 0.02, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+                   **_labels(_SENTIMENT_NNP)},
+        "tokenizer": {"kind": "unigram"},
+        "source": "config.json of cardiffnlp/twitter-xlm-roberta-base-sentiment-multilingual (Hugging Face)",
+    },
+    # Tests and `--size tiny`: DistilBERT at tiny widths with lxyuan's labels. A wider initialisation than
+    # the published models' 0.02, so that random weights give probabilities that differ between sentences
+    # (at 0.02 every sentence is about 1/3 each, and every gate would compare near-constants).
+    "distilbert_tiny": {
+        "architecture": "DistilBertForSequenceClassification",
+        "config": {"model_type": "distilbert", "vocab_size": 2048, "dim": 32, "n_layers": 2, "n_heads": 2,
+                   "hidden_dim": 64, "max_position_embeddings": 512, "activation": "gelu", "pad_token_id": 0,
+                   "sinusoidal_pos_embds": False, "initializer_range": 0.2, "dropout": 0.1,
+                   "attention_dropout": 0.1, "seq_classif_dropout": 0.2, "qa_dropout": 0.1,
+                   **_labels(_SENTIMENT_PND)},
+        "tokenizer": {"kind": "wordpiece", "lowercase": False},
+        "source": "test-sized DistilBERT with the labels of lxyuan/distilbert-base-multilingual-cased-sentiments-student",
+    },
+}
+_TEXT_NOT_FETCHED = ("the published config.json was not reachable here: the architecture values (sizes, vocab_size, "
+                     "max_position_embeddings, activation, pad_token_id, id2label) are as the model card / config "
+                     "describe it; ")
+TEXT_SENTIMENT_UNCONFIRMED: dict[str, list[str]] = {
+    "distilbert_multilingual": [
+        _TEXT_NOT_FETCHED + "dropout, attention_dropout, seq_classif_dropout, qa_dropout, initializer_range and "
+        "sinusoidal_pos_embds are DistilBERT's defaults (inference does not use the dropouts)",
+        "random weights get a WordPiece vocabulary built from the project's own texts (a few hundred pieces), not "
+        "bert-base-multilingual-cased's 119547: token ids and outputs are meaningless",
+    ],
+    "xlmr_twitter": [
+        _TEXT_NOT_FETCHED + "layer_norm_eps, bos/eos ids, position_embedding_type, initializer_range and the "
+        "dropouts are XLM-RoBERTa base's defaults",
+        "random weights get a unigram vocabulary built from the project's own texts (no sentencepiece normaliser), "
+        "not XLM-R's 250002 pieces: token ids and outputs are meaningless",
+    ],
+    "distilbert_tiny": ["all sizes are made up for tests (not a released model)"],
+}
+TEXT_SENTIMENT_UNCONFIRMED_LOADED: dict[str, list[str]] = {}

@@ -5,9 +5,10 @@ from toneserve.export.families.emotion2vec import EMOTION2VEC
 from toneserve.export.families.sensevoice import SENSEVOICE
 from toneserve.export.families.silero_vad import SILERO_VAD
 from toneserve.export.families.speaker import SPEAKER
+from toneserve.export.families.text_sentiment import TEXT_SENTIMENT
 from toneserve.export.family import ModelFamily
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (EMOTION2VEC, SENSEVOICE, SILERO_VAD, SPEAKER)}
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (EMOTION2VEC, SENSEVOICE, SILERO_VAD, SPEAKER, TEXT_SENTIMENT)}
 
 
 def get(name: str) -> ModelFamily:

@@ -48,7 +48,7 @@ def test_parse_hub():
         sources.parse_source("iic/SenseVoiceSmall", "emotion2vec")
     with pytest.raises(ValueError, match="is a emotion2vec model"):
         sources.parse_source("iic/emotion2vec_plus_base", "sensevoice")
-    assert set(sources.HUB_IDS) == {"emotion2vec", "sensevoice", "speaker"}
+    assert set(sources.HUB_IDS) == {"emotion2vec", "sensevoice", "speaker", "text_sentiment"}
 
 
 @pytest.mark.parametrize("text", ["", "   ", "what is this", "iic/", "a/b/c", "http://x/y", "random:"])

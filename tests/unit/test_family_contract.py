@@ -38,7 +38,7 @@ def test_every_family_implements_the_contract(name):
 
 
 def test_the_families_exported_and_silero_ships_in_its_wheel():
-    assert [f.name for f in exported()] == ["emotion2vec", "sensevoice", "speaker"]
+    assert [f.name for f in exported()] == ["emotion2vec", "sensevoice", "speaker", "text_sentiment"]
     assert not FAMILIES["silero_vad"].exported and FAMILIES["silero_vad"].graph is None
 
 
@@ -106,7 +106,7 @@ def test_no_switch_on_a_family_name_outside_its_module():
 def test_preset_names_live_in_one_place():
     assert {f.name: f.presets for f in FAMILIES.values()} == {
         "emotion2vec": presets.EMOTION2VEC, "sensevoice": presets.SENSEVOICE, "silero_vad": presets.SILERO_VAD,
-        "speaker": presets.SPEAKER}
+        "speaker": presets.SPEAKER, "text_sentiment": presets.TEXT_SENTIMENT}
     large = presets.EMOTION2VEC["large"]
     audio = large["modalities"]["audio"]
     # The published plus_large config.yaml: 8 blocks after a 4-block prenet, width 1024, 16 heads.
@@ -138,6 +138,10 @@ def test_manifest_schema_is_one():
     ("someone/my_sensevoice", "sensevoice", "ms", "someone/my_sensevoice"),
     ("iic/speech_campplus_sv_zh-cn_16k-common", "speaker", "ms", "iic/speech_campplus_sv_zh-cn_16k-common"),
     ("cam++", "speaker", "ms", "iic/speech_campplus_sv_zh-cn_16k-common"),
+    ("lxyuan/distilbert-base-multilingual-cased-sentiments-student", "text_sentiment", "hf",
+     "lxyuan/distilbert-base-multilingual-cased-sentiments-student"),
+    ("cardiffnlp/twitter-xlm-roberta-base-sentiment-multilingual", "text_sentiment", "hf",
+     "cardiffnlp/twitter-xlm-roberta-base-sentiment-multilingual"),
 ])
 def test_hub_ids_go_to_their_hub(text, family, hub, ref):
     src = sources.parse_source(text, family, revision="v2.0.4")
