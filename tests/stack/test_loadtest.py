@@ -39,7 +39,7 @@ def test_smoke_run_answers_every_request(stack, calls, tmp_path):
     book = json.loads((tmp_path / "smoke_ledger.json").read_text())
     assert sum(v["sent"] for v in book["names"].values()) == result["sent"]
     assert result["rtfx"] > 0 and result["gateway_rtfx"] > 0 and result["p95"] >= result["p50"] > 0
-    assert [m["name"] for m in result["served_models"]] == ["emotion", "asr", "vad", "speaker"]
+    assert [m["name"] for m in result["served_models"]] == ["emotion", "asr", "vad", "speaker", "text_sentiment"]
 
 
 def test_baseline_serves_the_same_models(stack, models_root, calls, tmp_path):
