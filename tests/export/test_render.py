@@ -20,7 +20,8 @@ def test_every_rendered_config_parses_as_a_model_config(models_root, tmp_path, p
     configs = sorted(repo.glob("*/config.pbtxt"))
     assert {c.parent.name for c in configs} == {"emotion", "emotion2vec", "asr", "vad",
                                                 "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder",
-                                                "speaker", "speaker_encoder"}
+                                                "speaker", "speaker_encoder", "text_sentiment",
+                                                "text_sentiment_tokenizer", "text_sentiment_classifier"}
     for path in configs:
         config = text_format.Parse(path.read_text(), mc.ModelConfig())
         assert config.name == path.parent.name
@@ -31,7 +32,7 @@ def test_every_rendered_config_parses_as_a_model_config(models_root, tmp_path, p
 
 
 # What the Triton Python backend environment provides besides the standard library.
-RUNTIME_MODULES = {"numpy", "onnxruntime", "openvino", "sentencepiece", "triton_python_backend_utils"}
+RUNTIME_MODULES = {"numpy", "onnxruntime", "openvino", "sentencepiece", "tokenizers", "triton_python_backend_utils"}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -40,9 +41,10 @@ def test_every_model_py_finds_the_runner_files_it_imports_beside_it(models_root,
     been copied into the same version folder, runner_errors.py included."""
     repo = render_repository(describe(models_root), profile, tmp_path / profile)
     runners = sorted(repo.glob("*/1/model.py"))
-    python_backend = {"sensevoice_decoder", "vad"}
+    python_backend = {"sensevoice_decoder", "vad", "text_sentiment_tokenizer"}
     if profile == "cpu":  # graphs run in the onnx_runner or openvino_runner there
-        python_backend |= {"emotion2vec", "sensevoice_frontend", "sensevoice_encoder", "speaker_encoder"}
+        python_backend |= {"emotion2vec", "sensevoice_frontend", "sensevoice_encoder", "speaker_encoder",
+                           "text_sentiment_classifier"}
     assert {p.parent.parent.name for p in runners} == python_backend
     for model_py in runners:
         folder = model_py.parent
@@ -93,8 +95,9 @@ def test_warmup_samples_and_label_files_are_complete(models_root, tmp_path):
             if output.label_filename:
                 labels = (path.parent / output.label_filename).read_text().split()
                 assert len(labels) == output.dims[0], (config.name, output.name)
+    # The tokenizer takes text: Triton's warm-up files for strings are left out (it loads no graph lazily).
     assert warmed == {"emotion2vec", "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder",
-                      "vad", "speaker_encoder"}
+                      "vad", "speaker_encoder", "text_sentiment_classifier"}
 
 
 def test_shared_cores_render_a_rate_limiter_and_the_launcher_provides_the_pool(models_root, tmp_path):
@@ -122,4 +125,5 @@ def test_shared_cores_render_a_rate_limiter_and_the_launcher_provides_the_pool(m
             assert flags == ["--rate-limit=execution_count", f"--rate-limit-resource={CORES}:{pool}"]
         else:
             assert flags == [], profile
-    assert list(limited.values()) == [{"emotion2vec", "sensevoice_encoder"}]  # the cpu profile with sharing only
+    # The cpu profile with sharing only; the heavy models.
+    assert list(limited.values()) == [{"emotion2vec", "sensevoice_encoder", "text_sentiment_classifier"}]

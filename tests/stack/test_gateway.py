@@ -112,7 +112,8 @@ def test_metadata_names_models_labels_and_thresholds(analysed):
     meta = analysed.metadata
     assert meta.random_weights and any("RANDOM WEIGHTS" in w for w in meta.warnings)
     assert {(m.name, m.weights_origin) for m in meta.models} == {
-        ("emotion", "random"), ("asr", "random"), ("vad", "package"), ("speaker", "package")}
+        ("emotion", "random"), ("asr", "random"), ("vad", "package"), ("speaker", "package"),
+        ("text_sentiment", "random")}
     assert {s.name for s in meta.label_sets} == {"emotion", "asr_emotion", "event", "language", "itn"}
     assert meta.thresholds.min_silence_ms == 300 and meta.thresholds.vad_threshold == 0.5
     assert meta.channels_in == 2 and meta.sample_rate_in == 16000 and meta.codec == "pcm_s16le"

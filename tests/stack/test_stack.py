@@ -55,7 +55,7 @@ def test_export_renders_each_precision_and_serve_picks_one(models_root, tmp_path
     assert served.read_bytes() == (models_root / "emotion2vec" / "model.onnx").read_bytes()
     # What each ensemble of the int8 repository says it serves: the runtime and precision its gates chose.
     rendered = {}
-    for name in ("emotion", "asr", "vad", "speaker"):
+    for name in ("emotion", "asr", "vad", "speaker", "text_sentiment"):
         config = text_format.Parse((repositories / "tiny-cpu-int8" / name / "config.pbtxt").read_text(),
                                    mc.ModelConfig())
         rendered[name] = (config.parameters["precision"].string_value, config.parameters["runtime"].string_value)
