@@ -144,20 +144,22 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             sentiment.check_text(request.text, self.settings.max_text_chars)
             limits = thresholds.from_proto(request.thresholds)
             scorer = sentiment.scorer(self.settings.text_sentiment, self.inference)
-            if scorer.method(language) is None:
-                raise ToneserveError(Code.INVALID_ARGUMENT if self.settings.text_sentiment == "lexicon"
-                                     else Code.INTERNAL, scorer.warning(language))
-            text = await sentiment.text_sentiment(request.text, language, scorer, limits.sentiment_break, call)
-            if not text.scored:
+            if not sentiment.sentences(request.text, language):
                 raise ToneserveError(Code.INVALID_ARGUMENT, "the text holds no word to score")
-            models = [m for name, m in self.inference.models.items() if name == contract.TEXT_SENTIMENT]
+            # Nothing here scores the language (the lexicons: en and zh only; a server without the text model):
+            # answered as the audio path answers, unscored (no segments, an empty average) with a warning.
+            text = await sentiment.text_sentiment(request.text, language, scorer, limits.sentiment_break, call)
+            models = [m for name, m in self.inference.models.items()  # what scored: the model, not the lexicons
+                      if name == contract.TEXT_SENTIMENT and self.settings.text_sentiment == "model"]
             random = any(m.weights_origin == "random" for m in models)
+            warnings = [RANDOM_WEIGHTS_WARNING] if random else []
+            if not text.scored:
+                warnings.append(scorer.warning(language))
             return pb.AnalyzeTextResponse(
                 segments=text.sentences, language=language,
                 average=pb.SentimentAverage(sentiment=text.label, sentiment_score=text.score),
                 metadata=pb.Metadata(
-                    request_id=call.request_id, random_weights=random,
-                    warnings=[RANDOM_WEIGHTS_WARNING] if random else [],
+                    request_id=call.request_id, random_weights=random, warnings=warnings,
                     models=[pb.ModelInfo(name=m.name, version=m.version, family=m.family, preset=m.preset,
                                          weights_origin=m.weights_origin, precision=m.precision, runtime=m.runtime)
                             for m in models],

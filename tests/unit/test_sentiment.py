@@ -225,7 +225,13 @@ def test_analyze_text_refuses_bad_requests_clearly(request_, words):
     assert context.trailing[contract.ERROR_CODE_METADATA] == Code.INVALID_ARGUMENT.name
 
 
-def test_analyze_text_on_a_lexicon_gateway_refuses_a_language_it_cannot_score():
-    response, context = analyze_text(pb.AnalyzeTextRequest(text="はい", language="ja"),
-                                     Settings(text_sentiment="lexicon"))
-    assert response is None and context.status == grpc.StatusCode.INVALID_ARGUMENT
+def test_a_language_nothing_scores_is_answered_unscored_with_a_warning():
+    """The lexicons score en and zh only; a server without the text model scores nothing: as in the audio path,
+    the answer has no segments, an empty average and a warning that says why."""
+    response, _ = analyze_text(pb.AnalyzeTextRequest(text="はい", language="ja"), Settings(text_sentiment="lexicon"))
+    assert not response.segments and response.average.sentiment == "" and response.language == "ja"
+    assert any("'ja'" in w for w in response.metadata.warnings)
+    backend = FakeBackend()
+    del backend.models[contract.TEXT_SENTIMENT]
+    response, _ = analyze_text(pb.AnalyzeTextRequest(text="Thank you."), backend=backend)
+    assert not response.segments and any("no text-sentiment model" in w for w in response.metadata.warnings)
