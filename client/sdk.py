@@ -224,18 +224,22 @@ class Client(_Base):
             speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers)
         if not upload:
             request.audio = audio if isinstance(audio, bytes) else Path(audio).read_bytes()
-        deadline = Deadline(timeout)
+
+        def send(timeout: float | None) -> Result:
+            if upload:
+                return Result.from_proto(self._stub.AnalyzeUpload(_chunks(request, audio), timeout=timeout,
+                                                                  metadata=self.connection.call_metadata()))
+            return Result.from_proto(self._stub.Analyze(request, timeout=timeout,
+                                                        metadata=self.connection.call_metadata()))
+        return self._retrying(request, Deadline(timeout), send)
+
+    def _retrying(self, request, deadline: Deadline, send):
+        """`send(timeout)` until it answers, retried as the RetryPolicy says within the deadline."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                if upload:
-                    response = self._stub.AnalyzeUpload(_chunks(request, audio), timeout=deadline.remaining(),
-                                                        metadata=self.connection.call_metadata())
-                else:
-                    response = self._stub.Analyze(request, timeout=deadline.remaining(),
-                                                  metadata=self.connection.call_metadata())
-                return Result.from_proto(response)
+                return send(deadline.remaining())
             except grpc.RpcError as exc:
                 error = self._error(exc, request, deadline)
             wait = self.retry.wait_before_retry(error, attempt, deadline)
@@ -251,20 +255,8 @@ class Client(_Base):
         words and sentences are counted). sentiment_break: the label break points (None: the server's).
         The server takes up to 16000 characters by default. Retried as analyze() is."""
         request = _text_request(text, language, sentiment_break, request_id)
-        deadline = Deadline(timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return TextResult.from_proto(self._stub.AnalyzeText(request, timeout=deadline.remaining(),
-                                                                    metadata=self.connection.call_metadata()))
-            except grpc.RpcError as exc:
-                error = self._error(exc, request, deadline)
-            wait = self.retry.wait_before_retry(error, attempt, deadline)
-            if wait is None:
-                error.attempts = attempt
-                raise error
-            time.sleep(wait)
+        return self._retrying(request, Deadline(timeout), lambda left: TextResult.from_proto(
+            self._stub.AnalyzeText(request, timeout=left, metadata=self.connection.call_metadata())))
 
     def analyze_stream(self, chunks: Iterable[bytes], *, language: str = "auto", window_seconds: float = 0.0,
                        use_itn: bool = False, channel_roles: Mapping[int, str] | Sequence[str] | None = None,
@@ -335,18 +327,22 @@ class AsyncClient(_Base):
         if not upload:
             request.audio = audio if isinstance(audio, bytes) else await asyncio.to_thread(Path(audio).read_bytes)
         stub = self._analyzer()
-        deadline = Deadline(timeout)
+
+        async def send(timeout: float | None) -> Result:
+            if upload:
+                return Result.from_proto(await stub.AnalyzeUpload(_chunks_async(request, audio), timeout=timeout,
+                                                                  metadata=self.connection.call_metadata()))
+            return Result.from_proto(await stub.Analyze(request, timeout=timeout,
+                                                        metadata=self.connection.call_metadata()))
+        return await self._retrying(request, Deadline(timeout), send)
+
+    async def _retrying(self, request, deadline: Deadline, send):
+        """As Client._retrying, awaiting `send(timeout)`."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                if upload:
-                    response = await stub.AnalyzeUpload(_chunks_async(request, audio), timeout=deadline.remaining(),
-                                                        metadata=self.connection.call_metadata())
-                else:
-                    response = await stub.Analyze(request, timeout=deadline.remaining(),
-                                                  metadata=self.connection.call_metadata())
-                return Result.from_proto(response)
+                return await send(deadline.remaining())
             except grpc.RpcError as exc:
                 error = self._error(exc, request, deadline)
             wait = self.retry.wait_before_retry(error, attempt, deadline)
@@ -360,20 +356,11 @@ class AsyncClient(_Base):
         """As Client.analyze_text."""
         request = _text_request(text, language, sentiment_break, request_id)
         stub = self._analyzer()
-        deadline = Deadline(timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return TextResult.from_proto(await stub.AnalyzeText(request, timeout=deadline.remaining(),
-                                                                    metadata=self.connection.call_metadata()))
-            except grpc.RpcError as exc:
-                error = self._error(exc, request, deadline)
-            wait = self.retry.wait_before_retry(error, attempt, deadline)
-            if wait is None:
-                error.attempts = attempt
-                raise error
-            await asyncio.sleep(wait)
+
+        async def send(timeout: float | None) -> TextResult:
+            return TextResult.from_proto(await stub.AnalyzeText(request, timeout=timeout,
+                                                                metadata=self.connection.call_metadata()))
+        return await self._retrying(request, Deadline(timeout), send)
 
     async def analyze_stream(self, chunks: AsyncIterable[bytes] | Iterable[bytes], *, language: str = "auto",
                              window_seconds: float = 0.0, use_itn: bool = False,
