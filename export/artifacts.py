@@ -51,3 +51,18 @@ def versions(packages: tuple[str, ...] = ("torch", "funasr", "onnx", "onnxruntim
         except importlib.metadata.PackageNotFoundError:
             out[name] = "missing"
     return out
+
+
+def check_graph_io(path: Path, graph: dict, family: str) -> None:
+    """RuntimeError unless the ONNX graph at `path` has the inputs and outputs (names, dtypes, ranks) that the
+    manifest's `graph` entry declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    types = {1: "float32", 7: "int64"}
+    for declared, actual in ((graph["inputs"], model.graph.input), (graph["outputs"], model.graph.output)):
+        got = [(a.name, types.get(a.type.tensor_type.elem_type, str(a.type.tensor_type.elem_type)),
+                len(a.type.tensor_type.shape.dim)) for a in actual]
+        want = [(d["name"], d["dtype"], len(d["shape"])) for d in declared]
+        if got != want:
+            raise RuntimeError(f"{family} graph IO {got} differs from the manifest's {want}")

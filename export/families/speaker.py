@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from toneserve.export import presets
-from toneserve.export.artifacts import atomic_write_json, sha256_file, versions
+from toneserve.export.artifacts import atomic_write_json, check_graph_io, sha256_file, versions
 from toneserve.export.errors import SourceError
 from toneserve.export.families.funasr_common import folder_arch, folder_config, loaded_model
 from toneserve.export.family import (
@@ -260,7 +260,7 @@ class SpeakerFamily:
         try:
             dim = plan.write(tmp[GRAPH])
             graph = {"inputs": speaker.INPUTS, "outputs": speaker.outputs(dim)}
-            _check_io(tmp[GRAPH], graph)
+            check_graph_io(tmp[GRAPH], graph, "speaker")
             parity = None
             if verify:
                 parity = self._parity(tmp[GRAPH], plan)
@@ -395,20 +395,6 @@ class SpeakerFamily:
             metas = {"init_param": weights_name, "config": "config.yaml"}
             atomic_write_bytes(out / "configuration.json", configuration_json_bytes("speaker-verification", metas))
         return out
-
-
-def _check_io(path: Path, graph: dict) -> None:
-    """The graph's IO names and dtypes are what the manifest declares."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    types = {1: "float32", 7: "int64"}
-    for declared, actual in ((graph["inputs"], model.graph.input), (graph["outputs"], model.graph.output)):
-        got = [(a.name, types.get(a.type.tensor_type.elem_type, str(a.type.tensor_type.elem_type)),
-                len(a.type.tensor_type.shape.dim)) for a in actual]
-        want = [(d["name"], d["dtype"], len(d["shape"])) for d in declared]
-        if got != want:
-            raise RuntimeError(f"speaker graph IO {got} differs from the manifest's {want}")
 
 
 def _notes(encoder: str) -> dict[str, str]:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from toneserve.export import presets
-from toneserve.export.artifacts import atomic_write_json, sha256_file, versions
+from toneserve.export.artifacts import atomic_write_json, check_graph_io, sha256_file, versions
 from toneserve.export.errors import MissingModelFiles, SourceError
 from toneserve.export.family import LoadedModel, Manifest, ModelFiles, Parity, loaded_weights_entry, source_entry
 
@@ -208,7 +208,7 @@ class TextSentimentFamily:
             text_sentiment.export_onnx(model.model, model.pad_id, tmp[GRAPH])
             text_sentiment.serving_tokenizer(model.tokenizer, model.max_tokens).save(str(tmp[TOKENIZER]), pretty=True)
             graph = {"inputs": text_sentiment.INPUTS, "outputs": text_sentiment.outputs(len(labels.names))}
-            _check_io(tmp[GRAPH], graph)
+            check_graph_io(tmp[GRAPH], graph, "text_sentiment")
             parity = None
             if verify:
                 parity = _parity(tmp[GRAPH], tmp[TOKENIZER], folder, model)
@@ -283,20 +283,6 @@ class TextSentimentFamily:
         if not hasattr(model, "save_pretrained") or not hasattr(getattr(model, "config", None), "id2label"):
             raise SourceError(f"save_layout writes transformers sequence classifiers, not {type(model).__name__}")
         return text_sentiment.save_layout(model, Path(out_dir), tokenizer)
-
-
-def _check_io(path: Path, graph: dict) -> None:
-    """The graph's IO names and dtypes are what the manifest declares."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    types = {1: "float32", 7: "int64"}
-    for declared, actual in ((graph["inputs"], model.graph.input), (graph["outputs"], model.graph.output)):
-        got = [(a.name, types.get(a.type.tensor_type.elem_type, str(a.type.tensor_type.elem_type)),
-                len(a.type.tensor_type.shape.dim)) for a in actual]
-        want = [(d["name"], d["dtype"], len(d["shape"])) for d in declared]
-        if got != want:
-            raise RuntimeError(f"text_sentiment graph IO {got} differs from the manifest's {want}")
 
 
 def _parity(graph: Path, tokenizer_file: Path, folder: Path, model: Any) -> Parity:
