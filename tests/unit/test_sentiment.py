@@ -86,7 +86,8 @@ def test_a_text_is_scored_sentence_by_sentence_and_averaged_by_words():
     backend = FakeBackend()
     text = "<|en|><|NEUTRAL|>Thank you so much. My order never arrived and nobody fixed it. Okay."
     result = asyncio.run(text_sentiment(text, "en", ModelScorer(backend), BREAK, direct))
-    assert backend.texts == [["Thank you so much.", "My order never arrived and nobody fixed it.", "Okay."]]
+    assert [t for batch in backend.texts for t in batch] == [
+        "Thank you so much.", "My order never arrived and nobody fixed it.", "Okay."]
     scores = [0.9 - 0.02, 0.05 - 0.8, 0.0]
     assert [(s.sentiment, s.start_word, s.end_word) for s in result.sentences] == [
         ("positive", 0, 4), ("negative", 4, 12), ("neutral", 12, 13)]
@@ -97,14 +98,27 @@ def test_a_text_is_scored_sentence_by_sentence_and_averaged_by_words():
     assert result.method == "fake-text_sentiment/test fp32"
 
 
-def test_the_sentences_go_in_calls_of_the_models_batch_size_at_once():
-    backend = FakeBackend()
+@pytest.mark.parametrize("per_call, max_batch, sizes", [(1, 4, [1] * 10), (4, 4, [4, 4, 2]), (8, 4, [4, 4, 2])])
+def test_the_sentences_go_in_concurrent_calls_of_at_most_the_models_batch_size(monkeypatch, per_call, max_batch,
+                                                                              sizes):
+    monkeypatch.setattr(sentiment, "SENTENCES_PER_CALL", per_call)
+    backend = FakeBackend(hang=("sentiment",))
     backend.models[contract.TEXT_SENTIMENT] = ModelInfo(
         name=contract.TEXT_SENTIMENT, version="1", family="f", preset="p", weights_origin="random",
-        precision="int8", max_batch_size=4)
+        precision="int8", max_batch_size=max_batch)
     text = " ".join(f"Sentence number {i} is here." for i in range(10))
+
+    async def main():
+        task = asyncio.create_task(text_sentiment(text, "en", ModelScorer(backend), BREAK, direct))
+        await asyncio.sleep(0.05)
+        in_flight = [len(batch) for batch in backend.texts]  # every call is out before any answers
+        backend.hang = ()
+        task.cancel()
+        return in_flight
+
+    assert asyncio.run(main()) == sizes
+    backend.texts.clear()
     result = asyncio.run(text_sentiment(text, "en", ModelScorer(backend), BREAK, direct))
-    assert [len(batch) for batch in backend.texts] == [4, 4, 2]
     assert [t for batch in backend.texts for t in batch] == [s.text for s in result.sentences]
     assert result.method == "f/p int8"
 
