@@ -2,7 +2,7 @@
 
 Against a running `toneserve serve` (its pid, its gateway and its Triton), three measurements:
 
-1. Batching, on Triton directly: the sentences of the team's call-centre set (tests/data/sentiment) scored
+1. Batching, on Triton directly (and AnalyzeText through the gateway: each language's sentences as one text): the sentences of the team's call-centre set (tests/data/sentiment) scored
    one request at a time (the baseline), as concurrent one-sentence requests (Triton's dynamic batcher
    merges them), and as requests of up to 32 rows (what the gateway sends for a segment's sentences).
    Sentences per second and the ratio to the baseline, in one run.
@@ -36,9 +36,35 @@ from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 TEXT_PARTS = ("model text_sentiment_tokenizer", "model text_sentiment_classifier")
 
 
-def sentences(path: Path) -> list[str]:
+def rows(path: Path) -> list[tuple[str, str]]:
+    """(language, text) of every line of a lang/label/text TSV."""
     lines = path.read_text(encoding="utf-8").splitlines()[1:]
-    return [line.split("\t")[2] for line in lines if line.strip()]
+    return [(line.split("\t")[0], line.split("\t")[2]) for line in lines if line.strip()]
+
+
+def sentences(path: Path) -> list[str]:
+    return [text for _, text in rows(path)]
+
+
+def analyze_text(gateway: str, pid: int, by_language: dict[str, list[str]], rounds: int) -> dict:
+    """Each language's sentences as one text (a line each) through the gateway's AnalyzeText, one at a time."""
+    import grpc
+
+    with grpc.insecure_channel(gateway) as channel:
+        stub = pb_grpc.AnalyzerStub(channel)
+        requests = [pb.AnalyzeTextRequest(text="\n".join(texts), language=lang) for lang, texts in by_language.items()]
+        stub.AnalyzeText(requests[0], timeout=600)
+        before = process_cpu.snapshot(pid, "serve")
+        started = time.perf_counter()
+        scored = sum(len(stub.AnalyzeText(r, timeout=600).segments) for _ in range(rounds) for r in requests)
+        wall = time.perf_counter() - started
+        after = process_cpu.snapshot(pid, "serve")
+    text_cpu = sum(after[p] - before.get(p, 0.0) for p in TEXT_PARTS)
+    return {"texts": rounds * len(requests), "sentences": scored, "wall_s": round(wall, 2),
+            "ms_per_text": round(1000 * wall / (rounds * len(requests)), 1),
+            "sentences_per_s": round(scored / wall, 1), "gateway_cpu_ms_per_sentence":
+                round(1000 * (after["serve"] - before.get("serve", 0.0)) / scored, 3),
+            "text_model_cpu_ms_per_sentence": round(1000 * text_cpu / scored, 3)}
 
 
 def _infer(client: triton.InferenceServerClient, texts: list[str]) -> np.ndarray:
@@ -142,6 +168,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     texts = sentences(Path(args.set))
     report = {"batching": batching(args.triton, texts, args.serve_pid, args.rounds)}
+    by_language: dict[str, list[str]] = {}
+    for lang, text in rows(Path(args.set)):
+        by_language.setdefault(lang, []).append(text)
+    report["analyze_text"] = analyze_text(args.gateway, args.serve_pid, by_language, args.rounds)
     if args.tokenizer:
         report["in_process_tokenizer_us_per_sentence"] = in_process(Path(args.tokenizer), texts, args.rounds)
     if args.calls:
@@ -154,6 +184,10 @@ def main(argv=None) -> int:
     for name, row in report["batching"].items():
         print(f"{name:<38}{row['sentences_per_s']:>9}{row['ms_per_sentence']:>9}"
               f"{row['text_model_cpu_ms_per_sentence']:>18}{row['vs_one_at_a_time']:>8}")
+    a = report["analyze_text"]
+    print(f"AnalyzeText, {a['texts']} texts of ~47 sentences one at a time: {a['ms_per_text']} ms per text, "
+          f"{a['sentences_per_s']} sentences/s; CPU per sentence: text model {a['text_model_cpu_ms_per_sentence']} ms, "
+          f"gateway {a['gateway_cpu_ms_per_sentence']} ms")
     if args.tokenizer:
         print(f"tokenizers in-process: {report['in_process_tokenizer_us_per_sentence']} us of CPU per sentence")
     print(f"per call of {args.sentences_per_call} sentences: {report['per_call_ms']} ms of CPU (the cheapest mode)")
