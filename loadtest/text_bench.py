@@ -2,10 +2,11 @@
 
 Against a running `toneserve serve` (its pid, its gateway and its Triton), three measurements:
 
-1. Batching, on Triton directly (and AnalyzeText through the gateway: each language's sentences as one text): the sentences of the team's call-centre set (tests/data/sentiment) scored
+1. Batching, on Triton directly: the sentences of the team's call-centre set (tests/data/sentiment) scored
    one request at a time (the baseline), as concurrent one-sentence requests (Triton's dynamic batcher
-   merges them), and as requests of up to 32 rows (what the gateway sends for a segment's sentences).
-   Sentences per second and the ratio to the baseline, in one run.
+   merges them: what the gateway sends), as requests of 32 rows (padded to their longest), sorted by
+   length or not, and as concurrent requests of 8 rows; then through the gateway's AnalyzeText, each
+   language's sentences as one text. Sentences per second and the ratio to the baseline, in one run.
 2. Cost per sentence and per call: the CPU seconds of the text model's two parts (the tokenizer and the
    classifier stubs) per sentence scored, from the batched run; a call's cost follows from its sentence
    count (`--sentences-per-call`, 90 by default: a 5-minute call-centre call of about 60 turns).
