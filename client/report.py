@@ -132,6 +132,9 @@ def figure(result: Result, title: str) -> Figure:
 
     heading = (f"{title}: {duration:.1f} s, {len(result.segments)} segments, "
                f"average sentiment {call.average_sentiment:+.2f}")
+    if call.verdict is not None:
+        heading += "\n" + _clip(f"verdict ({call.verdict.model}): {call.verdict.sentiment} {call.verdict.score:+.2f}, "
+                                 f"{call.verdict.reason}", 140)
     if result.metadata.random_weights:
         heading += "\n" + RANDOM_WEIGHTS_NOTE
     fig.suptitle(heading, color="#b00020" if result.metadata.random_weights else "black", fontsize=11)
@@ -185,6 +188,12 @@ def page(result: Result, title: str, svg: str) -> str:
                  f"average sentiment {call.average_sentiment:+.2f}; {call.overlap_seconds:.1f} s overlapping, "
                  f"{call.interruptions} interruption(s), {call.non_talk_seconds:.1f} s silent. "
                  f"Request {e(meta.request_id)}, {meta.processing_ms:.0f} ms. Models: {e(models)}.</p>")
+    verdict = call.verdict
+    if verdict is not None:
+        cited = ", ".join(_span(result.segments[i]) for i in verdict.segment_ids if 0 <= i < len(result.segments))
+        parts.append(f"<p class=\"verdict\"><strong>Verdict</strong> ({e(verdict.model)}): {e(verdict.sentiment)} "
+                     f"{verdict.score:+.2f}. {e(verdict.reason)}" + (f" <em>Resting on {e(cited)}.</em>" if cited else "")
+                     + "</p>")
     parts.append(f"<figure>\n{svg}\n</figure>")
     parts.append("<h2>Speakers</h2>\n<table>\n<tr><th>speaker</th><th>channel</th><th>segments</th><th>talk s</th>"
                  "<th>overlap s</th><th>average sentiment</th><th>emotion</th><th>interruptions</th>"

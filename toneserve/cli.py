@@ -432,6 +432,10 @@ def summary(result: dict) -> str:
                      f"{speaker['average_sentiment']:+.2f}, {speaker['interruptions']} interruption(s), "
                      f"{speaker['speaking_rate_wpm']:.0f} words/min")
     call = result["call"]
+    verdict = call.get("verdict")
+    if verdict:
+        lines.append(f"verdict ({verdict['model']}): {verdict['sentiment']} {verdict['score']:+.2f}: "
+                     f"{verdict['reason']} (segments {', '.join(str(i) for i in verdict['segment_ids'])})")
     lines.append(f"{len(result['segments'])} segments, {meta['audio_seconds']:.1f} s of audio "
                  f"({call['overlap_seconds']:.1f} s overlapping, {call['non_talk_seconds']:.1f} s silent), "
                  f"{meta['processing_ms']:.0f} ms; everything stopped.")

@@ -144,3 +144,21 @@ def test_report_without_random_weights_or_flags_says_neither(tmp_path):
     result = Result.from_proto(response([segment(1.0, "agent", 0)], [("agent", 0)], random_weights=False))
     page = write_report(result, "a.wav", tmp_path, "a")[0].read_text(encoding="utf-8")
     assert "RANDOM WEIGHTS" not in page and "Flagged segments (0)" in page
+
+
+def test_the_verdict_is_in_the_result_the_report_and_the_summary(tmp_path):
+    from toneserve.cli import summary
+
+    message = response([segment(1.0, "agent", 0), segment(3.0, "customer", 1, "it <never> came")],
+                       [("agent", 0), ("customer", 1)])
+    without = Result.from_proto(message)
+    assert without.call.verdict is None and without.to_dict()["call"]["verdict"] is None
+    assert "Verdict" not in write_report(without, "a.wav", tmp_path / "none", "a")[0].read_text(encoding="utf-8")
+    message.call.verdict.CopyFrom(pb.Verdict(sentiment="negative", score=-0.5, reason="The parcel <never> came.",
+                                             segment_ids=[1], model="judge-1"))
+    result = Result.from_proto(message)
+    assert result.call.verdict.segment_ids == (1,) and result.to_dict()["call"]["verdict"]["model"] == "judge-1"
+    page = write_report(result, "a.wav", tmp_path / "with", "a")[0].read_text(encoding="utf-8")
+    assert "<strong>Verdict</strong> (judge-1): negative -0.50. The parcel &lt;never&gt; came." in page
+    assert "Resting on 3.0" in page
+    assert "verdict (judge-1): negative -0.50: The parcel <never> came. (segments 1)" in summary(result.to_dict())
