@@ -35,6 +35,8 @@ from toneserve.gateway.sources import AudioSource
 from toneserve.gateway.verdict import Judge
 from toneserve.v1 import toneserve_pb2 as pb
 
+# The judge's verdict gives up this long before the request's deadline, so that the answer still arrives.
+VERDICT_MARGIN_S = 0.5
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: at least one model serving this request has untrained random "
                           "weights; transcripts, emotions and tags are meaningless")
 
@@ -199,13 +201,27 @@ class Analysis:
         duration = samples / SAMPLE_RATE
         summaries, call = rollup.summarize(segments, duration, names)
         if self.judge is not None:
-            verdict, warning = await self.judge.verdict(segments)
-            if verdict is not None:
-                call.verdict.CopyFrom(verdict)
-            if warning:
-                self._warn(f"no call verdict: {warning}")
+            await self._verdict(segments, call)
         return pb.AnalyzeResponse(segments=segments, speakers=summaries, call=call,
                                   metadata=self._metadata(stream, duration, started))
+
+    async def _verdict(self, segments: list[pb.Segment], call: pb.CallSummary) -> None:
+        """The judge's verdict into `call`, or a warning: within the judge's own bound and, leaving the answer
+        VERDICT_MARGIN_S to travel, the request's deadline; never an error."""
+        assert self.judge is not None
+        left = None if self._triton.deadline is None else self._triton.deadline - time.monotonic() - VERDICT_MARGIN_S
+        if left is not None and left <= 0:
+            self._warn("no call verdict: no time was left before the request's deadline")
+            return
+        try:
+            async with asyncio.timeout(left):
+                verdict, warning = await self.judge.verdict(segments)
+        except TimeoutError:
+            verdict, warning = None, "the request's deadline came before the judge's answer"
+        if verdict is not None:
+            call.verdict.CopyFrom(verdict)
+        if warning:
+            self._warn(f"no call verdict: {warning}")
 
     def _diarize(self, channel_speakers: list[Speaker]) -> None:
         """Which channels are told apart into speakers (`self.voices`), as the request asked."""

@@ -485,3 +485,39 @@ def test_sarcasm_and_polite_anger_with_sentence_scores(transcript, words, flagge
     assert segment.judgement.sentiment == ("neutral" if flagged else "negative")
     expected = sum((s.end_word - s.start_word) * s.sentiment_score for s in segment.text_sentiment.sentences)
     assert segment.text_sentiment.score == pytest.approx(expected / segment.prosody.words, abs=1e-6)
+
+
+# --- the judge's verdict ----------------------------------------------------------------------------
+
+class FakeJudge:
+    """Answers a verdict citing the last segment after `delay` seconds."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+
+    async def verdict(self, segments):
+        await asyncio.sleep(self.delay)
+        return pb.Verdict(sentiment="negative", score=-0.5, reason="upset", segment_ids=[len(segments) - 1],
+                          model="judge"), None
+
+
+@pytest.mark.parametrize("delay, deadline_s, verdict", [(0.0, None, True), (30.0, 3.0, False)])
+def test_the_verdict_lands_in_the_call_and_never_outlasts_the_requests_deadline(delay, deadline_s, verdict):
+    import time
+
+    audio = wav_bytes(recording(3.0, [[(0.5, 2.5, LOUD)]]), RATE)
+
+    async def main():
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        run = Analysis(FakeBackend(), Settings(), asyncio.Semaphore(64), pb.AnalyzeRequest(), "test", deadline,
+                       judge=FakeJudge(delay))
+        return await run.run(InMessage(audio))
+
+    started = time.monotonic()
+    response = asyncio.run(main())
+    assert response.call.HasField("verdict") == verdict
+    if verdict:
+        assert list(response.call.verdict.segment_ids) == [len(response.segments) - 1]
+    else:  # given up 0.5 s before the deadline: the answer (not an error) arrives in time
+        assert time.monotonic() - started < deadline_s
+        assert any("no call verdict" in w and "deadline" in w for w in response.metadata.warnings)
