@@ -202,8 +202,8 @@ def export_models(models_root: Path, size: str = "tiny", seed: int = 0, force: b
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     sources = sources or {}
     if revision and not any(sources.values()):  # else it would pin nothing, silently
-        raise SourceError(f"--revision {revision!r} pins the hub ids given (--emotion2vec / --sensevoice / --speaker); "
-                          f"none was given")
+        flags = " / ".join(f"--{f.name.replace('_', '-')}" for f in exported())
+        raise SourceError(f"--revision {revision!r} pins the hub ids given ({flags}); none was given")
     families = exported()
     # Resolve every source spec before the long work, so a typo fails in a second, not after an export.
     plans = {f.name: choose_source(f.name, size, sources.get(f.name), revision) for f in families}

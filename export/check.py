@@ -102,9 +102,38 @@ def check(spec: str, *, trust_checkpoint: bool = False, revision: str | None = N
     return report
 
 
+def _check_hf_folder(root: Path, family: ModelFamily, report: Report) -> None:
+    """A Hugging Face folder (config.json): the text-sentiment family, loaded through transformers as the
+    export loads it."""
+    report.add("family", f"{family.title} ({family.name}), a Hugging Face folder")
+    try:
+        family.locate(root)
+    except MissingModelFiles as e:
+        report.add("missing", ", ".join(e.missing))
+        report.add("loads", "no (files missing)")
+        return
+    try:
+        loaded = family.load(root, hash_weights=False)
+    except (SourceError, RuntimeError, ValueError) as e:
+        report.add("loads", f"no: {e}")
+        return
+    report.add("preset", loaded.preset if loaded.preset != "custom" else "custom (no preset has these sizes)")
+    params = sum(p.numel() for p in loaded.model.model.parameters())
+    report.add("labels", f"{', '.join(loaded.model.labels.names)} (id2label's order)")
+    report.add("parameters", f"{params:,} ({params / 1e6:.1f} M)")
+    report.add("loads", f"yes: through transformers ({type(loaded.model.model).__name__}, "
+                        f"{type(loaded.model.tokenizer).__name__})")
+    report.loads = True
+
+
 def _check_folder(root: Path, hint: ModelFamily | None, report: Report, trust: bool) -> None:
     present = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
     report.add("files", ", ".join(present) or "none")
+    text = FAMILIES.get("text_sentiment")
+    if text is not None and (root / "config.json").is_file() and not (root / "config.yaml").is_file() \
+            and hint in (None, text):
+        _check_hf_folder(root, text, report)
+        return
     try:
         config_name = (file_path_metas(root).get("config") or "config.yaml")
     except SourceError as e:

@@ -468,3 +468,21 @@ def test_base_size_falls_back_to_random_distilbert_multilingual(tmp_path, monkey
     assert manifest["config"]["vocab_size"] == 119547 and manifest["config"]["dim"] == 768
     assert manifest["serving"]["labels"] == ["positive", "neutral", "negative"]
     _passed(manifest)
+
+
+def test_export_check_reads_a_hugging_face_folder(distilbert, tmp_path):
+    """`toneserve export --check DIR` on a text folder: its family, labels and size, or what is missing."""
+    from toneserve.export.check import check
+
+    folder, _ = distilbert
+    report = check(str(folder))
+    text = str(report)
+    assert report.loads, text
+    assert "family: text sentiment (text_sentiment), a Hugging Face folder" in text
+    assert "labels: positive, neutral, negative (id2label's order)" in text and "loads: yes: through transformers" in text
+    assert check(f"text_sentiment={folder}").loads
+    partial = tmp_path / "partial"
+    shutil.copytree(folder, partial)
+    (partial / "model.safetensors").unlink()
+    broken = check(str(partial))
+    assert not broken.loads and "missing: model.safetensors or pytorch_model.bin" in str(broken)
