@@ -70,7 +70,8 @@ def test_instances_sharing_the_cores_answer_every_request(models_root, tmp_path,
     code = loadbench.main(["--repository", str(shared), "--ensembles", "emotion", "asr", "--concurrency", "8",
                            "--requests", "16", "--lengths", "0.5", "2.0", "--json", str(out),
                            "--triton-log", str(tmp_path / "triton.log"), "--no-progress"])
-    assert code == 0, capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert code == 0, printed.out + printed.err + (tmp_path / "triton.log").read_text()[-4000:]
     for entry in json.loads(out.read_text())["ensembles"].values():
         (level,) = entry["levels"]
         assert level["ok"] == level["requests"] == 16 and level["errors"] == 0
