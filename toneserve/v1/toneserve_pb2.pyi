@@ -19,7 +19,7 @@ ESCALATION: Flag
 ABSTAINED: Flag
 
 class AnalyzeRequest(_message.Message):
-    __slots__ = ("audio", "language", "window_seconds", "use_itn", "request_id", "channel_roles", "thresholds", "mix_channels", "diarization")
+    __slots__ = ("audio", "language", "window_seconds", "use_itn", "request_id", "channel_roles", "thresholds", "mix_channels", "diarization", "include_embeddings")
     class ChannelRolesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class AnalyzeRequest(_message.Message):
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     MIX_CHANNELS_FIELD_NUMBER: _ClassVar[int]
     DIARIZATION_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     audio: bytes
     language: str
     window_seconds: float
@@ -45,7 +46,8 @@ class AnalyzeRequest(_message.Message):
     thresholds: Thresholds
     mix_channels: bool
     diarization: Diarization
-    def __init__(self, audio: _Optional[bytes] = ..., language: _Optional[str] = ..., window_seconds: _Optional[float] = ..., use_itn: _Optional[bool] = ..., request_id: _Optional[str] = ..., channel_roles: _Optional[_Mapping[int, str]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., mix_channels: _Optional[bool] = ..., diarization: _Optional[_Union[Diarization, _Mapping]] = ...) -> None: ...
+    include_embeddings: bool
+    def __init__(self, audio: _Optional[bytes] = ..., language: _Optional[str] = ..., window_seconds: _Optional[float] = ..., use_itn: _Optional[bool] = ..., request_id: _Optional[str] = ..., channel_roles: _Optional[_Mapping[int, str]] = ..., thresholds: _Optional[_Union[Thresholds, _Mapping]] = ..., mix_channels: _Optional[bool] = ..., diarization: _Optional[_Union[Diarization, _Mapping]] = ..., include_embeddings: _Optional[bool] = ...) -> None: ...
 
 class Diarization(_message.Message):
     __slots__ = ("mode", "speakers_expected", "min_speakers", "max_speakers")
@@ -209,8 +211,18 @@ class Judgement(_message.Message):
     flags: _containers.RepeatedScalarFieldContainer[Flag]
     def __init__(self, sentiment: _Optional[str] = ..., score: _Optional[float] = ..., tone_score: _Optional[float] = ..., arousal: _Optional[float] = ..., agreement: _Optional[float] = ..., flags: _Optional[_Iterable[_Union[Flag, str]]] = ...) -> None: ...
 
+class Word(_message.Message):
+    __slots__ = ("text", "start_ms", "end_ms")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    START_MS_FIELD_NUMBER: _ClassVar[int]
+    END_MS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    start_ms: int
+    end_ms: int
+    def __init__(self, text: _Optional[str] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ...) -> None: ...
+
 class Segment(_message.Message):
-    __slots__ = ("start_ms", "end_ms", "channel", "transcript", "language", "asr_emotion", "event", "itn", "emotion", "speaker", "prosody", "text_sentiment", "judgement", "emotion_windows", "provisional_speaker")
+    __slots__ = ("start_ms", "end_ms", "channel", "transcript", "language", "asr_emotion", "event", "itn", "emotion", "speaker", "prosody", "text_sentiment", "judgement", "emotion_windows", "provisional_speaker", "words", "embedding")
     START_MS_FIELD_NUMBER: _ClassVar[int]
     END_MS_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +238,8 @@ class Segment(_message.Message):
     JUDGEMENT_FIELD_NUMBER: _ClassVar[int]
     EMOTION_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     PROVISIONAL_SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     start_ms: int
     end_ms: int
     channel: int
@@ -241,7 +255,9 @@ class Segment(_message.Message):
     judgement: Judgement
     emotion_windows: int
     provisional_speaker: str
-    def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., channel: _Optional[int] = ..., transcript: _Optional[str] = ..., language: _Optional[_Union[Distribution, _Mapping]] = ..., asr_emotion: _Optional[_Union[Distribution, _Mapping]] = ..., event: _Optional[_Union[Distribution, _Mapping]] = ..., itn: _Optional[_Union[Distribution, _Mapping]] = ..., emotion: _Optional[_Union[Distribution, _Mapping]] = ..., speaker: _Optional[str] = ..., prosody: _Optional[_Union[Prosody, _Mapping]] = ..., text_sentiment: _Optional[_Union[TextSentiment, _Mapping]] = ..., judgement: _Optional[_Union[Judgement, _Mapping]] = ..., emotion_windows: _Optional[int] = ..., provisional_speaker: _Optional[str] = ...) -> None: ...
+    words: _containers.RepeatedCompositeFieldContainer[Word]
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., channel: _Optional[int] = ..., transcript: _Optional[str] = ..., language: _Optional[_Union[Distribution, _Mapping]] = ..., asr_emotion: _Optional[_Union[Distribution, _Mapping]] = ..., event: _Optional[_Union[Distribution, _Mapping]] = ..., itn: _Optional[_Union[Distribution, _Mapping]] = ..., emotion: _Optional[_Union[Distribution, _Mapping]] = ..., speaker: _Optional[str] = ..., prosody: _Optional[_Union[Prosody, _Mapping]] = ..., text_sentiment: _Optional[_Union[TextSentiment, _Mapping]] = ..., judgement: _Optional[_Union[Judgement, _Mapping]] = ..., emotion_windows: _Optional[int] = ..., provisional_speaker: _Optional[str] = ..., words: _Optional[_Iterable[_Union[Word, _Mapping]]] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Quarter(_message.Message):
     __slots__ = ("index", "has_speech", "sentiment", "talk_seconds")
