@@ -37,6 +37,7 @@ from toneserve.contract import (
     TEXT_SENTIMENT_LABELS,
     TEXTNORM,
     TEXTNORM_QUERY_IDS,
+    TOKEN_END_MS,
     TOKEN_MS,
     TOKENS,
     VAD,
@@ -248,6 +249,7 @@ def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFA
         inputs=(Tensor("ctc_logits", "float32", (-1, vocab), ragged=True),
                 Tensor("encoder_out_lens", "int64", (1,))),
         outputs=(Tensor(TEXT, "bytes", (1,)), Tensor(TOKENS, "bytes", (-1,)), Tensor(TOKEN_MS, "int32", (-1,)),
+                 Tensor(TOKEN_END_MS, "int32", (-1,)),
                  *(Tensor(out, "float32", (len(assets[name]),), labels=tuple(assets[name]))
                    for name, out in ASR_DISTRIBUTIONS.items())),
         parameters={"distribution_outputs": json.dumps(ASR_DISTRIBUTIONS)},

@@ -37,8 +37,9 @@ WAV, WAV_LENS = "WAV", "WAV_LENS"
 LANGUAGE, TEXTNORM = "LANGUAGE", "TEXTNORM"
 # emotion: probabilities over the label set, and the utterance embedding.
 PROBS, EMBEDDING = "PROBS", "EMBEDDING"
-# asr: the transcript; token pieces and their start times (ms from the clip start; -1 / b"" pad a batch).
-TEXT, TOKENS, TOKEN_MS = "TEXT", "TOKENS", "TOKEN_MS"
+# asr: the transcript; token pieces, their start and end times (ms from the clip start, as FunASR's
+# timestamps give them; -1 / b"" pad a batch).
+TEXT, TOKENS, TOKEN_MS, TOKEN_END_MS = "TEXT", "TOKENS", "TOKEN_MS", "TOKEN_END_MS"
 # SenseVoice's four query frames, in output order: distribution name -> output tensor.
 ASR_DISTRIBUTIONS = {"language": "LANGUAGE_PROBS", "emotion": "EMOTION_PROBS",
                      "event": "EVENT_PROBS", "itn": "ITN_PROBS"}

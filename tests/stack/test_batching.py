@@ -82,7 +82,8 @@ def test_asr_ensemble_batches_and_matches_sequential_onnxruntime(stack, models_r
     assets = load_decode_assets(folder / "decode_assets.json")
     query = {contract.LANGUAGE: assets["language_query_ids"]["auto"],
              contract.TEXTNORM: assets["textnorm_query_ids"]["woitn"]}
-    outputs = [contract.TEXT, contract.TOKENS, contract.TOKEN_MS, *contract.ASR_DISTRIBUTIONS.values()]
+    outputs = [contract.TEXT, contract.TOKENS, contract.TOKEN_MS, contract.TOKEN_END_MS,
+               *contract.ASR_DISTRIBUTIONS.values()]
     before = _batches(stack.triton_grpc, "sensevoice_encoder")
     served = asyncio.run(_concurrently(stack.triton_grpc, contract.ASR, clips, outputs, query))
     _assert_batched(stack.triton_grpc, "sensevoice_encoder", before, len(clips))
@@ -99,6 +100,7 @@ def test_asr_ensemble_batches_and_matches_sequential_onnxruntime(stack, models_r
         assert [p.decode() for p in result[contract.TOKENS][0]] == [t["piece"] for t in local["tokens"]] or \
             (not local["tokens"] and list(result[contract.TOKENS][0]) == [b""])
         assert [int(ms) for ms in result[contract.TOKEN_MS][0] if ms >= 0] == [t["start_ms"] for t in local["tokens"]]
+        assert [int(ms) for ms in result[contract.TOKEN_END_MS][0] if ms >= 0] == [t["end_ms"] for t in local["tokens"]]
         for family, name in contract.ASR_DISTRIBUTIONS.items():
             np.testing.assert_allclose(result[name][0], [local[family][label] for label in assets[family]],
                                        atol=1e-4, rtol=0)
