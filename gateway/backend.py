@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from toneserve.gateway.words import Piece
+
 # (labels, probabilities in the labels' order)
 Distribution = tuple[list[str], np.ndarray]
 
@@ -20,6 +22,7 @@ Distribution = tuple[list[str], np.ndarray]
 class AsrResult:
     text: str
     distributions: dict[str, Distribution]  # language / emotion / event / itn
+    pieces: tuple[Piece, ...] = ()  # the CTC pieces the text was decoded from, with their times (none: no word times)
 
 
 @dataclass(frozen=True)

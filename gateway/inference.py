@@ -29,8 +29,12 @@ from toneserve import contract
 from toneserve.console import CommandError
 from toneserve.contract import Code, ToneserveError
 from toneserve.gateway.backend import AsrResult, Distribution, ModelInfo
+from toneserve.gateway.words import Piece
 
 log = logging.getLogger("toneserve.gateway")
+
+# What the asr ensemble tells the words' times by: each piece, its start and its end.
+WORD_OUTPUTS = (contract.TOKENS, contract.TOKEN_MS, contract.TOKEN_END_MS)
 
 # Lengths audio is zero-padded to (WAV_LENS keeps the true length) where a model's server
 # batches only identical shapes: the onnxruntime / TensorRT backends of the gpu profile.
@@ -55,6 +59,7 @@ class EnsembleInfo(ModelInfo):
     # True when the server pads mixed lengths itself (cpu profile: allow_ragged_batch on WAV);
     # otherwise the gateway pads to BUCKET_SECONDS so that requests can share a batch.
     ragged: bool = False
+    outputs: frozenset[str] = frozenset()  # the names of its outputs
 
     def json(self, key: str):
         # Read per utterance and window (labels, query ids): parsed once per distinct text.
@@ -157,6 +162,19 @@ def wav_inputs(wav: np.ndarray, ragged: bool) -> list[triton.InferInput]:
     return [_input(contract.WAV, padded), _input(contract.WAV_LENS, np.array([[len(wav)]], np.int64))]
 
 
+def pieces(result) -> tuple[Piece, ...]:
+    """The asr ensemble's TOKENS, TOKEN_MS and TOKEN_END_MS of one clip as pieces (the padding of a batch's
+    shorter rows, b"" and -1, left out)."""
+    tokens = result.as_numpy(contract.TOKENS).reshape(-1)
+    starts = result.as_numpy(contract.TOKEN_MS).reshape(-1)
+    ends = result.as_numpy(contract.TOKEN_END_MS).reshape(-1)
+    if not len(tokens) == len(starts) == len(ends):
+        raise ToneserveError(Code.INTERNAL, f"model {contract.ASR!r} returned {len(tokens)} {contract.TOKENS} but "
+                                            f"{len(starts)} {contract.TOKEN_MS} and {len(ends)} {contract.TOKEN_END_MS}")
+    return tuple(Piece(token.decode("utf-8", errors="replace"), int(start), int(end))
+                 for token, start, end in zip(tokens, starts, ends) if start >= 0)
+
+
 def query_input(name: str, value: int) -> triton.InferInput:
     """A [1, 1] int64 query id (SenseVoice's LANGUAGE / TEXTNORM)."""
     return _input(name, np.array([[value]], np.int64))
@@ -213,7 +231,11 @@ class Inference:
                 # A repository rendered before the runtime parameter existed ran ONNX Runtime.
                 runtime=parameters.get(contract.RUNTIME, "onnxruntime"),
                 parameters=parameters, ragged=bool(wav.get("allow_ragged_batch", False)),
-                max_batch_size=int(config.get("max_batch_size", 0)))
+                max_batch_size=int(config.get("max_batch_size", 0)),
+                outputs=frozenset(o["name"] for o in config.get("output", [])))
+        if not self.models[contract.ASR].outputs.issuperset(WORD_OUTPUTS):
+            log.warning("Triton's %r model returns no %s (a repository rendered before them): segments carry no "
+                        "words; render the repository again for word times", contract.ASR, "/".join(WORD_OUTPUTS))
 
     async def _serves(self, name: str) -> bool:
         """Whether Triton has model `name` ready. Asked last, of a server that just answered for the others:
@@ -299,15 +321,16 @@ class Inference:
         inputs = [*wav_inputs(wav, self.models[contract.ASR].ragged),
                   query_input(contract.LANGUAGE, self.language_query_id(language)),
                   query_input(contract.TEXTNORM, self.textnorm_query_id(use_itn))]
-        outputs = [contract.TEXT, *contract.ASR_DISTRIBUTIONS.values()]
-        result = await self._infer(contract.ASR, inputs, outputs, request_id, timeout)
         info = self.models[contract.ASR]
+        timed = info.outputs.issuperset(WORD_OUTPUTS)
+        outputs = [contract.TEXT, *contract.ASR_DISTRIBUTIONS.values(), *(WORD_OUTPUTS if timed else ())]
+        result = await self._infer(contract.ASR, inputs, outputs, request_id, timeout)
         distributions = {}
         for name, out in contract.ASR_DISTRIBUTIONS.items():
             labels = info.json(contract.ASR_LABELS[name])
             distributions[name] = (labels, checked(contract.ASR, out, result.as_numpy(out)[0], len(labels)))
         return AsrResult(text=result.as_numpy(contract.TEXT).reshape(-1)[0].decode("utf-8"),
-                         distributions=distributions)
+                         distributions=distributions, pieces=pieces(result) if timed else ())
 
     async def speaker(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None) -> np.ndarray:
         inputs = wav_inputs(wav, self.models[contract.SPEAKER].ragged)

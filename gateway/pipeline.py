@@ -25,7 +25,7 @@ import numpy as np
 
 from toneserve import contract
 from toneserve.contract import SAMPLE_RATE, VAD_FRAME, Code, ToneserveError
-from toneserve.gateway import diarization, prosody, reconcile, rollup, sentiment, speakers, thresholds
+from toneserve.gateway import diarization, prosody, reconcile, rollup, sentiment, speakers, thresholds, words
 from toneserve.gateway.audio import AudioStream, open_audio
 from toneserve.gateway.backend import AsrResult, Backend, Distribution
 from toneserve.gateway.calls import TritonCalls
@@ -353,14 +353,16 @@ class Analysis:
                  windows: list[tuple[int, int]], language: str, text: pb.TextSentiment) -> pb.Segment:
         weights = np.array([b - a for a, b in windows], np.float64)
         mean = sum(w * np.asarray(p, np.float64) for w, (_, p) in zip(weights, emotions)) / weights.sum()
+        start_ms, end_ms = utterance.start * 1000 // SAMPLE_RATE, utterance.end * 1000 // SAMPLE_RATE
         segment = pb.Segment(
-            start_ms=utterance.start * 1000 // SAMPLE_RATE, end_ms=utterance.end * 1000 // SAMPLE_RATE,
+            start_ms=start_ms, end_ms=end_ms,
             channel=utterance.channel, speaker=speaker, transcript=asr.text,
             language=distribution(asr.distributions["language"]),
             asr_emotion=distribution(asr.distributions["emotion"]),
             event=distribution(asr.distributions["event"]),
             itn=distribution(asr.distributions["itn"]),
             emotion=distribution((emotions[0][0], mean)), emotion_windows=len(windows))
+        segment.words.extend(words.timed(asr.text, language, asr.pieces, start_ms, end_ms))
         segment.text_sentiment.CopyFrom(text)
         segment.prosody.CopyFrom(prosody.prosody(utterance.samples, SAMPLE_RATE, asr.text, language))
         segment.judgement.CopyFrom(reconcile.judge(segment.emotion, segment.text_sentiment, self.thresholds))

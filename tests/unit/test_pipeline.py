@@ -27,6 +27,7 @@ from toneserve.gateway.segmenter import BLOCK_FRAMES
 from toneserve.gateway.service import AnalyzerService
 from toneserve.gateway.settings import Limits, Settings
 from toneserve.gateway.sources import InMessage
+from toneserve.gateway.words import Piece
 from toneserve.samples import wav_bytes
 from toneserve.v1 import toneserve_pb2 as pb
 
@@ -52,6 +53,14 @@ QUIET, LOUD = 0.05, 0.4  # voice amplitudes: a calm and an angry voice to the fa
 
 def dbfs(x: np.ndarray, axis=None) -> np.ndarray:
     return 10 * np.log10(np.mean(np.square(x, dtype=np.float64), axis=axis) + 1e-20)
+
+
+def fake_pieces(transcript: str, samples: int) -> tuple[Piece, ...]:
+    """The fake SenseVoice's pieces: one per whitespace token ("▁" + token), spread evenly over the clip, each
+    taking 80 % of its share (ms from the clip start)."""
+    tokens = transcript.split()
+    share = samples * 1000 // RATE // max(len(tokens), 1)
+    return tuple(Piece("\u2581" + token, i * share, i * share + share * 4 // 5) for i, token in enumerate(tokens))
 
 
 def fake_emotion(wav: np.ndarray) -> np.ndarray:
@@ -128,7 +137,8 @@ class FakeBackend:
         if self.asr_error is not None:
             raise self.asr_error
         first = {name: np.eye(len(labels), dtype=np.float32)[0] for name, labels in ASR_LABELS.items()}
-        return AsrResult(text=self.transcript, distributions={name: (ASR_LABELS[name], first[name]) for name in ASR_LABELS})
+        return AsrResult(text=self.transcript, distributions={name: (ASR_LABELS[name], first[name]) for name in ASR_LABELS},
+                         pieces=fake_pieces(self.transcript, len(wav)))
 
 
     async def sentiment(self, texts, request_id: str = "", timeout: float | None = None):
@@ -226,6 +236,25 @@ def test_an_utterance_is_cut_into_equal_windows_and_their_emotions_are_averaged_
     assert list(segment.emotion.labels) == EMOTIONS
     np.testing.assert_allclose(segment.emotion.probabilities, expected, atol=1e-6)
     assert segment.emotion.top == EMOTIONS[int(np.argmax(expected))]
+
+
+def test_segments_carry_the_transcripts_words_timed_inside_them():
+    """Each segment's words are its transcript's (those its sentences' start_word / end_word count), timed by the
+    fake pieces from the segment's start."""
+    transcript = "Thank you. I will check the account for you"
+    audio = wav_bytes(recording(6.0, [[(0.5, 2.5, QUIET), (3.5, 5.5, QUIET)]]), RATE)
+    backend = FakeBackend(transcript=transcript)
+    response = asyncio.run(analysis(backend, pb.AnalyzeRequest(language="en")).run(InMessage(audio)))
+    assert len(response.segments) == len(backend.clips) == 2
+    for segment, clip in zip(response.segments, backend.clips):
+        expected = [(p.text[1:], min(segment.start_ms + p.start_ms, segment.end_ms),
+                     min(segment.start_ms + p.end_ms, segment.end_ms)) for p in fake_pieces(transcript, len(clip))]
+        assert [(w.text, w.start_ms, w.end_ms) for w in segment.words] == expected
+        assert all(segment.start_ms <= w.start_ms <= w.end_ms <= segment.end_ms for w in segment.words)
+        sentences = segment.text_sentiment.sentences
+        assert [(s.start_word, s.end_word) for s in sentences] == [(0, 2), (2, 9)]
+        for sentence in sentences:
+            assert " ".join(w.text for w in segment.words[sentence.start_word:sentence.end_word]) == sentence.text
 
 
 # --- the service: escalation, rollups, metadata ---------------------------------------------------
