@@ -67,6 +67,12 @@ class Backend(Protocol):
         """emotion2vec+'s distribution over `emotion_labels` for one clip [n]."""
         ...
 
+    async def emotion_embedding(self, wav: np.ndarray, request_id: str = "",
+                                timeout: float | None = None) -> tuple[Distribution, np.ndarray]:
+        """`emotion`'s distribution and emotion2vec+'s utterance embedding [D] of the clip: asked instead of
+        `emotion` only for a request that wants embeddings (include_embeddings), as D more floats per call."""
+        ...
+
     async def asr(self, wav: np.ndarray, language: str = "auto", use_itn: bool = False,
                   request_id: str = "", timeout: float | None = None) -> AsrResult:
         """SenseVoice's transcript of one clip [n] and its four query distributions."""

@@ -316,6 +316,14 @@ class Inference:
         labels = self.emotion_labels
         return labels, checked(contract.EMOTION, contract.PROBS, result.as_numpy(contract.PROBS)[0], len(labels))
 
+    async def emotion_embedding(self, wav: np.ndarray, request_id: str = "",
+                                timeout: float | None = None) -> tuple[Distribution, np.ndarray]:
+        inputs = wav_inputs(wav, self.models[contract.EMOTION].ragged)
+        result = await self._infer(contract.EMOTION, inputs, [contract.PROBS, contract.EMBEDDING], request_id, timeout)
+        labels = self.emotion_labels
+        probs = checked(contract.EMOTION, contract.PROBS, result.as_numpy(contract.PROBS)[0], len(labels))
+        return (labels, probs), checked(contract.EMOTION, contract.EMBEDDING, result.as_numpy(contract.EMBEDDING)[0])
+
     async def asr(self, wav: np.ndarray, language: str = "auto", use_itn: bool = False,
                   request_id: str = "", timeout: float | None = None) -> AsrResult:
         inputs = [*wav_inputs(wav, self.models[contract.ASR].ragged),

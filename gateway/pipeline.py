@@ -328,19 +328,28 @@ class Analysis:
         windows = emotion_windows(len(wav), self.window_seconds)
         async with asyncio.TaskGroup() as group:
             asr = group.create_task(self._triton(self.inference.asr, wav, self.language, self.options.use_itn))
-            emotions = [group.create_task(self._triton(self.inference.emotion, wav[a:b])) for a, b in windows]
+            emotions = [group.create_task(self._emotion(wav[a:b])) for a, b in windows]
             # Every piece, however short: clustering weighs its units by duration (diarization.RELIABLE_S).
             voice = group.create_task(self._triton(self.inference.speaker, wav)) if voices is not None else None
         language = self.language if self.language != "auto" else _top(asr.result().distributions["language"])
         text = await self._text_sentiment(asr.result().text, language)
         # Pitch and reconciliation are CPU work: off the event loop.
-        segment = await asyncio.to_thread(
-            self._segment, utterance, speaker, asr.result(), [e.result() for e in emotions], windows, language, text)
+        answers = [e.result() for e in emotions]
+        embeddings = [a[1] for a in answers if a[1] is not None] if self.options.include_embeddings else None
+        segment = await asyncio.to_thread(self._segment, utterance, speaker, asr.result(), [a[0] for a in answers],
+                                          windows, language, text, embeddings)
         if voices is not None and voice is not None:
             voices.add(segment, voice.result(), live=self.on_segment is not None)
         results.append(segment)
         if self.on_segment is not None:
             await self.on_segment(segment)
+
+    async def _emotion(self, wav: np.ndarray) -> tuple[Distribution, np.ndarray | None]:
+        """emotion2vec+ on one window: its distribution, and its embedding when the request asked for embeddings
+        (else None: the embedding is asked of Triton only then)."""
+        if self.options.include_embeddings:
+            return await self._triton(self.inference.emotion_embedding, wav)
+        return await self._triton(self.inference.emotion, wav), None
 
     async def _text_sentiment(self, transcript: str, language: str) -> pb.TextSentiment:
         """The transcript's sentences scored (gateway/sentiment.py); a warning where its language goes unscored."""
@@ -350,7 +359,10 @@ class Analysis:
                                               self._triton)
 
     def _segment(self, utterance: Utterance, speaker: str, asr: AsrResult, emotions: list[Distribution],
-                 windows: list[tuple[int, int]], language: str, text: pb.TextSentiment) -> pb.Segment:
+                 windows: list[tuple[int, int]], language: str, text: pb.TextSentiment,
+                 embeddings: list[np.ndarray] | None = None) -> pb.Segment:
+        """The segment of one utterance; `embeddings`: its windows' emotion2vec+ embeddings, when the request asked
+        for them (their duration-weighted mean, as the emotion's, is the segment's)."""
         weights = np.array([b - a for a, b in windows], np.float64)
         mean = sum(w * np.asarray(p, np.float64) for w, (_, p) in zip(weights, emotions)) / weights.sum()
         start_ms, end_ms = utterance.start * 1000 // SAMPLE_RATE, utterance.end * 1000 // SAMPLE_RATE
@@ -363,6 +375,8 @@ class Analysis:
             itn=distribution(asr.distributions["itn"]),
             emotion=distribution((emotions[0][0], mean)), emotion_windows=len(windows))
         segment.words.extend(words.timed(asr.text, language, asr.pieces, start_ms, end_ms))
+        if embeddings:
+            segment.embedding.extend(np.average(np.asarray(embeddings, np.float64), axis=0, weights=weights).tolist())
         segment.text_sentiment.CopyFrom(text)
         segment.prosody.CopyFrom(prosody.prosody(utterance.samples, SAMPLE_RATE, asr.text, language))
         segment.judgement.CopyFrom(reconcile.judge(segment.emotion, segment.text_sentiment, self.thresholds))

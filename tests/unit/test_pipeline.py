@@ -55,6 +55,15 @@ def dbfs(x: np.ndarray, axis=None) -> np.ndarray:
     return 10 * np.log10(np.mean(np.square(x, dtype=np.float64), axis=axis) + 1e-20)
 
 
+EMBEDDING_DIM = 6
+
+
+def fake_embedding(wav: np.ndarray) -> np.ndarray:
+    """The fake emotion model's embedding of a window: its RMS, its length (s) and 1s."""
+    rms = float(np.sqrt(np.mean(np.square(wav, dtype=np.float64))))
+    return np.array([rms, len(wav) / RATE, *[1.0] * (EMBEDDING_DIM - 2)], np.float32)
+
+
 def fake_pieces(transcript: str, samples: int) -> tuple[Piece, ...]:
     """The fake SenseVoice's pieces: one per whitespace token ("▁" + token), spread evenly over the clip, each
     taking 80 % of its share (ms from the clip start)."""
@@ -88,6 +97,7 @@ class FakeBackend:
         self.vad_rows: list[int] = []  # rows of each VAD call
         self.clips: list[np.ndarray] = []  # each ASR call's clip, in call order
         self.windows: list[np.ndarray] = []  # each emotion call's clip, in call order
+        self.embedded = 0  # emotion calls that asked for the embedding too
         self.started = {"asr": asyncio.Event(), "vad": asyncio.Event()}
         self.cancelled: list[str] = []
 
@@ -127,6 +137,10 @@ class FakeBackend:
         self.windows.append(wav)
         await self._answer("emotion")
         return EMOTIONS, fake_emotion(wav)
+
+    async def emotion_embedding(self, wav: np.ndarray, request_id: str = "", timeout: float | None = None):
+        self.embedded += 1
+        return await self.emotion(wav, request_id, timeout), fake_embedding(wav)
 
     async def asr(self, wav: np.ndarray, language: str = "auto", use_itn: bool = False,
                   request_id: str = "", timeout: float | None = None) -> AsrResult:
@@ -236,6 +250,27 @@ def test_an_utterance_is_cut_into_equal_windows_and_their_emotions_are_averaged_
     assert list(segment.emotion.labels) == EMOTIONS
     np.testing.assert_allclose(segment.emotion.probabilities, expected, atol=1e-6)
     assert segment.emotion.top == EMOTIONS[int(np.argmax(expected))]
+
+
+def test_embeddings_are_asked_only_when_the_request_wants_them_and_averaged_by_duration():
+    """include_embeddings: each window's emotion call returns the embedding too, and the segment's is their
+    duration-weighted mean; without it, no call asks for one and segments carry none."""
+    ramp = np.linspace(0.02, LOUD, 7 * RATE)
+    audio = wav_bytes(recording(8.0, [[(0.5, 7.5, ramp)]]), RATE)
+    backend = FakeBackend()
+    options = pb.AnalyzeRequest(window_seconds=2.0, include_embeddings=True)
+    [segment] = asyncio.run(analysis(backend, options).run(InMessage(audio))).segments
+    assert backend.embedded == len(backend.windows) == segment.emotion_windows == 4
+    embeddings = np.array([fake_embedding(w) for w in backend.windows], np.float64)
+    assert np.ptp(embeddings[:, 0]) > 0.05  # the windows differ: the mean says something
+    expected = np.average(embeddings, axis=0, weights=[len(w) for w in backend.windows])
+    assert len(segment.embedding) == EMBEDDING_DIM
+    np.testing.assert_allclose(segment.embedding, expected, rtol=1e-6)
+
+    backend = FakeBackend()
+    [segment] = asyncio.run(analysis(backend, pb.AnalyzeRequest(window_seconds=2.0)).run(InMessage(audio))).segments
+    assert backend.embedded == 0 and len(backend.windows) == 4
+    assert len(segment.embedding) == 0
 
 
 def test_segments_carry_the_transcripts_words_timed_inside_them():
