@@ -1,6 +1,7 @@
 """The gateway's gRPC server: Analyzer plus standard health checking and reflection."""
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 
@@ -11,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from toneserve.console import CommandError
 from toneserve.gateway.auth import ApiKeys
+from toneserve.gateway.http import HttpApi
 from toneserve.gateway.inference import Inference
 from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.sentiment import lexicon_installed
@@ -56,13 +58,18 @@ class Gateway:
                  settings: Settings = Settings(), metrics_port: int | None = None,
                  keys: ApiKeys = ApiKeys(), tls: tuple[bytes, bytes] | None = None,
                  metrics_host: str = "127.0.0.1", allow_unauthenticated: bool = False,
-                 health_port: int | None = None, judge: JudgeSettings | None = None):
+                 health_port: int | None = None, judge: JudgeSettings | None = None,
+                 http_port: int | None = None, playground: bool = False):
         """`keys`: API keys -> tenants (default: no authentication, which only a loopback `host` allows
         unless `allow_unauthenticated`); `tls`: (PEM private key, PEM certificate chain) to serve TLS
         instead of plaintext; metrics (tenant names and volumes) on `metrics_host`, loopback by default;
         `health_port`: standard gRPC health checking alone, in plaintext, on `host` (Kubernetes' own gRPC
         probes speak no TLS): it tells what the main port's health tells, and serves nothing else. `judge`: the
-        OpenAI-compatible endpoint asked for each call's verdict (gateway/verdict.py); None: no verdicts."""
+        OpenAI-compatible endpoint asked for each call's verdict (gateway/verdict.py); None: no verdicts.
+        `http_port`: the HTTP/JSON API (gateway/http.py) on `host`, with the same keys and TLS; None: off.
+        `playground`: the playground page at / on that port."""
+        if playground and http_port is None:
+            raise GatewayStartError("--playground is served on the HTTP port: give --http-port too")
         check_exposure(host, keys, allow_unauthenticated)
         if keys.enabled and not tls and not is_loopback(host):
             log.warning("API keys travel in plaintext to %s: serve TLS (--tls-cert, --tls-key) or put a TLS "
@@ -84,6 +91,10 @@ class Gateway:
         self.watch: TritonWatch | None = None
         self.judge_settings = judge
         self.judge: Judge | None = None
+        self.http_port = http_port
+        self.playground = playground
+        self.http: HttpApi | None = None
+        self.stopping = False
 
     async def start(self) -> None:
         self.inference = Inference(self.triton_url, self.settings.triton_timeout_seconds)
@@ -148,17 +159,27 @@ class Gateway:
         self.watch = TritonWatch(self.inference.ready, follow, self.settings.triton_poll_seconds)
         service.triton_ready = lambda: self.watch is not None and self.watch.ready
         self.watch.start()
+        if self.http_port is not None:
+            self.http = HttpApi(service, lambda: not self.stopping and service.triton_ready(), self.playground)
+            try:
+                await self.http.start(self.host, self.http_port, self.tls)
+            except OSError as exc:
+                await self.stop(0)
+                raise GatewayStartError(f"cannot serve HTTP on {self.host}:{self.http_port} ({exc}); "
+                                        "choose another with --http-port") from None
         log.info("gateway listening on %s (Triton at %s)", self.address, self.triton_url)
 
     async def stop(self, grace: float = 5.0) -> None:
         # NOT_SERVING first, for good: health checkers and load balancers stop sending calls here while
         # the calls in progress drain (for up to `grace`), instead of sending ones that would be refused.
+        self.stopping = True  # the HTTP health answers NOT_SERVING from now on
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self.watch is not None:
             await self.watch.stop()
-        if self.server is not None:
-            await self.server.stop(grace)
+        # gRPC and HTTP drain together, each call in progress getting up to `grace`.
+        await asyncio.gather(*([self.server.stop(grace)] if self.server is not None else []),
+                             *([self.http.stop(grace)] if self.http is not None else []))
         if self.health_server is not None:
             await self.health_server.stop(0)
         self.metrics.stop()

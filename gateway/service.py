@@ -99,13 +99,17 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
     async def AnalyzeUpload(self, request_iterator, context) -> pb.AnalyzeResponse:
         async def options() -> pb.AnalyzeRequest:
             return await _options(request_iterator, "AnalyzeUpload", self.settings.chunk_timeout_seconds)
+        return await self.upload("AnalyzeUpload", context, options, request_iterator)
 
+    async def upload(self, rpc: str, context, options_of, request_iterator) -> pb.AnalyzeResponse:
+        """An upload's analysis: `options_of()` the request's options, `request_iterator` its `chunk` messages,
+        spooled before decoding. AnalyzeUpload's path, which the HTTP API's POST /v1/analyze takes too."""
         async def receive(deadline: float | None) -> AudioSource:
             until = time.monotonic() + self.settings.upload_timeout_seconds
             return await Spool.receive(request_iterator, self.settings.limits.max_bytes,
                                        self.settings.spool_memory_bytes, self.settings.chunk_timeout_seconds,
                                        until if deadline is None else min(until, deadline))
-        return await self._serve("AnalyzeUpload", context, options, receive, self.decoders)
+        return await self._serve(rpc, context, options_of, receive, self.decoders)
 
     async def AnalyzeStream(self, request_iterator, context):
         """AnalyzeUpload's messages, analysed as they arrive (gateway/live.py); each segment is sent
@@ -135,38 +139,42 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
     async def AnalyzeText(self, request: pb.AnalyzeTextRequest, context) -> pb.AnalyzeTextResponse:
         """A text's sentences scored by the text-sentiment model, and their average (gateway/sentiment.py)."""
         async def run(tenant: str, call: Call) -> pb.AnalyzeTextResponse:
-            started = time.perf_counter()
-            problem = request_id_problem(request.request_id)
-            if problem:
-                raise ToneserveError(Code.INVALID_ARGUMENT, problem)
-            call.request_id = request.request_id or call.request_id
-            language = sentiment.text_language(request.language)
-            sentiment.check_text(request.text, self.settings.max_text_chars)
-            limits = thresholds.from_proto(request.thresholds)
-            scorer = sentiment.scorer(self.settings.text_sentiment, self.inference)
-            if not sentiment.sentences(request.text, language):
-                raise ToneserveError(Code.INVALID_ARGUMENT, "the text holds no word to score")
-            # Nothing here scores the language (the lexicons: en and zh only; a server without the text model):
-            # answered as the audio path answers, unscored (no segments, an empty average) with a warning.
-            text = await sentiment.text_sentiment(request.text, language, scorer, limits.sentiment_break, call)
-            models = [m for name, m in self.inference.models.items()  # what scored: the model, not the lexicons
-                      if name == contract.TEXT_SENTIMENT and self.settings.text_sentiment == "model"]
-            random = any(m.weights_origin == "random" for m in models)
-            warnings = [RANDOM_WEIGHTS_WARNING] if random else []
-            if not text.scored:
-                warnings.append(scorer.warning(language))
-            return pb.AnalyzeTextResponse(
-                segments=text.sentences, language=language,
-                average=pb.SentimentAverage(sentiment=text.label, sentiment_score=text.score),
-                metadata=pb.Metadata(
-                    request_id=call.request_id, random_weights=random, warnings=warnings,
-                    models=[pb.ModelInfo(name=m.name, version=m.version, family=m.family, preset=m.preset,
-                                         weights_origin=m.weights_origin, precision=m.precision, runtime=m.runtime)
-                            for m in models],
-                    thresholds=thresholds.to_proto(limits),
-                    processing_ms=(time.perf_counter() - started) * 1000.0))
+            return await self.analyze_text(request, tenant, call)
         # Text is not audio: the tenant's audio quota neither admits nor is charged for it.
-        return await self._guarded("AnalyzeText", context, run, audio=False)
+        return await self.guarded("AnalyzeText", context, run, audio=False)
+
+    async def analyze_text(self, request: pb.AnalyzeTextRequest, tenant: str, call: Call) -> pb.AnalyzeTextResponse:
+        """AnalyzeText's work inside its frame (`guarded`); the HTTP API's POST /v1/text runs it too."""
+        started = time.perf_counter()
+        problem = request_id_problem(request.request_id)
+        if problem:
+            raise ToneserveError(Code.INVALID_ARGUMENT, problem)
+        call.request_id = request.request_id or call.request_id
+        language = sentiment.text_language(request.language)
+        sentiment.check_text(request.text, self.settings.max_text_chars)
+        limits = thresholds.from_proto(request.thresholds)
+        scorer = sentiment.scorer(self.settings.text_sentiment, self.inference)
+        if not sentiment.sentences(request.text, language):
+            raise ToneserveError(Code.INVALID_ARGUMENT, "the text holds no word to score")
+        # Nothing here scores the language (the lexicons: en and zh only; a server without the text model):
+        # answered as the audio path answers, unscored (no segments, an empty average) with a warning.
+        text = await sentiment.text_sentiment(request.text, language, scorer, limits.sentiment_break, call)
+        models = [m for name, m in self.inference.models.items()  # what scored: the model, not the lexicons
+                  if name == contract.TEXT_SENTIMENT and self.settings.text_sentiment == "model"]
+        random = any(m.weights_origin == "random" for m in models)
+        warnings = [RANDOM_WEIGHTS_WARNING] if random else []
+        if not text.scored:
+            warnings.append(scorer.warning(language))
+        return pb.AnalyzeTextResponse(
+            segments=text.sentences, language=language,
+            average=pb.SentimentAverage(sentiment=text.label, sentiment_score=text.score),
+            metadata=pb.Metadata(
+                request_id=call.request_id, random_weights=random, warnings=warnings,
+                models=[pb.ModelInfo(name=m.name, version=m.version, family=m.family, preset=m.preset,
+                                     weights_origin=m.weights_origin, precision=m.precision, runtime=m.runtime)
+                        for m in models],
+                thresholds=thresholds.to_proto(limits),
+                processing_ms=(time.perf_counter() - started) * 1000.0))
 
     async def _serve(self, rpc: str, context, options_of, receive, decoders: concurrent.futures.Executor,
                      **run) -> pb.AnalyzeResponse:
@@ -194,11 +202,12 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             return response
 
         # Charged whatever the outcome: the audio decoded before a failure cost the models too.
-        return await self._guarded(rpc, context, analyse,
+        return await self.guarded(rpc, context, analyse,
                                    lambda: analysis.samples / SAMPLE_RATE if analysis is not None else 0.0)
 
-    async def _guarded(self, rpc: str, context, work, charged=lambda: 0.0, audio: bool = True):
-        """Every RPC's frame: the key and admission checked (refused at once with a retry hint where a later try
+    async def guarded(self, rpc: str, context, work, charged=lambda: 0.0, audio: bool = True):
+        """Every RPC's frame (`context`: gRPC's ServicerContext, or gateway/http.py's HttpContext for the HTTP API):
+        the key and admission checked (refused at once with a retry hint where a later try
         can pass), `work(tenant, call)` run with its Triton calls (the tenant's fair share, the deadline), its
         answer or exactly one error with a code returned, metrics counted and `charged()` audio seconds charged
         to the tenant whatever the outcome. `audio`: False for an RPC that takes no audio (no quota check)."""

@@ -258,7 +258,7 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
     gateway = Gateway(triton_url, host=host, port=port, settings=_settings(args),
                       metrics_port=args.metrics_port or None, keys=keys, tls=tls, metrics_host=args.metrics_host,
                       allow_unauthenticated=args.allow_unauthenticated, health_port=args.health_port or None,
-                      judge=_judge(args))
+                      judge=_judge(args), http_port=args.http_port or None, playground=args.playground)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -266,7 +266,10 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
     loop.add_signal_handler(signal.SIGHUP, keys.reload)  # a bad new key file keeps the old keys (logged)
     try:
         await gateway.start()
+        scheme = "https" if tls else "http"
         say(f"toneserve gateway listening on {host}:{port}"
+            + (f", HTTP on {scheme}://{host}:{args.http_port}" if args.http_port else "")
+            + (f" (playground: {scheme}://{host}:{args.http_port}/)" if args.playground and args.http_port else "")
             + (f", metrics on http://{args.metrics_host}:{args.metrics_port}/metrics" if args.metrics_port else "")
             + (f", API keys of {len(keys.tenants)} tenant(s)" if keys.enabled else ", no API keys"))
         await stop.wait()
@@ -531,6 +534,12 @@ def _add_gateway_options(p):
     p.add_argument("--health-port", type=int, default=0,
                    help="also serve gRPC health checking alone, in plaintext, on this port (Kubernetes' gRPC probes "
                         "speak no TLS); 0: off (default)")
+    p.add_argument("--http-port", type=int, default=0,
+                   help="also serve the HTTP/JSON API (POST /v1/analyze with the recording as the body, GET /v1/health, "
+                        "GET /v1/openapi.json) on this port of --host, with the same keys, quotas and TLS; 0: off "
+                        "(default)")
+    p.add_argument("--playground", action="store_true",
+                   help="serve the playground page at / on --http-port: upload a recording, see its timeline")
 
 
 def _add_triton_ports(p, defaults=(8000, 8001, 8002)):

@@ -106,27 +106,28 @@ def role_problem(role: str) -> str | None:
 
 
 class Code(enum.Enum):
-    """Every error a client can see: its gRPC status (by name) and a default message. Clients
-    switch on the code (sent as the status message prefix and in ERROR_CODE_METADATA), never on
-    message text."""
+    """Every error a client can see: its gRPC status (by name), its HTTP status (the gateway's HTTP/JSON
+    API) and a default message. Clients switch on the code (sent as the status message prefix and in
+    ERROR_CODE_METADATA over gRPC, as `code` in the JSON body over HTTP), never on message text."""
 
-    INVALID_AUDIO = ("INVALID_ARGUMENT", "the audio could not be decoded")
-    UNSUPPORTED_CODEC = ("INVALID_ARGUMENT", "the audio codec is not supported")
-    NO_AUDIO_STREAM = ("INVALID_ARGUMENT", "the input contains no audio stream")
-    EMPTY_AUDIO = ("INVALID_ARGUMENT", "the audio holds no samples")
-    AUDIO_TOO_LARGE = ("INVALID_ARGUMENT", "the audio is larger than the server allows")
-    AUDIO_TOO_LONG = ("INVALID_ARGUMENT", "the audio is longer than the server allows")
-    AUDIO_TOO_SHORT = ("INVALID_ARGUMENT", "the audio is too short to analyse")
-    TOO_MANY_CHANNELS = ("INVALID_ARGUMENT", "the audio has more channels than the server allows")
-    NO_SPEECH = ("FAILED_PRECONDITION", "no speech was found in the audio")
-    INVALID_ARGUMENT = ("INVALID_ARGUMENT", "a request field is out of range")
-    UNAUTHENTICATED = ("UNAUTHENTICATED", "a valid API key is required")
-    OVERLOADED = ("RESOURCE_EXHAUSTED", "the gateway is at capacity; retry after the hinted delay")
-    QUOTA_EXCEEDED = ("RESOURCE_EXHAUSTED", "the tenant's audio quota for this minute or day is used up; "
-                                            "retry after the hinted delay")
-    TRITON_UNAVAILABLE = ("UNAVAILABLE", "the inference server is unavailable")
-    DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", "the request ran out of time")
-    INTERNAL = ("INTERNAL", "internal error")
+    INVALID_AUDIO = ("INVALID_ARGUMENT", 400, "the audio could not be decoded")
+    UNSUPPORTED_CODEC = ("INVALID_ARGUMENT", 400, "the audio codec is not supported")
+    NO_AUDIO_STREAM = ("INVALID_ARGUMENT", 400, "the input contains no audio stream")
+    EMPTY_AUDIO = ("INVALID_ARGUMENT", 400, "the audio holds no samples")
+    AUDIO_TOO_LARGE = ("INVALID_ARGUMENT", 413, "the audio is larger than the server allows")
+    AUDIO_TOO_LONG = ("INVALID_ARGUMENT", 413, "the audio is longer than the server allows")
+    AUDIO_TOO_SHORT = ("INVALID_ARGUMENT", 400, "the audio is too short to analyse")
+    TOO_MANY_CHANNELS = ("INVALID_ARGUMENT", 400, "the audio has more channels than the server allows")
+    # The request was well formed and its audio decoded, but there is nothing to analyse in it.
+    NO_SPEECH = ("FAILED_PRECONDITION", 422, "no speech was found in the audio")
+    INVALID_ARGUMENT = ("INVALID_ARGUMENT", 400, "a request field is out of range")
+    UNAUTHENTICATED = ("UNAUTHENTICATED", 401, "a valid API key is required")
+    OVERLOADED = ("RESOURCE_EXHAUSTED", 429, "the gateway is at capacity; retry after the hinted delay")
+    QUOTA_EXCEEDED = ("RESOURCE_EXHAUSTED", 429, "the tenant's audio quota for this minute or day is used up; "
+                                                 "retry after the hinted delay")
+    TRITON_UNAVAILABLE = ("UNAVAILABLE", 503, "the inference server is unavailable")
+    DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", 504, "the request ran out of time")
+    INTERNAL = ("INTERNAL", 500, "internal error")
 
     @property
     def status(self) -> str:
@@ -134,8 +135,13 @@ class Code(enum.Enum):
         return self.value[0]
 
     @property
-    def default_message(self) -> str:
+    def http_status(self) -> int:
+        """The HTTP status of the gateway's HTTP/JSON API."""
         return self.value[1]
+
+    @property
+    def default_message(self) -> str:
+        return self.value[2]
 
 
 class ToneserveError(Exception):
