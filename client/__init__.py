@@ -15,10 +15,11 @@ from toneserve.client.results import (
                       TextSentiment,
                       Thresholds,
                       TimelinePoint,
+                      Word,
 )
 from toneserve.client.retry import RetryPolicy
 from toneserve.client.sdk import AsyncClient, Client, live_wav_header
 
 __all__ = ["Client", "AsyncClient", "AnalyzeError", "RetryPolicy", "Result", "Segment", "SpeakerSummary",
            "CallSummary", "Metadata", "Distribution", "Judgement", "Prosody", "TextSentiment", "Quarter",
-           "TimelinePoint", "ModelInfo", "LabelSet", "Thresholds", "live_wav_header"]
+           "TimelinePoint", "ModelInfo", "LabelSet", "Thresholds", "Word", "live_wav_header"]

@@ -11,15 +11,22 @@ from toneserve.client.results import Result, Segment
 
 FORMATS = ("json", "jsonl", "csv")
 
-# One row per segment, the same columns in JSONL and CSV (README, "Using the client").
+# One row per segment, the same columns in JSONL and CSV (README, "Using the client"). "words" is the prosody's
+# word count; "word_times" the words themselves with their times, [[text, start_s, end_s], ...].
 COLUMNS = ("file", "speaker", "channel", "start_s", "end_s", "transcript", "language", "emotion",
            "emotion_probability", "text_sentiment_score", "text_sentiment_label", "tone_score", "sentiment",
            "sentiment_score", "flags", "pitch_hz", "pitch_std_semitones", "loudness_dbfs", "speaking_rate_wpm",
-           "voiced_fraction", "words")
+           "voiced_fraction", "words", "word_times")
+
+
+def word_times(segment: Segment) -> list[list]:
+    """The segment's words with their times: [[text, start_s, end_s], ...] (seconds from the recording's start)."""
+    return [[word.text, word.start, word.end] for word in segment.words]
 
 
 def segment_row(file: str, segment: Segment) -> dict:
-    """A segment as flat values; `flags` is a list (CSV joins it with ';')."""
+    """A segment as flat values; `flags` is a list (CSV joins it with ';'), `word_times` a list of
+    [text, start_s, end_s] (CSV writes it as that JSON text)."""
     text, judgement, prosody = segment.text_sentiment, segment.judgement, segment.prosody
     return {"file": file, "speaker": segment.speaker, "channel": segment.channel,
             "start_s": segment.start, "end_s": segment.end, "transcript": segment.transcript,
@@ -32,7 +39,7 @@ def segment_row(file: str, segment: Segment) -> dict:
             "flags": list(judgement.flags), "pitch_hz": prosody.pitch_hz,
             "pitch_std_semitones": prosody.pitch_std_semitones, "loudness_dbfs": prosody.loudness_dbfs,
             "speaking_rate_wpm": prosody.speaking_rate_wpm, "voiced_fraction": prosody.voiced_fraction,
-            "words": prosody.words}
+            "words": prosody.words, "word_times": word_times(segment)}
 
 
 def document(file: str, result: Result) -> dict:
@@ -72,7 +79,8 @@ class SegmentCsv(_Sink):
     def write(self, file: str, name: str, result: Result) -> None:
         for segment in result.segments:
             row = segment_row(file, segment)
-            self.writer.writerow({**row, "flags": ";".join(row["flags"])})
+            self.writer.writerow({**row, "flags": ";".join(row["flags"]),
+                                  "word_times": json.dumps(row["word_times"], ensure_ascii=False)})
         self.stream.flush()
 
 

@@ -4,7 +4,8 @@ inline as SVG, no external files) and as a PNG for pasting into tickets.
 The figure: the sentiment timeline per speaker (the judgement score of each segment, one
 trace per speaker, SVG id `timeline-<speaker>`), the emotion timeline per speaker (each
 segment coloured by its top emotion), talk-time bars (talk, overlap, silence) and the flagged
-segments. The HTML page adds the per-speaker numbers and every flagged segment in full.
+segments. The HTML page adds the per-speaker numbers, every flagged segment in full and, folded, every
+segment; each word of a transcript there shows its time when pointed at (a tooltip).
 """
 from __future__ import annotations
 
@@ -44,6 +45,21 @@ def _clip(text: str, chars: int) -> str:
 
 def _span(segment: Segment) -> str:
     return f"{segment.start:.1f}–{segment.end:.1f} s"
+
+
+def _transcript(segment: Segment) -> str:
+    """The segment's transcript as HTML, each of its words (Segment.words) a span whose tooltip is its time."""
+    e = html.escape
+    text, parts, at = segment.transcript, [], 0
+    for word in segment.words:
+        found = text.find(word.text, at)
+        if found < 0:  # not where the transcript has it: left as plain text
+            continue
+        parts.append(e(text[at:found]))
+        parts.append(f"<span class=\"word\" title=\"{word.start:.2f}–{word.end:.2f} s\">{e(word.text)}</span>")
+        at = found + len(word.text)
+    parts.append(e(text[at:]))
+    return "".join(parts)
 
 
 def _emotion_colour(label: str, labels: list[str]) -> str:
@@ -169,6 +185,7 @@ th, td { border-bottom: 1px solid #ddd; padding: .3em .8em; text-align: left; ve
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 svg { max-width: 100%; height: auto; }
 .meta { color: #555; }
+span.word:hover { background: #fff3b0; }
 """
 
 
@@ -214,10 +231,19 @@ def page(result: Result, title: str, svg: str) -> str:
             parts.append(f"<tr><td>{_span(segment)}</td><td>{e(segment.speaker)}</td>"
                          f"<td>{e(segment.judgement.sentiment)} {segment.judgement.score:+.2f}</td>"
                          f"<td>{e(segment.emotion.top)} {segment.emotion.probability:.2f}</td>"
-                         f"<td>{e(', '.join(segment.judgement.flags))}</td><td>{e(segment.transcript)}</td></tr>")
+                         f"<td>{e(', '.join(segment.judgement.flags))}</td><td>{_transcript(segment)}</td></tr>")
         parts.append("</table>")
     else:
         parts.append("<p>None.</p>")
+    parts.append(f"<details id=\"segments\">\n<summary>All segments ({len(result.segments)}); point at a word for "
+                 "its time</summary>\n<table>\n<tr><th>time</th><th>speaker</th><th>sentiment</th><th>emotion</th>"
+                 "<th>transcript</th></tr>")
+    for segment in result.segments:
+        parts.append(f"<tr><td>{_span(segment)}</td><td>{e(segment.speaker)}</td>"
+                     f"<td>{e(segment.judgement.sentiment)} {segment.judgement.score:+.2f}</td>"
+                     f"<td>{e(segment.emotion.top)} {segment.emotion.probability:.2f}</td>"
+                     f"<td>{_transcript(segment)}</td></tr>")
+    parts.append("</table>\n</details>")
     if meta.warnings:
         parts.append("<h2>Warnings</h2>\n<ul>" + "".join(f"<li>{e(w)}</li>" for w in meta.warnings) + "</ul>")
     parts.append("</body>\n</html>\n")

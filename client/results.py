@@ -93,6 +93,23 @@ class Judgement:
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word of a transcript (TextSegment.start_word / end_word count these) and when it was spoken."""
+    text: str
+    start_ms: int
+    end_ms: int
+
+    @property
+    def start(self) -> float:
+        """Seconds from the start of the recording."""
+        return self.start_ms / 1000
+
+    @property
+    def end(self) -> float:
+        return self.end_ms / 1000
+
+
+@dataclass(frozen=True)
 class Segment:
     start_ms: int
     end_ms: int
@@ -110,6 +127,7 @@ class Segment:
     emotion_windows: int
     # Diarized channels of a live stream: the speaker given when the segment was sent (see the proto).
     provisional_speaker: str = ""
+    words: tuple[Word, ...] = ()  # the transcript's words with their times
 
     @property
     def start(self) -> float:
@@ -276,7 +294,7 @@ def _plain(value):
 # Each proto message type and the dataclass it becomes.
 _TYPES = {cls.__name__: cls for cls in (Distribution, Prosody, TextSentiment, TextSegment, Judgement, Segment,
                                         Quarter, TimelinePoint, SpeakerSummary, CallSummary, ModelInfo, LabelSet,
-                                        Thresholds, Metadata, SentimentAverage, Verdict)}
+                                        Thresholds, Metadata, SentimentAverage, Verdict, Word)}
 # Message fields that read as None when the server left them unset (not as an empty message).
 _ABSENT_IS_NONE = frozenset({"verdict"})
 

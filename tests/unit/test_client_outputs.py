@@ -18,11 +18,15 @@ EMOTIONS = ["angry", "disgusted", "fearful", "happy", "neutral", "other", "sad",
 
 
 def segment(start: float, speaker: str, channel: int, transcript: str = "ok", flags=(), scored=True) -> pb.Segment:
+    """A 1.5 s segment whose words (whitespace-separated) take 0.25 s each from its start."""
     probabilities = [0.02] * 9
     probabilities[channel % 9] = 0.84
+    begin = int(start * 1000)
+    words = [pb.Word(text=text, start_ms=begin + 250 * i, end_ms=begin + 250 * i + 200)
+             for i, text in enumerate(transcript.split())]
     return pb.Segment(
-        start_ms=int(start * 1000), end_ms=int(start * 1000) + 1500, channel=channel, speaker=speaker,
-        transcript=transcript,
+        start_ms=begin, end_ms=begin + 1500, channel=channel, speaker=speaker,
+        transcript=transcript, words=words,
         emotion=pb.Distribution(labels=EMOTIONS, probabilities=probabilities, top=EMOTIONS[channel % 9]),
         language=pb.Distribution(labels=["en", "zh"], probabilities=[0.9, 0.1], top="en"),
         text_sentiment=pb.TextSentiment(scored=scored, score=0.5 if scored else 0.0,
@@ -70,6 +74,15 @@ def test_typed_results_are_plain_python(result):
         first.transcript = "changed"  # frozen
 
 
+def test_words_are_typed_and_in_the_json(result):
+    first = result.segments[0]
+    assert [w.text for w in first.words] == ["polite,", '"very"', "polite", "and", "非常好"]
+    assert (first.words[1].start_ms, first.words[1].end_ms) == (1250, 1450)
+    assert (first.words[1].start, first.words[1].end) == (1.25, 1.45)  # seconds, as Segment.start / end
+    plain = result.to_dict()
+    assert plain["segments"][0]["words"][1] == {"text": '"very"', "start_ms": 1250, "end_ms": 1450}
+
+
 def test_csv_round_trips_commas_quotes_newlines_and_unicode(result, tmp_path):
     path = tmp_path / "out.csv"
     output = open_output("csv", str(path), several=True)
@@ -83,6 +96,10 @@ def test_csv_round_trips_commas_quotes_newlines_and_unicode(result, tmp_path):
     assert rows[0]["transcript"] == TRICKY and rows[0]["flags"] == "tone_text_mismatch;abstained"
     assert rows[0]["file"] == "calls/a.wav" and float(rows[0]["start_s"]) == 1.0
     assert rows[1]["text_sentiment_score"] == "" and rows[1]["text_sentiment_label"] == ""
+    # "words" stays the prosody's count; "word_times" holds the words themselves, as JSON text.
+    assert rows[0]["words"] == "3"
+    assert json.loads(rows[0]["word_times"])[:2] == [["polite,", 1.0, 1.2], ['"very"', 1.25, 1.45]]
+    assert json.loads(rows[0]["word_times"])[-1] == ["非常好", 2.0, 2.2]
 
 
 def test_jsonl_has_one_line_per_segment_with_the_csv_columns(result, tmp_path):
@@ -96,6 +113,7 @@ def test_jsonl_has_one_line_per_segment_with_the_csv_columns(result, tmp_path):
     assert rows[0]["flags"] == ["tone_text_mismatch", "abstained"] and rows[0]["transcript"] == TRICKY
     assert rows[1]["text_sentiment_score"] is None and rows[0]["text_sentiment_score"] == 0.5
     assert (rows[0]["emotion"], rows[0]["emotion_probability"]) == ("angry", 0.84)
+    assert rows[0]["word_times"][4] == ["非常好", 2.0, 2.2] and rows[1]["word_times"] == [["ok", 3.0, 3.2]]
 
 
 def test_json_goes_to_a_folder_or_to_one_place(tmp_path):
@@ -134,10 +152,22 @@ def test_report_has_a_trace_per_speaker_even_a_silent_one_and_every_flagged_segm
     page = html_path.read_text(encoding="utf-8")
     assert re.findall(r'<g id="timeline-([^"]+)"', page) == ["agent", "silent_one"]
     assert page.count("<svg") == 1 and not re.search(r'(?:src|href)="(?!#)', page) and "<script" not in page
-    assert f"line {TABLE_ROWS + 4} &lt;b&gt;&amp;" in page  # all flagged segments, escaped
+    text = re.sub(r'<span class="word"[^>]*>|</span>', "", page)  # each word in a span of its own
+    assert f"line {TABLE_ROWS + 4} &lt;b&gt;&amp;" in text  # all flagged segments, escaped
     assert "5 more" in page  # the figure's table stops at TABLE_ROWS
     assert "RANDOM WEIGHTS" in page
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_shows_each_words_time_in_a_tooltip(tmp_path):
+    result = Result.from_proto(response([segment(1.0, "agent", 0, 'say <hi> & "bye"', flags=[pb.ESCALATION]),
+                                         segment(4.0, "agent", 0, "all fine")], [("agent", 0)]))
+    page = write_report(result, "a.wav", tmp_path, "a")[0].read_text(encoding="utf-8")
+    # The flagged segment (its table) and every segment (the folded list) show their words, escaped.
+    assert page.count('<span class="word" title="1.25–1.45 s">&lt;hi&gt;</span>') == 2
+    assert page.count('<span class="word" title="1.75–1.95 s">&quot;bye&quot;</span>') == 2
+    assert '<span class="word" title="4.25–4.45 s">fine</span>' in page
+    assert "All segments (2)" in page
 
 
 def test_report_without_random_weights_or_flags_says_neither(tmp_path):
