@@ -69,6 +69,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     request.add_argument("--itn", action="store_true", help="punctuation and digits in transcripts")
     request.add_argument("--window-seconds", type=float, default=0.0,
                          help="longest emotion window (default: the server's)")
+    request.add_argument("--include-embeddings", action="store_true",
+                         help="each segment's emotion2vec+ embedding (768 floats at base) in the JSON output "
+                              "(--format json only: jsonl and csv leave it out)")
     for field in pb.Thresholds.DESCRIPTOR.fields:
         kind = int if field.type == field.TYPE_INT32 else float
         request.add_argument(f"--{field.name.replace('_', '-')}", type=kind, metavar=kind.__name__.upper(),
@@ -122,7 +125,8 @@ def request_options(args) -> dict:
                 channel_roles=[r.strip() for r in args.roles.split(",")] if args.roles else None,
                 mix_channels=args.mix_channels, thresholds=thresholds, timeout=args.timeout,
                 diarization=args.diarization, speakers_expected=args.speakers_expected,
-                min_speakers=args.min_speakers, max_speakers=args.max_speakers)
+                min_speakers=args.min_speakers, max_speakers=args.max_speakers,
+                include_embeddings=args.include_embeddings)
 
 
 def _note(args, message: str) -> None:

@@ -26,7 +26,8 @@ def word_times(segment: Segment) -> list[list]:
 
 def segment_row(file: str, segment: Segment) -> dict:
     """A segment as flat values; `flags` is a list (CSV joins it with ';'), `word_times` a list of
-    [text, start_s, end_s] (CSV writes it as that JSON text)."""
+    [text, start_s, end_s] (CSV writes it as that JSON text). The embedding is left out: it is in the JSON
+    output only."""
     text, judgement, prosody = segment.text_sentiment, segment.judgement, segment.prosody
     return {"file": file, "speaker": segment.speaker, "channel": segment.channel,
             "start_s": segment.start, "end_s": segment.end, "transcript": segment.transcript,

@@ -1,10 +1,11 @@
 """Typed, immutable results: the toneserve.v1 AnalyzeResponse as plain Python values.
 
 Field names are the proto's (so proto/toneserve/v1/toneserve.proto documents them), with
-three changes that make them pleasant to use: repeated fields are tuples, `Judgement.flags`
-are lower-case strings ("tone_text_mismatch", "escalation", "abstained"), and unset optional
-thresholds are None. Float32 fields are rounded to the shortest decimal that is the same
-float32 (0.3, not 0.30000001192092896), as protobuf's own JSON printer does.
+four changes that make them pleasant to use: repeated fields are tuples, `Judgement.flags`
+are lower-case strings ("tone_text_mismatch", "escalation", "abstained"), unset optional
+thresholds are None, and so is `Segment.embedding` when the request did not ask for it.
+Float32 fields are rounded to the shortest decimal that is the same float32 (0.3, not
+0.30000001192092896), as protobuf's own JSON printer does.
 """
 from __future__ import annotations
 
@@ -128,6 +129,8 @@ class Segment:
     # Diarized channels of a live stream: the speaker given when the segment was sent (see the proto).
     provisional_speaker: str = ""
     words: tuple[Word, ...] = ()  # the transcript's words with their times
+    # emotion2vec+'s embedding of the segment (analyze(include_embeddings=True)); None when not asked for.
+    embedding: tuple[float, ...] | None = None
 
     @property
     def start(self) -> float:
@@ -297,6 +300,8 @@ _TYPES = {cls.__name__: cls for cls in (Distribution, Prosody, TextSentiment, Te
                                         Thresholds, Metadata, SentimentAverage, Verdict, Word)}
 # Message fields that read as None when the server left them unset (not as an empty message).
 _ABSENT_IS_NONE = frozenset({"verdict"})
+# Repeated fields that read as None when empty: the server sends them only when asked to.
+_EMPTY_IS_NONE = frozenset({"embedding"})
 
 
 @cache
@@ -322,6 +327,8 @@ def _convert(message, cls):
         value = getattr(message, descriptor.name)
         if descriptor.is_repeated:
             values[descriptor.name] = tuple(_scalar(descriptor, v) for v in value)
+            if not value and descriptor.name in _EMPTY_IS_NONE:
+                values[descriptor.name] = None
         elif descriptor.has_presence and (descriptor.type != FieldDescriptor.TYPE_MESSAGE
                                           or descriptor.name in _ABSENT_IS_NONE) \
                 and not message.HasField(descriptor.name):

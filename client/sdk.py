@@ -71,7 +71,8 @@ def _diarization(diarization: str, speakers_expected: int, min_speakers: int, ma
 def _analyze_request(*, language: str, window_seconds: float, use_itn: bool,
              channel_roles: Mapping[int, str] | Sequence[str] | None, mix_channels: bool,
              thresholds: Mapping[str, float] | None, request_id: str, diarization: str = "auto",
-             speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0) -> pb.AnalyzeRequest:
+             speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0,
+             include_embeddings: bool = False) -> pb.AnalyzeRequest:
     """The request without its audio. `channel_roles` may be a list: ["agent", "customer"] names channels 0, 1."""
     if channel_roles is not None and not isinstance(channel_roles, Mapping):
         channel_roles = dict(enumerate(channel_roles))
@@ -87,6 +88,7 @@ def _analyze_request(*, language: str, window_seconds: float, use_itn: bool,
     speakers = _diarization(diarization, speakers_expected, min_speakers, max_speakers)
     return pb.AnalyzeRequest(language=language, window_seconds=window_seconds, use_itn=use_itn,
                              channel_roles=channel_roles or {}, mix_channels=mix_channels, diarization=speakers,
+                             include_embeddings=include_embeddings,
                              # Field types are protobuf's to check (an int field refuses a float).
                              thresholds=pb.Thresholds(**cast(dict[str, Any], thresholds or {})),
                              request_id=request_id or uuid.uuid4().hex)
@@ -206,7 +208,7 @@ class Client(_Base):
                 channel_roles: Mapping[int, str] | Sequence[str] | None = None, mix_channels: bool = False,
                 thresholds: Mapping[str, float] | None = None, request_id: str = "", diarization: str = "auto",
                 speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0,
-                timeout: float | None = 300.0, upload: bool | None = None) -> Result:
+                include_embeddings: bool = False, timeout: float | None = 300.0, upload: bool | None = None) -> Result:
         """Analyse a recording: a file path, or the encoded bytes of one (wav, flac, mp3, ogg/opus, m4a, webm...).
 
         language: "auto", zh, en, yue, ja or ko. window_seconds: longest emotion window (0: the server's).
@@ -215,13 +217,16 @@ class Client(_Base):
         diarization: "auto" (tell the voices of mono or mixed-down audio apart), "on" (inside every channel
         too) or "off"; speakers_expected / min_speakers / max_speakers: the speaker count, if known (0: not given).
         request_id: echoed in the metadata and the gateway's log (a random one when empty).
+        include_embeddings: each Segment.embedding holds the segment's emotion2vec+ embedding (768 floats at base,
+        about 3 KiB per segment in protobuf; None when not asked for).
         timeout: seconds for the whole call, retries included (None: no limit).
         upload: stream through AnalyzeUpload; by default only recordings above 32 MiB are.
         """
         request, upload = self._request(audio, upload, language=language, window_seconds=window_seconds,
                                          use_itn=use_itn, channel_roles=channel_roles, mix_channels=mix_channels,
                                          thresholds=thresholds, request_id=request_id, diarization=diarization,
-            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers)
+            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers,
+            include_embeddings=include_embeddings)
         if not upload:
             request.audio = audio if isinstance(audio, bytes) else Path(audio).read_bytes()
 
@@ -262,7 +267,8 @@ class Client(_Base):
                        use_itn: bool = False, channel_roles: Mapping[int, str] | Sequence[str] | None = None,
                        mix_channels: bool = False, thresholds: Mapping[str, float] | None = None,
                        request_id: str = "", diarization: str = "auto",
-                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0, timeout: float | None = None) -> Iterator[Segment | Result]:
+                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0, include_embeddings: bool = False,
+                timeout: float | None = None) -> Iterator[Segment | Result]:
         """Analyse audio while it is being captured (a live call).
 
         chunks: the bytes of a recording that grows as it is captured, in order, as they come: a
@@ -275,7 +281,8 @@ class Client(_Base):
         request = _analyze_request(language=language, window_seconds=window_seconds, use_itn=use_itn,
                                    channel_roles=channel_roles, mix_channels=mix_channels, thresholds=thresholds,
                                    request_id=request_id, diarization=diarization,
-            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers)
+            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers,
+            include_embeddings=include_embeddings)
         deadline = Deadline(timeout)
         call = self._stub.AnalyzeStream(_stream_messages(request, chunks), timeout=timeout,
                                         metadata=self.connection.call_metadata())
@@ -318,12 +325,14 @@ class AsyncClient(_Base):
                       use_itn: bool = False, channel_roles: Mapping[int, str] | Sequence[str] | None = None,
                       mix_channels: bool = False, thresholds: Mapping[str, float] | None = None,
                       request_id: str = "", diarization: str = "auto",
-                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0, timeout: float | None = 300.0, upload: bool | None = None) -> Result:
+                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0, include_embeddings: bool = False,
+                timeout: float | None = 300.0, upload: bool | None = None) -> Result:
         """As Client.analyze."""
         request, upload = self._request(audio, upload, language=language, window_seconds=window_seconds,
                                          use_itn=use_itn, channel_roles=channel_roles, mix_channels=mix_channels,
                                          thresholds=thresholds, request_id=request_id, diarization=diarization,
-            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers)
+            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers,
+            include_embeddings=include_embeddings)
         if not upload:
             request.audio = audio if isinstance(audio, bytes) else await asyncio.to_thread(Path(audio).read_bytes)
         stub = self._analyzer()
@@ -367,12 +376,14 @@ class AsyncClient(_Base):
                              channel_roles: Mapping[int, str] | Sequence[str] | None = None,
                              mix_channels: bool = False, thresholds: Mapping[str, float] | None = None,
                              request_id: str = "", diarization: str = "auto",
-                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0, timeout: float | None = None) -> AsyncIterator[Segment | Result]:
+                speakers_expected: int = 0, min_speakers: int = 0, max_speakers: int = 0, include_embeddings: bool = False,
+                timeout: float | None = None) -> AsyncIterator[Segment | Result]:
         """As Client.analyze_stream; `chunks` may be an async iterable."""
         request = _analyze_request(language=language, window_seconds=window_seconds, use_itn=use_itn,
                                    channel_roles=channel_roles, mix_channels=mix_channels, thresholds=thresholds,
                                    request_id=request_id, diarization=diarization,
-            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers)
+            speakers_expected=speakers_expected, min_speakers=min_speakers, max_speakers=max_speakers,
+            include_embeddings=include_embeddings)
 
         async def messages():
             yield pb.UploadRequest(options=request)

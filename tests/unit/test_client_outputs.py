@@ -17,7 +17,8 @@ from toneserve.v1 import toneserve_pb2 as pb
 EMOTIONS = ["angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown"]
 
 
-def segment(start: float, speaker: str, channel: int, transcript: str = "ok", flags=(), scored=True) -> pb.Segment:
+def segment(start: float, speaker: str, channel: int, transcript: str = "ok", flags=(), scored=True,
+            embedding=()) -> pb.Segment:
     """A 1.5 s segment whose words (whitespace-separated) take 0.25 s each from its start."""
     probabilities = [0.02] * 9
     probabilities[channel % 9] = 0.84
@@ -26,7 +27,7 @@ def segment(start: float, speaker: str, channel: int, transcript: str = "ok", fl
              for i, text in enumerate(transcript.split())]
     return pb.Segment(
         start_ms=begin, end_ms=begin + 1500, channel=channel, speaker=speaker,
-        transcript=transcript, words=words,
+        transcript=transcript, words=words, embedding=embedding,
         emotion=pb.Distribution(labels=EMOTIONS, probabilities=probabilities, top=EMOTIONS[channel % 9]),
         language=pb.Distribution(labels=["en", "zh"], probabilities=[0.9, 0.1], top="en"),
         text_sentiment=pb.TextSentiment(scored=scored, score=0.5 if scored else 0.0,
@@ -47,12 +48,13 @@ def response(segments: list[pb.Segment], speakers: list[tuple[str, int]], random
 
 
 TRICKY = 'polite, "very" polite\nand 非常好'
+EMBEDDING = [0.25, -1.5, 0.1]  # 0.1: float32 0.10000000149011612, read back as 0.1
 
 
 @pytest.fixture
 def result() -> Result:
     return Result.from_proto(response(
-        [segment(1.0, "agent", 0, TRICKY, flags=[pb.TONE_TEXT_MISMATCH, pb.ABSTAINED]),
+        [segment(1.0, "agent", 0, TRICKY, flags=[pb.TONE_TEXT_MISMATCH, pb.ABSTAINED], embedding=EMBEDDING),
          segment(3.0, "customer", 1, scored=False), segment(5.0, "agent", 0, flags=[pb.ESCALATION])],
         [("agent", 0), ("customer", 1)]))
 
@@ -74,13 +76,18 @@ def test_typed_results_are_plain_python(result):
         first.transcript = "changed"  # frozen
 
 
-def test_words_are_typed_and_in_the_json(result):
-    first = result.segments[0]
+def test_words_and_embeddings_are_typed_and_in_the_json(result):
+    first, second = result.segments[:2]
     assert [w.text for w in first.words] == ["polite,", '"very"', "polite", "and", "非常好"]
     assert (first.words[1].start_ms, first.words[1].end_ms) == (1250, 1450)
     assert (first.words[1].start, first.words[1].end) == (1.25, 1.45)  # seconds, as Segment.start / end
+    assert first.embedding == (0.25, -1.5, 0.1)
+    assert second.embedding is None  # not asked for: None, not an empty vector
     plain = result.to_dict()
     assert plain["segments"][0]["words"][1] == {"text": '"very"', "start_ms": 1250, "end_ms": 1450}
+    assert plain["segments"][0]["embedding"] == [0.25, -1.5, 0.1] and plain["segments"][1]["embedding"] is None
+    from toneserve.client.formats import document
+    assert json.loads(json.dumps(document("a.wav", result)))["segments"][0]["embedding"] == [0.25, -1.5, 0.1]
 
 
 def test_csv_round_trips_commas_quotes_newlines_and_unicode(result, tmp_path):
@@ -100,6 +107,7 @@ def test_csv_round_trips_commas_quotes_newlines_and_unicode(result, tmp_path):
     assert rows[0]["words"] == "3"
     assert json.loads(rows[0]["word_times"])[:2] == [["polite,", 1.0, 1.2], ['"very"', 1.25, 1.45]]
     assert json.loads(rows[0]["word_times"])[-1] == ["非常好", 2.0, 2.2]
+    assert "0.25" not in "".join(rows[0].values())  # no embedding in CSV
 
 
 def test_jsonl_has_one_line_per_segment_with_the_csv_columns(result, tmp_path):
@@ -114,6 +122,7 @@ def test_jsonl_has_one_line_per_segment_with_the_csv_columns(result, tmp_path):
     assert rows[1]["text_sentiment_score"] is None and rows[0]["text_sentiment_score"] == 0.5
     assert (rows[0]["emotion"], rows[0]["emotion_probability"]) == ("angry", 0.84)
     assert rows[0]["word_times"][4] == ["非常好", 2.0, 2.2] and rows[1]["word_times"] == [["ok", 3.0, 3.2]]
+    assert "embedding" not in rows[0]
 
 
 def test_json_goes_to_a_folder_or_to_one_place(tmp_path):
