@@ -62,3 +62,17 @@ def test_prometheus_installed_noninteractively(tmp_path, uid):
 def test_nothing_installed_when_present(tmp_path):
     calls = _run(tmp_path, 1000, present=("promtool", "prometheus"))
     assert not [c for c in calls if "prometheus" in c], calls
+
+
+def test_chromium_installed_for_the_playground_test(tmp_path):
+    """Headless Chromium and its driver (tests/stack/test_playground.py), in the same noninteractive install."""
+    calls = _run(tmp_path, 0, present=("promtool", "prometheus"))
+    installs = [c for c in calls if c.startswith("apt-get install")]
+    assert len(installs) == 1, calls
+    assert " chromium chromium-driver " in installs[0] + " ", installs[0]
+    assert installs[0].endswith("DEBIAN_FRONTEND=noninteractive"), installs[0]
+
+
+def test_chromium_not_installed_when_present(tmp_path):
+    calls = _run(tmp_path, 0, present=("promtool", "prometheus", "chromium", "chromedriver"))
+    assert not [c for c in calls if c.startswith("apt-get")], calls
