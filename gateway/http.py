@@ -23,7 +23,7 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 from aiohttp import ClientPayloadError, web
@@ -93,7 +93,7 @@ def _error(aborted: _Aborted) -> web.Response:
                  status, headers)
 
 
-async def _body(request: web.Request) -> AsyncIterator[pb.UploadRequest]:
+async def _body(request: web.Request) -> AsyncGenerator[pb.UploadRequest, None]:
     """The request's body as AnalyzeUpload's chunk messages, as it arrives. A client that went away mid-upload
     cancels the request (as a gRPC client's cancel does); a body cut short on a live connection is
     INVALID_ARGUMENT."""

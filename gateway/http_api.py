@@ -71,7 +71,7 @@ def _threshold_params() -> list[Param]:
 
 
 def _mode(request: pb.AnalyzeRequest, value: str) -> None:
-    request.diarization.mode = pb.Diarization.Mode.Value(value.upper())
+    request.diarization.mode = pb.Diarization.Mode.Value(value.upper())  # type: ignore[assignment]
 
 
 PARAMS: tuple[Param, ...] = (
@@ -240,7 +240,7 @@ def openapi() -> dict:
         "message": {"type": "string"}, "request_id": {"type": "string"}}}
     schemas["Health"] = {"type": "object", "properties": {"status": {"type": "string",
                                                                      "enum": ["SERVING", "NOT_SERVING"]}}}
-    audio_codes = [code for code in Code if code is not Code.INTERNAL]
+    audio_codes: list[Code] = [code for code in Code if code is not Code.INTERNAL]
     parameters = [{"name": p.name, "in": "query", "required": False, "description": p.help,
                    "schema": {"type": p.kind, **({"enum": list(p.enum)} if p.enum else {}),
                               **({"minimum": p.minimum} if p.minimum is not None else {})}} for p in PARAMS]

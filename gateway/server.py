@@ -147,6 +147,14 @@ class Gateway:
                     await self.health_server.stop(0)
                 raise GatewayStartError(f"cannot serve metrics on {self.metrics_host}:{self.metrics_port} ({exc}); "
                                         "choose another with --metrics-port") from None
+        if self.http_port is not None:  # listening before the health says SERVING
+            self.http = HttpApi(service, lambda: not self.stopping and service.triton_ready(), self.playground)
+            try:
+                await self.http.start(self.host, self.http_port, self.tls)
+            except OSError as exc:
+                await self.stop(0)
+                raise GatewayStartError(f"cannot serve HTTP on {self.host}:{self.http_port} ({exc}); "
+                                        "choose another with --http-port") from None
         await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         await health.set("", health_pb2.HealthCheckResponse.SERVING)
 
@@ -159,14 +167,6 @@ class Gateway:
         self.watch = TritonWatch(self.inference.ready, follow, self.settings.triton_poll_seconds)
         service.triton_ready = lambda: self.watch is not None and self.watch.ready
         self.watch.start()
-        if self.http_port is not None:
-            self.http = HttpApi(service, lambda: not self.stopping and service.triton_ready(), self.playground)
-            try:
-                await self.http.start(self.host, self.http_port, self.tls)
-            except OSError as exc:
-                await self.stop(0)
-                raise GatewayStartError(f"cannot serve HTTP on {self.host}:{self.http_port} ({exc}); "
-                                        "choose another with --http-port") from None
         log.info("gateway listening on %s (Triton at %s)", self.address, self.triton_url)
 
     async def stop(self, grace: float = 5.0) -> None:
