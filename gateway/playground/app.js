@@ -309,7 +309,7 @@
       ["Segments", String(segments.length)],
       ["Speakers", String((response.speakers || []).length)],
       ["Call sentiment", signed(call.average_sentiment)],
-      ["Flagged", String(num(call.flagged_segments))],
+      ["For review", String(num(call.flagged_segments))],
       ["Server time", `${num(metadata.processing_ms).toFixed(0)} ms`],
       ["Request id", metadata.request_id || "—"],
       ["Models", models || "—"],
