@@ -4,7 +4,8 @@ against a gateway of its own (API keys required) on the session's Triton.
 The browser types the key, uploads a 20 s two-speaker call, watches the request run and reads the result off the
 DOM: one segment per segment of a JSON request of the same file, a lane per speaker, talk time, the flagged
 segments, the words of the hovered segment; clicking a segment plays that span of the uploaded audio. A full-page
-screenshot is kept (the test's tmp folder, and $TONESERVE_TEST_ARTIFACTS when set).
+screenshot is kept (the test's tmp folder, and $TONESERVE_TEST_ARTIFACTS when set). A file dropped on the page is
+taken as the one to send, and a wrong key's error is shown with its code.
 
 Chromium and chromedriver are Debian's `chromium` and `chromium-driver` (scripts/setup installs them). Without
 them the tests skip on a developer's machine and fail in CI (CI=true)."""
@@ -292,11 +293,33 @@ def test_upload_timeline_words_and_playback(chromium, browser, playground, recor
     assert not severe, severe
 
 
-def test_a_wrong_key_shows_the_error_code_and_message(chromium, browser, playground, recording):
+# A recording dropped on the page: one second of silence as a 16 kHz mono WAV, built in the page.
+DROP = """
+const rate = 16000, n = rate, view = new DataView(new ArrayBuffer(44 + 2 * n));
+const text = (at, s) => [...s].forEach((c, i) => view.setUint8(at + i, c.charCodeAt(0)));
+text(0, "RIFF"); view.setUint32(4, 36 + 2 * n, true); text(8, "WAVEfmt "); view.setUint32(16, 16, true);
+view.setUint16(20, 1, true); view.setUint16(22, 1, true); view.setUint32(24, rate, true);
+view.setUint32(28, 2 * rate, true); view.setUint16(32, 2, true); view.setUint16(34, 16, true);
+text(36, "data"); view.setUint32(40, 2 * n, true);
+const transfer = new DataTransfer();
+transfer.items.add(new File([view.buffer], "dropped.wav", {type: "audio/wav"}));
+const zone = document.getElementById("drop-zone");
+for (const type of ["dragenter", "dragover", "drop"]) {
+  zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
+}
+"""
+
+
+def test_a_dropped_file_and_a_wrong_key_show_the_error_code_and_message(chromium, browser, playground):
     from selenium.webdriver.common.by import By
 
     _open(browser, playground)
-    _submit(browser, recording, "k-not-a-key-of-this-gateway-000", {})
+    assert not browser.find_element(By.ID, "analyze").is_enabled()
+    browser.execute_script(DROP)
+    assert browser.find_element(By.ID, "file-name").text.startswith("dropped.wav")
+    assert browser.find_element(By.ID, "drop-zone").get_attribute("data-state") == "chosen"
+    browser.find_element(By.ID, "api-key").send_keys("k-not-a-key-of-this-gateway-000")
+    browser.find_element(By.ID, "analyze").click()
     _wait(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("done", "failed"), 60,
           "the request ended")
     assert browser.find_element(By.ID, "status").get_attribute("data-state") == "failed"
