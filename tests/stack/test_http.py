@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import json_format
 
@@ -180,7 +181,7 @@ def test_bad_bodies_and_parameters(http, recordings, tmp_path):
     status, _, body = http.post("/v1/analyze?roles=a,b,c", recordings["mp3"])  # the call has 2 channels
     assert (status, body["code"]) == (400, "INVALID_ARGUMENT"), body
     silence = tmp_path / "silence.wav"
-    silence.write_bytes(wav_bytes(call(2.0, seed=1).samples[:, :16000] * 0, 16000))
+    silence.write_bytes(wav_bytes(np.zeros((32000, 2), np.float32), 16000))
     status, _, body = http.post("/v1/analyze", silence)
     assert (status, body["code"]) == (422, "NO_SPEECH"), body
 
@@ -265,3 +266,15 @@ def test_tls_and_a_port_that_is_taken(stack, tmp_path, recordings):
                                 stack.triton_grpc, "--port", str(free_port()), "--http-port", str(port)],
                                capture_output=True, text=True, timeout=120)
         assert taken.returncode != 0 and f"cannot serve HTTP on 127.0.0.1:{port}" in taken.stderr
+
+
+def test_the_http_cost_benchmark_runs_and_the_three_paths_answer_alike(http):
+    """loadtest/http_bench.py (docs/BENCHMARKS.md) against this gateway: every path analyses every clip, to the same
+    segments; the figures themselves are the benchmark's, not this test's."""
+    from toneserve.loadtest import http_bench
+
+    report = http_bench.run(http.grpc_address, http.base.removeprefix("http://"), http.process.pid,
+                            http_bench.clips(3, 2.0), rounds=1, key=GOOD)
+    assert set(report) == set(http_bench.PATHS)
+    assert {row["requests"] for row in report.values()} == {3}
+    assert len({row["segments"] for row in report.values()}) == 1 and report["grpc Analyze"]["segments"] > 0
