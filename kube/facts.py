@@ -15,6 +15,8 @@ FETCH_IMAGE = "curlimages/curl:8.11.1"
 
 TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8000, 8001, 8002
 GATEWAY_PORT, GATEWAY_METRICS_PORT = 50051, 9464
+# The gateway's HTTP/JSON API (`--http-port`): TLS and API keys as on the gRPC port, when they are given.
+GATEWAY_HTTP_PORT = 8080
 # uid of the gateway image's user (deploy/gateway/Dockerfile) and of the NGC image's triton-server user.
 GATEWAY_UID, TRITON_UID = 10001, 1000
 
@@ -54,5 +56,5 @@ def admin_wrapper(token_file: str) -> str:
 def gateway_args(triton_url: str, api_keys: str, tls_cert: str, tls_key: str) -> list[str]:
     """The gateway's command line (compose and the image's CMD, with their own paths and Triton address)."""
     return ["toneserve", "gateway", "--host", "0.0.0.0", "--port", str(GATEWAY_PORT), "--triton-url", triton_url,
-            "--metrics-host", "0.0.0.0", "--metrics-port", str(GATEWAY_METRICS_PORT), "--api-keys", api_keys,
-            "--tls-cert", tls_cert, "--tls-key", tls_key]
+            "--http-port", str(GATEWAY_HTTP_PORT), "--metrics-host", "0.0.0.0", "--metrics-port",
+            str(GATEWAY_METRICS_PORT), "--api-keys", api_keys, "--tls-cert", tls_cert, "--tls-key", tls_key]

@@ -59,6 +59,7 @@ def deployment(settings: Settings | None = None, secrets_digest: str | None = No
         "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                 {"name": TRITON_ENV, "value": triton.NAME}],
         "ports": [{"name": "grpc", "containerPort": facts.GATEWAY_PORT, "protocol": "TCP"},
+                  {"name": "http", "containerPort": facts.GATEWAY_HTTP_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": facts.GATEWAY_METRICS_PORT, "protocol": "TCP"},
                   {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
@@ -68,6 +69,11 @@ def deployment(settings: Settings | None = None, secrets_digest: str | None = No
         # The gateway serves once it has read Triton's model configs (label sets, provenance).
         "startupProbe": _grpc_probe(period=5, failures=60),
         # NOT_SERVING while Triton is not ready: the pod leaves the Service, clients go to the others.
+        # It stands for the HTTP port too: readiness is the pod's, not a port's (a ready pod is an endpoint
+        # of every port of its Services); the gateway says SERVING only once its HTTP listener is up, and
+        # from then on /v1/health follows the same state (Triton ready, not draining). An httpGet probe of
+        # /v1/health (scheme HTTPS, which the kubelet does not verify) would tell the same, at the cost of a
+        # TLS handshake every period and of a scheme to keep in step with the TLS flags.
         "readinessProbe": _grpc_probe(period=5, failures=2),
         # Liveness asks only whether the process answers at all (any status): a Triton outage must not
         # restart every gateway.
@@ -103,13 +109,19 @@ def deployment(settings: Settings | None = None, secrets_digest: str | None = No
     }
 
 
+def client_ports() -> list[dict]:
+    """The Service ports clients use: gRPC, and the HTTP/JSON API, which serves TLS in the base (the
+    certificate of `TLS_SECRET`), hence appProtocol https, which meshes (Istio) read before the port's name."""
+    return [{"name": "grpc", "port": facts.GATEWAY_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+            {"name": "http", "port": facts.GATEWAY_HTTP_PORT, "targetPort": "http", "protocol": "TCP",
+             "appProtocol": "https"}]
+
+
 def service() -> dict:
     """For clients. A ClusterIP balances connections, not calls: clients balance per call with an L7
     proxy (an ingress or mesh speaking HTTP/2) or the SDK's `dns:///` target on the headless variant."""
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta(NAME, COMPONENT),
-            "spec": {"type": "ClusterIP", "selector": selector(COMPONENT),
-                     "ports": [{"name": "grpc", "port": facts.GATEWAY_PORT, "targetPort": "grpc", "protocol": "TCP",
-                                "appProtocol": "grpc"}]}}
+            "spec": {"type": "ClusterIP", "selector": selector(COMPONENT), "ports": client_ports()}}
 
 
 def headless_service() -> dict:

@@ -1,5 +1,6 @@
 """Who may reach what: only gateway pods reach Triton's gRPC port, only the monitoring namespace the
-metrics ports (Triton's, and the gateway's, which name tenants). Clients reach the gateway's gRPC port."""
+metrics ports (Triton's, and the gateway's, which name tenants). Clients reach the gateway's gRPC and
+HTTP ports."""
 from __future__ import annotations
 
 from toneserve.kube import facts, gateway, triton
@@ -32,8 +33,8 @@ def gateway_policy() -> dict:
             "metadata": meta(gateway.NAME, gateway.COMPONENT),
             "spec": {"podSelector": {"matchLabels": selector(gateway.COMPONENT)}, "policyTypes": ["Ingress"],
                      "ingress": [
-                         # Clients from anywhere the cluster routes: the API needs a key and TLS.
-                         {"ports": [_port(facts.GATEWAY_PORT)]},
+                         # Clients from anywhere the cluster routes: both APIs need a key and TLS.
+                         {"ports": [_port(facts.GATEWAY_PORT), _port(facts.GATEWAY_HTTP_PORT)]},
                          {"from": [_monitoring()], "ports": [_port(facts.GATEWAY_METRICS_PORT)]},
                      ]}}
 

@@ -10,7 +10,7 @@ cut-over, and switching back the rollback. The old track is deleted once its cal
 """
 from __future__ import annotations
 
-from toneserve.kube import facts, gateway, triton
+from toneserve.kube import gateway, triton
 from toneserve.kube.objects import selector
 
 TRACK_LABEL = "toneserve.io/repository"
@@ -50,5 +50,4 @@ def front_service(sha256: str, namespace: str | None = None) -> dict:
         metadata["namespace"] = namespace
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata,
             "spec": {"type": "ClusterIP", "selector": {**selector(gateway.COMPONENT), TRACK_LABEL: track(sha256)},
-                     "ports": [{"name": "grpc", "port": facts.GATEWAY_PORT, "targetPort": "grpc", "protocol": "TCP",
-                                "appProtocol": "grpc"}]}}
+                     "ports": gateway.client_ports()}}

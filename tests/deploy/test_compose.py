@@ -72,7 +72,9 @@ GATEWAY_BASE_IMAGE = "python:3.11.14-slim-bookworm"
 TRITON_PIN_EXCEPTIONS: set[str] = set()
 # Never in the gateway image: the export side of the project.
 HEAVY = {"torch", "torchaudio", "funasr", "modelscope", "onnx", "onnxruntime", "onnxscript", "transformers"}
-PORTS = {"triton": set(), "gateway": {50051, 9464}}  # Triton is reached over the compose network only
+# The gateway's gRPC API, its HTTP/JSON API (--http-port) and its metrics; Triton is reached over the compose
+# network only.
+PORTS = {"triton": set(), "gateway": {50051, 8080, 9464}}
 # Triton's APIs that answer only with the admin header; the gateway calls none of them.
 RESTRICTED = {"shared-memory", "model-repository", "logging", "trace"}
 SECRETS = {"api_keys": "api_keys.txt", "tls_cert": "tls.crt", "tls_key": "tls.key", "tls_ca": "tls.crt",
@@ -302,9 +304,11 @@ def test_docker_compose_config_resolves_it(tmp_path):
 
     overridden = compose_config(cli, {
         "TONESERVE_REPOSITORY": str(tmp_path), "TONESERVE_GPU_COUNT": "2", "TRITON_SHM_SIZE": "4g",
-        "GATEWAY_PORT": "15051", "GATEWAY_METRICS_PORT": "19464", "TRITON_LOG_VERBOSE": "1"})
+        "GATEWAY_PORT": "15051", "GATEWAY_HTTP_PORT": "18080", "GATEWAY_METRICS_PORT": "19464",
+        "TRITON_LOG_VERBOSE": "1"})
     triton, gateway = overridden["services"]["triton"], overridden["services"]["gateway"]
-    assert {(int(p["published"]), p["target"]) for p in gateway["ports"]} == {(15051, 50051), (19464, 9464)}
+    assert {(int(p["published"]), p["target"]) for p in gateway["ports"]} == {
+        (15051, 50051), (18080, 8080), (19464, 9464)}
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 2
     assert int(triton["shm_size"]) == 4 << 30
     assert "--log-verbose=1" in triton["command"]
@@ -401,10 +405,14 @@ def test_ports_published_with_defaults():
         assert {host for _, host in ports.values()} == expected, f"{name}: default host ports"
     assert "ports" not in compose()["services"]["triton"], "Triton has no authentication: never published"
     gateway = published_ports(services["gateway"])
-    assert gateway[50051][0] == "0.0.0.0" and gateway[9464][0] == "127.0.0.1"
-    moved = published_ports(resolved({"GATEWAY_PORT": "6000", "GATEWAY_METRICS_HOST_IP": "10.0.0.2"})["services"]
-                            ["gateway"])
-    assert moved[50051] == ("0.0.0.0", 6000) and moved[9464] == ("10.0.0.2", 9464)
+    assert gateway[50051][0] == gateway[8080][0] == "0.0.0.0" and gateway[9464][0] == "127.0.0.1"
+    moved = published_ports(resolved({"GATEWAY_PORT": "6000", "GATEWAY_HTTP_PORT": "6080",
+                                      "GATEWAY_METRICS_HOST_IP": "10.0.0.2"})["services"]["gateway"])
+    assert moved[50051] == ("0.0.0.0", 6000) and moved[8080] == ("0.0.0.0", 6080) and moved[9464] == ("10.0.0.2", 9464)
+    # Both APIs (keys and TLS on each) follow GATEWAY_HOST_IP; the metrics have their own, loopback by default.
+    inside = published_ports(resolved({"GATEWAY_HOST_IP": "10.0.0.7"})["services"]["gateway"])
+    assert inside[50051] == ("10.0.0.7", 50051) and inside[8080] == ("10.0.0.7", 8080)
+    assert inside[9464] == ("127.0.0.1", 9464)
     flags = {flag.split("=")[0]: int(flag.split("=")[1]) for flag in triton_flags()
              if re.match(r"--(http|grpc|metrics)-port=", flag)}
     assert flags == {"--http-port": 8000, "--grpc-port": 8001, "--metrics-port": 8002}
@@ -569,6 +577,21 @@ def test_gateway_command_is_what_the_cli_accepts():
         "/run/secrets/api_keys", "/run/secrets/tls_cert", "/run/secrets/tls_key")
     assert not args.allow_unauthenticated
     assert f"CMD {json.dumps(command)}" in GATEWAY_DOCKERFILE.read_text(), "the image's CMD is the same command"
+
+
+def test_gateway_http_port_is_served_published_and_exposed():
+    """The HTTP/JSON API listens where the compose file publishes it, under the same keys and TLS as gRPC
+    (the gateway serves HTTPS only when it has a certificate), and the image declares the port."""
+    from toneserve.cli import parser
+
+    args = parser().parse_args(compose()["services"]["gateway"]["command"][1:])
+    assert args.http_port == 8080 and args.http_port in published_ports(resolved()["services"]["gateway"])
+    assert args.tls_cert and args.tls_key and args.api_keys, "HTTP without TLS or keys would be open"
+    assert not args.playground, "the playground page is opt-in"
+    exposed = {int(port) for line in GATEWAY_DOCKERFILE.read_text().splitlines() if line.startswith("EXPOSE ")
+               for port in line.split()[1:]}
+    assert exposed == {args.port, args.http_port, args.metrics_port}, exposed
+    assert "`GATEWAY_HTTP_PORT`" in DEPLOY_DOC.read_text()
 
 
 def _health_server(status):

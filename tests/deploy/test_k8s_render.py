@@ -5,6 +5,7 @@
 - what the manifests share with docker-compose.yml is the same fact: images, Triton's flags, the
   admin-token wrapper (with the restricted APIs), the gateway's command line;
 - Triton's connection age, its grace (the longest request) and drain come from the gateway settings;
+- the gateway's HTTP/JSON port is its container's, its Services' and its NetworkPolicy's, with TLS and keys;
 - the packed repository is byte-identical across packs (order, times, owners), named by its sha256,
   and the init container's own script (curl, sha256sum, tar) fetches, verifies and unpacks it, and
   refuses a tarball whose digest differs.
@@ -23,7 +24,7 @@ import yaml
 
 from tests.support import ROOT
 from toneserve.gateway.settings import Settings
-from toneserve.kube import facts, gateway, pack, render, triton
+from toneserve.kube import facts, gateway, pack, render, tracks, triton
 
 BASE = ROOT / "deploy" / "k8s" / "base"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -136,6 +137,38 @@ def test_the_gateway_runs_composes_command_against_every_triton_pod():
     container = _find("Deployment", gateway.NAME)["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["grpc"] == container["startupProbe"]["grpc"] == {"port": gateway.HEALTH_PORT}
     assert "tcpSocket" in container["livenessProbe"]
+
+
+def test_the_gateway_serves_its_http_api_beside_grpc():
+    """--http-port: a container port named http, on every clients' Service (the front of the tracks too),
+    admitted by the NetworkPolicy to whoever may reach gRPC, and served with the same TLS and keys."""
+    from toneserve.cli import parser
+
+    container = _find("Deployment", gateway.NAME)["spec"]["template"]["spec"]["containers"][0]
+    args = parser().parse_args(container["args"][1:])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.http_port == ports["http"] == facts.GATEWAY_HTTP_PORT
+    assert (args.port, args.metrics_port, args.health_port) == (ports["grpc"], ports["metrics"], ports["health"])
+    assert len(set(ports.values())) == len(ports), ports
+    # TLS from the Secret: the HTTP port speaks HTTPS only, so the Services say so (appProtocol https).
+    assert (args.tls_cert, args.tls_key) == (f"{gateway.TLS_DIR}/tls.crt", f"{gateway.TLS_DIR}/tls.key")
+    assert args.api_keys and not args.allow_unauthenticated and not args.playground
+    front = tracks.front_service("a" * 64)
+    for service in (_find("Service", gateway.NAME), _find("Service", f"{gateway.NAME}-pods"), front):
+        by_name = {p["name"]: p for p in service["spec"]["ports"]}
+        assert set(by_name) == {"grpc", "http"}, service["metadata"]["name"]
+        assert by_name["http"] == {"name": "http", "port": facts.GATEWAY_HTTP_PORT, "targetPort": "http",
+                                   "protocol": "TCP", "appProtocol": "https"}
+    assert {p["name"] for p in _find("Service", f"{gateway.NAME}-metrics")["spec"]["ports"]} == {"metrics"}
+    # Clients reach both APIs from the same places (anywhere the cluster routes); metrics stay monitoring's.
+    rules = _find("NetworkPolicy", gateway.NAME)["spec"]["ingress"]
+    clients = next(r for r in rules if any(p["port"] == facts.GATEWAY_PORT for p in r["ports"]))
+    assert "from" not in clients and {p["port"] for p in clients["ports"]} == {facts.GATEWAY_PORT,
+                                                                               facts.GATEWAY_HTTP_PORT}
+    assert not [r for r in rules if r is not clients and facts.GATEWAY_HTTP_PORT in {p["port"] for p in r["ports"]}]
+    # One readiness for the pod, on the plaintext health port: it says SERVING only once the HTTP listener
+    # is up (gateway/server.py), so no probe of the HTTPS port is needed (kube/gateway.py says why).
+    assert not any("httpGet" in container[probe] for probe in ("startupProbe", "readinessProbe", "livenessProbe"))
 
 
 def test_triton_pods_are_probed_per_model_and_roll_without_losing_capacity():

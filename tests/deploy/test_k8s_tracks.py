@@ -75,6 +75,9 @@ def test_two_tracks_stand_apart_and_the_front_service_picks_one(tmp_path):
     assert not checks.problems([o for o in objects if o["kind"] in CORE_KINDS]), checks.problems(objects)
     for sha, front in fronts.items():
         kubernetes_validate.validate(front, "1.33", strict=True)
+        # Both client ports, on ports of that track's gateways that its NetworkPolicy admits.
+        assert [p["name"] for p in front["spec"]["ports"]] == ["grpc", "http"]
+        assert not checks.problems([o for o in objects if o["kind"] in CORE_KINDS] + [front])
         chosen = [o["metadata"]["name"] for o in objects + [front] if o["kind"] == "Deployment"
                   and checks.matches(front["spec"]["selector"], o["spec"]["template"]["metadata"]["labels"])]
         assert chosen == [f"{gateway.NAME}-{tracks.track(sha)}"]

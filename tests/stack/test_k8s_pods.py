@@ -9,15 +9,20 @@ What kube/triton.py and kube/gateway.py render, with only this machine's paths a
   and readiness fails for a model the repository lacks; the admin APIs answer only with the token; a
   SIGTERM stops the server within the pod's grace period; a weak token stops the pod at once;
 - the gateway's rendered command line (keys file, TLS, a `dns:///` Triton target, `--health-port`,
-  `--drain-seconds`) serves: the kubelet's gRPC probe target answers SERVING in plaintext while the API
-  port speaks TLS only, and an idle gateway stops at once on SIGTERM despite its long drain.
+  `--http-port`, `--drain-seconds`) serves: the kubelet's gRPC probe target answers SERVING in plaintext
+  while the API port speaks TLS only; once it does, the HTTP port answers /v1/health SERVING over HTTPS
+  only (what the pod's one readiness stands for), and an idle gateway stops at once on SIGTERM despite
+  its long drain.
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -134,13 +139,14 @@ def test_the_gateway_pod_serves_its_probe_port_beside_tls(pod, tmp_path):
     cert, key = self_signed(tmp_path)
     keys = tmp_path / "api_keys.txt"
     keys.write_text(f"sha256:{hashlib.sha256(b'k8s-test-key-' + b'y' * 40).hexdigest()} acme\n")
-    api, metrics, health = free_port(), free_port(), free_port()
+    api, web, metrics, health = free_port(), free_port(), free_port(), free_port()
     swap = {f"{gateway.KEYS_DIR}/api_keys.txt": str(keys), f"{gateway.TLS_DIR}/tls.crt": str(cert),
             f"{gateway.TLS_DIR}/tls.key": str(key), gateway.triton_url(): f"dns:///localhost:{pod.ports[8001]}",
             str(facts.GATEWAY_PORT): str(api), str(facts.GATEWAY_METRICS_PORT): str(metrics),
-            str(gateway.HEALTH_PORT): str(health), "0.0.0.0": "127.0.0.1"}
+            str(gateway.HEALTH_PORT): str(health), str(facts.GATEWAY_HTTP_PORT): str(web),
+            "0.0.0.0": "127.0.0.1"}
     args = [swap.get(a, a) for a in container["args"]]
-    assert args[0] == "toneserve" and "--drain-seconds" in args
+    assert args[0] == "toneserve" and "--drain-seconds" in args and str(web) in args
     log_path = tmp_path / "gateway.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "toneserve", *args[1:]], stdout=log,
@@ -158,6 +164,17 @@ def test_the_gateway_pod_serves_its_probe_port_beside_tls(pod, tmp_path):
         assert _health(f"127.0.0.1:{api}", grpc.ssl_channel_credentials(cert.read_bytes())) == "SERVING"
         with pytest.raises(grpc.RpcError):
             _health(f"127.0.0.1:{api}")
+        # The HTTP port is up by then (the gateway says SERVING only after it listens) and agrees, over
+        # HTTPS with the pod's certificate, as a kubelet httpGet probe (scheme HTTPS, unverified) would see it.
+        unverified = ssl.create_default_context()
+        unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+        with urllib.request.urlopen(f"https://127.0.0.1:{web}/v1/health", timeout=5, context=unverified) as reply:
+            assert (reply.status, json.loads(reply.read())) == (200, {"status": "SERVING"})
+        with urllib.request.urlopen(f"https://localhost:{web}/v1/health", timeout=5,
+                                    context=ssl.create_default_context(cafile=str(cert))) as reply:
+            assert reply.status == 200
+        with pytest.raises((OSError, http.client.HTTPException)):  # no plaintext answer: TLS only
+            urllib.request.urlopen(f"http://127.0.0.1:{web}/v1/health", timeout=5).read()
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
