@@ -3,6 +3,8 @@
 - a Deployment's selector matches its pod template's labels;
 - each Service and PodDisruptionBudget selects the pods of exactly one Deployment;
 - a probe's or Service's named port exists in the container / pods it points at;
+- every port of a Service is admitted, from somewhere, by the NetworkPolicies that select its pods (a port
+  added to the Service but not to the policy would be dropped for everyone);
 - every name is DNS-1123 (a label for Services, a subdomain otherwise);
 - extended resources (nvidia.com/gpu) are requested exactly as they are limited.
 
@@ -98,6 +100,58 @@ def ports(objects: Iterable[dict]) -> list[str]:
     return problems
 
 
+def _port_number(containers: list[dict], port) -> int | None:
+    """A port given by number or by a container port's name, as a number (None: no such name)."""
+    if isinstance(port, int):
+        return port
+    return next((p["containerPort"] for c in containers for p in c.get("ports", []) if p.get("name") == port), None)
+
+
+def _policy_selects(policy: dict, labels: dict) -> bool:
+    """Whether a NetworkPolicy's podSelector selects pods with `labels` (matchLabels only; {} selects all)."""
+    chosen = policy["spec"].get("podSelector", {})
+    wanted = chosen.get("matchLabels", {})
+    return not chosen.get("matchExpressions") and all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _admits(rule: dict, containers: list[dict], number: int, protocol: str) -> bool:
+    if "ports" not in rule:  # a rule without ports admits every port
+        return True
+    for allowed in rule["ports"]:
+        if allowed.get("protocol", "TCP") != protocol:
+            continue
+        if "port" not in allowed:
+            return True
+        first = _port_number(containers, allowed["port"])
+        if first is not None and first <= number <= allowed.get("endPort", first):
+            return True
+    return False
+
+
+def policies(objects: Iterable[dict]) -> list[str]:
+    objects = list(objects)
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    ingress = [o for o in objects if o["kind"] == "NetworkPolicy" and "Ingress" in o["spec"].get("policyTypes", ["Ingress"])]
+    problems = []
+    for svc in (o for o in objects if o["kind"] == "Service"):
+        for d in (d for d in deployments if matches(svc["spec"].get("selector", {}), _pod_labels(d))):
+            selecting = [p for p in ingress if _policy_selects(p, _pod_labels(d))]
+            if not selecting:  # no policy selects the pods: everything is admitted
+                continue
+            containers = d["spec"]["template"]["spec"]["containers"]
+            for port in svc["spec"]["ports"]:
+                number = _port_number(containers, port.get("targetPort", port["port"]))
+                if number is None:
+                    continue  # ports() reports it
+                protocol = port.get("protocol", "TCP")
+                if not any(_admits(rule, containers, number, protocol) for p in selecting
+                           for rule in p["spec"].get("ingress", [])):
+                    problems.append(f"{_name(svc)}: port {port.get('name', port['port'])!r} ({number}/{protocol}) of "
+                                    f"{_name(d)} is admitted by none of the NetworkPolicies selecting its pods "
+                                    f"({', '.join(_name(p) for p in selecting)})")
+    return problems
+
+
 def extended_resources(objects: Iterable[dict]) -> list[str]:
     problems = []
     for d in (o for o in objects if o["kind"] == "Deployment"):
@@ -113,4 +167,4 @@ def extended_resources(objects: Iterable[dict]) -> list[str]:
 
 def problems(objects: Iterable[dict]) -> list[str]:
     objects = [o for o in objects if o]
-    return names(objects) + selectors(objects) + ports(objects) + extended_resources(objects)
+    return names(objects) + selectors(objects) + ports(objects) + policies(objects) + extended_resources(objects)

@@ -4,8 +4,9 @@
   example GPU overlay's build validates strictly (unknown fields are errors) against the schemas of
   Kubernetes 1.29 and 1.33, bundled in kubernetes-validate;
 - the rules schemas miss (kube/checks.py): selectors match template labels, each Service and PDB
-  selects one Deployment, probe and target ports exist, names are DNS-1123, GPU requests equal
-  limits; each rule is shown to catch a broken object;
+  selects one Deployment, probe and target ports exist, every Service port is admitted by the
+  NetworkPolicies selecting its pods, names are DNS-1123, GPU requests equal limits; each rule is
+  shown to catch a broken object;
 - the overlay keeps Triton on GPU nodes and points it at the repository artifact.
 
 `kubectl` (with kustomize built in) is in this project's machine image; where it is absent the build
@@ -131,6 +132,20 @@ def test_each_rule_catches_what_it_is_for():
     broken = copy.deepcopy(objects)
     _first(broken, "Service", "triton")["spec"]["ports"][0]["targetPort"] = 9001
     assert any("targetPort 9001" in p for p in checks.ports(broken))
+
+    # A client port the NetworkPolicy forgot: the Service has it, every connection to it would be dropped.
+    broken = copy.deepcopy(objects)
+    clients = _first(broken, "NetworkPolicy", "gateway")["spec"]["ingress"][0]
+    clients["ports"] = [p for p in clients["ports"] if p["port"] != 8080]
+    assert any("port 'http' (8080/TCP)" in p and "NetworkPolicy/toneserve-gateway" in p for p in checks.policies(broken))
+    clients["ports"].append({"protocol": "TCP", "port": "http"})  # by name, as the API allows
+    assert not checks.policies(broken)
+    clients["ports"][-1] = {"protocol": "TCP", "port": 8000, "endPort": 8100}  # or in a range
+    assert not checks.policies(broken)
+    clients["ports"][-1] = {"protocol": "UDP", "port": 8080}
+    assert checks.policies(broken), "UDP does not admit a TCP port"
+    del clients["ports"]  # a rule without ports admits all of them
+    assert not checks.policies(broken)
 
     broken = copy.deepcopy(objects)
     _first(broken, "Service", "gateway")["metadata"]["name"] = "Toneserve_Gateway"
