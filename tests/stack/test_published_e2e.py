@@ -18,14 +18,44 @@ queries) are not tags, so FunASR's text starts with whatever they argmax to; the
 emitted ids from its own per-frame argmax (a hook on its CTC projection, checked against the text it returns) and
 compares the speech frames'. Clips: synthetic speech (always), and real speech from the
 shared speech folder when it is there. The largest differences are printed (``-s``).
+
+Words with times: the words toneserve builds (``words.timed`` on Triton's TOKENS / TOKEN_MS / TOKEN_END_MS,
+and the gateway's Segment.words) are compared with FunASR's own SenseVoice timestamps
+(``generate(..., output_timestamp=True)``: ``timestamp`` and ``words``). FunASR gets them by encoding its text
+again with the tokenizer, dropping the first four pieces (the four query tags of a trained model), forcing a
+CTC alignment of those pieces onto the speech frames, and grouping pieces into words (``SenseVoiceSmall.post``).
+On these folders that cannot reproduce the pieces the model emitted, for three reasons: the stand-in
+sentencepiece model has the real pieces but not the real merge scores, so text is segmented differently
+(tests/published_layout.py); random weights emit piece sequences that no tokenizer would produce from their
+text ("▁Plan" "Obviously" is encoded again as "▁Plan" "O" "b" "vi" "ous" "ly"); and their first four frames
+are not tags, so dropping four pieces drops the wrong ones. Every clip and segment here is encoded again as
+more pieces than it has speech frames (the synthetic clip: 130 for the 58 emitted, 67 frames), where no CTC
+alignment exists, and FunASR answers one "word" spanning the whole clip (printed with ``-s``). So FunASR's
+timestamps are taken with that one step, its tokenizer's round trip from text to ids, made the identity on the
+pieces its own greedy search emitted (the tokenizer class patched for the call); everything after it (the forced alignment on its own log-probabilities, its frame-to-ms formula, the grouping
+into words) is FunASR's code as it runs. Where the round trip does reproduce the emitted pieces, FunASR's
+output as is is compared too; the printout counts both.
+
+A FunASR word is compared when toneserve has a word with the same letters and digits at the same place of the
+transcript (gateway/words.py counts by spaces, or by characters in zh / yue / ja, and punctuation joins the
+word before; FunASR's post() starts a word at each "▁" piece, joins ASCII-letter pieces and makes every other
+piece a word of its own). Skipped, and counted: FunASR's punctuation-only words and tags, and words the two
+rules cut differently (a run of Hangul and Latin letters is one word to toneserve and several to FunASR, a
+piece of several Han characters is divided between them by toneserve, FunASR keeps its first word's "▁" and so
+never joins a piece to it). Compared words must have the same start and end, after FunASR's own float round
+trip (it holds seconds as floats and truncates ``s * 1000`` back to ms, 1 ms short of the exact time at about 1 %
+of frames); toneserve keeps times inside their clip or segment, where FunASR's last piece may end up to a frame
+past it.
 """
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import wave
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -33,6 +63,8 @@ import pytest
 from tests.published_layout import published, read_real_tokens
 from tests.support import SHARED_SPEECH, Stack, processes_using, stop_stack, wait_for_health
 from toneserve import contract
+from toneserve.gateway import words
+from toneserve.model_repository.runners.sensevoice_decode import FRAME_SHIFT_MS
 from toneserve.samples import speechlike
 
 SR = contract.SAMPLE_RATE
@@ -151,6 +183,12 @@ def published_stack(published_repository, toneserve_home) -> Stack:
 # ------------------------------------------------------------------------------------------ FunASR
 
 
+def _emitted(frames: np.ndarray, blank: int) -> list[int]:
+    """The ids greedy CTC emits for per-frame argmax ids: repeats collapsed, blanks dropped."""
+    keep = np.concatenate([[True], frames[1:] != frames[:-1]]) if frames.size else frames.astype(bool)
+    return [int(t) for t in frames[keep] if t != blank]
+
+
 class FunASR:
     """FunASR's AutoModel on the two folders, with what its SenseVoice search emitted recorded."""
 
@@ -161,6 +199,8 @@ class FunASR:
         self.emotion2vec = AutoModel(model=str(folders["emotion2vec"]), **common)
         self.sensevoice = AutoModel(model=str(folders["sensevoice"]), frontend_conf={"dither": 0.0}, **common)
         self.tokenizer = self.sensevoice.kwargs["tokenizer"]
+        self.pieces = read_real_tokens()  # the stand-in tokenizer holds the real pieces at their ids
+        self.ids = {piece: i for i, piece in enumerate(self.pieces)}
         self.logits: list[np.ndarray] = []
         self.sensevoice.model.ctc.ctc_lo.register_forward_hook(
             lambda module, inputs, output: self.logits.append(output.detach().float().numpy()))
@@ -177,20 +217,36 @@ class FunASR:
         [logits] = self.logits
         path = logits[0].argmax(-1)
         blank = self.sensevoice.model.blank_id
-
-        def emitted(frames: np.ndarray) -> list[int]:
-            keep = np.concatenate([[True], frames[1:] != frames[:-1]]) if frames.size else frames.astype(bool)
-            return [int(t) for t in frames[keep] if t != blank]
-
-        every = emitted(path)
+        every = _emitted(path, blank)
         assert self.tokenizer.decode(every) == result["text"], "the hook saw other frames than FunASR decoded"
-        speech = emitted(path[4:])
+        speech = _emitted(path[4:], blank)
         # Where each emitted speech token starts, in ms as FunASR's timestamps put it (max(frame * 60 - 30, 0)).
         frames = path[4:]
         starts = [s for s in range(len(frames)) if frames[s] != blank and (s == 0 or frames[s] != frames[s - 1])]
         return {"text": result["text"], "ids": every, "speech_ids": speech,
                 "speech_ms": [max(s * 60 - 30, 0) for s in starts],
                 "speech_text": self.tokenizer.decode(speech) if speech else "", "query_logits": logits[0, :4]}
+
+
+    def word_times(self, wav: np.ndarray) -> dict:
+        """FunASR's word timestamps for SenseVoice (module docstring): `as_is`, generate(output_timestamp=True)'s
+        answer; `aligned`, the same with its tokenizer's round trip made the identity on the pieces its greedy
+        search emitted for the speech frames (`speech`); `reproduces`, whether the round trip gives those pieces
+        by itself; `encoded`, how many it gives; `frames`, the speech frames."""
+        self.logits.clear()
+        [as_is] = self.sensevoice.generate(wav, language="auto", use_itn=False, output_timestamp=True)
+        logits = self.logits[0]  # the CTC projection runs twice with timestamps: for the text, then to align
+        frames = logits[0].argmax(-1)[4:]
+        speech = [self.pieces[i] for i in _emitted(frames, self.sensevoice.model.blank_id)]
+        encoded = self.tokenizer.text2tokens(as_is["text"])[4:]
+        # FunASR re-encodes a deep copy of this tokenizer: its class is patched, for this one call.
+        tokenizer = type(self.tokenizer)
+        with mock.patch.object(tokenizer, "text2tokens", lambda _, text: ["<query>"] * 4 + speech), \
+                mock.patch.object(tokenizer, "tokens2ids", lambda _, pieces: [[self.ids[p]] for p in pieces]):
+            [aligned] = self.sensevoice.generate(wav, language="auto", use_itn=False, output_timestamp=True)
+        assert aligned["text"] == as_is["text"]
+        return {"as_is": as_is, "aligned": aligned, "speech": speech, "reproduces": encoded == speech,
+                "encoded": len(encoded), "frames": len(frames)}
 
 
 @pytest.fixture(scope="module")
@@ -230,11 +286,14 @@ class Triton:
         textnorm = json.loads(self.asr_params[contract.TEXTNORM_QUERY_IDS])["woitn"]
         inputs = [*self._wav(wav), self._input(contract.LANGUAGE, np.array([[language]], np.int64)),
                   self._input(contract.TEXTNORM, np.array([[textnorm]], np.int64))]
-        names = [contract.TEXT, contract.TOKENS, contract.TOKEN_MS, *contract.ASR_DISTRIBUTIONS.values()]
+        names = [contract.TEXT, contract.TOKENS, contract.TOKEN_MS, contract.TOKEN_END_MS,
+                 *contract.ASR_DISTRIBUTIONS.values()]
         result = self.client.infer(contract.ASR, inputs, outputs=[self.grpc.InferRequestedOutput(n) for n in names])
         pieces = [p.decode("utf-8") for p in result.as_numpy(contract.TOKENS)[0] if p]
         out = {"text": result.as_numpy(contract.TEXT).reshape(-1)[0].decode("utf-8"), "pieces": pieces,
-               "token_ms": [int(t) for t in result.as_numpy(contract.TOKEN_MS)[0] if t >= 0]}
+               "token_ms": [int(t) for t in result.as_numpy(contract.TOKEN_MS)[0] if t >= 0],
+               "token_end_ms": [int(t) for t in result.as_numpy(contract.TOKEN_END_MS)[0] if t >= 0]}
+        out["timed"] = [words.Piece(*p) for p in zip(pieces, out["token_ms"], out["token_end_ms"])]
         for family, name in contract.ASR_DISTRIBUTIONS.items():
             out[family] = (json.loads(self.asr_params[contract.ASR_LABELS[family]]),
                            result.as_numpy(name)[0].astype(np.float64))
@@ -326,3 +385,117 @@ def test_gateway_segments_equal_funasr_on_the_same_samples(published_stack, funa
                     _count("segments, gateway emotion")
     assert compared_text and compared_emotion
     print(f"\npublished-layout end to end: compared {COMPARED}; largest differences {LARGEST}")
+
+
+# ----------------------------------------------------------------------------- words with times
+
+# A tag or control piece (<|en|>, <unk>): in FunASR's words as a word of its own, in no word of toneserve's.
+_TAG = re.compile(r"<[^<>\s]+>")
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
+
+
+def _core(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """Where the letters and digits of text[start:end] are: (first, one past the last); None when it has none."""
+    inner = [i for i in range(start, end) if _LETTER_OR_DIGIT.match(text[i])]
+    return (inner[0], inner[-1] + 1) if inner else None
+
+
+def _funasr_ms(ms: int) -> int:
+    """`ms` as FunASR's timestamps give it: seconds held as a float, truncated back (int(s * 1000))."""
+    return int(ms / 1000 * 1000)
+
+
+def _compare_words(where: str, ours, theirs: dict, text: str, language: str, offset: int, limit: int) -> int:
+    """Asserts that every word of FunASR's answer `theirs` ("words", "timestamp": ms from the clip start) that
+    toneserve's `ours` (Word, ms from the recording start = `offset` + ms from the clip start) defines the same way
+    has the same times (module docstring); `limit`: the clip's length in ms. Returns how many were compared."""
+    stripped = words.strip_tags(text)
+    spans = words.spans(stripped, language)
+    assert len(ours) == len(spans), where
+    assert [w.text[:b - a] for w, (a, b) in zip(ours, spans)] == [stripped[a:b] for a, b in spans], where
+    by_core = {_core(stripped, a, b): word for word, (a, b) in zip(ours, spans)}
+    cursor = compared = 0
+    for token, (start, end) in zip(theirs["words"], theirs["timestamp"], strict=True):
+        token = token.replace(words.WORD_START, " ").strip()
+        if not token or _TAG.fullmatch(token):
+            _count("FunASR words skipped: tags")
+            continue
+        at = stripped.find(token, cursor)
+        assert at >= 0, f"{where}: FunASR's word {token!r} is not in the transcript after {stripped[:cursor]!r}"
+        cursor = at + len(token)
+        core = _core(stripped, at, cursor)
+        if core is None:
+            _count("FunASR words skipped: punctuation only")
+            continue
+        word = by_core.get(core)
+        if word is None:
+            rule = "characters" if words.by_characters(stripped, language) else "spaces"
+            _count(f"FunASR words skipped: cut otherwise (toneserve counting by {rule})")
+            continue
+        for name, funasr_ms, ours_ms in (("start", start, word.start_ms - offset), ("end", end, word.end_ms - offset)):
+            if ours_ms < limit:
+                assert funasr_ms == _funasr_ms(ours_ms), f"{where}: {word.text!r} {name} {ours_ms} vs FunASR {funasr_ms}"
+                if _funasr_ms(ours_ms) != ours_ms:
+                    _count("times FunASR truncates 1 ms short")
+            else:  # toneserve keeps it inside the clip; FunASR's last frame may reach past it
+                assert _funasr_ms(limit) <= funasr_ms <= limit + FRAME_SHIFT_MS, f"{where}: {word.text!r} {name}"
+                _count("times kept inside their clip by toneserve")
+        compared += 1
+    _count("FunASR words compared", compared)
+    return compared
+
+
+def _funasr_as_is(where: str, theirs: dict) -> None:
+    """Notes whether FunASR's own round trip reproduced the emitted pieces (then its answer as is is what
+    `aligned` is), and if not, what it aligned instead."""
+    if theirs["reproduces"]:
+        _count("clips where FunASR's own round trip reproduces the pieces")
+        assert theirs["as_is"]["timestamp"] == theirs["aligned"]["timestamp"], where
+        return
+    _count("clips where FunASR's own round trip does not reproduce the pieces")
+    as_is = theirs["as_is"]
+    print(f"\n{where}: FunASR's own round trip gives {theirs['encoded']} pieces for the {len(theirs['speech'])} "
+          f"emitted ({theirs['frames']} speech frames); as is it answers {len(as_is.get('words', []))} word(s) "
+          f"{list(zip(as_is.get('words', []), as_is.get('timestamp', [])))[:3]}")
+
+
+def test_triton_words_equal_funasrs_timestamps(triton, funasr, clips):
+    """On each whole clip, under both of toneserve's counting rules (by spaces: en; by characters: zh)."""
+    compared = {"en": 0, "zh": 0}
+    letters = 0  # FunASR's words holding a letter or digit
+    for name, pcm in clips.items():
+        wav = _float(pcm)
+        ours = triton.asr(wav)
+        theirs = funasr.word_times(wav)
+        assert ours["pieces"] == theirs["speech"], f"{name}: Triton and FunASR emitted other pieces"
+        _funasr_as_is(name, theirs)
+        limit = len(wav) * 1000 // SR
+        for language in compared:
+            found = words.timed(ours["text"], language, ours["timed"], 0, limit)
+            compared[language] += _compare_words(f"{name} ({language})", found, theirs["aligned"], ours["text"],
+                                                 language, 0, limit)
+        letters += sum(1 for w in theirs["aligned"]["words"] if _LETTER_OR_DIGIT.search(w))
+    # Counted by characters, the two rules agree on most words (they differ on Hangul-Latin runs); a bug that made
+    # words incomparable would not pass unseen.
+    assert compared["zh"] >= letters // 2, (compared, letters)
+    assert compared["en"] > 0, compared
+
+
+def test_gateway_words_equal_funasrs_timestamps(published_stack, funasr, clips):
+    """The gateway's Segment.words (counted in the segment's detected language) against FunASR on the segment's
+    samples: times from the recording's start, kept inside the segment."""
+    from toneserve.client.sdk import Client
+
+    compared = 0
+    with Client(published_stack.gateway) as client:
+        for name, pcm in clips.items():
+            result = client.analyze(_wav_bytes(pcm), window_seconds=30.0, language="auto", use_itn=False)
+            for segment in result.segments:
+                where = f"{name} {segment.start_ms}-{segment.end_ms}"
+                wav = _float(pcm[segment.start_ms * SR // 1000:segment.end_ms * SR // 1000])
+                theirs = funasr.word_times(wav)
+                _funasr_as_is(where, theirs)
+                compared += _compare_words(where, segment.words, theirs["aligned"], segment.transcript,
+                                           segment.language.top, segment.start_ms, segment.end_ms - segment.start_ms)
+    assert compared, "no word of a gateway segment was compared"
+    print(f"\npublished-layout words: {COMPARED}")
