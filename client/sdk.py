@@ -217,8 +217,8 @@ class Client(_Base):
         diarization: "auto" (tell the voices of mono or mixed-down audio apart), "on" (inside every channel
         too) or "off"; speakers_expected / min_speakers / max_speakers: the speaker count, if known (0: not given).
         request_id: echoed in the metadata and the gateway's log (a random one when empty).
-        include_embeddings: each Segment.embedding holds the segment's emotion2vec+ embedding (768 floats at base,
-        about 3 KiB per segment in protobuf; None when not asked for).
+        include_embeddings: each Segment.embedding holds the segment's emotion2vec+ embedding (None when not asked
+        for): 768 floats at base, 3 KB per segment in protobuf and 8-10 KB in JSON (1024 floats at large: 4 KB, 11-13 KB).
         timeout: seconds for the whole call, retries included (None: no limit).
         upload: stream through AnalyzeUpload; by default only recordings above 32 MiB are.
         """
