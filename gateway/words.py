@@ -111,6 +111,9 @@ def _sources(text: str, decoded: str, owner: list[int]) -> list[int | None]:
     """For each character of `text`, the unit of `decoded` it is (None: none). The two are aligned by difflib's
     matching blocks, which are in order: a piece the transcript does not show, or text no piece gave, leaves the
     rest aligned."""
+    lead = len(decoded) - len(decoded.lstrip(" "))  # sentencepiece drops the first word-start marker
+    if decoded[lead:] == text:  # as a transcript is decoded: no alignment needed
+        return list(owner[lead:])
     sources: list[int | None] = [None] * len(text)
     matcher = difflib.SequenceMatcher(None, text, decoded, autojunk=False)
     for a, b, size in matcher.get_matching_blocks():
