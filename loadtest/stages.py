@@ -88,8 +88,12 @@ async def measure(triton: str, gateway: str | None, audio: Path, repeat: int = 2
             await asyncio.gather(inference.asr(wav), *(inference.emotion(wav[a:b]) for a, b in windows))
             timed("emotion + asr together", started)
             started = time.perf_counter()
-            await asyncio.to_thread(analysis._segment, utterance, "mix", asr, emotions, windows)
-            timed("segment cpu (pitch, sentiment, judgement)", started)
+            language = asr.distributions["language"][0][int(np.argmax(asr.distributions["language"][1]))]
+            text = await analysis._text_sentiment(asr.text, language)
+            timed("text sentiment call(s)", started)
+            started = time.perf_counter()
+            await asyncio.to_thread(analysis._segment, utterance, "mix", asr, emotions, windows, language, text)
+            timed("segment cpu (pitch, words, judgement)", started)
         models = (triton_metrics.summarise(triton_metrics.delta(before, triton_metrics.scrape(triton_metrics_address)))
                   if before is not None and triton_metrics_address else None)
     finally:
@@ -107,7 +111,8 @@ async def measure(triton: str, gateway: str | None, audio: Path, repeat: int = 2
                 stub.Analyze(pb.AnalyzeRequest(audio=data))
                 timed("Analyze through the gateway", started)
     stages = {name: _median_ms(values) for name, values in times.items()}
-    parts = ("decode", "vad call", "emotion + asr together", "segment cpu (pitch, sentiment, judgement)")
+    parts = ("decode", "vad call", "emotion + asr together", "text sentiment call(s)",
+             "segment cpu (pitch, words, judgement)")
     sum_ms = sum(stages[name] for name in parts)
     out = {"file": str(audio), "audio_seconds": mono.shape[1] / 16000, "utterance_seconds": len(wav) / 16000,
            "emotion_windows": len(windows), "repeat": repeat, "stages_ms": stages, "sum_of_stages_ms": sum_ms}
@@ -123,7 +128,8 @@ def markdown(figures: dict) -> str:
              f"{figures['utterance_seconds']:.2f} s ({figures['emotion_windows']} emotion window(s)), median of "
              f"{figures['repeat']}:", "", "| stage | ms |", "|---|---:|"]
     lines += [f"| {name} | {ms:.1f} |" for name, ms in figures["stages_ms"].items()]
-    lines.append(f"| sum: decode + vad + (emotion + asr together) + segment cpu | {figures['sum_of_stages_ms']:.1f} |")
+    lines.append(f"| sum: decode + vad + (emotion + asr together) + text sentiment + segment cpu | "
+                 f"{figures['sum_of_stages_ms']:.1f} |")
     if "gateway_overhead_ms" in figures:
         lines.append(f"| Analyze minus that sum (gRPC, scheduling, response) | {figures['gateway_overhead_ms']:.1f} |")
     if "triton" in figures:

@@ -108,3 +108,21 @@ def test_plan_keeps_the_slo_it_was_given(stack, calls, tmp_path):
     assert (out / "steps" / "users-2_stats.csv").is_file() and (out / "steps" / "users-2.html").is_file()
 
 
+
+
+def test_stages_times_each_stage_of_a_short_request(stack, tmp_path):
+    """loadtest/stages.py runs the gateway's own stages one by one (docs/BENCHMARKS.md, part 5): every stage is
+    timed, and the whole Analyze through the gateway too."""
+    import asyncio
+
+    from toneserve.loadtest import stages
+    from toneserve.samples import speechlike, wav_bytes
+
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(wav_bytes(speechlike(2.0, seed=4), 16000))
+    figures = asyncio.run(stages.measure(stack.triton_grpc, stack.gateway, clip, repeat=1))
+    assert set(figures["stages_ms"]) == {"decode", "vad call", "emotion call(s)", "asr call", "emotion + asr together",
+                                         "text sentiment call(s)", "segment cpu (pitch, words, judgement)",
+                                         "Analyze through the gateway"}
+    assert all(ms > 0 for ms in figures["stages_ms"].values())
+    assert "text sentiment" in stages.markdown(figures)
