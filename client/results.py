@@ -93,16 +93,13 @@ class Judgement:
     flags: tuple[str, ...]  # "tone_text_mismatch", "escalation", "abstained"
 
 
-@dataclass(frozen=True)
-class Word:
-    """One word of a transcript (TextSegment.start_word / end_word count these) and when it was spoken."""
-    text: str
+class _Span:
+    """`start` / `end` in seconds from the start of the recording, of a result's start_ms / end_ms."""
     start_ms: int
     end_ms: int
 
     @property
     def start(self) -> float:
-        """Seconds from the start of the recording."""
         return self.start_ms / 1000
 
     @property
@@ -111,7 +108,15 @@ class Word:
 
 
 @dataclass(frozen=True)
-class Segment:
+class Word(_Span):
+    """One word of a transcript (TextSegment.start_word / end_word count these) and when it was spoken."""
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class Segment(_Span):
     start_ms: int
     end_ms: int
     channel: int
@@ -131,15 +136,6 @@ class Segment:
     words: tuple[Word, ...] = ()  # the transcript's words with their times
     # emotion2vec+'s embedding of the segment (analyze(include_embeddings=True)); None when not asked for.
     embedding: tuple[float, ...] | None = None
-
-    @property
-    def start(self) -> float:
-        """Seconds from the start of the recording."""
-        return self.start_ms / 1000
-
-    @property
-    def end(self) -> float:
-        return self.end_ms / 1000
 
 
 @dataclass(frozen=True)
