@@ -1,8 +1,8 @@
 """What the HTTP/JSON API costs beside gRPC: `python -m toneserve.loadtest.http_bench --serve-pid PID ...`.
 
 Against a running `toneserve serve --http-port N` (its pid, its gateway's gRPC and HTTP addresses, no API keys),
-the same short clips are analysed one request at a time through three paths, interleaved (A, B, C, A, B, C ...)
-so that a drift of the machine hits all three alike:
+the same short clips are analysed one request at a time through three paths, interleaved (A, B, C, then B, C, A,
+then C, A, B ...) so that a drift of the machine hits all three alike and none always runs first:
 
 * `grpc Analyze`: the unary RPC, the recording in the request message (what the SDK sends for a small file);
 * `grpc AnalyzeUpload`: the client stream, the recording in 64 KiB chunks (the path HTTP takes inside);
@@ -85,8 +85,9 @@ def run(gateway: str, http_address: str, pid: int, audio: list[bytes], rounds: i
         triton_cpu = {p: 0.0 for p in PATHS}
         segments = {p: 0 for p in PATHS}
         for _ in range(rounds):
-            for clip in audio:
-                for path in PATHS:
+            for number, clip in enumerate(audio):
+                # Each clip starts with the next path in turn, so that no path always follows another.
+                for path in PATHS[number % len(PATHS):] + PATHS[:number % len(PATHS)]:
                     before = process_cpu.snapshot(pid, "serve")
                     started = time.perf_counter()
                     segments[path] += paths(path, clip)
