@@ -34,7 +34,18 @@ class Metrics:
         self.triton_ready = Gauge("toneserve_triton_ready", "1 while Triton answers ready, 0 while the gateway "
                                   "reports NOT_SERVING", registry=self.registry)
         self.triton_ready.set(1)
+        # A gateway given --quota-store registers these two (quota_store()); one without has neither.
+        self.quota_store_up = None
+        self.quota_store_fallbacks = None
         self.server = None
+
+    def quota_store(self) -> None:
+        """The shared quota store's state: registered only by a gateway that has one."""
+        self.quota_store_up = Gauge("toneserve_quota_store_up", "1 while the shared quota store (--quota-store) "
+                                    "answers, 0 while this replica counts quotas alone", registry=self.registry)
+        self.quota_store_fallbacks = Counter("toneserve_quota_store_fallbacks", "Quota checks and charges made "
+                                             "with this replica's own counters because the store was down",
+                                             ["op"], registry=self.registry)
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics over HTTP."""

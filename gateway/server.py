@@ -15,6 +15,7 @@ from toneserve.gateway.auth import ApiKeys
 from toneserve.gateway.http import HttpApi
 from toneserve.gateway.inference import Inference
 from toneserve.gateway.metrics import Metrics
+from toneserve.gateway.quota import RedisStore, SharedQuotas, check_store_url, describe
 from toneserve.gateway.sentiment import lexicon_installed
 from toneserve.gateway.service import AnalyzerService
 from toneserve.gateway.settings import Settings
@@ -59,7 +60,7 @@ class Gateway:
                  keys: ApiKeys = ApiKeys(), tls: tuple[bytes, bytes] | None = None,
                  metrics_host: str = "127.0.0.1", allow_unauthenticated: bool = False,
                  health_port: int | None = None, judge: JudgeSettings | None = None,
-                 http_port: int | None = None, playground: bool = False):
+                 http_port: int | None = None, playground: bool = False, quota_store: str | None = None):
         """`keys`: API keys -> tenants (default: no authentication, which only a loopback `host` allows
         unless `allow_unauthenticated`); `tls`: (PEM private key, PEM certificate chain) to serve TLS
         instead of plaintext; metrics (tenant names and volumes) on `metrics_host`, loopback by default;
@@ -67,7 +68,8 @@ class Gateway:
         probes speak no TLS): it tells what the main port's health tells, and serves nothing else. `judge`: the
         OpenAI-compatible endpoint asked for each call's verdict (gateway/verdict.py); None: no verdicts.
         `http_port`: the HTTP/JSON API (gateway/http.py) on `host`, with the same keys and TLS; None: off.
-        `playground`: the playground page at / on that port."""
+        `playground`: the playground page at / on that port. `quota_store`: redis://HOST:PORT[/DB], where the
+        replicas share the tenants' quota counters (gateway/quota.py); None: each replica counts alone."""
         if playground and http_port is None:
             raise GatewayStartError("--playground is served on the HTTP port: give --http-port too")
         check_exposure(host, keys, allow_unauthenticated)
@@ -94,6 +96,11 @@ class Gateway:
         self.http_port = http_port
         self.playground = playground
         self.http: HttpApi | None = None
+        try:
+            self.quota_store = check_store_url(quota_store) if quota_store else None
+        except ValueError as exc:
+            raise GatewayStartError(str(exc)) from None
+        self.shared_quotas: SharedQuotas | None = None
         self.stopping = False
 
     async def start(self) -> None:
@@ -112,7 +119,12 @@ class Gateway:
         if self.settings.text_sentiment == "lexicon" and not lexicon_installed():
             raise GatewayStartError("--text-sentiment lexicon needs VADER and SnowNLP: pip install 'toneserve[lexicon]'")
         self.judge = Judge(self.judge_settings) if self.judge_settings is not None else None
-        service = AnalyzerService(self.inference, self.settings, self.metrics, self.keys, self.judge)
+        store = RedisStore(self.quota_store) if self.quota_store else None
+        service = AnalyzerService(self.inference, self.settings, self.metrics, self.keys, self.judge, store,
+                                  f"the quota store {describe(self.quota_store)}" if self.quota_store else "")
+        self.shared_quotas = service.shared_quotas
+        if self.shared_quotas is not None:  # a store down now is no reason not to serve: counted alone meanwhile
+            await self.shared_quotas.start()
         toneserve_pb2_grpc.add_AnalyzerServicer_to_server(service, self.server)
         health = self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
@@ -187,3 +199,5 @@ class Gateway:
             await self.inference.close()
         if self.judge is not None:
             await self.judge.close()
+        if self.shared_quotas is not None:
+            await self.shared_quotas.close()

@@ -40,7 +40,7 @@ from toneserve.gateway.live import LiveAudio
 from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.options import check as check_options
 from toneserve.gateway.pipeline import RANDOM_WEIGHTS_WARNING, Analysis
-from toneserve.gateway.quota import Allowance, QuotaExceeded, Quotas
+from toneserve.gateway.quota import Allowance, QuotaExceeded, Quotas, QuotaStore, SharedQuotas
 from toneserve.gateway.settings import Settings
 from toneserve.gateway.sources import AudioSource, InMessage, Spool, next_message
 from toneserve.gateway.verdict import Judge
@@ -63,8 +63,11 @@ async def _options(request_iterator, rpc: str, timeout: float | None) -> pb.Anal
 
 class AnalyzerService(pb_grpc.AnalyzerServicer):
     def __init__(self, inference: Backend, settings: Settings = Settings(), metrics: Metrics | None = None,
-                 keys: ApiKeys = ApiKeys(), judge: Judge | None = None):
-        """`judge`: the LLM judge asked for each call's verdict (--judge-url); None: no verdicts."""
+                 keys: ApiKeys = ApiKeys(), judge: Judge | None = None, quota_store: QuotaStore | None = None,
+                 quota_store_name: str = "the quota store"):
+        """`judge`: the LLM judge asked for each call's verdict (--judge-url); None: no verdicts.
+        `quota_store`: where the replicas share the tenants' quota counters (--quota-store, gateway/quota.py);
+        None: this replica counts alone. Its `shared_quotas.start()` is awaited before serving."""
         self.inference = inference
         self.judge = judge
         self.settings = settings
@@ -74,6 +77,13 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         self.triton_slots = FairSlots(settings.max_inflight, lambda tenant: self.keys.policy(tenant).weight)
         self.metrics.triton_waiting.set_function(self.triton_slots.waiting)
         self.quotas = Quotas(self._allowance)
+        self.shared_quotas: SharedQuotas | None = None
+        if quota_store is not None:
+            self.metrics.quota_store()
+            up, fallbacks = self.metrics.quota_store_up, self.metrics.quota_store_fallbacks
+            self.shared_quotas = SharedQuotas(quota_store, self.quotas, quota_store_name,
+                                              on_state=lambda ok: up.set(1 if ok else 0),
+                                              on_fallback=lambda op: fallbacks.labels(op).inc())
         # Whether Triton is ready (the server's TritonWatch follows it); while not, requests are refused at once.
         self.triton_ready = lambda: True
         self.active = 0
@@ -216,7 +226,11 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         tenant = ""  # not known until the key is checked
         try:
             tenant = self.keys.tenant(context.invocation_metadata())
-            self._admit(tenant, quota=audio)
+            shared = self.shared_quotas if audio else None
+            self._admit(tenant, quota=audio and shared is None)
+            if shared is not None:
+                await shared.check(tenant)
+                self._admit(tenant, quota=False)  # again: others may have been admitted while the store answered
         except ToneserveError as error:
             self.metrics.requests.labels(rpc, error.code.name, tenant).inc()
             await self._abort(context, error, call.request_id, self._retry_hint(error))
@@ -243,7 +257,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             self.active_by_tenant[tenant] -= 1
             self.metrics.in_flight.dec()
             seconds = charged()
-            self.quotas.charge(tenant, seconds)
+            (self.shared_quotas or self.quotas).charge(tenant, seconds)
             self.metrics.tenant_audio_seconds.labels(tenant).inc(seconds)
             self.metrics.requests.labels(rpc, code, tenant).inc()
             self.metrics.latency.labels(rpc).observe(time.perf_counter() - started)

@@ -8,6 +8,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,69 @@ def stop_stack(process: subprocess.Popen, timeout: float = 60.0) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free loopback port, nothing kept on disk (`--save ""
+    --appendonly no`): never a system service. `kill()` is SIGKILL; `start()` again on the same port."""
+
+    def __init__(self, folder: Path):
+        from toneserve.triton import free_port
+
+        if shutil.which("redis-server") is None:  # scripts/setup installs it
+            raise RuntimeError("redis-server is not installed: run scripts/setup (apt-get install redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.folder = folder
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> RedisServer:
+        import redis
+
+        log = open(self.folder / f"redis-{self.port}.log", "ab")
+        with log:
+            self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+                                            stdout=log, stderr=subprocess.STDOUT)
+        client = self.client()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on {self.port}: "
+                                       f"{(self.folder / f'redis-{self.port}.log').read_text()}") from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def client(self):
+        import redis
+        return redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=True)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path):
+    server = RedisServer(folder).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def processes_using(path: Path) -> list[str]:

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -230,6 +231,20 @@ def _judge(args):
         raise CommandError(f"judge: {exc}") from None
 
 
+def _quota_store(args) -> str | None:
+    """--quota-store's URL, else TONESERVE_QUOTA_STORE's, checked (a mistake is known before Triton takes a
+    minute to start)."""
+    from toneserve.gateway.quota import ENV_QUOTA_STORE, check_store_url
+
+    url = args.quota_store or os.environ.get(ENV_QUOTA_STORE)
+    if not url:
+        return None
+    try:
+        return check_store_url(url)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _security(args):
     """(API keys, TLS key pair) from the flags; a bad file is a clear error."""
     from toneserve.gateway.auth import ApiKeys, KeyFileError
@@ -258,7 +273,8 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
     gateway = Gateway(triton_url, host=host, port=port, settings=_settings(args),
                       metrics_port=args.metrics_port or None, keys=keys, tls=tls, metrics_host=args.metrics_host,
                       allow_unauthenticated=args.allow_unauthenticated, health_port=args.health_port or None,
-                      judge=_judge(args), http_port=args.http_port or None, playground=args.playground)
+                      judge=_judge(args), http_port=args.http_port or None, playground=args.playground,
+                      quota_store=_quota_store(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -286,6 +302,7 @@ def cmd_serve(args) -> int:
     security = _security(args)
     check_exposure(args.host, security[0], args.allow_unauthenticated)
     _judge(args)
+    _quota_store(args)
     repository = _serve_repository(args)
     # Triton listens on 127.0.0.1 whatever --host says (toneserve/triton.py): only the gateway serves the network.
     with EmbeddedTriton(repository, _triton_ports(args)) as triton:
@@ -490,6 +507,11 @@ def _add_gateway_options(p):
                         "key line says otherwise (default: no quota)")
     p.add_argument("--tenant-seconds-per-day", type=float, metavar="S",
                    help="the same per UTC day (default: no quota)")
+    p.add_argument("--quota-store", metavar="URL",
+                   help="redis://HOST:PORT[/DB] (rediss:// for TLS): the replicas share each tenant's per-minute and "
+                        "per-day counters there, so N replicas give a tenant its quota once, not N times; while it "
+                        "is unreachable each replica counts alone and goes on serving (default: "
+                        "TONESERVE_QUOTA_STORE, else none: each replica counts alone)")
     p.add_argument("--max-triton-calls", type=int, default=defaults.max_inflight, metavar="N",
                    help="Triton calls in flight at once, shared fairly between tenants (key-file weight=); near "
                         "what Triton runs at once, tenants wait in the gateway's fair queue, not Triton's FIFO "

@@ -74,5 +74,19 @@ def test_chromium_installed_for_the_playground_test(tmp_path):
 
 
 def test_chromium_not_installed_when_present(tmp_path):
-    calls = _run(tmp_path, 0, present=("promtool", "prometheus", "chromium", "chromedriver"))
+    calls = _run(tmp_path, 0, present=("promtool", "prometheus", "chromium", "chromedriver", "redis-server"))
     assert not [c for c in calls if c.startswith("apt-get")], calls
+
+
+def test_redis_server_installed_for_the_quota_store_tests(tmp_path):
+    """redis-server (the shared quota store's tests start their own), in the same noninteractive install."""
+    calls = _run(tmp_path, 0, present=("promtool", "prometheus", "chromium", "chromedriver"))
+    installs = [c for c in calls if c.startswith("apt-get install")]
+    assert len(installs) == 1, calls
+    assert installs[0].split()[-2] == "redis-server", installs[0]
+    assert installs[0].endswith("DEBIAN_FRONTEND=noninteractive"), installs[0]
+
+
+def test_redis_server_not_installed_when_present(tmp_path):
+    calls = _run(tmp_path, 0, present=("redis-server",))
+    assert not [c for c in calls if "redis" in c], calls
