@@ -33,6 +33,7 @@ error is on the tenant's side of its quota, never on the side of serving more th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -171,11 +172,14 @@ class RedisStore:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as Closed
 
         self.url = check_store_url(url)
         self.timeout = timeout
+        # One retry, at once, of a connection found closed (a pooled connection to a Redis since restarted);
+        # none of a timeout, which would only double the wait on a store that does not answer.
         self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                              retry=Retry(NoBackoff(), 0))
+                                              retry=Retry(NoBackoff(), 1, supported_errors=(Closed,)))
 
     async def _call(self, work: Awaitable):
         from redis.exceptions import RedisError
@@ -184,6 +188,9 @@ class RedisStore:
             # redis-py's timeouts cover the socket; this one the whole call (connecting, a stuck read).
             return await asyncio.wait_for(work, 2 * self.timeout)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            # Its pooled connections go too: once the store is back, every call starts on a fresh one.
+            with contextlib.suppress(RedisError, OSError):
+                await self.client.connection_pool.disconnect()
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
     async def read(self, keys: Sequence[str]) -> list[float]:
