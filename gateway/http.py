@@ -56,6 +56,11 @@ class _Aborted(Exception):
         self.message = message
 
 
+def _metadata(authorization: str) -> tuple[tuple[str, str], ...]:
+    """The Authorization header as the gRPC metadata ApiKeys reads."""
+    return (("authorization", authorization),) if authorization else ()
+
+
 class HttpContext:
     """What AnalyzerService reads of a gRPC ServicerContext, for one HTTP request: the key, the deadline, and the
     error it ends the request with."""
@@ -66,7 +71,7 @@ class HttpContext:
         self.trailing: dict[str, str] = {}
 
     def invocation_metadata(self):
-        return (("authorization", self.authorization),) if self.authorization else ()
+        return _metadata(self.authorization)
 
     def time_remaining(self) -> float | None:
         return self.timeout
@@ -186,7 +191,7 @@ class HttpApi:
         if request.version < (1, 1) or request.headers.get("Expect", "").lower() != "100-continue":
             return
         try:
-            self.service.keys.tenant(HttpContext(request.headers.get("Authorization", ""), None).invocation_metadata())
+            self.service.keys.tenant(_metadata(request.headers.get("Authorization", "")))
         except ToneserveError:
             return
         if (request.content_length or 0) > self.service.settings.limits.max_bytes:
