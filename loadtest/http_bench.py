@@ -75,19 +75,21 @@ class Paths:
         return len(json.loads(body)["segments"])
 
 
-def run(gateway: str, http_address: str, pid: int, audio: list[bytes], rounds: int, key: str = "") -> dict:
+def run(gateway: str, http_address: str, pid: int, audio: list[bytes], rounds: int, key: str = "",
+        chosen: tuple[str, ...] = PATHS) -> dict:
+    """Per path of `chosen` (first: the one the others are compared with): latency and CPU per request."""
     paths = Paths(gateway, http_address, key)
     try:
-        for path in PATHS:  # warm: connections open, every model loaded, caches filled
+        for path in chosen:  # warm: connections open, every model loaded, caches filled
             paths(path, audio[0])
-        latency: dict[str, list[float]] = {p: [] for p in PATHS}
-        gateway_cpu = {p: 0.0 for p in PATHS}
-        triton_cpu = {p: 0.0 for p in PATHS}
-        segments = {p: 0 for p in PATHS}
+        latency: dict[str, list[float]] = {p: [] for p in chosen}
+        gateway_cpu = {p: 0.0 for p in chosen}
+        triton_cpu = {p: 0.0 for p in chosen}
+        segments = {p: 0 for p in chosen}
         for _ in range(rounds):
             for number, clip in enumerate(audio):
                 # Each clip starts with the next path in turn, so that no path always follows another.
-                for path in PATHS[number % len(PATHS):] + PATHS[:number % len(PATHS)]:
+                for path in chosen[number % len(chosen):] + chosen[:number % len(chosen)]:
                     before = process_cpu.snapshot(pid, "serve")
                     started = time.perf_counter()
                     segments[path] += paths(path, clip)
@@ -98,7 +100,7 @@ def run(gateway: str, http_address: str, pid: int, audio: list[bytes], rounds: i
     finally:
         paths.close()
     report = {}
-    for path in PATHS:
+    for path in chosen:
         n = len(latency[path])
         ms = sorted(1000 * t for t in latency[path])
         report[path] = {"requests": n, "segments": segments[path],
@@ -106,7 +108,7 @@ def run(gateway: str, http_address: str, pid: int, audio: list[bytes], rounds: i
                         "mean_ms": round(statistics.fmean(ms), 1),
                         "gateway_cpu_ms": round(1000 * gateway_cpu[path] / n, 2),
                         "triton_cpu_ms": round(1000 * triton_cpu[path] / n, 2)}
-    base = report["grpc Analyze"]
+    base = report[chosen[0]]
     for row in report.values():
         row["p50_vs_analyze"] = round(row["p50_ms"] / base["p50_ms"], 3)
         row["gateway_cpu_vs_analyze"] = round(row["gateway_cpu_ms"] / base["gateway_cpu_ms"], 3) \
@@ -123,18 +125,26 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=3, help="passes over the clips (each path per clip per pass)")
     p.add_argument("--api-key", default="", help="a key, if the gateway wants one")
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), metavar="PATH",
+                   help=f"which paths, the first the reference (default: all: {', '.join(PATHS)}); a gateway without "
+                        "--http-port takes the gRPC ones")
     p.add_argument("--json", metavar="PATH")
     args = p.parse_args(argv)
     audio = clips(args.clips, args.seconds)
-    report = run(args.gateway, args.http, args.serve_pid, audio, args.rounds, args.api_key)
+    report = run(args.gateway, args.http, args.serve_pid, audio, args.rounds, args.api_key, tuple(args.paths))
+    rss = process_cpu.rss_mb(args.serve_pid, "serve")
     print(f"{args.clips} clips of {args.seconds:g} s, {args.rounds} rounds, one request at a time, paths interleaved")
     print(f"{'path':<26}{'p50 ms':>9}{'p95 ms':>9}{'mean ms':>9}{'x p50':>7}{'gateway CPU ms':>16}{'x':>7}"
           f"{'Triton CPU ms':>15}")
     for path, row in report.items():
         print(f"{path:<26}{row['p50_ms']:>9}{row['p95_ms']:>9}{row['mean_ms']:>9}{row['p50_vs_analyze']:>7}"
               f"{row['gateway_cpu_ms']:>16}{row['gateway_cpu_vs_analyze'] or 0:>7}{row['triton_cpu_ms']:>15}")
+    print(f"RSS after the run, MB: {rss['serve']} the `toneserve serve` process (the gateway), "
+          f"{sum(rss.values()):.0f} the whole tree")
+    for part, mb in sorted(rss.items(), key=lambda kv: -kv[1]):
+        print(f"  {part:<40}{mb:>9.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(json.dumps({"paths": report, "rss_mb": rss}, indent=2))
     return 0
 
 

@@ -26,17 +26,28 @@ def _label(process, root_pid: int, root_label: str) -> str:
     return process.name()
 
 
-def snapshot(root_pid: int, root_label: str = "gateway") -> Counter[str]:
-    """CPU seconds so far of the process `root_pid` (labelled `root_label`) and every descendant, by part."""
+def _by_part(root_pid: int, root_label: str, measure) -> Counter[str]:
+    """`measure(process)` summed by part over the process `root_pid` (labelled `root_label`) and its descendants."""
     root = psutil.Process(root_pid)
-    seconds: Counter[str] = Counter()
+    totals: Counter[str] = Counter()
     for process in [root, *root.children(recursive=True)]:
         try:
-            times = process.cpu_times()
-            seconds[_label(process, root_pid, root_label)] += times.user + times.system
+            totals[_label(process, root_pid, root_label)] += measure(process)
         except psutil.NoSuchProcess:
             continue
-    return seconds
+    return totals
+
+
+def snapshot(root_pid: int, root_label: str = "gateway") -> Counter[str]:
+    """CPU seconds so far of the process `root_pid` (labelled `root_label`) and every descendant, by part."""
+    return _by_part(root_pid, root_label, lambda process: sum(process.cpu_times()[:2]))
+
+
+def rss_mb(root_pid: int, root_label: str = "gateway") -> dict[str, float]:
+    """Resident memory now (MB) of the process `root_pid` and every descendant, by part (a model's instances
+    summed)."""
+    resident = _by_part(root_pid, root_label, lambda process: process.memory_info().rss)
+    return {part: round(value / 2**20, 1) for part, value in sorted(resident.items())}
 
 
 def cores(before: Counter[str], after: Counter[str], wall_s: float) -> dict[str, float]:

@@ -271,10 +271,12 @@ def test_tls_and_a_port_that_is_taken(stack, tmp_path, recordings):
 def test_the_http_cost_benchmark_runs_and_the_three_paths_answer_alike(http):
     """loadtest/http_bench.py (docs/BENCHMARKS.md) against this gateway: every path analyses every clip, to the same
     segments; the figures themselves are the benchmark's, not this test's."""
-    from toneserve.loadtest import http_bench
+    from toneserve.loadtest import http_bench, process_cpu
 
     report = http_bench.run(http.grpc_address, http.base.removeprefix("http://"), http.process.pid,
                             http_bench.clips(3, 2.0), rounds=1, key=GOOD)
     assert set(report) == set(http_bench.PATHS)
     assert {row["requests"] for row in report.values()} == {3}
     assert len({row["segments"] for row in report.values()}) == 1 and report["grpc Analyze"]["segments"] > 0
+    rss = process_cpu.rss_mb(http.process.pid, "gateway")  # what the benchmark prints beside the speed
+    assert set(rss) == {"gateway"} and rss["gateway"] > 50  # a gateway process alone: no Triton below it
