@@ -126,6 +126,9 @@ class Code(enum.Enum):
     QUOTA_EXCEEDED = ("RESOURCE_EXHAUSTED", 429, "the tenant's audio quota for this minute or day is used up; "
                                                  "retry after the hinted delay")
     TRITON_UNAVAILABLE = ("UNAVAILABLE", 503, "the inference server is unavailable")
+    # A request still running when the gateway's drain ends, or a new HTTP request on a kept-alive
+    # connection during a drain: the replica is going away, another one can serve it.
+    SHUTTING_DOWN = ("UNAVAILABLE", 503, "the gateway is shutting down; retry on another replica")
     DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", 504, "the request ran out of time")
     INTERNAL = ("INTERNAL", 500, "internal error")
 
