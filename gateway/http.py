@@ -23,6 +23,8 @@ import logging
 import os
 import ssl
 import tempfile
+import time
+import weakref
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
@@ -127,9 +129,15 @@ def _server_ssl(tls: tuple[bytes, bytes]) -> ssl.SSLContext:
 
 
 class HttpApi:
-    def __init__(self, service: AnalyzerService, serving: Callable[[], bool], playground: bool = False):
-        """`serving()`: whether the gateway serves now (what its gRPC health says); `playground`: serve the page."""
+    def __init__(self, service: AnalyzerService, serving: Callable[[], bool], playground: bool = False,
+                 max_connection_age: float | None = None):
+        """`serving()`: whether the gateway serves now (what its gRPC health says); `playground`: serve the page;
+        `max_connection_age`: a kept-alive connection older than this (counted from its first request) is closed after its next response
+        (`Connection: close`), as gRPC's GOAWAY does, so clients reconnect and reach replicas added since."""
         self.service = service
+        self.max_connection_age = max_connection_age
+        # When each connection (its transport) was first seen; forgotten with the connection.
+        self.born: weakref.WeakKeyDictionary[asyncio.BaseTransport, float] = weakref.WeakKeyDictionary()
         self.serving = serving
         self.playground = playground
         self.runner: web.AppRunner | None = None
@@ -181,7 +189,15 @@ class HttpApi:
             if not self.in_flight:
                 self.idle.set()
         response.headers.update(SECURITY_HEADERS)
+        if self._too_old(request):
+            response.force_close()  # Connection: close, and the connection closed once this response is sent
         return response
+
+    def _too_old(self, request: web.Request) -> bool:
+        if self.max_connection_age is None or request.transport is None:
+            return False
+        born = self.born.setdefault(request.transport, time.monotonic())
+        return time.monotonic() - born >= self.max_connection_age
 
     # ------------------------------------------------------------------------------------------ routes
 

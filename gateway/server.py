@@ -54,6 +54,17 @@ def check_exposure(host: str, keys: ApiKeys, allow_unauthenticated: bool = False
             "127.0.0.1, or pass --allow-unauthenticated if the network in front of it does the checking")
 
 
+def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC server options that close a client's connection (GOAWAY) once it is `max_connection_age_seconds`
+    old, so clients reconnect and resolve their target again; none when unset (gRPC's default: never)."""
+    options = []
+    if settings.max_connection_age_seconds is not None:
+        options.append(("grpc.max_connection_age_ms", max(1, round(settings.max_connection_age_seconds * 1000))))
+    if settings.max_connection_age_grace_seconds is not None:
+        options.append(("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_seconds * 1000)))
+    return options
+
+
 class Gateway:
     def __init__(self, triton_url: str, host: str = "127.0.0.1", port: int = 50051,
                  settings: Settings = Settings(), metrics_port: int | None = None,
@@ -114,7 +125,7 @@ class Gateway:
         # for health checks; gRPC refuses more before any handler runs.
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message),
                                                ("grpc.max_send_message_length", max_message),
-                                               ("grpc.so_reuseport", 0)],
+                                               ("grpc.so_reuseport", 0), *connection_age_options(self.settings)],
                                       maximum_concurrent_rpcs=2 * self.settings.max_requests + 32)
         if self.settings.text_sentiment == "lexicon" and not lexicon_installed():
             raise GatewayStartError("--text-sentiment lexicon needs VADER and SnowNLP: pip install 'toneserve[lexicon]'")
@@ -160,7 +171,8 @@ class Gateway:
                 raise GatewayStartError(f"cannot serve metrics on {self.metrics_host}:{self.metrics_port} ({exc}); "
                                         "choose another with --metrics-port") from None
         if self.http_port is not None:  # listening before the health says SERVING
-            self.http = HttpApi(service, lambda: not self.stopping and service.triton_ready(), self.playground)
+            self.http = HttpApi(service, lambda: not self.stopping and service.triton_ready(), self.playground,
+                                self.settings.max_connection_age_seconds)
             try:
                 await self.http.start(self.host, self.http_port, self.tls)
             except OSError as exc:

@@ -92,6 +92,11 @@ class Settings:
     text_sentiment: str = "model"
     # AnalyzeText: the longest text taken, in characters (about 300 sentences).
     max_text_chars: int = 16000
+    # A client connection is closed (gRPC GOAWAY; HTTP `Connection: close` on its next response) once it is
+    # this old, so clients reconnect and find replicas added since; None: connections live for ever.
+    # The grace: how long calls in progress on a connection closed for its age still get; None: unlimited.
+    max_connection_age_seconds: float | None = None
+    max_connection_age_grace_seconds: float | None = None
 
     def __post_init__(self):
         # A zero here would not mean "off": no thread to decode with, no Triton slot, every request refused.
@@ -99,10 +104,15 @@ class Settings:
                   "utterances_per_request": self.utterances_per_request, "max_speakers": self.max_speakers}
         quotas = {"tenant_audio_seconds_per_minute": self.tenant_audio_seconds_per_minute,
                   "tenant_audio_seconds_per_day": self.tenant_audio_seconds_per_day,
-                  "max_requests_per_tenant": self.max_requests_per_tenant}
+                  "max_requests_per_tenant": self.max_requests_per_tenant,
+                  "max_connection_age_seconds (--max-connection-age)": self.max_connection_age_seconds}
         wrong = [f"{name} must be at least 1, got {value}" for name, value in counts.items() if value < 1]
         wrong += [f"{name} must be above 0 (or unset: unlimited), got {value}"
                   for name, value in quotas.items() if value is not None and value <= 0]
+        grace = self.max_connection_age_grace_seconds
+        if grace is not None and grace < 0:
+            wrong.append(f"max_connection_age_grace_seconds (--max-connection-age-grace) must be 0 or more "
+                         f"(or unset: unlimited), got {grace}")
         if self.text_sentiment not in ("model", "lexicon"):
             wrong.append(f"text_sentiment must be model or lexicon, got {self.text_sentiment!r}")
         if self.max_text_chars < 1:

@@ -210,7 +210,9 @@ def _replace_settings(args, defaults, limits):
                    triton_timeout_seconds=args.triton_timeout, max_inflight=args.max_triton_calls,
                    tenant_audio_seconds_per_minute=args.tenant_seconds_per_minute,
                    tenant_audio_seconds_per_day=args.tenant_seconds_per_day, max_speakers=args.max_speakers,
-                   text_sentiment=args.text_sentiment, max_text_chars=args.max_text_chars)
+                   text_sentiment=args.text_sentiment, max_text_chars=args.max_text_chars,
+                   max_connection_age_seconds=args.max_connection_age,
+                   max_connection_age_grace_seconds=args.max_connection_age_grace)
 
 
 def _judge(args):
@@ -553,6 +555,13 @@ def _add_gateway_options(p):
     p.add_argument("--drain-seconds", type=float, default=5.0, metavar="S",
                    help="on SIGTERM / SIGINT, calls in progress get this long to finish before they are cancelled "
                         "(default 5; under an orchestrator, as long as the longest call)")
+    p.add_argument("--max-connection-age", type=float, default=defaults.max_connection_age_seconds, metavar="S",
+                   help="close a client's connection once it is this old (gRPC GOAWAY; HTTP: Connection: close on "
+                        "its next response), so clients reconnect and reach replicas added since; calls in progress "
+                        "finish (default: unlimited)")
+    p.add_argument("--max-connection-age-grace", type=float, default=defaults.max_connection_age_grace_seconds,
+                   metavar="S", help="gRPC: how long calls in progress on a connection closed for its age may still "
+                                     "run before they are cancelled (default: unlimited)")
     p.add_argument("--health-port", type=int, default=0,
                    help="also serve gRPC health checking alone, in plaintext, on this port (Kubernetes' gRPC probes "
                         "speak no TLS); 0: off (default)")
