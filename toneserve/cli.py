@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from toneserve import paths
+from toneserve import paths, version
 from toneserve.console import CommandError, say
 from toneserve.contract import ToneserveError
 
@@ -578,6 +578,17 @@ def _add_triton_ports(p, defaults=(8000, 8001, 8002)):
         p.add_argument(f"--triton-{name}-port", type=int, default=default, help=f"default {default or 'any free port'}")
 
 
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _add_listen(p, port_help: str) -> None:
+    """--host and --port of the gateway (`serve`, `gateway`)."""
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address the gateway listens on; a non-loopback one needs API keys (default %(default)s)")
+    p.add_argument("--port", type=int, default=50051, help=f"{port_help} (default %(default)s)")
+
+
 def _export_arguments(p):
     _add_size(p, default="base")
     p.add_argument("--emotion2vec", metavar="SOURCE",
@@ -613,33 +624,42 @@ def _export_arguments(p):
                    help="folder of wav/flac recordings the openvino int8 variant calibrates on as well as the "
                         "project's speech-like audio (the first 4 s of up to 16 files)")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    # The flags default to None (keep the measured setting); their help states the measured one.
+    from toneserve.model_repository.catalog import DEFAULT_TUNING as measured
+
     tuning = p.add_argument_group("scheduling (defaults measured: docs/BENCHMARKS.md)")
-    tuning.add_argument("--instances", type=int, help="instances of each heavy model")
-    tuning.add_argument("--threads", type=int, help="ONNX Runtime threads per instance (cpu profile)")
-    tuning.add_argument("--max-batch-size", type=int, help="largest batch Triton may form")
-    tuning.add_argument("--queue-delay-us", type=int, help="how long the dynamic batcher waits to fill a batch")
+    tuning.add_argument("--instances", type=int,
+                        help=f"instances of each heavy model (default {measured.instances})")
+    tuning.add_argument("--threads", type=int,
+                        help=f"ONNX Runtime threads per instance (cpu profile; default {measured.intra_op_threads})")
+    tuning.add_argument("--max-batch-size", type=int,
+                        help=f"largest batch Triton may form (default {measured.batching.max_batch_size})")
+    tuning.add_argument("--queue-delay-us", type=int, help="how long the dynamic batcher waits to fill a batch "
+                                                           f"(default {measured.batching.max_queue_delay_us})")
     tuning.add_argument("--max-pad-ratio", type=float,
-                        help="cpu runner: requests whose padding would exceed this factor run apart (inf: never)")
+                        help="cpu runner: requests whose padding would exceed this factor run apart (inf: never; "
+                             f"default {measured.max_pad_ratio:g})")
     tuning.add_argument("--share-cores", action=argparse.BooleanOptionalAction, default=None,
                         help="cpu profile: heavy instances take turns on the machine's cores (Triton's rate "
-                             "limiter) instead of all computing at once")
+                             f"limiter) instead of all computing at once (default {_on_off(measured.share_cores)})")
     p.add_argument("--models-dir", help=f"where exported models go (default {paths.home()}/models/SIZE)")
     p.add_argument("--repository", help="where rendered repositories go, one folder per profile")
-    p.add_argument("--profiles", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"])
+    p.add_argument("--profiles", nargs="+", default=["cpu", "gpu"], choices=["cpu", "gpu"],
+                   help="which Triton repositories to render (default: cpu gpu)")
     p.add_argument("--force", action="store_true", help="rebuild even when current exports exist")
 
 
 def _serve_arguments(p):
     _add_size(p, default="base")
-    p.add_argument("--profile", default="cpu", choices=["cpu"])
+    p.add_argument("--profile", default="cpu", choices=["cpu"],
+                   help="the repository's profile; the embedded Triton serves the cpu one (default %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                    help="which rendered repository to serve: fp32; bf16 (OpenVINO on a CPU with native bf16); "
                         "int8 (quantised: faster on CPU, see docs/BENCHMARKS.md); auto (default): bf16 where the "
                         "CPU has it and `export` rendered it, else fp32")
     p.add_argument("--repository", help="rendered model repository (default: the one `export` wrote for "
                                         "--size and --precision)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=50051, help="gateway gRPC port")
+    _add_listen(p, "gateway gRPC port")
     _add_gateway_options(p)
     _add_triton_ports(p)
 
@@ -649,8 +669,7 @@ def _gateway_arguments(p):
                    help="Triton's gRPC address: HOST:PORT, a list IP:PORT,IP:PORT, or dns:///NAME:PORT (a name whose "
                         "records change, e.g. a headless Service); calls are balanced round robin over every "
                         "address, and one whose replica goes away is tried once on another (default %(default)s)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=50051)
+    _add_listen(p, "gRPC port")
     _add_gateway_options(p)
 
 
@@ -707,7 +726,8 @@ def _pack_arguments(p):
     p.add_argument("repository", nargs="?", help="rendered model repository (default: the gpu one `export` wrote "
                                                  "for --size)")
     _add_size(p, default="base")
-    p.add_argument("--out", default=".", help="folder for repository-<sha256[:16]>.tar.gz and its .sha256")
+    p.add_argument("--out", default=".", help="folder for repository-<sha256[:16]>.tar.gz and its .sha256 "
+                                                   "(default: the current one)")
     p.add_argument("--url", help="where the tarball will be served from (a folder URL): printed in the overlay lines")
     p.add_argument("--track", metavar="DIR",
                    help="blue/green: write this repository's track overlay to DIR/<sha256[:16]>/ (with the front "
@@ -760,6 +780,7 @@ class _Subcommand(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="toneserve", description="Speech emotion and sentiment service.")
     root.add_argument("-v", "--verbose", action="store_true")
+    root.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = root.add_subparsers(dest="command", required=True, parser_class=_Subcommand)
     for name, (text, options, func) in COMMANDS.items():
         sub.add_parser(name, help=text, command=name, options=options).set_defaults(func=func)
