@@ -105,32 +105,95 @@ def role_problem(role: str) -> str | None:
     return None
 
 
+class Retry(enum.Enum):
+    """Whether, and how, a request that failed with a code can be tried again. The SDK retries exactly the
+    codes whose gRPC status is UNAVAILABLE or RESOURCE_EXHAUSTED (client/errors.py); every code whose
+    Retry is not NEVER has one of those statuses (tests/unit/test_reference_docs.py)."""
+
+    NEVER = "the same request fails the same way"
+    AFTER_HINT = ("after the hinted delay: gRPC's grpc-retry-pushback-ms trailer, HTTP's Retry-After header "
+                  "(the SDK waits it, with backoff)")
+    ANOTHER_REPLICA = "at once, on another replica (the SDK retries with backoff; round robin picks another)"
+
+
 class Code(enum.Enum):
     """Every error a client can see: its gRPC status (by name), its HTTP status (the gateway's HTTP/JSON
-    API) and a default message. Clients switch on the code (sent as the status message prefix and in
-    ERROR_CODE_METADATA over gRPC, as `code` in the JSON body over HTTP), never on message text."""
+    API), a default message, whether a retry can pass (Retry), and its usual cause with what to do (the
+    error reference, docs/errors.md, is generated from this table by scripts/gen-docs). Clients switch on
+    the code (sent as the status message prefix and in ERROR_CODE_METADATA over gRPC, as `code` in the
+    JSON body over HTTP), never on message text."""
 
-    INVALID_AUDIO = ("INVALID_ARGUMENT", 400, "the audio could not be decoded")
-    UNSUPPORTED_CODEC = ("INVALID_ARGUMENT", 400, "the audio codec is not supported")
-    NO_AUDIO_STREAM = ("INVALID_ARGUMENT", 400, "the input contains no audio stream")
-    EMPTY_AUDIO = ("INVALID_ARGUMENT", 400, "the audio holds no samples")
-    AUDIO_TOO_LARGE = ("INVALID_ARGUMENT", 413, "the audio is larger than the server allows")
-    AUDIO_TOO_LONG = ("INVALID_ARGUMENT", 413, "the audio is longer than the server allows")
-    AUDIO_TOO_SHORT = ("INVALID_ARGUMENT", 400, "the audio is too short to analyse")
-    TOO_MANY_CHANNELS = ("INVALID_ARGUMENT", 400, "the audio has more channels than the server allows")
+    INVALID_AUDIO = ("INVALID_ARGUMENT", 400, "the audio could not be decoded", Retry.NEVER,
+                     "The bytes are not a media container FFmpeg recognises, a stream is corrupt or truncated, the "
+                     "sample rate is outside 4000-192000 Hz, or float samples are NaN or infinite. Check that the "
+                     "file plays (`ffprobe FILE`); re-encode it (e.g. to WAV or FLAC).")
+    UNSUPPORTED_CODEC = ("INVALID_ARGUMENT", 400, "the audio codec is not supported", Retry.NEVER,
+                         "The container is read but FFmpeg in the gateway cannot decode its audio codec. Convert "
+                         "it to a common codec (PCM WAV, FLAC, MP3, Opus, AAC).")
+    NO_AUDIO_STREAM = ("INVALID_ARGUMENT", 400, "the input contains no audio stream", Retry.NEVER,
+                       "The container holds only video, subtitles or data. Send the recording's audio.")
+    EMPTY_AUDIO = ("INVALID_ARGUMENT", 400, "the audio holds no samples", Retry.NEVER,
+                   "The request's audio has no bytes, or its stream decodes to no samples (an empty upload, a "
+                   "header alone). Check what the client sends.")
+    AUDIO_TOO_LARGE = ("INVALID_ARGUMENT", 413, "the audio is larger than the server allows", Retry.NEVER,
+                       "More bytes than `Analyze` takes (`--max-message-mb`) or than an upload may hold "
+                       "(`--max-upload-mb`; over HTTP declared by Content-Length or found while streaming). "
+                       "Use `AnalyzeUpload` (the SDK does above 32 MiB), or raise the limit.")
+    AUDIO_TOO_LONG = ("INVALID_ARGUMENT", 413, "the audio is longer than the server allows", Retry.NEVER,
+                      "The recording is longer than `--max-minutes`, or its rate x channels x seconds exceed "
+                      "`--max-samples`; checked against the declared duration before decoding. Split the "
+                      "recording, or raise the limit.")
+    AUDIO_TOO_SHORT = ("INVALID_ARGUMENT", 400, "the audio is too short to analyse", Retry.NEVER,
+                       "The recording decodes to less than 0.1 s. Send a longer recording.")
+    TOO_MANY_CHANNELS = ("INVALID_ARGUMENT", 400, "the audio has more channels than the server allows",
+                         Retry.NEVER,
+                         "More channels than `--max-channels`. Mix the channels down (`mix_channels`) before "
+                         "sending, or raise the limit.")
     # The request was well formed and its audio decoded, but there is nothing to analyse in it.
-    NO_SPEECH = ("FAILED_PRECONDITION", 422, "no speech was found in the audio")
-    INVALID_ARGUMENT = ("INVALID_ARGUMENT", 400, "a request field is out of range")
-    UNAUTHENTICATED = ("UNAUTHENTICATED", 401, "a valid API key is required")
-    OVERLOADED = ("RESOURCE_EXHAUSTED", 429, "the gateway is at capacity; retry after the hinted delay")
+    NO_SPEECH = ("FAILED_PRECONDITION", 422, "no speech was found in the audio", Retry.NEVER,
+                 "The voice activity detector found no utterance: silence, music, tones, or speech it scores "
+                 "below `vad_threshold`. Check the recording; a lower `vad_threshold` (per request, in "
+                 "`thresholds`) admits less certain speech.")
+    INVALID_ARGUMENT = ("INVALID_ARGUMENT", 400, "a request field is out of range", Retry.NEVER,
+                        "An option is refused before any audio is read: a threshold out of range, an unknown "
+                        "language, a bad `request_id` or channel role, an impossible diarization hint, a text "
+                        "too long for `AnalyzeText`, an unknown or repeated HTTP query parameter. The message "
+                        "names the field.")
+    UNAUTHENTICATED = ("UNAUTHENTICATED", 401, "a valid API key is required", Retry.NEVER,
+                       "The gateway has API keys and the request sent no `authorization: Bearer KEY`, or a key it "
+                       "does not know. Send the key (`--api-key`, `TONESERVE_API_KEY`); after a rotation, check "
+                       "that the key file was reloaded (SIGHUP) or the pods restarted.")
+    OVERLOADED = ("RESOURCE_EXHAUSTED", 429, "the gateway is at capacity; retry after the hinted delay",
+                  Retry.AFTER_HINT,
+                  "`--max-requests` requests (or the tenant's `--max-requests-per-tenant`) are in progress; the "
+                  "gateway refuses at once instead of queueing. Retry after the hint; if it persists, add "
+                  "replicas or capacity (docs/BENCHMARKS.md, `toneserve plan`).")
     QUOTA_EXCEEDED = ("RESOURCE_EXHAUSTED", 429, "the tenant's audio quota for this minute or day is used up; "
-                                                 "retry after the hinted delay")
-    TRITON_UNAVAILABLE = ("UNAVAILABLE", 503, "the inference server is unavailable")
+                                                 "retry after the hinted delay", Retry.AFTER_HINT,
+                      "The tenant's audio seconds for this UTC minute or day are used up; the hint is the end of "
+                      "the window. The SDK does not wait hints over two minutes (a day quota): it fails with this "
+                      "code. Raise the key's `seconds_per_minute=` / `seconds_per_day=`, or wait.")
+    TRITON_UNAVAILABLE = ("UNAVAILABLE", 503, "the inference server is unavailable", Retry.AFTER_HINT,
+                          "The gateway's Triton failed two readiness probes (stopped, restarting, models "
+                          "unloaded), a Triton call timed out (`--triton-timeout`), or Triton could not be "
+                          "reached. The gateway serves again after one good probe, without a restart; check "
+                          "Triton's log and `toneserve_triton_ready`.")
     # A request still running when the gateway's drain ends, or a new HTTP request on a kept-alive
     # connection during a drain: the replica is going away, another one can serve it.
-    SHUTTING_DOWN = ("UNAVAILABLE", 503, "the gateway is shutting down; retry on another replica")
-    DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", 504, "the request ran out of time")
-    INTERNAL = ("INTERNAL", 500, "internal error")
+    SHUTTING_DOWN = ("UNAVAILABLE", 503, "the gateway is shutting down; retry on another replica",
+                     Retry.ANOTHER_REPLICA,
+                     "The gateway is draining (SIGTERM: a rolling update, a scale-down, a stop) and the request "
+                     "was still running when the drain ended, or came on a kept-alive HTTP connection during it. "
+                     "Retry: another replica serves it. Often, a drain shorter than the longest request.")
+    DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", 504, "the request ran out of time", Retry.NEVER,
+                         "The client's deadline (or `--max-request-minutes`) passed during the analysis or a "
+                         "Triton call in it, or an upload or stream sent nothing for "
+                         "`--chunk-timeout` or ran past `--upload-timeout-minutes`. Give a longer timeout, or "
+                         "send the audio faster. The SDK does not retry it: the same call would take as long.")
+    INTERNAL = ("INTERNAL", 500, "internal error", Retry.NEVER,
+                "A bug, or a model that returned what the gateway cannot use (wrong shape, non-finite values). "
+                "The request id (`toneserve-request-id`, `request_id` in the JSON body) finds the gateway's "
+                "log line; report it.")
 
     @property
     def status(self) -> str:
@@ -145,6 +208,20 @@ class Code(enum.Enum):
     @property
     def default_message(self) -> str:
         return self.value[2]
+
+    @property
+    def retry(self) -> Retry:
+        """Whether, and how, a later try of the same request can pass."""
+        return self.value[3]
+
+    @property
+    def retryable(self) -> bool:
+        return self.retry is not Retry.NEVER
+
+    @property
+    def guide(self) -> str:
+        """Its usual cause, and what to do (docs/errors.md)."""
+        return self.value[4]
 
 
 class ToneserveError(Exception):
