@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 
@@ -19,7 +20,7 @@ from toneserve.gateway.quota import RedisStore, SharedQuotas, check_store_url, d
 from toneserve.gateway.sentiment import lexicon_installed
 from toneserve.gateway.service import AnalyzerService
 from toneserve.gateway.settings import Settings
-from toneserve.gateway.triton_watch import TritonWatch
+from toneserve.gateway.triton_watch import TritonWatch, load_until_ready
 from toneserve.gateway.verdict import Judge, JudgeSettings
 from toneserve.v1 import toneserve_pb2, toneserve_pb2_grpc
 
@@ -30,6 +31,8 @@ class GatewayStartError(CommandError):
     """The gateway could not start; the message says why and what to do."""
 
 
+# One try at loading the models' configs from Triton is given up after this long (then tried again).
+LOAD_ATTEMPT_SECONDS = 10.0
 SERVICE_NAME = toneserve_pb2.DESCRIPTOR.services_by_name["Analyzer"].full_name
 
 
@@ -107,6 +110,8 @@ class Gateway:
         self.http_port = http_port
         self.playground = playground
         self.http: HttpApi | None = None
+        self.loader: asyncio.Task | None = None  # loads from Triton, trying again until it answers
+        self.loaded = asyncio.Event()  # set once it has: health follows Triton from then on
         try:
             self.quota_store = check_store_url(quota_store) if quota_store else None
         except ValueError as exc:
@@ -115,8 +120,11 @@ class Gateway:
         self.stopping = False
 
     async def start(self) -> None:
+        """Listen (gRPC, health, metrics, HTTP) with health NOT_SERVING, then load the models' configs from Triton;
+        returns SERVING when the first try loads them, else NOT_SERVING with the tries going on in the background
+        (`loaded` is set once they succeed). Requests meanwhile are answered TRITON_UNAVAILABLE, with a retry hint."""
         self.inference = Inference(self.triton_url, self.settings.triton_timeout_seconds)
-        await self.inference.load()
+        self.metrics.triton_ready.set(0)
         # Room for the largest Analyze audio plus the rest of the message (a larger one gets gRPC's
         # own RESOURCE_EXHAUSTED before it reaches us).
         max_message = self.settings.max_message_bytes + 1024 * 1024
@@ -138,6 +146,8 @@ class Gateway:
             await self.shared_quotas.start()
         toneserve_pb2_grpc.add_AnalyzerServicer_to_server(service, self.server)
         health = self.health = health_aio.HealthServicer()
+        for name in (SERVICE_NAME, ""):  # until the models are loaded from Triton
+            await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -179,8 +189,17 @@ class Gateway:
                 await self.stop(0)
                 raise GatewayStartError(f"cannot serve HTTP on {self.host}:{self.http_port} ({exc}); "
                                         "choose another with --http-port") from None
-        await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        await health.set("", health_pb2.HealthCheckResponse.SERVING)
+        service.triton_ready = lambda: self.watch is not None and self.watch.ready
+        tried = asyncio.Event()
+        self.loader = asyncio.create_task(self._load(tried), name="triton-load")
+        await tried.wait()  # SERVING at once where Triton is ready, as before; else the tries go on
+        log.info("gateway listening on %s (Triton at %s)", self.address, self.triton_url)
+
+    async def _load(self, tried: asyncio.Event) -> None:
+        """Load the models' configs from Triton, trying again until it answers; then SERVING, and follow Triton."""
+        assert self.inference is not None and self.health is not None
+        inference, health = self.inference, self.health
+        await load_until_ready(inference.load, f"Triton at {self.triton_url}", LOAD_ATTEMPT_SECONDS, tried.set)
 
         async def follow(ready: bool) -> None:
             status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -188,10 +207,12 @@ class Gateway:
             for name in (SERVICE_NAME, ""):
                 await health.set(name, status)
 
-        self.watch = TritonWatch(self.inference.ready, follow, self.settings.triton_poll_seconds)
-        service.triton_ready = lambda: self.watch is not None and self.watch.ready
+        await follow(True)
+        self.watch = TritonWatch(inference.ready, follow, self.settings.triton_poll_seconds)
         self.watch.start()
-        log.info("gateway listening on %s (Triton at %s)", self.address, self.triton_url)
+        self.loaded.set()
+        tried.set()
+        log.warning("the models' configs are loaded from Triton at %s: SERVING", self.triton_url)
 
     async def stop(self, grace: float = 5.0) -> None:
         # NOT_SERVING first, for good: health checkers and load balancers stop sending calls here while
@@ -199,6 +220,10 @@ class Gateway:
         self.stopping = True  # the HTTP health answers NOT_SERVING from now on
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if self.loader is not None:
+            self.loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.loader
         if self.watch is not None:
             await self.watch.stop()
         # gRPC and HTTP drain together, each call in progress getting up to `grace`.

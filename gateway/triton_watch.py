@@ -8,6 +8,10 @@ out one Triton call at a time. One good probe and it is back: `on_change(True)`,
 restart. Requests already in progress are not touched: their Triton calls fail or succeed on
 their own, each request still gets exactly one answer.
 
+Before that, the gateway must have read the models' configs from Triton once (`load_until_ready`): it
+listens and answers NOT_SERVING meanwhile, trying again with a backoff, so that a gateway started
+before Triton (a first apply, a Triton outage while a replica restarts) waits instead of exiting.
+
 With several Triton replicas behind --triton-url, each probe goes to one replica that the channel's
 round robin holds connected, so "Triton is down" means no replica answers: one replica lost takes
 the gateway out of no load balancer while another serves.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("toneserve.gateway")
@@ -67,3 +72,37 @@ class TritonWatch:
             except Exception as exc:  # the watcher must outlive any one failed probe or callback
                 log.error("Triton readiness probe failed: %s", exc, exc_info=exc)
             await asyncio.sleep(self.interval)
+
+
+# Waits between tries to load from Triton: the first, doubling up to the cap (each drawn with jitter).
+FIRST_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 30.0
+
+
+def backoff(attempt: int, first: float = FIRST_RETRY_SECONDS, cap: float = MAX_RETRY_SECONDS,
+            rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed try `attempt` (0 for the first): `first` doubling each try up to `cap`,
+    drawn between half of it and all of it, so that replicas started together do not ask Triton in step."""
+    ceiling = min(cap, first * 2 ** min(attempt, 32))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+async def load_until_ready(load: Callable[[], Awaitable[None]], what: str, attempt_seconds: float,
+                           on_failure: Callable[[], None] = lambda: None) -> int:
+    """Await `load()` until it succeeds, each try given up after `attempt_seconds`, with `backoff` between
+    tries; each failure is logged once, with the wait before the next try, and `on_failure()` is called.
+    Returns how many tries failed. Cancelling it (the gateway stopping) ends it at once."""
+    attempt = 0
+    while True:
+        try:
+            async with asyncio.timeout(attempt_seconds):
+                await load()
+            return attempt
+        except Exception as exc:  # whatever went wrong, the gateway stays up, says why and tries again
+            reason = str(exc) or f"no answer within {attempt_seconds:g} s"
+            delay = backoff(attempt)
+            attempt += 1
+            log.warning("cannot load the models from %s (try %d: %s); NOT_SERVING, trying again in %.1f s",
+                        what, attempt, reason, delay)
+            on_failure()
+            await asyncio.sleep(delay)

@@ -289,7 +289,9 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
             + (f", HTTP on {scheme}://{host}:{args.http_port}" if args.http_port else "")
             + (f" (playground: {scheme}://{host}:{args.http_port}/)" if args.playground and args.http_port else "")
             + (f", metrics on http://{args.metrics_host}:{args.metrics_port}/metrics" if args.metrics_port else "")
-            + (f", API keys of {len(keys.tenants)} tenant(s)" if keys.enabled else ", no API keys"))
+            + (f", API keys of {len(keys.tenants)} tenant(s)" if keys.enabled else ", no API keys")
+            + ("" if gateway.loaded.is_set() else f"; NOT_SERVING until Triton at {triton_url} answers (tried again "
+                                                  "with a backoff)"))
         await stop.wait()
     finally:
         # New calls are refused at once; those in progress get up to --drain-seconds to finish.
