@@ -243,3 +243,35 @@ def test_the_sample_response_is_consistent_with_itself_and_the_label_sets():
     assert [(p["speaker"], p["start_ms"]) for p in call["emotion_timeline"]] == \
         [(s["speaker"], s["start_ms"]) for s in segments]
     assert math.isclose(call["talk_seconds"] + call["non_talk_seconds"], call["duration_seconds"])
+
+
+# --------------------------------------------------------------------------- links inside the reference pages
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to '-', -1 -2 ...
+    after repeats. Fenced code is not headings."""
+    anchors: set[str] = set()
+    counts: dict[str, int] = {}
+    fenced = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or not re.match(r"#{1,6} ", line):
+            continue
+        slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        anchors.add(slug if slug not in counts else f"{slug}-{counts[slug]}")
+        counts[slug] = counts.get(slug, 0) + 1
+    return anchors
+
+
+def test_github_anchors_follow_github_s_rules():
+    page = "# A b\n## HTTP beside gRPC: the API (2026-12-06)\n```\n# not a heading\n```\n## A b\n"
+    assert github_anchors(page) == {"a-b", "http-beside-grpc-the-api-2026-12-06", "a-b-1"}
+
+
+@pytest.mark.parametrize("page", ["docs/errors.md", "docs/configuration.md", "docs/api.md", "docs/BENCHMARKS.md"])
+def test_every_link_to_a_heading_of_the_page_finds_it(page):
+    text = (ROOT / page).read_text()
+    links = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert links or page == "docs/api.md"
+    assert links <= github_anchors(text), sorted(links - github_anchors(text))
