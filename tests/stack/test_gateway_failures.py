@@ -1,56 +1,18 @@
 """The gateway when Triton is missing or goes away: clear errors, never a hang or a traceback."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.stack.gateway_alone import gateway_without_triton, health, http_call
 from tests.support import stop_stack, wait_for_health
 from toneserve.client.sdk import AnalyzeError, Client
 from toneserve.samples import speechlike, wav_bytes
 from toneserve.triton import EmbeddedTriton, TritonPorts, free_port
-
-
-def _health(address: str) -> str:
-    with grpc.insecure_channel(address) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-
-def _get(url: str, body: bytes | None = None) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
-
-
-def _gateway_without_triton(triton_grpc: str, log, *flags: str) -> tuple[subprocess.Popen, str]:
-    """A gateway against a Triton that is not there (yet), once its gRPC health answers."""
-    port = free_port()
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "toneserve.cli", "gateway", "--triton-url", triton_grpc,
-                                    "--port", str(port), "--metrics-port", "0", *flags],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, f"the gateway exited ({process.returncode}):\n{log.read_text()}"
-        try:
-            _health(address)
-            return process, address
-        except grpc.RpcError:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
 
 
 def test_a_gateway_started_before_triton_waits_not_serving_then_serves(repository, tmp_path):
@@ -59,28 +21,28 @@ def test_a_gateway_started_before_triton_waits_not_serving_then_serves(repositor
     ports = TritonPorts(free_port(), free_port(), free_port())
     http = f"http://127.0.0.1:{free_port()}"
     log = tmp_path / "gateway.log"
-    gateway, address = _gateway_without_triton(f"127.0.0.1:{ports.grpc}", log, "--http-port", http.rsplit(":", 1)[1])
+    gateway, address = gateway_without_triton(f"127.0.0.1:{ports.grpc}", log, "--http-port", http.rsplit(":", 1)[1])
     triton = None
     try:
-        assert _health(address) == "NOT_SERVING"
+        assert health(address) == "NOT_SERVING"
         clip = wav_bytes(speechlike(2.0), 16000)
         with Client(address, max_attempts=1) as client:
             with pytest.raises(AnalyzeError) as error:
                 client.analyze(clip, timeout=30)
         assert (error.value.status, error.value.code) == ("UNAVAILABLE", "TRITON_UNAVAILABLE")
-        assert _get(f"{http}/v1/health")[::2] == (503, {"status": "NOT_SERVING"})
-        status, headers, body = _get(f"{http}/v1/analyze", clip)
+        assert http_call(f"{http}/v1/health")[::2] == (503, {"status": "NOT_SERVING"})
+        status, headers, body = http_call(f"{http}/v1/analyze", clip)
         assert (status, body["code"]) == (503, "TRITON_UNAVAILABLE") and int(headers["Retry-After"]) >= 1
         deadline = time.monotonic() + 30  # tried again, each failure logged with the wait before the next try
         while log.read_text().count("trying again in") < 3:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        assert gateway.poll() is None and _health(address) == "NOT_SERVING"
+        assert gateway.poll() is None and health(address) == "NOT_SERVING"
         triton = EmbeddedTriton(repository, ports, log_path=tmp_path / "triton.log").start()
         wait_for_health(address, gateway, log, timeout=90)  # the backoff's cap (30 s) and then some
         with Client(address) as client:
             assert len(client.analyze(clip).segments) == 1
-        assert _get(f"{http}/v1/health")[::2] == (200, {"status": "SERVING"})
+        assert http_call(f"{http}/v1/health")[::2] == (200, {"status": "SERVING"})
     finally:
         if triton is not None:
             triton.stop()
@@ -89,7 +51,7 @@ def test_a_gateway_started_before_triton_waits_not_serving_then_serves(repositor
 
 def test_sigterm_stops_a_gateway_still_waiting_for_triton_at_once(tmp_path):
     log = tmp_path / "gateway.log"
-    gateway, address = _gateway_without_triton(f"127.0.0.1:{free_port()}", log)
+    gateway, address = gateway_without_triton(f"127.0.0.1:{free_port()}", log)
     try:
         deadline = time.monotonic() + 30
         while log.read_text().count("trying again in") < 2:  # asleep in the backoff
