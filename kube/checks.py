@@ -6,7 +6,9 @@
 - every port of a Service is admitted, from somewhere, by the NetworkPolicies that select its pods (a port
   added to the Service but not to the policy would be dropped for everyone);
 - every name is DNS-1123 (a label for Services, a subdomain otherwise);
-- extended resources (nvidia.com/gpu) are requested exactly as they are limited.
+- extended resources (nvidia.com/gpu) are requested exactly as they are limited;
+- the pods that must be Guaranteed (Triton's: the last the kubelet evicts) are: every container, init
+  containers included, limits cpu and memory and requests what it limits (ephemeral-storage too, where set).
 
 Each function returns the problems found, as sentences; none means the objects pass.
 """
@@ -15,10 +17,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from toneserve.kube import triton
+
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 NATIVE_RESOURCES = {"cpu", "memory", "ephemeral-storage"}
+# Components (app.kubernetes.io/component) whose pods must be of the Guaranteed QoS class.
+GUARANTEED = {triton.COMPONENT}
 
 
 def _name(obj: dict) -> str:
@@ -165,6 +171,44 @@ def extended_resources(objects: Iterable[dict]) -> list[str]:
     return problems
 
 
+def qos_class(pod: dict) -> str:
+    """The QoS class Kubernetes gives a pod spec: Guaranteed when every container (init containers too) limits
+    cpu and memory and requests the same (a request left out defaults to the limit); BestEffort when none sets
+    either; Burstable otherwise."""
+    containers = pod.get("initContainers", []) + pod["containers"]
+    guaranteed, any_set = True, False
+    for c in containers:
+        limits = c.get("resources", {}).get("limits", {})
+        requests = {**limits, **c.get("resources", {}).get("requests", {})}
+        for name in ("cpu", "memory"):
+            any_set = any_set or name in limits or name in requests
+            if name not in limits or str(requests[name]) != str(limits[name]):
+                guaranteed = False
+    return "Guaranteed" if guaranteed else "Burstable" if any_set else "BestEffort"
+
+
+def qos(objects: Iterable[dict]) -> list[str]:
+    problems = []
+    for d in (o for o in objects if o["kind"] == "Deployment"):
+        if _pod_labels(d).get("app.kubernetes.io/component") not in GUARANTEED:
+            continue
+        pod = d["spec"]["template"]["spec"]
+        if qos_class(pod) != "Guaranteed":
+            problems.append(f"{_name(d)}: its pods are {qos_class(pod)}, not Guaranteed: every container needs cpu "
+                            "and memory limits, requested as limited")
+        for c in _containers(d):
+            limits = c.get("resources", {}).get("limits", {})
+            requests = {**limits, **c.get("resources", {}).get("requests", {})}
+            for name in set(requests) - set(limits):
+                problems.append(f"{_name(d)}: {c['name']} requests {name} without a limit")
+            for name in set(limits) & set(requests):
+                if str(requests[name]) != str(limits[name]):
+                    problems.append(f"{_name(d)}: {c['name']} requests {name} {requests[name]} but limits "
+                                    f"{limits[name]}")
+    return problems
+
+
 def problems(objects: Iterable[dict]) -> list[str]:
     objects = [o for o in objects if o]
-    return names(objects) + selectors(objects) + ports(objects) + policies(objects) + extended_resources(objects)
+    return (names(objects) + selectors(objects) + ports(objects) + policies(objects) + extended_resources(objects)
+            + qos(objects))

@@ -10,8 +10,15 @@ from toneserve.contract import ASR, EMOTION, VAD
 # The images docker-compose.yml builds (deploy/triton/Dockerfile pins the NGC base, 25.07 = Triton 2.59.1).
 TRITON_IMAGE = "toneserve/tritonserver:25.07-py3-toneserve0.1.0"
 GATEWAY_IMAGE = "toneserve/gateway:0.1.0"
+# Triton without CUDA, for CPU nodes (deploy/triton-cpu/Dockerfile; compose's cpu profile): the same
+# tritonserver flags and admin-token wrapper, `tritonserver` on PATH, the cpu profile's repository.
+TRITON_CPU_IMAGE = "toneserve/tritonserver-cpu:0.1.0"
 # The init container that fetches the packed repository: curl, sha256sum and tar (busybox) on Alpine.
 FETCH_IMAGE = "curlimages/curl:8.11.1"
+# How long pulling each image may take on a node that has none of its layers, for the Deployments'
+# progress deadlines: the NGC-based Triton image is ~10 GB compressed (about 15 min at ~12 MB/s); the
+# gateway's and the fetcher's are small.
+IMAGE_PULL_S = {"triton": 900, "gateway": 300, "fetch": 120}
 
 TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8000, 8001, 8002
 GATEWAY_PORT, GATEWAY_METRICS_PORT = 50051, 9464

@@ -5,11 +5,12 @@ through the headless Service (a `dns:///` target, re-resolved as Triton replicas
 """
 from __future__ import annotations
 
+import copy
 import math
 
 from toneserve.gateway.settings import Settings
 from toneserve.kube import facts, triton
-from toneserve.kube.objects import meta, pdb, restricted, selector
+from toneserve.kube.objects import meta, pdb, probe_budget, restricted, selector, spread
 
 NAME = "toneserve-gateway"
 COMPONENT = "gateway"
@@ -32,20 +33,48 @@ def triton_url() -> str:
     return f"dns:///$({TRITON_ENV}).$(POD_NAMESPACE).svc:{facts.TRITON_GRPC_PORT}"
 
 
+# The longest grace a stopping pod gets from what drains nodes: the cluster autoscaler's default
+# --max-graceful-termination-sec (a scale-down kills the pod then, whatever its own grace says); spot and
+# preemptible nodes give less (AWS 120 s, GCP 30 s). A grace of hours would also hold every rollout and
+# `kubectl drain` for hours. So the gateway's grace stays within it, and a longer call is cut at the end
+# of the drain with UNAVAILABLE / SHUTTING_DOWN, which clients retry on another replica.
+NODE_GRACE_LIMIT_S = 600
+# What the grace holds beyond the drain: the preStop pause (5 s) and the process's exit.
+STOP_MARGIN_S = 30
+# Clients are told to reconnect after this (gRPC GOAWAY; HTTP: Connection: close), so that gateway replicas
+# the autoscaler adds get their share: a client keeps its connection to the replica it first found. The
+# same age, and the same reason, as Triton's for the gateways (kube/triton.py).
+MAX_CONNECTION_AGE_S = triton.MAX_CONNECTION_AGE_S
+
+
 def drain_seconds(settings: Settings) -> int:
-    """How long a stopping gateway lets its calls finish: the longest a request may take, so that scaling
-    down or rolling the gateways never cuts an hour-long call."""
-    return math.ceil(settings.max_request_seconds or settings.upload_timeout_seconds)
+    """How long a stopping gateway lets its calls finish: the longest a request may take, within what node
+    drains allow (NODE_GRACE_LIMIT_S less the stop's margin)."""
+    longest = math.ceil(settings.max_request_seconds or settings.upload_timeout_seconds)
+    return min(longest, NODE_GRACE_LIMIT_S - STOP_MARGIN_S)
 
 
 def args(settings: Settings) -> list[str]:
-    """Compose's command line, with this cluster's paths and Triton address, the health port and the drain."""
+    """Compose's command line, with this cluster's paths and Triton address, the health port, the drain, and the
+    connections' age: a connection closed for its age lets its calls run on for the drain's time."""
+    drain = str(drain_seconds(settings))
     return [*facts.gateway_args(triton_url(), f"{KEYS_DIR}/api_keys.txt", f"{TLS_DIR}/tls.crt", f"{TLS_DIR}/tls.key"),
-            "--health-port", str(HEALTH_PORT), "--drain-seconds", str(drain_seconds(settings))]
+            "--health-port", str(HEALTH_PORT), "--drain-seconds", drain,
+            "--max-connection-age", str(MAX_CONNECTION_AGE_S), "--max-connection-age-grace", drain]
 
 
 def _grpc_probe(period: int, failures: int) -> dict:
     return {"grpc": {"port": HEALTH_PORT}, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
+
+
+STARTUP_PROBE = _grpc_probe(period=5, failures=60)
+
+
+def progress_deadline_s() -> int:
+    """A gateway becomes ready only once a Triton pool is (it reads the models' configs first): when a new
+    repository starts a new pool (kube/pools.py), the gateways' rollout waits for it. So: Triton's deadline,
+    then the gateway's own image pull and startup budget (its pods restart meanwhile, the old ones serve)."""
+    return triton.progress_deadline_s() + facts.IMAGE_PULL_S["gateway"] + probe_budget(STARTUP_PROBE)
 
 
 def deployment(settings: Settings | None = None, secrets_digest: str | None = None) -> dict:
@@ -67,7 +96,7 @@ def deployment(settings: Settings | None = None, secrets_digest: str | None = No
                          {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}],
         # The gateway serves once it has read Triton's model configs (label sets, provenance).
-        "startupProbe": _grpc_probe(period=5, failures=60),
+        "startupProbe": copy.deepcopy(STARTUP_PROBE),
         # NOT_SERVING while Triton is not ready: the pod leaves the Service, clients go to the others.
         # It stands for the HTTP port too: readiness is the pod's, not a port's (a ready pod is an endpoint
         # of every port of its Services); the gateway says SERVING only once its HTTP listener is up, and
@@ -88,14 +117,16 @@ def deployment(settings: Settings | None = None, secrets_digest: str | None = No
         "spec": {
             "selector": {"matchLabels": selector(COMPONENT)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "progressDeadlineSeconds": progress_deadline_s(),
             "template": {
                 "metadata": template_meta,
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": {"fsGroup": facts.GATEWAY_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-                    # The drain, plus the preStop pause and room to exit.
-                    "terminationGracePeriodSeconds": drain_seconds(settings) + 30,
+                    # The drain, plus the preStop pause and room to exit: NODE_GRACE_LIMIT_S at most.
+                    "terminationGracePeriodSeconds": drain_seconds(settings) + STOP_MARGIN_S,
+                    "topologySpreadConstraints": spread(COMPONENT),
                     "containers": [gateway],
                     "volumes": [
                         {"name": "api-keys", "secret": {"secretName": KEYS_SECRET, "defaultMode": 0o440}},

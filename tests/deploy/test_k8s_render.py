@@ -125,10 +125,12 @@ def test_the_gateway_runs_composes_command_against_every_triton_pod():
                                          "/run/secrets/tls_key")
     assert args == facts.gateway_args(gateway.triton_url(), f"{gateway.KEYS_DIR}/api_keys.txt",
                                       f"{gateway.TLS_DIR}/tls.crt", f"{gateway.TLS_DIR}/tls.key") + [
-        "--health-port", str(gateway.HEALTH_PORT), "--drain-seconds", str(gateway.drain_seconds(Settings()))]
-    # A stopping gateway (scale-down, rollout) lets the longest call finish before the kubelet kills it.
+        "--health-port", str(gateway.HEALTH_PORT), "--drain-seconds", str(gateway.drain_seconds(Settings())),
+        "--max-connection-age", str(gateway.MAX_CONNECTION_AGE_S),
+        "--max-connection-age-grace", str(gateway.drain_seconds(Settings()))]
+    # A stopping gateway (scale-down, rollout) drains before the kubelet kills it: within what node
+    # operations honour (test_the_gateway_drain_fits_what_node_operations_honour).
     spec = _find("Deployment", gateway.NAME)["spec"]["template"]["spec"]
-    assert gateway.drain_seconds(Settings()) >= 3600
     assert spec["terminationGracePeriodSeconds"] > gateway.drain_seconds(Settings())
     env = {e["name"]: e.get("value") for e in _find("Deployment", gateway.NAME)["spec"]["template"]["spec"][
         "containers"][0]["env"]}
@@ -275,3 +277,161 @@ def test_the_init_container_script_verifies_and_unpacks(tmp_path):
     env["REPOSITORY_URL"] = ""
     unset = subprocess.run(["sh", "-c", _init_script(wrong)], env=env, capture_output=True, text=True)
     assert unset.returncode == 1 and "toneserve pack" in unset.stderr
+
+
+# --- operations (issue 23): QoS, the init container's fetch, progress deadlines, spread, PDBs, the drain ---
+
+
+def _pod(name: str) -> dict:
+    return _find("Deployment", name)["spec"]["template"]["spec"]
+
+
+def test_every_container_of_the_triton_pod_is_guaranteed():
+    """requests == limits for cpu and memory (and ephemeral-storage where set) in every container, init
+    containers included: otherwise the pod is Burstable, the kubelet's earlier victim under memory pressure."""
+    from toneserve.kube import checks
+
+    pod = _pod(triton.NAME)
+    for container in pod["initContainers"] + pod["containers"]:
+        resources = container["resources"]
+        for name in ("cpu", "memory"):
+            assert name in resources["limits"], (container["name"], name)
+        assert resources["requests"] == resources["limits"], container["name"]
+    assert checks.qos_class(pod) == "Guaranteed"
+    assert not checks.qos([_find("Deployment", triton.NAME)])
+
+
+def _fetch_flags() -> dict[str, str | None]:
+    """curl's options in the init container's script: --name -> its value (None for a switch)."""
+    line = next(line for line in triton.FETCH.splitlines() if line.startswith("curl "))
+    words, flags = line.split(), {}
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            following = words[i + 1] if i + 1 < len(words) else ""
+            flags[word] = following if following and not following.startswith("-") and not following.startswith(
+                '"') else None
+    return flags
+
+
+def test_the_fetch_is_bounded_retried_and_sized():
+    flags = _fetch_flags()
+    assert {"--connect-timeout", "--max-time", "--retry", "--retry-all-errors", "--retry-max-time"} <= set(flags)
+    assert 0 < int(flags["--connect-timeout"]) <= 30 and 0 < int(flags["--retry"]) <= 10
+    assert int(flags["--retry-max-time"]) >= int(flags["--max-time"])
+    pod = _pod(triton.NAME)
+    init = pod["initContainers"][0]
+    # Auth: an optional Secret key, so a public store needs no Secret and a private one gets a header.
+    auth = next(e for e in init["env"] if "secretKeyRef" in e.get("valueFrom", {}))
+    assert auth["valueFrom"]["secretKeyRef"] == {"name": triton.REPOSITORY_AUTH_SECRET, "key": triton.REPOSITORY_AUTH_KEY,
+                                                 "optional": True}
+    # Ephemeral storage: the emptyDir holds the tarball and what it unpacks at once; requested as limited.
+    models = next(v for v in pod["volumes"] if v["name"] == "models")["emptyDir"]
+    assert models["sizeLimit"] == init["resources"]["limits"]["ephemeral-storage"]
+    assert init["resources"]["requests"]["ephemeral-storage"] == init["resources"]["limits"]["ephemeral-storage"]
+    assert _gib(models["sizeLimit"]) >= 2 * triton.REPOSITORY_GIB
+    serving = pod["containers"][0]["resources"]
+    assert _gib(serving["limits"]["ephemeral-storage"]) >= triton.REPOSITORY_GIB
+
+
+def _gib(quantity: str) -> float:
+    assert quantity.endswith("Gi") or quantity.endswith("Mi"), quantity
+    return float(quantity[:-2]) / (1 if quantity.endswith("Gi") else 1024)
+
+
+def _serve(tmp_path, token: str | None):
+    """A file server on loopback that answers only requests carrying `Authorization: Bearer TOKEN`."""
+    import functools
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the standard library's name)
+            if token and self.headers.get("Authorization") != f"Bearer {token}":
+                self.send_error(401)
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("curl", "sha256sum", "tar", "sh")),
+                    reason="the init container's tools (curl, sha256sum, tar, sh) are not on this machine")
+def test_the_init_container_sends_the_optional_auth_header(tmp_path):
+    packed = pack.pack(_repository(tmp_path), tmp_path / "store")
+    server = _serve(tmp_path / "store", token="s3cret-token")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{packed.name}"
+        # Retries are the script's own; here one try is enough to see the answer (a 401 is no transient).
+        script = _init_script(tmp_path / "m").replace(f"--retry {_fetch_flags()['--retry']}", "--retry 0")
+        base_env = {"PATH": os.environ["PATH"], "REPOSITORY_URL": url, "REPOSITORY_SHA256": packed.sha256}
+        (tmp_path / "m").mkdir()
+        refused = subprocess.run(["sh", "-c", script], env=base_env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr
+        wrong = {**base_env, triton.REPOSITORY_AUTH_ENV: "Authorization: Bearer nope"}
+        assert subprocess.run(["sh", "-c", script], env=wrong, capture_output=True, timeout=60).returncode != 0
+        good = {**base_env, triton.REPOSITORY_AUTH_ENV: "Authorization: Bearer s3cret-token"}
+        done = subprocess.run(["sh", "-c", script], env=good, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["asr", "emotion", "vad"]
+        assert "s3cret-token" not in done.stderr + done.stdout
+    finally:
+        server.shutdown()
+
+
+def test_progress_deadlines_cover_a_pods_whole_start():
+    """Triton's: the image pull, the bounded fetch, the startup probe's whole budget, minReadySeconds (the
+    default 600 s is less than the startup probe alone allows). The gateway's: Triton's, since a gateway
+    becomes ready only once a Triton pool is, plus its own start."""
+    deployment = _find("Deployment", triton.NAME)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    startup = container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"]
+    fetch = int(_fetch_flags()["--retry-max-time"]) + int(_fetch_flags()["--max-time"])
+    deadline = deployment["spec"]["progressDeadlineSeconds"]
+    assert deadline >= startup + fetch + deployment["spec"]["minReadySeconds"] + facts.IMAGE_PULL_S["triton"]
+    assert deadline > 600
+    gateway_deployment = _find("Deployment", gateway.NAME)
+    probe = gateway_deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    assert gateway_deployment["spec"]["progressDeadlineSeconds"] >= deadline + probe["periodSeconds"] * probe[
+        "failureThreshold"]
+
+
+def test_both_deployments_spread_over_zones_and_nodes_without_refusing_a_small_cluster():
+    for name in (triton.NAME, gateway.NAME):
+        pod = _pod(name)
+        labels = _find("Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        spread = {c["topologyKey"]: c for c in pod["topologySpreadConstraints"]}
+        assert set(spread) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, name
+        for constraint in spread.values():
+            # A preference: a one-node (or one-zone) cluster, or a full node, still schedules the pod.
+            assert constraint["whenUnsatisfiable"] == "ScheduleAnyway" and constraint["maxSkew"] == 1
+            assert all(labels.get(k) == v for k, v in constraint["labelSelector"]["matchLabels"].items())
+            assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+def test_pdbs_let_a_drain_evict_unhealthy_pods():
+    for name in (triton.NAME, gateway.NAME):
+        assert _find("PodDisruptionBudget", name)["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_the_gateway_drain_fits_what_node_operations_honour():
+    """terminationGracePeriodSeconds <= 600: the cluster autoscaler's default --max-graceful-termination-sec
+    (spot reclaims give less); the drain is what is left of it, passed as --drain-seconds, and is also the
+    grace of --max-connection-age, so clients move to added replicas and a closing connection's calls
+    get the drain's time."""
+    from toneserve.cli import parser
+
+    spec = _pod(gateway.NAME)
+    assert spec["terminationGracePeriodSeconds"] <= gateway.NODE_GRACE_LIMIT_S == 600
+    args = parser().parse_args(spec["containers"][0]["args"][1:])
+    assert args.drain_seconds == gateway.drain_seconds(Settings()) < spec["terminationGracePeriodSeconds"]
+    assert spec["terminationGracePeriodSeconds"] - args.drain_seconds >= 5 + 5  # the preStop pause, then exit
+    assert args.max_connection_age == gateway.MAX_CONNECTION_AGE_S == 300
+    assert args.max_connection_age_grace == args.drain_seconds
+    # A short request limit shortens the drain; it never grows past the cap.
+    assert gateway.drain_seconds(Settings(max_request_seconds=60.0)) == 60
+    assert gateway.drain_seconds(Settings(max_request_seconds=10 * 3600.0)) == gateway.drain_seconds(Settings())

@@ -90,7 +90,8 @@ def test_the_gpu_overlay_builds_and_validates():
         "toneserve-repository-"))
     assert repository["data"]["url"].startswith("https://") and len(repository["data"]["sha256"]) == 64
     # The generated name (its hash suffix) is what the init container reads: a new digest rolls the pods.
-    env = {e["name"]: e["valueFrom"]["configMapKeyRef"]["name"] for e in pod["initContainers"][0]["env"]}
+    env = {e["name"]: e["valueFrom"]["configMapKeyRef"]["name"] for e in pod["initContainers"][0]["env"]
+           if "configMapKeyRef" in e["valueFrom"]}
     assert set(env.values()) == {repository["metadata"]["name"]}
 
 
@@ -155,3 +156,17 @@ def test_each_rule_catches_what_it_is_for():
     _first(broken, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"][
         "nvidia.com/gpu"] = 2
     assert any("requests nvidia.com/gpu 2 but limits 1" in p for p in checks.extended_resources(broken))
+
+    # Triton's pods must be Guaranteed: an init container with a CPU request and no limit makes them Burstable.
+    broken = copy.deepcopy(objects)
+    init = _first(broken, "Deployment", "triton")["spec"]["template"]["spec"]["initContainers"][0]["resources"]
+    del init["limits"]["cpu"]
+    assert any("Burstable, not Guaranteed" in p and "requests cpu without a limit" not in p for p in checks.qos(broken))
+    assert any("fetch-repository requests cpu without a limit" in p for p in checks.qos(broken))
+    broken = copy.deepcopy(objects)
+    resources = _first(broken, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]["resources"]
+    resources["requests"]["ephemeral-storage"] = "1Gi"  # cpu and memory still equal: Guaranteed, but disk is not
+    assert checks.qos_class(_first(broken, "Deployment", "triton")["spec"]["template"]["spec"]) == "Guaranteed"
+    assert any("requests ephemeral-storage 1Gi but limits" in p for p in checks.qos(broken))
+    # The gateway's pods may burst (no CPU limit: throttling would add latency): the rule leaves them alone.
+    assert checks.qos_class(_first(objects, "Deployment", "gateway")["spec"]["template"]["spec"]) == "Burstable"
