@@ -182,9 +182,11 @@ class Code(enum.Enum):
     # connection during a drain: the replica is going away, another one can serve it.
     SHUTTING_DOWN = ("UNAVAILABLE", 503, "the gateway is shutting down; retry on another replica",
                      Retry.ANOTHER_REPLICA,
-                     "The gateway is draining (SIGTERM: a rolling update, a scale-down, a stop) and the request "
-                     "was still running when the drain ended, or came on a kept-alive HTTP connection during it. "
-                     "Retry: another replica serves it. Often, a drain shorter than the longest request.")
+                     "The gateway is draining (SIGTERM: a rolling update, a scale-down, a stop): a new request "
+                     "reached it during the drain (over HTTP, on a kept-alive connection), or the request was "
+                     "still running when the drain's time (`--drain-seconds`) ended; a live stream gets the "
+                     "segments analysed so far first. Retry: another replica serves it. If it happens at every "
+                     "rollout, the drain is shorter than the longest request.")
     DEADLINE_EXCEEDED = ("DEADLINE_EXCEEDED", 504, "the request ran out of time", Retry.NEVER,
                          "The client's deadline (or `--max-request-minutes`) passed during the analysis or a "
                          "Triton call in it, or an upload or stream sent nothing for "
