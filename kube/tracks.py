@@ -4,7 +4,8 @@ The gateway reads the label sets and provenance of Triton's models once, at star
 Triton pool mixed two repositories would label one's results with the other's names. So a repository
 never changes under a running pool. A new one gets a track of its own, a Kustomize overlay over the
 site's (the GPU overlay): every object renamed with `-<sha256[:16]>`, every pod labelled and selected
-by that digest, its gateways pointed at its own Triton Service, its Triton at the new artifact. The
+by that digest, its gateways pointed at its own Triton Service, its Triton at the new artifact, its
+PodMonitors scraping its own pods only (kustomize's label selectors do not reach a PodMonitor's). The
 front Service (`toneserve`, what clients use) selects one track's gateways; switching it is the
 cut-over, and switching back the rollback. The old track is deleted once its calls have ended.
 """
@@ -30,6 +31,16 @@ def service_name_replacement() -> dict:
                                         ".value"]}]}
 
 
+def pod_monitor_patch(sha256: str) -> dict:
+    """Kustomize: every PodMonitor of the site selects this track's pods only. `labels: includeSelectors`
+    extends Services', Deployments' and PDBs' selectors, not a PodMonitor's (a custom resource): without
+    this, each track's PodMonitors would select both tracks' pods, and Prometheus would scrape every
+    pod twice (once per track's PodMonitor)."""
+    key = TRACK_LABEL.replace("~", "~0").replace("/", "~1")  # a JSON pointer's escapes
+    return {"target": {"group": "monitoring.coreos.com", "kind": "PodMonitor"},
+            "patch": f"- op: add\n  path: /spec/selector/matchLabels/{key}\n  value: \"{track(sha256)}\"\n"}
+
+
 def track_kustomization(sha256: str, url: str, site: str) -> dict:
     """The overlay of one repository's track, over `site` (a path relative to the overlay's folder)."""
     return {
@@ -39,6 +50,7 @@ def track_kustomization(sha256: str, url: str, site: str) -> dict:
         "labels": [{"pairs": {TRACK_LABEL: track(sha256)}, "includeSelectors": True}],
         "configMapGenerator": [{"name": triton.REPOSITORY_CONFIG, "behavior": "replace",
                                 "literals": [f"url={url}", f"sha256={sha256}"]}],
+        "patches": [pod_monitor_patch(sha256)],
         "replacements": [service_name_replacement()],
     }
 

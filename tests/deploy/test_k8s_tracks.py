@@ -4,7 +4,7 @@ Built together with `kubectl kustomize`, the two tracks' objects validate (Kuber
 and pass kube/checks.py as one set: each Service and PodDisruptionBudget selects one Deployment, so
 no Service mixes the tracks' pods. Each track's gateways call its own Triton Service, its Triton
 fetches its own artifact, its Triton's NetworkPolicy admits only its own gateways, and the front
-Service selects exactly one track's gateways.
+Service selects exactly one track's gateways, and each track's PodMonitors scrape only its own pods.
 """
 from __future__ import annotations
 
@@ -67,6 +67,14 @@ def test_two_tracks_stand_apart_and_the_front_service_picks_one(tmp_path):
                                       "sha256": sha}
         policy = _get(built, "NetworkPolicy", triton.NAME + suffix)["spec"]["ingress"][0]["from"][0]["podSelector"]
         assert policy["matchLabels"][tracks.TRACK_LABEL] == tracks.track(sha)
+    # Each track's PodMonitors scrape its own pods only: no pod is scraped twice (once per track).
+    deployments = [o for o in objects if o["kind"] == "Deployment"]
+    for monitor in (o for o in objects if o["kind"] == "PodMonitor"):
+        scraped = [d["metadata"]["name"] for d in deployments
+                   if checks.matches(monitor["spec"]["selector"]["matchLabels"], d["spec"]["template"]["metadata"]["labels"])]
+        suffix = monitor["metadata"]["name"].rsplit("-", 1)[1]
+        assert len(scraped) == 1 and scraped[0].endswith(f"-{suffix}"), (monitor["metadata"]["name"], scraped)
+    assert len([o for o in objects if o["kind"] == "PodMonitor"]) == 4
     for obj in objects:
         if obj["kind"] in CORE_KINDS:
             for version in ("1.29", "1.33"):
