@@ -113,7 +113,8 @@ class Retry(enum.Enum):
     NEVER = "the same request fails the same way"
     AFTER_HINT = ("after the hinted delay: gRPC's grpc-retry-pushback-ms trailer, HTTP's Retry-After header "
                   "(the SDK waits it, with backoff)")
-    ANOTHER_REPLICA = "at once, on another replica (the SDK retries with backoff; round robin picks another)"
+    ANOTHER_REPLICA = ("at once, on another replica (the SDK retries with backoff; its round robin, or a new "
+                       "connection through a load balancer, reaches another one)")
 
 
 class Code(enum.Enum):

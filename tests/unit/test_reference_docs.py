@@ -274,3 +274,38 @@ def test_every_link_to_a_heading_of_the_page_finds_it(page):
     links = set(re.findall(r"\]\(#([^)]+)\)", text))
     assert links or page == "docs/api.md"
     assert links <= github_anchors(text), sorted(links - github_anchors(text))
+
+
+# --------------------------------------------------------------------------- docs/api.md's RPCs and routes
+
+def test_the_api_page_lists_every_rpc_and_route():
+    from toneserve.gateway import http_api
+
+    page = (ROOT / "docs" / "api.md").read_text()
+    grpc_rows = [line for line in page.splitlines() if re.match(r"\| `Analyze\w*` \|", line)]
+    methods = pb.DESCRIPTOR.services_by_name["Analyzer"].methods
+    assert len(grpc_rows) == len(methods)
+    for method in methods:
+        row = next((r for r in grpc_rows if r.startswith(f"| `{method.name}` |")), None)
+        assert row is not None, f"docs/api.md lacks the RPC {method.name}"
+        cells = row.split(" | ")
+        assert f"`{method.input_type.name}`" in cells[1] and f"`{method.output_type.name}`" in cells[2], row
+        assert ("stream of" in cells[1]) == method.client_streaming and ("stream of" in cells[2]) == \
+            method.server_streaming, row
+    for path, operations in http_api.openapi()["paths"].items():
+        for verb in operations:
+            assert f"| `{verb.upper()} {path}` |" in page, f"docs/api.md lacks {verb.upper()} {path}"
+    analyze_row = next(line for line in page.splitlines() if line.startswith(f"| `POST {http_api.ANALYZE_PATH}` |"))
+    thresholds = set(pb.Thresholds.DESCRIPTOR.fields_by_name)
+    for param in http_api.PARAMS:
+        assert param.name in thresholds or f"`{param.name}`" in analyze_row, f"query parameter {param.name}"
+
+
+@pytest.mark.parametrize("page", ["README.md", "CHANGELOG.md", "docs/api.md", "docs/errors.md",
+                                  "docs/configuration.md", "docs/architecture.md", "docs/security.md",
+                                  "docs/BENCHMARKS.md"])
+def test_every_relative_link_finds_its_file(page):
+    path = ROOT / page
+    targets = re.findall(r"\]\((?!https?:|#|mailto:)([^)#\s]+)", path.read_text())
+    missing = [target for target in targets if not (path.parent / target).exists()]
+    assert not missing, f"{page} links to files that do not exist: {missing}"
