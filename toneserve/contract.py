@@ -110,11 +110,11 @@ class Retry(enum.Enum):
     codes whose gRPC status is UNAVAILABLE or RESOURCE_EXHAUSTED (client/errors.py); every code whose
     Retry is not NEVER has one of those statuses (tests/unit/test_reference_docs.py)."""
 
-    NEVER = "the same request fails the same way"
-    AFTER_HINT = ("after the hinted delay: gRPC's grpc-retry-pushback-ms trailer, HTTP's Retry-After header "
-                  "(the SDK waits it, with backoff)")
-    ANOTHER_REPLICA = ("at once, on another replica (the SDK retries with backoff; its round robin, or a new "
-                       "connection through a load balancer, reaches another one)")
+    NEVER = "do not retry: the same request fails the same way"
+    AFTER_HINT = ("wait the delay the gateway hints (gRPC's grpc-retry-pushback-ms trailer, HTTP's Retry-After "
+                  "header), then retry; the SDK does, with backoff")
+    ANOTHER_REPLICA = ("retry at once: another replica serves it (the SDK retries with backoff; its round robin, "
+                       "or a new connection through a load balancer, reaches another replica)")
 
 
 class Code(enum.Enum):

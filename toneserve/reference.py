@@ -145,7 +145,7 @@ def errors_page() -> str:
                      f"{_cell(code.default_message)} |")
     for code in Code:
         lines += ["", f"## {code.name}", "",
-                  f"gRPC `{code.status}`, HTTP {code.http_status}. Retry: {_retry(code.retry)}, {code.retry.value}.", "",
+                  f"gRPC `{code.status}`, HTTP {code.http_status}. Retry: **{_retry(code.retry)}** ({code.retry.value}).", "",
                   code.guide]
     return "\n".join(lines) + "\n"
 
