@@ -111,10 +111,10 @@ class Retry(enum.Enum):
     Retry is not NEVER has one of those statuses (tests/unit/test_reference_docs.py)."""
 
     NEVER = "do not retry: the same request fails the same way"
-    AFTER_HINT = ("wait the delay the gateway hints (gRPC's grpc-retry-pushback-ms trailer, HTTP's Retry-After "
-                  "header), then retry; the SDK does, with backoff")
-    ANOTHER_REPLICA = ("retry at once: another replica serves it (the SDK retries with backoff; its round robin, "
-                       "or a new connection through a load balancer, reaches another replica)")
+    AFTER_HINT = ("wait the delay the gateway hints, in gRPC's grpc-retry-pushback-ms trailer or HTTP's "
+                  "Retry-After header, then retry; the SDK does, with backoff")
+    ANOTHER_REPLICA = ("retry at once: another replica serves it; the SDK retries with backoff, and its round robin "
+                       "or a new connection through a load balancer reaches another replica")
 
 
 class Code(enum.Enum):
