@@ -24,7 +24,6 @@ at that load).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from toneserve.contract import ASR, EMOTION
 from toneserve.kube.objects import meta, selector
@@ -95,15 +94,29 @@ def prometheus_rule(models: Iterable, window: str = "1m") -> dict:
 
 def adapter_config() -> dict:
     """prometheus-adapter's rules: the ratio and the gateway's in-flight requests as pod metrics."""
-    resources = {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}}
+    def resources() -> dict:  # one dict each: YAML would dump a shared one as an anchor and an alias
+        return {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}}
+
     return {"rules": [
-        {"seriesQuery": f'{RATIO}{{namespace!="",pod!=""}}', "resources": resources,
+        {"seriesQuery": f'{RATIO}{{namespace!="",pod!=""}}', "resources": resources(),
          "name": {"matches": f"^{RATIO}$", "as": RATIO_METRIC},
          "metricsQuery": "max(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"},
-        {"seriesQuery": f'{IN_FLIGHT_METRIC}{{namespace!="",pod!=""}}', "resources": resources,
+        {"seriesQuery": f'{IN_FLIGHT_METRIC}{{namespace!="",pod!=""}}', "resources": resources(),
          "name": {"matches": f"^{IN_FLIGHT_METRIC}$", "as": IN_FLIGHT_METRIC},
          "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"},
     ]}
+
+
+# Where the Prometheus Operator's Prometheus answers by default (its `prometheus-operated` Service in the
+# namespace kube-prometheus-stack is usually installed in): prometheus-adapter and KEDA ask it.
+PROMETHEUS_URL, PROMETHEUS_PORT = "http://prometheus-operated.monitoring.svc", 9090
+
+
+def adapter_values() -> dict:
+    """Values for the prometheus-community/prometheus-adapter chart: its Prometheus and toneserve's rules
+    (`rules.custom`; the chart's default rules stay as they are)."""
+    return {"prometheus": {"url": PROMETHEUS_URL, "port": PROMETHEUS_PORT},
+            "rules": {"custom": adapter_config()["rules"]}}
 
 
 def adapter_rules(namespace: str = "monitoring", name: str = "prometheus-adapter") -> dict:
@@ -132,7 +145,13 @@ def _hpa(name: str, component: str, metrics: list[dict], min_replicas: int, max_
                      "metrics": metrics, "behavior": _behavior()}}
 
 
-def triton_hpa(target: str = DEFAULT_TARGETS[RATIO_KEY], min_replicas: int = 1, max_replicas: int = 8) -> dict:
+# Never fewer than two Triton pods: with one, a single drain (a node upgrade) is a full outage, and the
+# PodDisruptionBudget (at most one away) would not stop it.
+TRITON_MIN_REPLICAS = 2
+
+
+def triton_hpa(target: str = DEFAULT_TARGETS[RATIO_KEY], min_replicas: int = TRITON_MIN_REPLICAS,
+               max_replicas: int = 8) -> dict:
     """The HPA of the Triton Deployment on the pods' average queue-to-compute ratio (a quantity: "0.5")."""
     return _hpa(TRITON, TRITON_COMPONENT, [{"type": "Pods", "pods": {"metric": {"name": RATIO_METRIC},
                                                    "target": {"type": "AverageValue", "averageValue": target}}}],
@@ -150,9 +169,18 @@ def gateway_hpa(in_flight: str = DEFAULT_TARGETS[IN_FLIGHT_KEY], cpu_percent: in
     ], min_replicas, max_replicas)
 
 
-def keda_scaled_object(target: str = DEFAULT_TARGETS[RATIO_KEY], min_replicas: int = 1, max_replicas: int = 8,
-                       prometheus: str = "http://prometheus-operated.monitoring.svc:9090",
-                       namespace: str = "toneserve") -> dict:
+# The KEDA component's query names the namespace of the site it is built over (a replacement copies the
+# Triton Deployment's namespace in place of this word, the second field between double quotes).
+NAMESPACE_PLACEHOLDER = "NAMESPACE"
+
+
+def keda_query(namespace: str = NAMESPACE_PLACEHOLDER) -> str:
+    """The pods' average ratio in `namespace`, 0 when no pod reports one (KEDA then scales to the minimum)."""
+    return f'avg({RATIO}{{namespace="{namespace}"}}) or vector(0)'
+
+
+def keda_scaled_object(target: str = DEFAULT_TARGETS[RATIO_KEY], min_replicas: int = TRITON_MIN_REPLICAS,
+                       max_replicas: int = 8, prometheus: str = f"{PROMETHEUS_URL}:{PROMETHEUS_PORT}") -> dict:
     """KEDA's alternative to triton_hpa(): reads the recorded ratio from Prometheus itself (no adapter).
 
     The query is the pods' average and the metric type "Value": the ratio is per pod already, so KEDA
@@ -163,9 +191,21 @@ def keda_scaled_object(target: str = DEFAULT_TARGETS[RATIO_KEY], min_replicas: i
                      "maxReplicaCount": max_replicas, "pollingInterval": 15,
                      "advanced": {"horizontalPodAutoscalerConfig": {"behavior": _behavior()}},
                      "triggers": [{"type": "prometheus", "metricType": "Value", "metadata": {
-                         "serverAddress": prometheus,
-                         "query": f'avg({RATIO}{{namespace="{namespace}"}}) or vector(0)',
-                         "threshold": target}}]}}
+                         "serverAddress": prometheus, "query": keda_query(), "threshold": target}}]}}
+
+
+def keda_namespace_replacement() -> dict:
+    """Kustomize: the Triton Deployment's namespace (the site's) into the ScaledObject and its query. It
+    runs where the component is included, so the site must be built (namespace set) by then: include the
+    component from an overlay over the site, not from the site itself (kustomize then stops with
+    "fieldPath `metadata.namespace` is missing for replacement source")."""
+    def select() -> dict:  # one dict each: YAML would dump a shared one as an anchor and an alias
+        return {"kind": "ScaledObject", "name": TRITON}
+
+    return {"source": {"kind": "Deployment", "name": TRITON, "fieldPath": "metadata.namespace"},
+            "targets": [{"select": select(), "fieldPaths": ["metadata.namespace"], "options": {"create": True}},
+                        {"select": select(), "fieldPaths": ["spec.triggers.0.metadata.query"],
+                         "options": {"delimiter": '"', "index": 1}}]}
 
 
 def quantity(value: float) -> str:
@@ -250,39 +290,52 @@ def base_resources(models: Iterable) -> dict[str, list[dict]]:
             "monitoring.yaml": monitoring(models)}
 
 
-KEDA_README = """# KEDA instead of an HPA for Triton
+KEDA_COMPONENT = "components/keda"  # under deploy/k8s
+KEDA_OVERLAY = "overlays/keda"  # the example: the GPU site with the component
+KEDA_README = """# KEDA instead of an HPA for Triton: a Kustomize Component
 
-`kubectl apply -k deploy/k8s/overlays/keda` (KEDA 2.x installed in the cluster). KEDA asks Prometheus for
-the recorded queue-to-compute ratio itself, so this overlay needs no prometheus-adapter for Triton; the
-gateway keeps its HPA (CPU and in-flight requests, through the adapter). KEDA makes and owns Triton's HPA:
-the base's is deleted here, as two HPAs on one Deployment would fight.
+KEDA (2.x, installed in the cluster) asks Prometheus for the recorded queue-to-compute ratio itself, so
+Triton needs no prometheus-adapter rule; the gateway keeps its HPA (CPU and in-flight requests, through the
+adapter). KEDA makes and owns Triton's HPA: the base's is deleted here, as two HPAs on one Deployment fight.
+
+Include it from an overlay over your site overlay, which then keeps the site's namespace, repository,
+images and GPU scheduling (`deploy/k8s/overlays/keda` is that, over the GPU site):
+
+    resources:
+    - ../gpu                      # your site overlay
+    components:
+    - ../../components/keda
+
+Not from the site overlay itself: the ScaledObject and its query take the namespace of the site's Triton
+Deployment, which the site sets after its components run (kustomize stops and says
+"fieldPath `metadata.namespace` is missing for replacement source").
 
 The per-replica targets come from `autoscaling-targets.env`: copy there the file of the same name that
 `toneserve plan` writes. Set the Prometheus address in `scaledobject.yaml` (serverAddress) if yours is not
-the Prometheus Operator's default `prometheus-operated` Service in the `monitoring` namespace, and the
-namespace in its query if toneserve does not run in `toneserve`.
+the Prometheus Operator's default `prometheus-operated` Service in the `monitoring` namespace.
 
-Generated by `python -m toneserve.kube.autoscaling deploy/k8s/overlays/keda` (which keeps an existing
-targets file); tests/deploy/test_k8s_autoscaling.py checks the files are current.
+Rendered by `python -m toneserve.kube.observability` (which keeps an existing targets file);
+tests/deploy/test_k8s_autoscaling.py checks the files are current.
 """
+GENERATED = "# Generated by kube/autoscaling.py; do not edit by hand (the README says how to render it).\n"
 
 
-def keda_overlay_files() -> dict[str, str]:
-    """deploy/k8s/overlays/keda: the base, KEDA's ScaledObject in place of Triton's HPA, the plan's targets."""
+def keda_component_files() -> dict[str, str]:
+    """deploy/k8s/components/keda: KEDA's ScaledObject in place of Triton's HPA, the plan's targets, and the
+    site's namespace in the ScaledObject and its query."""
     import yaml
 
     kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": ["../../base", "scaledobject.yaml"],
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
+        "resources": ["scaledobject.yaml"],
         "patches": [{"path": "delete-triton-hpa.yaml"}],
         "configMapGenerator": [{"name": TARGETS_CONFIGMAP, "behavior": "replace", "envs": [TARGETS_FILE],
                                 "options": {"disableNameSuffixHash": True}}],
-        "replacements": target_replacements(keda=True),
+        "replacements": [*target_replacements(keda=True), keda_namespace_replacement()],
     }
-    header = "# Generated by kube/autoscaling.py (keda_overlay_files); do not edit by hand.\n"
-    return {"kustomization.yaml": header + yaml.safe_dump(kustomization, sort_keys=False),
-            "scaledobject.yaml": header + yaml.safe_dump(keda_scaled_object(), sort_keys=False),
-            "delete-triton-hpa.yaml": header + yaml.safe_dump({
+    return {"kustomization.yaml": GENERATED + yaml.safe_dump(kustomization, sort_keys=False),
+            "scaledobject.yaml": GENERATED + yaml.safe_dump(keda_scaled_object(), sort_keys=False),
+            "delete-triton-hpa.yaml": GENERATED + yaml.safe_dump({
                 "$patch": "delete", "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
                 "metadata": {"name": TRITON}}, sort_keys=False),
             TARGETS_FILE: targets_env(float(DEFAULT_TARGETS[RATIO_KEY]), float(DEFAULT_TARGETS[IN_FLIGHT_KEY]),
@@ -290,21 +343,11 @@ def keda_overlay_files() -> dict[str, str]:
             "README.md": KEDA_README}
 
 
-def write_keda_overlay(folder: Path) -> list[Path]:
-    """Write keda_overlay_files() into `folder`, keeping a targets file already there (the plan's)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in keda_overlay_files().items():
-        path = folder / name
-        if name == TARGETS_FILE and path.exists():
-            continue
-        path.write_text(text)
-        written.append(path)
-    return written
+def keda_overlay_files(site: str = "../gpu") -> dict[str, str]:
+    """deploy/k8s/overlays/keda: the site overlay `site` with the KEDA component."""
+    import yaml
 
-
-if __name__ == "__main__":
-    import sys
-
-    for path in write_keda_overlay(Path(sys.argv[1] if len(sys.argv) > 1 else "deploy/k8s/overlays/keda")):
-        print(path)
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                     "resources": [site], "components": [f"../../{KEDA_COMPONENT}"]}
+    header = GENERATED + f"# The GPU site with KEDA scaling Triton ({KEDA_COMPONENT}/README.md).\n"
+    return {"kustomization.yaml": header + yaml.safe_dump(kustomization, sort_keys=False)}

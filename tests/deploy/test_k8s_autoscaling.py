@@ -17,7 +17,6 @@ PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed: scripts/setup installs "
                                     "Debian's prometheus package, which carries it")
 ROOT = Path(__file__).resolve().parents[2]
-KEDA = ROOT / "deploy" / "k8s" / "overlays" / "keda"
 
 
 @pytest.fixture(scope="module")
@@ -148,31 +147,20 @@ def test_queue_compute_ratio_from_a_counter_delta_ignores_ensembles():
     assert a.queue_compute_ratio({"vad": {"queue_us": 0.0, "compute_infer_us": 0.0}}) is None
 
 
-def test_keda_overlay_is_what_the_module_renders(tmp_path):
-    files = a.keda_overlay_files()
-    for name, content in files.items():
-        assert (KEDA / name).read_text() == content, \
-            f"{KEDA / name} is stale: python -m toneserve.kube.autoscaling {KEDA.relative_to(ROOT)}"
+def test_keda_component_takes_the_plans_targets_and_the_sites_namespace():
+    files = a.keda_component_files()
+    kustomization = yaml.safe_load(files["kustomization.yaml"])
+    assert kustomization["kind"] == "Component"
     assert a.read_targets(files[a.TARGETS_FILE]) == a.DEFAULT_TARGETS
-    # Rendering again keeps the targets a plan wrote there.
-    (tmp_path / a.TARGETS_FILE).write_text(a.targets_env(0.25, 3))
-    written = a.write_keda_overlay(tmp_path)
-    assert {p.name for p in written} == set(files) - {a.TARGETS_FILE}
-    assert a.read_targets((tmp_path / a.TARGETS_FILE).read_text())[a.RATIO_KEY] == "0.25"
     scaled = yaml.safe_load(files["scaledobject.yaml"])
     trigger = scaled["spec"]["triggers"][0]
     assert trigger["metricType"] == "Value" and "or vector(0)" in trigger["metadata"]["query"]
-    assert a.RATIO in trigger["metadata"]["query"]
-
-
-def _write_base(base: Path, models) -> None:
-    base.mkdir(parents=True)
-    files = a.base_resources(models)
-    for name, objects in files.items():
-        (base / name).write_text(yaml.safe_dump_all(objects, sort_keys=False))
-    (base / "kustomization.yaml").write_text(yaml.safe_dump(
-        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": sorted(files),
-         **a.base_kustomization()}, sort_keys=False))
+    assert trigger["metadata"]["query"] == a.keda_query() and a.RATIO in a.keda_query()
+    # The namespace replacement's field: the second part between double quotes is the namespace's value.
+    (replacement,) = [r for r in kustomization["replacements"] if r["source"]["fieldPath"] == "metadata.namespace"]
+    (option,) = [t["options"] for t in replacement["targets"] if "delimiter" in t.get("options", {})]
+    assert a.keda_query().split(option["delimiter"])[option["index"]] == a.NAMESPACE_PLACEHOLDER
+    assert a.keda_query("speech") == a.keda_query().replace(a.NAMESPACE_PLACEHOLDER, "speech")
 
 
 def _build(folder: Path) -> list[dict]:
@@ -181,32 +169,74 @@ def _build(folder: Path) -> list[dict]:
     return list(yaml.safe_load_all(result.stdout))
 
 
+def _site_with_keda(k8s: Path) -> tuple[Path, Path]:
+    """(the GPU site that carries the repository, that site with the KEDA component): overlays/keda over the
+    GPU site, or, where the repository is a pool over the site (overlays/gpu-pool), that pool with the
+    component listed before the pool's own (which renames Triton's objects, the ScaledObject among them)."""
+    pool = k8s / "overlays" / "gpu-pool"
+    if not pool.is_dir():
+        return k8s / "overlays" / "gpu", k8s / a.KEDA_OVERLAY
+    keda = k8s / "overlays" / "gpu-pool-keda"
+    shutil.copytree(pool, keda)
+    data = yaml.safe_load((keda / "kustomization.yaml").read_text())
+    data["components"] = [f"../../{a.KEDA_COMPONENT}", *data.get("components", [])]
+    (keda / "kustomization.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return pool, keda
+
+
+def _triton(objects: list[dict]) -> dict:
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].startswith(a.TRITON)]
+    return deployment
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
-def test_keda_overlay_takes_the_plans_targets_and_drops_tritons_hpa(tmp_path, models):
-    """The overlay as checked in, on a base made of what base_resources() gives the renderer's base."""
-    _write_base(tmp_path / "base", models)
-    shutil.copytree(KEDA, tmp_path / "overlays" / "keda")
-    base = {(o["kind"], o["metadata"]["name"]): o for o in _build(tmp_path / "base")}
-    assert base["HorizontalPodAutoscaler", a.TRITON]["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == \
-        a.DEFAULT_TARGETS[a.RATIO_KEY]
-    (tmp_path / "overlays" / "keda" / a.TARGETS_FILE).write_text(a.targets_env(0.37, 6))
-    objects = {(o["kind"], o["metadata"]["name"]): o for o in _build(tmp_path / "overlays" / "keda")}
-    # KEDA owns Triton's HPA in this overlay: a second HPA on the same Deployment would fight it.
-    assert ("HorizontalPodAutoscaler", a.TRITON) not in objects
-    assert objects["ScaledObject", a.TRITON]["spec"]["triggers"][0]["metadata"]["threshold"] == "0.37"
-    gateway = objects["HorizontalPodAutoscaler", a.GATEWAY]["spec"]["metrics"][1]["pods"]["target"]
-    assert gateway["averageValue"] == "6"
+def test_keda_component_over_a_site_keeps_its_namespace_repository_and_gpus(tmp_path):
+    """The KEDA component over the GPU site, as committed: KEDA's ScaledObject in the site's namespace, its
+    query on that namespace, scaling the site's Triton Deployment, which still fetches the site's repository
+    on GPU nodes; the plan's targets in the ScaledObject and the gateway's HPA; no Triton HPA beside KEDA's."""
+    k8s = tmp_path / "k8s"
+    shutil.copytree(ROOT / "deploy" / "k8s", k8s, ignore=shutil.ignore_patterns("tracks"))
+    (k8s / a.KEDA_COMPONENT / a.TARGETS_FILE).write_text(a.targets_env(0.37, 6))
+    site_folder, keda = _site_with_keda(k8s)
+    site, built = _build(site_folder), _build(keda)
+    # KEDA owns Triton's HPA here: a second HPA on the same Deployment would fight it.
+    assert not [o for o in built if o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"].startswith(a.TRITON)]
+    (scaled,) = [o for o in built if o["kind"] == "ScaledObject"]
+    triton = _triton(built)
+    namespace = _triton(site)["metadata"]["namespace"]
+    assert namespace and scaled["metadata"]["namespace"] == triton["metadata"]["namespace"] == namespace
+    assert scaled["spec"]["scaleTargetRef"]["name"] == triton["metadata"]["name"]
+    assert scaled["spec"]["triggers"][0]["metadata"]["query"] == a.keda_query(namespace)
+    assert scaled["spec"]["triggers"][0]["metadata"]["threshold"] == "0.37"
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in built}
+    assert objects["HorizontalPodAutoscaler", a.GATEWAY]["spec"]["metrics"][1]["pods"]["target"]["averageValue"] == "6"
     assert objects["ConfigMap", a.TARGETS_CONFIGMAP]["data"] == {a.RATIO_KEY: "0.37", a.IN_FLIGHT_KEY: "6"}
+    pod = triton["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == _triton(site)["spec"]["template"]["spec"]["nodeSelector"]
+    assert pod["nodeSelector"].get("nvidia.com/gpu.present") == "true"
+
+    def repository(objects: list[dict]) -> dict:
+        return next(o["data"] for o in objects if o["kind"] == "ConfigMap"
+                    and o["metadata"]["name"].startswith("toneserve-repository"))
+
+    assert repository(built) == repository(site) and repository(built)["url"].startswith("https://")
     assert ("PrometheusRule", "toneserve-triton") in objects
 
+    # Another namespace in the site: the ScaledObject and its query follow it.
+    gpu = k8s / "overlays" / "gpu" / "kustomization.yaml"
+    data = yaml.safe_load(gpu.read_text())
+    data["namespace"] = "speech"
+    gpu.write_text(yaml.safe_dump(data))
+    (scaled,) = [o for o in _build(keda) if o["kind"] == "ScaledObject"]
+    assert scaled["metadata"]["namespace"] == "speech"
+    assert scaled["spec"]["triggers"][0]["metadata"]["query"] == a.keda_query("speech")
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
-@pytest.mark.skipif(not (ROOT / "deploy" / "k8s" / "base" / "kustomization.yaml").is_file(),
-                    reason="deploy/k8s/base is not rendered yet")
-def test_keda_overlay_builds_on_the_real_base():
-    objects = {(o["kind"], o["metadata"]["name"]) for o in _build(KEDA)}
-    assert ("ScaledObject", a.TRITON) in objects and ("HorizontalPodAutoscaler", a.TRITON) not in objects
-    assert ("HorizontalPodAutoscaler", a.GATEWAY) in objects
+    # Included by the site itself, the namespace is not set yet when the component runs: kustomize stops
+    # (rather than querying a namespace that is not the site's).
+    data["components"] = [*data.get("components", []), f"../../{a.KEDA_COMPONENT}"]
+    gpu.write_text(yaml.safe_dump(data))
+    done = subprocess.run(["kubectl", "kustomize", str(gpu.parent)], capture_output=True, text=True)
+    assert done.returncode != 0 and "metadata.namespace" in done.stderr
 
 
 def test_plan_writes_the_chosen_steps_targets_for_the_overlay(tmp_path):
