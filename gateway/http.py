@@ -24,6 +24,7 @@ import os
 import ssl
 import tempfile
 import time
+import uuid
 import weakref
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
@@ -180,6 +181,14 @@ class HttpApi:
 
     @web.middleware
     async def _headers(self, request: web.Request, handler):
+        if self.service.draining and request.path != http_api.HEALTH_PATH:  # (health answers NOT_SERVING itself)
+            # A new request on a kept-alive connection while the gateway drains: refused, as gRPC refuses new RPCs.
+            refused = ToneserveError(Code.SHUTTING_DOWN)
+            response = _json(http_api.error_body(refused.code.name, refused.message, uuid.uuid4().hex),
+                             refused.code.http_status)
+            response.headers.update(SECURITY_HEADERS)
+            response.force_close()
+            return response
         self.in_flight += 1
         self.idle.clear()
         try:
@@ -189,7 +198,7 @@ class HttpApi:
             if not self.in_flight:
                 self.idle.set()
         response.headers.update(SECURITY_HEADERS)
-        if self._too_old(request):
+        if self.service.draining or self._too_old(request):
             response.force_close()  # Connection: close, and the connection closed once this response is sent
         return response
 

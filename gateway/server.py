@@ -33,6 +33,8 @@ class GatewayStartError(CommandError):
 
 # One try at loading the models' configs from Triton is given up after this long (then tried again).
 LOAD_ATTEMPT_SECONDS = 10.0
+# When a drain's time is over, the requests still running are ended SHUTTING_DOWN: how long they get to send it.
+DRAIN_END_SECONDS = 2.0
 SERVICE_NAME = toneserve_pb2.DESCRIPTOR.services_by_name["Analyzer"].full_name
 
 
@@ -117,6 +119,7 @@ class Gateway:
         except ValueError as exc:
             raise GatewayStartError(str(exc)) from None
         self.shared_quotas: SharedQuotas | None = None
+        self.service: AnalyzerService | None = None
         self.stopping = False
 
     async def start(self) -> None:
@@ -141,6 +144,7 @@ class Gateway:
         store = RedisStore(self.quota_store) if self.quota_store else None
         service = AnalyzerService(self.inference, self.settings, self.metrics, self.keys, self.judge, store,
                                   f"the quota store {describe(self.quota_store)}" if self.quota_store else "")
+        self.service = service
         self.shared_quotas = service.shared_quotas
         if self.shared_quotas is not None:  # a store down now is no reason not to serve: counted alone meanwhile
             await self.shared_quotas.start()
@@ -215,9 +219,15 @@ class Gateway:
         log.warning("the models' configs are loaded from Triton at %s: SERVING", self.triton_url)
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Drain, then stop: new calls are refused at once (gRPC refuses new RPCs; the HTTP API new connections, and
+        new requests on kept-alive ones with SHUTTING_DOWN); those in progress get `grace` seconds, after which each
+        still running ends with SHUTTING_DOWN (UNAVAILABLE: retry on another replica), a live stream after the
+        segments it had analysed; they get DRAIN_END_SECONDS more to send that, then whatever is left is cut."""
         # NOT_SERVING first, for good: health checkers and load balancers stop sending calls here while
         # the calls in progress drain (for up to `grace`), instead of sending ones that would be refused.
         self.stopping = True  # the HTTP health answers NOT_SERVING from now on
+        if self.service is not None:
+            self.service.draining = True
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         if self.loader is not None:
@@ -226,9 +236,18 @@ class Gateway:
                 await self.loader
         if self.watch is not None:
             await self.watch.stop()
-        # gRPC and HTTP drain together, each call in progress getting up to `grace`.
-        await asyncio.gather(*([self.server.stop(grace)] if self.server is not None else []),
-                             *([self.http.stop(grace)] if self.http is not None else []))
+
+        async def end_drain() -> None:
+            await asyncio.sleep(grace)
+            if self.service is not None and (ended := self.service.end_drain()):
+                log.warning("the drain's %g s are over: %d request(s) still running end SHUTTING_DOWN", grace, ended)
+
+        ender = asyncio.create_task(end_drain(), name="drain-end")
+        # gRPC and HTTP drain together; gRPC's stop returns once no call is left.
+        limit = grace + DRAIN_END_SECONDS
+        await asyncio.gather(*([self.server.stop(limit)] if self.server is not None else []),
+                             *([self.http.stop(limit)] if self.http is not None else []))
+        ender.cancel()
         if self.health_server is not None:
             await self.health_server.stop(0)
         self.metrics.stop()

@@ -86,6 +86,11 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
                                               on_fallback=lambda op: fallbacks.labels(op).inc())
         # Whether Triton is ready (the server's TritonWatch follows it); while not, requests are refused at once.
         self.triton_ready = lambda: True
+        # The gateway drains (SIGTERM): new requests are refused SHUTTING_DOWN (gRPC's server refuses new RPCs
+        # itself; the HTTP API's kept-alive connections reach here), those running go on until `end_drain()`.
+        self.draining = False
+        self._running: set[asyncio.Task] = set()  # the tasks running a request's work (`guarded`)
+        self._ended: set[asyncio.Task] = set()  # those `end_drain` cancelled
         self.active = 0
         self.active_by_tenant: dict[str, int] = {}
         # Threads that open and read recordings, one per request the gateway admits: a request has at
@@ -239,6 +244,9 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         self.active_by_tenant[tenant] = self.active_by_tenant.get(tenant, 0) + 1
         self.active += 1
         self.metrics.in_flight.inc()
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
         try:
             return await work(tenant, call)
         except ToneserveError as error:
@@ -249,10 +257,17 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             code = Code.INTERNAL.name
             await self._abort(context, ToneserveError(
                 Code.INTERNAL, f"internal error (request id {call.request_id})"), call.request_id)
-        except asyncio.CancelledError:  # the client went away or its deadline passed: gRPC answered already
-            code = "CANCELLED"
-            raise
+        except asyncio.CancelledError:
+            if task not in self._ended:  # the client went away or its deadline passed: gRPC answered already
+                code = "CANCELLED"
+                raise
+            task.uncancel()  # the drain ran out (`end_drain`): the client is told to go to another replica
+            code = Code.SHUTTING_DOWN.name
+            await self._abort(context, ToneserveError(Code.SHUTTING_DOWN, "the gateway is shutting down and its "
+                                                      "drain time ran out; retry on another replica"), call.request_id)
         finally:
+            self._running.discard(task)
+            self._ended.discard(task)
             self.active -= 1
             self.active_by_tenant[tenant] -= 1
             self.metrics.in_flight.dec()
@@ -261,6 +276,16 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
             self.metrics.tenant_audio_seconds.labels(tenant).inc(seconds)
             self.metrics.requests.labels(rpc, code, tenant).inc()
             self.metrics.latency.labels(rpc).observe(time.perf_counter() - started)
+
+    def end_drain(self) -> int:
+        """The drain's time is over: every request still running ends now with SHUTTING_DOWN (a live stream after
+        the segments already analysed). Returns how many were."""
+        self.draining = True
+        running = [task for task in self._running if not task.done()]
+        for task in running:
+            self._ended.add(task)
+            task.cancel("the drain ran out")
+        return len(running)
 
     def _allowance(self, tenant: str) -> Allowance:
         """The tenant's quotas: its key-file line's, else the gateway's defaults."""
@@ -278,8 +303,10 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         return ()
 
     def _admit(self, tenant: str, quota: bool = True) -> None:
-        """TRITON_UNAVAILABLE while Triton is not ready; OVERLOADED when the gateway, or this tenant's
+        """SHUTTING_DOWN while the gateway drains; TRITON_UNAVAILABLE while Triton is not ready; OVERLOADED when the gateway, or this tenant's
         share of it, is at capacity; QUOTA_EXCEEDED when the tenant's audio quota is used up."""
+        if self.draining:
+            raise ToneserveError(Code.SHUTTING_DOWN)
         if not self.triton_ready():
             raise ToneserveError(Code.TRITON_UNAVAILABLE, f"Triton is not ready; retry in "
                                                           f"{self.settings.retry_after_ms} ms")

@@ -555,8 +555,10 @@ def _add_gateway_options(p):
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument("--drain-seconds", type=float, default=5.0, metavar="S",
-                   help="on SIGTERM / SIGINT, calls in progress get this long to finish before they are cancelled "
-                        "(default 5; under an orchestrator, as long as the longest call)")
+                   help="on SIGTERM / SIGINT, new calls are refused and those in progress get this long to finish; "
+                        "any still running then ends with SHUTTING_DOWN (UNAVAILABLE: retry on another replica), a "
+                        "live stream after its segments analysed so far (default 5; under an orchestrator, as long as "
+                        "the longest call, and below its grace period by a few seconds)")
     p.add_argument("--max-connection-age", type=float, default=defaults.max_connection_age_seconds, metavar="S",
                    help="close a client's connection once it is this old (gRPC GOAWAY; HTTP: Connection: close on "
                         "its next response), so clients reconnect and reach replicas added since; calls in progress "

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from toneserve.client import AnalyzeError, AsyncClient, Client, Result, RetryPolicy, sdk
+from toneserve.contract import Code
 from toneserve.triton import free_port
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
@@ -123,6 +124,16 @@ def test_unavailable_is_retried_up_to_max_attempts(fake):
     assert (error.value.status, error.value.code) == ("UNAVAILABLE", "TRITON_UNAVAILABLE")
     # The gateway answered (its Triton is away): not an unreachable gateway.
     assert not error.value.unreachable and "cannot reach" not in str(error.value)
+
+
+def test_a_draining_gateway_s_shutting_down_is_retried_then_succeeds(fake):
+    """A request still running when a gateway's drain ended (or sent to it during the drain over HTTP) is answered
+    SHUTTING_DOWN: the file analysis is tried again (round robin or a new connection reaches another replica)."""
+    fake.script = [(grpc.StatusCode[Code.SHUTTING_DOWN.status], Code.SHUTTING_DOWN.name, None)] * 2
+    with Client(fake.address, retry=QUICK) as client:
+        result = client.analyze(b"audio", timeout=30)
+    assert result.segments[0].transcript == "hello" and len(fake.received) == 3
+    assert len({r.options.request_id for r in fake.received}) == 1
 
 
 def test_no_retry_starts_after_the_callers_deadline(fake):
