@@ -2,7 +2,7 @@
 
 * docs/errors.md: every error code, from `contract.Code` (statuses, retry, cause and what to do).
 * docs/configuration.md: every flag of every `toneserve` subcommand, read from `toneserve.cli`'s parsers
-  (name, default, help), and every environment variable the project reads, from `ENVIRONMENT` below
+  (name, default, help), and every environment variable the project reads, from `environment()` below
   (tests/unit/test_reference_docs.py fails when a TONESERVE_* variable is read somewhere but missing here).
 * docs/api.md: the label sets between its `<!-- generated -->` markers, from the constants the code uses.
 
@@ -12,6 +12,7 @@ committed page differs from a fresh generation, as the tests do.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,83 +38,88 @@ class EnvVar:
 
 USER, OPERATOR, DEVELOPER = "client", "server / deployment", "development and tests"
 
-# Every environment variable the project reads, once. Each TONESERVE_* name found in the code, the scripts,
-# docker-compose.yml or deploy/ must be here (the test greps for them), and each ${NAME} of docker-compose.yml.
-ENVIRONMENT: tuple[EnvVar, ...] = (
-    # The client (SDK, toneserve analyze / stream / analyze-text): flags win over these.
-    EnvVar("TONESERVE_ADDRESS", "the client", "127.0.0.1:50051", "the gateway's HOST:PORT (`--address`)", USER),
-    EnvVar("TONESERVE_API_KEY", "the client", "none", "the API key, sent as `authorization: Bearer KEY` "
-           "(`--api-key`; the variable keeps it out of shell history)", USER),
-    EnvVar("TONESERVE_CA_CERT", "the client", "none (plaintext)", "a PEM root certificate: TLS, trusting it "
-           "(`--ca-cert`)", USER),
-    EnvVar("TONESERVE_ALLOW_PLAINTEXT_KEY", "the client", "off", "`1`, `true` or `yes`: send an API key without "
-           "TLS to an address beyond this machine (refused otherwise)", USER),
-    # The server side.
-    EnvVar("TONESERVE_HOME", "every command, docker-compose.yml", "~/.cache/toneserve",
-           "where exported models, rendered repositories and logs are kept", OPERATOR),
-    EnvVar("TONESERVE_API_KEYS_FILE", "the gateway", "none", "the API key file (`--api-keys`; docs/security.md)",
-           OPERATOR),
-    EnvVar("TONESERVE_API_KEYS", "the gateway", "none", "the key file's text itself (a Secret as an environment "
-           "variable); not with TONESERVE_API_KEYS_FILE", OPERATOR),
-    EnvVar("TONESERVE_QUOTA_STORE", "the gateway, docker-compose.yml", "none (each replica counts alone)",
-           "`redis://HOST:PORT[/DB]` or `rediss://...`: tenant quotas shared across replicas (`--quota-store`)",
-           OPERATOR),
-    EnvVar("TONESERVE_JUDGE_API_KEY", "the gateway", "none", "the LLM judge's API key when no "
-           "`--judge-key-file` is given", OPERATOR),
-    EnvVar("MODELSCOPE_ENDPOINT", "toneserve export", "ModelScope's", "another ModelScope endpoint "
-           "(`MODELSCOPE_DOMAIN` is read too, as the modelscope library does)", OPERATOR),
-    EnvVar("MODELSCOPE_DOMAIN", "toneserve export", "none", "ModelScope's domain, when MODELSCOPE_ENDPOINT is "
-           "unset", OPERATOR),
-    EnvVar("HF_ENDPOINT", "toneserve export", "Hugging Face's", "another Hugging Face endpoint", OPERATOR),
-    EnvVar("MODELSCOPE_CACHE", "toneserve export", "the library's", "ModelScope's download cache (a model "
-           "already there is used offline)", OPERATOR),
-    EnvVar("HF_HUB_CACHE", "toneserve export", "the library's", "Hugging Face's download cache (a model already "
-           "there is used offline)", OPERATOR),
-    # docker-compose.yml (the header of the file says more; docs/deploy.md explains each).
-    EnvVar("TONESERVE_REPOSITORY", "docker-compose.yml", "$TONESERVE_HOME/repository/base-gpu",
-           "the rendered gpu-profile repository, mounted read-only at /models", OPERATOR),
-    EnvVar("TONESERVE_SECRETS", "docker-compose.yml", "./secrets", "folder of the secret files: api_keys.txt, "
-           "tls.crt, tls.key, triton_admin_token.txt", OPERATOR),
-    EnvVar("TONESERVE_TLS_CA", "docker-compose.yml", "tls.crt", "the CA certificate that signed tls.crt, for "
-           "the health check", OPERATOR),
-    EnvVar("TONESERVE_TLS_NAME", "docker-compose.yml", "localhost", "a name tls.crt holds, for the health check",
-           OPERATOR),
-    EnvVar("TONESERVE_GPU_COUNT", "docker-compose.yml", "1", "GPUs reserved for Triton: a number or `all`",
-           OPERATOR),
-    EnvVar("TRITON_SHM_SIZE", "docker-compose.yml", "2g", "/dev/shm of the Triton container", OPERATOR),
-    EnvVar("TRITON_LOG_VERBOSE", "docker-compose.yml", "0", "Triton's `--log-verbose` level", OPERATOR),
-    EnvVar("GATEWAY_HOST_IP", "docker-compose.yml", "0.0.0.0", "host address the gateway is published on",
-           OPERATOR),
-    EnvVar("GATEWAY_PORT", "docker-compose.yml", "50051", "host port of the gateway's gRPC API", OPERATOR),
-    EnvVar("GATEWAY_HTTP_PORT", "docker-compose.yml", "8080", "host port of the gateway's HTTP/JSON API",
-           OPERATOR),
-    EnvVar("GATEWAY_METRICS_HOST_IP", "docker-compose.yml", "127.0.0.1", "host address /metrics is published on",
-           OPERATOR),
-    EnvVar("GATEWAY_METRICS_PORT", "docker-compose.yml", "9464", "host port of /metrics", OPERATOR),
-    EnvVar("HOME", "docker-compose.yml", "", "the default TONESERVE_HOME's parent", OPERATOR),
-    # The load tests' Locust options (loadtest/locustfile.py), as environment variables.
-    EnvVar("TONESERVE_CORPUS", "loadtest/locustfile.py", "", "Locust's `--corpus`: the corpus folder", DEVELOPER),
-    EnvVar("TONESERVE_MIX", "loadtest/locustfile.py", "analyze:1", "Locust's `--mix`: users and weights",
-           DEVELOPER),
-    EnvVar("TONESERVE_DURATIONS", "loadtest/locustfile.py", "all", "Locust's `--durations`", DEVELOPER),
-    EnvVar("TONESERVE_FORMATS", "loadtest/locustfile.py", "all", "Locust's `--formats`", DEVELOPER),
-    EnvVar("TONESERVE_RATES", "loadtest/locustfile.py", "all", "Locust's `--rates`", DEVELOPER),
-    EnvVar("TONESERVE_CHANNELS", "loadtest/locustfile.py", "all", "Locust's `--channels`", DEVELOPER),
-    EnvVar("TONESERVE_TRITON", "loadtest/locustfile.py", "127.0.0.1:8001", "Locust's `--triton-host`", DEVELOPER),
-    EnvVar("TONESERVE_LEDGER", "loadtest/locustfile.py", "", "Locust's `--ledger`", DEVELOPER),
-    # Development.
-    EnvVar("TONESERVE_VENV", "scripts/setup, test, demo, gen-*", "<repository>/.venv", "the virtualenv",
-           DEVELOPER),
-    EnvVar("PYTHON", "scripts/setup", "python3", "the interpreter the virtualenv is built from", DEVELOPER),
-    EnvVar("TONESERVE_SKIP_SETUP", "scripts/test", "0", "`1`: do not run scripts/setup (an environment you "
-           "manage yourself)", DEVELOPER),
-    EnvVar("CI", "tests", "unset", "`true`: a test whose optional tool is missing fails instead of skipping",
-           DEVELOPER),
-    EnvVar("TONESERVE_UPDATE_GOLDEN", "tests/export/test_golden_configs.py", "0", "`1`: rewrite the golden "
-           "Triton configs under tests/data/golden/", DEVELOPER),
-    EnvVar("TONESERVE_TEST_ARTIFACTS", "tests/stack/test_playground.py", "none", "a folder that keeps the "
-           "playground test's screenshots", DEVELOPER),
-)
+@functools.cache
+def environment() -> tuple[EnvVar, ...]:
+    """Every environment variable the project reads, once. Each TONESERVE_* name found in the code, the scripts,
+    docker-compose.yml or deploy/ must be here (the test greps for them), and each ${NAME} of docker-compose.yml.
+    Names and defaults the code defines are taken from it."""
+    from toneserve.client import connection
+    from toneserve.gateway import auth, quota, verdict
+    return (
+        # The client (SDK, toneserve analyze / stream / analyze-text): flags win over these.
+        EnvVar(connection.ENV_ADDRESS, "the client", connection.DEFAULT_ADDRESS, "the gateway's HOST:PORT (`--address`)", USER),
+        EnvVar(connection.ENV_API_KEY, "the client", "none", "the API key, sent as `authorization: Bearer KEY` "
+               "(`--api-key`; the variable keeps it out of shell history)", USER),
+        EnvVar(connection.ENV_CA_CERT, "the client", "none (plaintext)", "a PEM root certificate: TLS, trusting it "
+               "(`--ca-cert`)", USER),
+        EnvVar(connection.ENV_ALLOW_PLAINTEXT_KEY, "the client", "off", "`1`, `true` or `yes`: send an API key without "
+               "TLS to an address beyond this machine (refused otherwise)", USER),
+        # The server side.
+        EnvVar("TONESERVE_HOME", "every command, docker-compose.yml", "~/.cache/toneserve",
+               "where exported models, rendered repositories and logs are kept", OPERATOR),
+        EnvVar(auth.ENV_KEYS_FILE, "the gateway", "none", "the API key file (`--api-keys`; docs/security.md)",
+               OPERATOR),
+        EnvVar(auth.ENV_KEYS, "the gateway", "none", "the key file's text itself (a Secret as an environment "
+               "variable); not with TONESERVE_API_KEYS_FILE", OPERATOR),
+        EnvVar(quota.ENV_QUOTA_STORE, "the gateway, docker-compose.yml", "none (each replica counts alone)",
+               "`redis://HOST:PORT[/DB]` or `rediss://...`: tenant quotas shared across replicas (`--quota-store`)",
+               OPERATOR),
+        EnvVar(verdict.API_KEY_ENV, "the gateway", "none", "the LLM judge's API key when no "
+               "`--judge-key-file` is given", OPERATOR),
+        EnvVar("MODELSCOPE_ENDPOINT", "toneserve export", "ModelScope's", "another ModelScope endpoint "
+               "(`MODELSCOPE_DOMAIN` is read too, as the modelscope library does)", OPERATOR),
+        EnvVar("MODELSCOPE_DOMAIN", "toneserve export", "none", "ModelScope's domain, when MODELSCOPE_ENDPOINT is "
+               "unset", OPERATOR),
+        EnvVar("HF_ENDPOINT", "toneserve export", "Hugging Face's", "another Hugging Face endpoint", OPERATOR),
+        EnvVar("MODELSCOPE_CACHE", "toneserve export", "the library's", "ModelScope's download cache (a model "
+               "already there is used offline)", OPERATOR),
+        EnvVar("HF_HUB_CACHE", "toneserve export", "the library's", "Hugging Face's download cache (a model already "
+               "there is used offline)", OPERATOR),
+        # docker-compose.yml (the header of the file says more; docs/deploy.md explains each).
+        EnvVar("TONESERVE_REPOSITORY", "docker-compose.yml", "$TONESERVE_HOME/repository/base-gpu",
+               "the rendered gpu-profile repository, mounted read-only at /models", OPERATOR),
+        EnvVar("TONESERVE_SECRETS", "docker-compose.yml", "./secrets", "folder of the secret files: api_keys.txt, "
+               "tls.crt, tls.key, triton_admin_token.txt", OPERATOR),
+        EnvVar("TONESERVE_TLS_CA", "docker-compose.yml", "tls.crt", "the CA certificate that signed tls.crt, for "
+               "the health check", OPERATOR),
+        EnvVar("TONESERVE_TLS_NAME", "docker-compose.yml", "localhost", "a name tls.crt holds, for the health check",
+               OPERATOR),
+        EnvVar("TONESERVE_GPU_COUNT", "docker-compose.yml", "1", "GPUs reserved for Triton: a number or `all`",
+               OPERATOR),
+        EnvVar("TRITON_SHM_SIZE", "docker-compose.yml", "2g", "/dev/shm of the Triton container", OPERATOR),
+        EnvVar("TRITON_LOG_VERBOSE", "docker-compose.yml", "0", "Triton's `--log-verbose` level", OPERATOR),
+        EnvVar("GATEWAY_HOST_IP", "docker-compose.yml", "0.0.0.0", "host address the gateway is published on",
+               OPERATOR),
+        EnvVar("GATEWAY_PORT", "docker-compose.yml", "50051", "host port of the gateway's gRPC API", OPERATOR),
+        EnvVar("GATEWAY_HTTP_PORT", "docker-compose.yml", "8080", "host port of the gateway's HTTP/JSON API",
+               OPERATOR),
+        EnvVar("GATEWAY_METRICS_HOST_IP", "docker-compose.yml", "127.0.0.1", "host address /metrics is published on",
+               OPERATOR),
+        EnvVar("GATEWAY_METRICS_PORT", "docker-compose.yml", "9464", "host port of /metrics", OPERATOR),
+        EnvVar("HOME", "docker-compose.yml", "", "the default TONESERVE_HOME's parent", OPERATOR),
+        # The load tests' Locust options (loadtest/locustfile.py), as environment variables.
+        EnvVar("TONESERVE_CORPUS", "loadtest/locustfile.py", "", "Locust's `--corpus`: the corpus folder", DEVELOPER),
+        EnvVar("TONESERVE_MIX", "loadtest/locustfile.py", "analyze:1", "Locust's `--mix`: users and weights",
+               DEVELOPER),
+        EnvVar("TONESERVE_DURATIONS", "loadtest/locustfile.py", "all", "Locust's `--durations`", DEVELOPER),
+        EnvVar("TONESERVE_FORMATS", "loadtest/locustfile.py", "all", "Locust's `--formats`", DEVELOPER),
+        EnvVar("TONESERVE_RATES", "loadtest/locustfile.py", "all", "Locust's `--rates`", DEVELOPER),
+        EnvVar("TONESERVE_CHANNELS", "loadtest/locustfile.py", "all", "Locust's `--channels`", DEVELOPER),
+        EnvVar("TONESERVE_TRITON", "loadtest/locustfile.py", "127.0.0.1:8001", "Locust's `--triton-host`", DEVELOPER),
+        EnvVar("TONESERVE_LEDGER", "loadtest/locustfile.py", "", "Locust's `--ledger`", DEVELOPER),
+        # Development.
+        EnvVar("TONESERVE_VENV", "scripts/setup, test, demo, gen-*", "<repository>/.venv", "the virtualenv",
+               DEVELOPER),
+        EnvVar("PYTHON", "scripts/setup", "python3", "the interpreter the virtualenv is built from", DEVELOPER),
+        EnvVar("TONESERVE_SKIP_SETUP", "scripts/test", "0", "`1`: do not run scripts/setup (an environment you "
+               "manage yourself)", DEVELOPER),
+        EnvVar("CI", "tests", "unset", "`true`: a test whose optional tool is missing fails instead of skipping",
+               DEVELOPER),
+        EnvVar("TONESERVE_UPDATE_GOLDEN", "tests/export/test_golden_configs.py", "0", "`1`: rewrite the golden "
+               "Triton configs under tests/data/golden/", DEVELOPER),
+        EnvVar("TONESERVE_TEST_ARTIFACTS", "tests/stack/test_playground.py", "none", "a folder that keeps the "
+               "playground test's screenshots", DEVELOPER),
+    )
 
 
 def _cell(text: object) -> str:
@@ -211,7 +217,7 @@ def configuration_page() -> str:
     for who in (USER, OPERATOR, DEVELOPER):
         lines += [f"### {who[0].upper()}{who[1:]}", "", "| variable | read by | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{var.name}` | {_cell(var.reads)} | {_cell(var.default)} | {_cell(var.meaning)} |"
-                  for var in ENVIRONMENT if var.who == who]
+                  for var in environment() if var.who == who]
         lines.append("")
     # Defaults that name this machine's folders are written as the variable they come from.
     return "\n".join(lines).replace(str(paths.home()), "$TONESERVE_HOME")

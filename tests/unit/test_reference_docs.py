@@ -109,7 +109,7 @@ def variables_read(root: Path) -> dict[str, str]:
 
 
 def missing_variables(root: Path) -> dict[str, str]:
-    known = {variable.name for variable in reference.ENVIRONMENT}
+    known = {variable.name for variable in reference.environment()}
     return {name: where for name, where in variables_read(root).items() if name not in known}
 
 
@@ -117,7 +117,7 @@ def test_every_toneserve_variable_read_is_in_the_environment_table():
     found = variables_read(ROOT)
     assert {"TONESERVE_HOME", "TONESERVE_API_KEY", "TONESERVE_VENV", "TONESERVE_QUOTA_STORE"} <= set(found), found
     missing = missing_variables(ROOT)
-    assert not missing, ("read but missing from toneserve/reference.py's ENVIRONMENT (then run "
+    assert not missing, ("read but missing from toneserve/reference.py's environment() (then run "
                          f"{reference.REGENERATE}): {missing}")
 
 
@@ -133,13 +133,13 @@ def test_every_compose_variable_is_in_the_environment_table():
     compose = (ROOT / "docker-compose.yml").read_text()
     used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", compose))
     assert "GATEWAY_PORT" in used
-    assert used <= {variable.name for variable in reference.ENVIRONMENT}, used - {v.name for v in reference.ENVIRONMENT}
+    assert used <= {variable.name for variable in reference.environment()}, used - {v.name for v in reference.environment()}
 
 
 def test_the_environment_table_names_each_variable_once():
-    names = [variable.name for variable in reference.ENVIRONMENT]
+    names = [variable.name for variable in reference.environment()]
     assert len(names) == len(set(names))
-    assert {variable.who for variable in reference.ENVIRONMENT} == {reference.USER, reference.OPERATOR,
+    assert {variable.who for variable in reference.environment()} == {reference.USER, reference.OPERATOR,
                                                                     reference.DEVELOPER}
 
 
