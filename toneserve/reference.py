@@ -38,6 +38,7 @@ class EnvVar:
 
 USER, OPERATOR, DEVELOPER = "client", "server / deployment", "development and tests"
 
+
 @functools.cache
 def environment() -> tuple[EnvVar, ...]:
     """Every environment variable the project reads, once. Each TONESERVE_* name found in the code, the scripts,
@@ -47,7 +48,8 @@ def environment() -> tuple[EnvVar, ...]:
     from toneserve.gateway import auth, quota, verdict
     return (
         # The client (SDK, toneserve analyze / stream / analyze-text): flags win over these.
-        EnvVar(connection.ENV_ADDRESS, "the client", connection.DEFAULT_ADDRESS, "the gateway's HOST:PORT (`--address`)", USER),
+        EnvVar(connection.ENV_ADDRESS, "the client", connection.DEFAULT_ADDRESS, "the gateway's HOST:PORT (`--address`)",
+               USER),
         EnvVar(connection.ENV_API_KEY, "the client", "none", "the API key, sent as `authorization: Bearer KEY` "
                "(`--api-key`; the variable keeps it out of shell history)", USER),
         EnvVar(connection.ENV_CA_CERT, "the client", "none (plaintext)", "a PEM root certificate: TLS, trusting it "
