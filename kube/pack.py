@@ -109,8 +109,9 @@ def unpack_check(artifact: Path, sha256: str, into: Path) -> None:
 
 
 def kustomize_snippet(packed: Packed, url: str) -> str:
-    """The overlay's lines that point the Triton pods at this artifact."""
+    """A pool overlay's lines that point the Triton pods at this artifact and name the pool by its digest
+    (deploy/k8s/overlays/gpu-pool; kube/pools.py)."""
+    from toneserve.kube.tracks import track  # no import circle: tracks does not import pack
+
     return ("configMapGenerator:\n- name: toneserve-repository\n  behavior: replace\n  literals:\n"
-            f"  - url={url}\n  - sha256={packed.sha256}\n")
-
-
+            f"  - url={url}\n  - sha256={packed.sha256}\n  - track={track(packed.sha256)}\n")

@@ -11,9 +11,12 @@ from pathlib import Path
 import yaml
 
 from toneserve.gateway.settings import Settings
-from toneserve.kube import autoscaling, gateway, network, tracks, triton
+from toneserve.kube import autoscaling, gateway, network, pools, tracks, triton
 
 HEADER = "# Rendered by `toneserve k8s` (toneserve/kube); do not edit: patch it in an overlay (docs/kubernetes.md).\n"
+# deploy/k8s's other rendered files (the pool Component, the cpu overlay's resources), from the same facts.
+PIECES_HEADER = ("# Rendered by `python -m toneserve.kube.render` (toneserve/kube); do not edit: change the Python "
+                 "(docs/kubernetes.md).\n")
 # The repository's ConfigMap is generated, so that its name carries a hash of its contents: a new
 # repository digest changes the name, and the Triton Deployment rolls onto it.
 REPOSITORY_LITERALS = ("url=", "sha256=")
@@ -70,6 +73,19 @@ def files(models: list, settings: Settings | None = None, secrets: str | None = 
     return out
 
 
+def cpu_triton_patch() -> dict:
+    """The cpu overlay's patch of Triton's Deployment: the cpu image's resources (no GPU), Guaranteed."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": triton.NAME},
+            "spec": {"template": {"spec": {"containers": [
+                {"name": "tritonserver", "resources": {"$patch": "replace", **triton.cpu_resources()}}]}}}}
+
+
+def pieces() -> dict[str, str]:
+    """deploy/k8s's rendered files outside the base: path under deploy/k8s -> text."""
+    return {f"{pools.FOLDER}/kustomization.yaml": dump([pools.component()], PIECES_HEADER),
+            "overlays/cpu/triton-cpu-resources.yaml": dump([cpu_triton_patch()], PIECES_HEADER)}
+
+
 def write(out_dir: Path, rendered: dict[str, str]) -> list[Path]:
     """Write the files, and remove YAML files of an earlier render that this one no longer has."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,3 +98,13 @@ def write(out_dir: Path, rendered: dict[str, str]) -> list[Path]:
         path.write_text(text)
         paths.append(path)
     return paths
+
+
+if __name__ == "__main__":  # python -m toneserve.kube.render [deploy/k8s]: write pieces()
+    import sys
+
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "deploy/k8s")
+    for relative, text in pieces().items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+        print(f"wrote {root / relative}")

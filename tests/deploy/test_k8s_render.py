@@ -435,3 +435,22 @@ def test_the_gateway_drain_fits_what_node_operations_honour():
     # A short request limit shortens the drain; it never grows past the cap.
     assert gateway.drain_seconds(Settings(max_request_seconds=60.0)) == 60
     assert gateway.drain_seconds(Settings(max_request_seconds=10 * 3600.0)) == gateway.drain_seconds(Settings())
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("curl", "sha256sum", "tar", "sh")),
+                    reason="the init container's tools (curl, sha256sum, tar, sh) are not on this machine")
+def test_the_init_container_refuses_a_pool_named_for_another_repository(tmp_path):
+    """A pool's objects are named by the ConfigMap's `track` (kube/pools.py): it must be the digest's start."""
+    packed = pack.pack(_repository(tmp_path), tmp_path / "store")
+    env = {"PATH": os.environ["PATH"], "REPOSITORY_URL": packed.path.as_uri(), "REPOSITORY_SHA256": packed.sha256}
+    for track, ok in ((tracks.track(packed.sha256), True), ("0" * 16 if packed.sha256[0] != "0" else "1" * 16, False)):
+        models = tmp_path / f"models-{track}"
+        models.mkdir()
+        done = subprocess.run(["sh", "-c", _init_script(models)], env={**env, "REPOSITORY_TRACK": track},
+                              capture_output=True, text=True, timeout=60)
+        assert (done.returncode == 0) is ok, done.stderr
+        assert (models / "vad").exists() is ok
+        if not ok:
+            assert "is not the start of sha256" in done.stderr
+    env_names = {e["name"] for e in _pod(triton.NAME)["initContainers"][0]["env"]}
+    assert f"REPOSITORY_{triton.REPOSITORY_TRACK_KEY.upper()}" in env_names

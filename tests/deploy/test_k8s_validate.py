@@ -7,14 +7,19 @@
   selects one Deployment, probe and target ports exist, every Service port is admitted by the
   NetworkPolicies selecting its pods, names are DNS-1123, GPU requests equal limits; each rule is
   shown to catch a broken object;
-- the overlay keeps Triton on GPU nodes and points it at the repository artifact.
+- the GPU site keeps Triton on GPU nodes; the CPU site runs the cpu image without any GPU, Guaranteed,
+  sized from the measured memory; every image either site runs comes from the site's registry;
+- the pools over each site (tests/deploy/test_k8s_pools.py has the rest) point Triton at the artifact.
 
 `kubectl` (with kustomize built in) is in this project's machine image; where it is absent the build
-tests skip and say so, and the base's own files are still validated.
+tests skip and say so (and fail under CI, where it is installed), and the base's own files are still
+validated.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import os
 import shutil
 import subprocess
 
@@ -23,16 +28,29 @@ import pytest
 import yaml
 
 from tests.support import ROOT
-from toneserve.kube import checks
+from toneserve.kube import checks, facts, render, triton
 
 BASE = ROOT / "deploy" / "k8s" / "base"
-OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "gpu"
+OVERLAYS = ROOT / "deploy" / "k8s" / "overlays"
+OVERLAY = OVERLAYS / "gpu"
+REGISTRY = "registry.example.com/"
 VERSIONS = ("1.29", "1.33")
 # Objects that are not the API's: Kustomize's own, and the CRDs of operators (Prometheus, KEDA), which
 # kubernetes-validate has no schemas for.
 NOT_CORE = {"Kustomization", "PrometheusRule", "ScaledObject", "PodMonitor", "ServiceMonitor"}
 KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed here")
+
+
+def needs_kubectl(test):
+    """Skip without kubectl, but fail under CI (CI=true), where scripts/setup installs it."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        if KUBECTL is None:
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail("kubectl (with kustomize) is not installed, and CI is set", pytrace=False)
+            pytest.skip("kubectl (with kustomize) is not installed here")
+        return test(*args, **kwargs)
+    return run
 
 
 def _files() -> list[dict]:
@@ -75,24 +93,72 @@ def test_the_base_builds_and_validates():
     assert not checks.problems(objects), checks.problems(objects)
 
 
+def _deployment(objects: list[dict], prefix: str) -> dict:
+    return next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].startswith(prefix))
+
+
+def _images(objects: list[dict]) -> set[str]:
+    return {c["image"] for o in objects if o["kind"] == "Deployment"
+            for c in o["spec"]["template"]["spec"].get("initContainers", []) + o["spec"]["template"]["spec"]["containers"]}
+
+
 @needs_kubectl
 def test_the_gpu_overlay_builds_and_validates():
     objects = _build(OVERLAY)
     assert not _invalid(objects), "\n".join(_invalid(objects))
     assert not checks.problems(objects), checks.problems(objects)
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"toneserve"}
-    triton = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "toneserve-triton")
-    pod = triton["spec"]["template"]["spec"]
+    pod = _deployment(objects, "toneserve-triton")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     gpu = pod["containers"][0]["resources"]
     assert gpu["requests"]["nvidia.com/gpu"] == gpu["limits"]["nvidia.com/gpu"] == 1
+    # The site names no repository (a pool or a track does): the init container's ConfigMap is the base's.
     repository = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(
         "toneserve-repository-"))
-    assert repository["data"]["url"].startswith("https://") and len(repository["data"]["sha256"]) == 64
-    # The generated name (its hash suffix) is what the init container reads: a new digest rolls the pods.
+    assert repository["data"] == {"url": "", "sha256": ""}
     env = {e["name"]: e["valueFrom"]["configMapKeyRef"]["name"] for e in pod["initContainers"][0]["env"]
            if "configMapKeyRef" in e["valueFrom"]}
     assert set(env.values()) == {repository["metadata"]["name"]}
+
+
+@needs_kubectl
+@pytest.mark.parametrize("site", ["gpu", "cpu"])
+def test_every_image_a_site_runs_comes_from_its_registry(site):
+    """The fetcher too: a site that mirrors its images must not pull the init container from Docker Hub."""
+    images = _images(_build(OVERLAYS / site))
+    assert len(images) == 3 and all(i.startswith(REGISTRY) for i in images), images
+    base = _images(_files())
+    assert {facts.FETCH_IMAGE, facts.GATEWAY_IMAGE, facts.TRITON_IMAGE} == base
+    assert {REGISTRY + facts.FETCH_IMAGE, REGISTRY + facts.GATEWAY_IMAGE} <= images  # same names and tags
+
+
+@needs_kubectl
+def test_the_cpu_overlay_runs_the_cpu_image_without_a_gpu():
+    objects = _build(OVERLAYS / "cpu")
+    assert not _invalid(objects), "\n".join(_invalid(objects))
+    assert not checks.problems(objects), checks.problems(objects)
+    assert {o["metadata"].get("namespace") for o in objects} == {"toneserve"}
+    pod = _deployment(objects, "toneserve-triton")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == REGISTRY + facts.TRITON_CPU_IMAGE
+    # The same command and flags as on GPU nodes (the cpu image has tritonserver on PATH, the same wrapper).
+    base = _deployment(_files(), "toneserve-triton")["spec"]["template"]["spec"]["containers"][0]
+    assert (container["command"], container["args"]) == (base["command"], base["args"])
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "nvidia.com/gpu" not in str(pod["containers"]) and "nvidia.com/gpu" not in str(pod.get("initContainers"))
+    assert checks.qos_class(pod) == "Guaranteed"
+    resources = container["resources"]
+    assert resources == triton.cpu_resources()
+    memory_mib = int(resources["limits"]["memory"].removesuffix("Gi")) * 1024
+    assert memory_mib >= triton.CPU_RSS_MIB * (1 + triton.CPU_MEMORY_HEADROOM)
+    assert resources["limits"]["cpu"] == str(triton.CPU_CORES)
+
+
+def test_the_rendered_pieces_are_fresh():
+    """The pool Component and the cpu overlay's resources, as `python -m toneserve.kube.render` writes them."""
+    for relative, text in render.pieces().items():
+        path = ROOT / "deploy" / "k8s" / relative
+        assert path.read_text() == text, f"deploy/k8s/{relative} is stale: run `python -m toneserve.kube.render`"
 
 
 def test_strict_validation_catches_a_misspelt_field():
