@@ -48,8 +48,8 @@ def environment() -> tuple[EnvVar, ...]:
     from toneserve.gateway import auth, quota, verdict
     return (
         # The client (SDK, toneserve analyze / stream / analyze-text): flags win over these.
-        EnvVar(connection.ENV_ADDRESS, "the client", connection.DEFAULT_ADDRESS, "the gateway's HOST:PORT (`--address`)",
-               USER),
+        EnvVar(connection.ENV_ADDRESS, "the client", connection.DEFAULT_ADDRESS,
+               "the gateway's HOST:PORT (`--address`)", USER),
         EnvVar(connection.ENV_API_KEY, "the client", "none", "the API key, sent as `authorization: Bearer KEY` "
                "(`--api-key`; the variable keeps it out of shell history)", USER),
         EnvVar(connection.ENV_CA_CERT, "the client", "none (plaintext)", "a PEM root certificate: TLS, trusting it "
@@ -153,7 +153,8 @@ def errors_page() -> str:
                      f"{_cell(code.default_message)} |")
     for code in Code:
         lines += ["", f"## {code.name}", "",
-                  f"gRPC `{code.status}`, HTTP {code.http_status}. Retry: **{_retry(code.retry)}** ({code.retry.value}).", "",
+                  f"gRPC `{code.status}`, HTTP {code.http_status}. "
+                  f"Retry: **{_retry(code.retry)}** ({code.retry.value}).", "",
                   code.guide]
     return "\n".join(lines) + "\n"
 
@@ -208,8 +209,10 @@ def configuration_page() -> str:
              "SUBCOMMAND --help` says the same), then every environment variable the project reads. Flags win "
              "over environment variables, which win over the defaults.", "", "## Subcommands", ""]
     commands = _commands()
-    lines += [f"- [`toneserve {name}`](#toneserve-{name.replace(' ', '-')}): {_cell(text)}" for name, text, _ in commands]
-    lines += ["", "## toneserve", "", "Options before the subcommand.", "", "| flag | default | help |", "|---|---|---|"]
+    lines += [f"- [`toneserve {name}`](#toneserve-{name.replace(' ', '-')}): {_cell(text)}"
+              for name, text, _ in commands]
+    lines += ["", "## toneserve", "", "Options before the subcommand.", "",
+              "| flag | default | help |", "|---|---|---|"]
     lines += _flag_rows(cli.parser())
     for name, text, parser in commands:
         rows = _flag_rows(parser)
@@ -217,7 +220,8 @@ def configuration_page() -> str:
         lines += ["| flag | default | help |", "|---|---|---|", *rows] if rows else ["No options."]
     lines += ["", "## Environment variables", ""]
     for who in (USER, OPERATOR, DEVELOPER):
-        lines += [f"### {who[0].upper()}{who[1:]}", "", "| variable | read by | default | meaning |", "|---|---|---|---|"]
+        lines += [f"### {who[0].upper()}{who[1:]}", "",
+                  "| variable | read by | default | meaning |", "|---|---|---|---|"]
         lines += [f"| `{var.name}` | {_cell(var.reads)} | {_cell(var.default)} | {_cell(var.meaning)} |"
                   for var in environment() if var.who == who]
         lines.append("")
