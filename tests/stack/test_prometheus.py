@@ -1,25 +1,33 @@
-"""A real Prometheus scrapes a real embedded Triton with the autoscaling rules (kube/autoscaling.py): the
-series the rules read exist, and the recorded queue-to-compute ratio is 0 idle and above 0 under load."""
+"""A real Prometheus scrapes a real embedded Triton and a real gateway with the autoscaling rules
+(kube/autoscaling.py): the series the rules read exist, and the recorded queue-to-compute ratio is 0 idle and
+above 0 under load. The observability pack's queries (kube/observability.py) run against it: every
+dashboard panel's and alert's PromQL parses and reads series the gateway, Triton or the rules export, and
+prometheus-adapter's queries, as the adapter fills them in, return the pod metrics the HPAs read."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
 import pytest
 import yaml
 
+from tests.support import gateway_process
 from toneserve.contract import EMOTION, WAV, WAV_LENS
 from toneserve.kube import autoscaling as a
+from toneserve.kube import observability as o
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="the prometheus server is not installed: scripts/setup "
                                 "installs Debian's prometheus package, which carries it")
 POD = {"namespace": "ts", "pod": "triton-0"}
+GATEWAY_POD = {"namespace": "ts", "pod": "gateway-0"}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +60,13 @@ def models(models_root):
 
 
 @pytest.fixture(scope="module")
-def prometheus(triton, models, tmp_path_factory):
+def gateway(triton, tmp_path_factory):
+    with gateway_process(triton.grpc_url, tmp_path_factory.mktemp("gateway") / "gateway.log") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def prometheus(triton, gateway, models, tmp_path_factory):
     from toneserve.triton import free_port
 
     folder = tmp_path_factory.mktemp("prometheus")
@@ -62,7 +76,9 @@ def prometheus(triton, models, tmp_path_factory):
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": ["rules.yml"],
         # The labels a PodMonitor would attach in a cluster, which the rules group by.
         "scrape_configs": [{"job_name": "triton", "static_configs": [
-            {"targets": [f"{triton.host}:{triton.ports.metrics}"], "labels": POD}]}]}))
+            {"targets": [f"{triton.host}:{triton.ports.metrics}"], "labels": POD}]},
+            {"job_name": "gateway", "static_configs": [
+                {"targets": [urllib.parse.urlsplit(gateway.metrics).netloc], "labels": GATEWAY_POD}]}]}))
     port = free_port()
     log = folder / "prometheus.log"
     with open(log, "wb") as out:
@@ -155,3 +171,76 @@ def test_the_recorded_ratio_is_zero_idle_and_above_zero_under_load(triton, prome
     # Once the calls stop and leave the rate window, it is 0 again, not NaN.
     after = _wait_for(prometheus, lambda value: value == 0.0, 20)
     assert after[-1] == 0.0, f"after the load the ratio must return to 0; read {after}"
+
+
+def _query(prometheus: str, query: str) -> list[dict]:
+    """The query's result; a query Prometheus cannot parse fails the test with Prometheus's own error."""
+    url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    try:
+        reply = json.loads(_scrape(url))
+    except urllib.error.HTTPError as error:
+        pytest.fail(f"{query!r}: {error.read().decode()}")
+    assert reply["status"] == "success", reply
+    return reply["data"]["result"]
+
+
+def _names(expr: str) -> set[str]:
+    """The series an expression reads: the names of the gateway's, Triton's, the rules' and kube-state-metrics'."""
+    return set(re.findall(r"\b((?:toneserve|nv|kube)_[a-z_]+|toneserve:[a-z_:]+)\b", expr))
+
+
+def test_the_packs_queries_parse_and_read_series_that_exist(prometheus, gateway):
+    """Every dashboard panel's and alert's PromQL, as Grafana and Prometheus run it (the namespace variable and
+    the rate interval filled in): Prometheus parses it, and each series it reads is exported by the real gateway
+    or Triton or recorded by the rules, except kube-state-metrics' (named in observability.KUBE_STATE_METRICS)
+    and the gateway's certificate gauge, which only a gateway serving TLS exports."""
+    from toneserve.client.sdk import Client
+    from toneserve.samples import call, wav_bytes
+
+    with Client(gateway.address) as client:  # the request counters and the latency histogram get their series
+        recording = call(4.0, seed=3)
+        client.analyze(wav_bytes(recording.samples, recording.rate))
+    panels = [t["expr"] for p in o.dashboard()["panels"] for t in p["targets"]]
+    alerts = [r["expr"] for r in o.alert_rules()]
+    exempt = set(o.KUBE_STATE_METRICS) | {o.CERT_EXPIRY}
+    deadline = time.monotonic() + 20
+    for expr in panels + alerts:
+        _query(prometheus, expr.replace("$namespace", POD["namespace"]).replace("$__rate_interval", "5s"))
+        for name in _names(expr) - exempt:
+            while not _query(prometheus, f'count({{__name__="{name}"}})'):
+                assert time.monotonic() < deadline, f"{name} (read by {expr!r}) is in no scraped series"
+                time.sleep(0.5)
+    assert {n for e in panels + alerts for n in _names(e)} & set(o.KUBE_STATE_METRICS) == set(o.KUBE_STATE_METRICS)
+
+
+def _adapter_query(template: str, series: str, namespace: str, pods: list[str]) -> str:
+    """A metricsQuery as prometheus-adapter fills it in for a pods metric of one namespace (its Go template
+    fields: the series, the label matchers of the namespace and the pods, the labels to group by)."""
+    matchers = f'namespace="{namespace}",pod=~"{"|".join(pods)}"'
+    return (template.replace("<<.Series>>", series).replace("<<.LabelMatchers>>", matchers)
+            .replace("<<.GroupBy>>", "pod"))
+
+
+def test_the_adapters_rules_serve_the_hpas_metrics(prometheus, gateway):
+    """The committed values file's rules against the real Prometheus: each seriesQuery finds the series, and
+    its metricsQuery, filled in as the adapter does for the HPA's pods, returns one number per pod."""
+    from tests.support import ROOT
+
+    values = yaml.safe_load((ROOT / "deploy" / "k8s" / o.MONITORING / "prometheus-adapter-values.yaml").read_text())
+    pods = {a.RATIO: POD, a.IN_FLIGHT_METRIC: GATEWAY_POD}
+    served = set()
+    for rule in values["rules"]["custom"]:
+        url = f"{prometheus}/api/v1/series?{urllib.parse.urlencode({'match[]': rule['seriesQuery']})}"
+        deadline = time.monotonic() + 20
+        while not (found := json.loads(_scrape(url))["data"]):
+            assert time.monotonic() < deadline, f"no series for {rule['seriesQuery']}"
+            time.sleep(0.5)
+        (name,) = {s["__name__"] for s in found}
+        assert re.fullmatch(rule["name"]["matches"], name)
+        labels = pods[name]
+        assert {(s["namespace"], s["pod"]) for s in found} == {(labels["namespace"], labels["pod"])}
+        result = _query(prometheus, _adapter_query(rule["metricsQuery"], name, labels["namespace"], [labels["pod"]]))
+        assert [r["metric"] for r in result] == [{"pod": labels["pod"]}], result
+        float(result[0]["value"][1])
+        served.add(re.sub(rule["name"]["matches"], rule["name"]["as"], name))
+    assert served == {a.RATIO_METRIC, a.IN_FLIGHT_METRIC}
