@@ -24,6 +24,7 @@ from pathlib import Path
 
 from toneserve.contract import Code
 from toneserve.kube import autoscaling as a
+from toneserve.kube.objects import APP
 
 # kube-prometheus-stack's Prometheus selects PodMonitors and PrometheusRules by `release: <release name>`
 # (its podMonitorSelector and ruleSelector when ...SelectorNilUsesHelmValues is true, the default).
@@ -147,11 +148,8 @@ def alert_groups() -> dict:
 
 def alerts_rule() -> dict:
     """The PrometheusRule of the alerts (the monitoring kustomization installs it)."""
-    from toneserve.kube.objects import labels
-
     return {"apiVersion": f"{OPERATOR_GROUP}/v1", "kind": "PrometheusRule",
-            "metadata": {"name": ALERTS, "labels": {k: v for k, v in labels("monitoring").items()
-                                                    if k != "app.kubernetes.io/component"}},
+            "metadata": {"name": ALERTS, "labels": {"app.kubernetes.io/name": APP, "app.kubernetes.io/part-of": APP}},
             "spec": alert_groups()}
 
 
