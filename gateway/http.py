@@ -20,9 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import ssl
-import tempfile
 import time
 import uuid
 import weakref
@@ -114,21 +112,6 @@ async def _body(request: web.Request) -> AsyncGenerator[pb.UploadRequest, None]:
         raise ToneserveError(Code.INVALID_ARGUMENT, f"the upload was cut off or malformed ({exc})") from None
 
 
-def _server_ssl(tls: tuple[bytes, bytes]) -> ssl.SSLContext:
-    """A server TLS context of the gateway's (PEM key, PEM certificate chain), the pair gRPC serves."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    key, chain = tls
-    # ssl loads certificates from files only: a private folder of our own, removed once they are loaded.
-    with tempfile.TemporaryDirectory(prefix="toneserve-tls-") as folder:
-        os.chmod(folder, 0o700)
-        key_path, chain_path = Path(folder) / "key.pem", Path(folder) / "chain.pem"
-        key_path.write_bytes(key)
-        chain_path.write_bytes(chain)
-        context.load_cert_chain(chain_path, key_path)
-    return context
-
-
 class HttpApi:
     def __init__(self, service: AnalyzerService, serving: Callable[[], bool], playground: bool = False,
                  max_connection_age: float | None = None):
@@ -158,13 +141,13 @@ class HttpApi:
             app.router.add_static("/playground", PLAYGROUND, follow_symlinks=False)
         return app
 
-    async def start(self, host: str, port: int, tls: tuple[bytes, bytes] | None = None) -> None:
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context`: serve TLS with it (gateway/tls.py loads a rotated certificate into it in place)."""
         # handler_cancellation: a client that disconnects cancels its request, as over gRPC. shutdown_timeout:
         # what `stop` leaves to the requests still running once its grace has passed, before they are cancelled.
         self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, ssl_context=_server_ssl(tls) if tls else None,
-                           reuse_address=False)
+        site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context, reuse_address=False)
         await site.start()
 
     async def stop(self, grace: float = 5.0) -> None:

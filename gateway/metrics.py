@@ -47,6 +47,12 @@ class Metrics:
                                              "with this replica's own counters because the store was down",
                                              ["op"], registry=self.registry)
 
+    def tls(self) -> Gauge:
+        """The served certificate's expiry: registered only by a gateway that serves TLS."""
+        return Gauge("toneserve_tls_certificate_expiry_timestamp_seconds", "When the TLS certificate the gateway "
+                     "serves expires (its notAfter, unix seconds); follows the certificate as it is reloaded",
+                     registry=self.registry)
+
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics over HTTP."""
         self.server, _ = start_http_server(port, addr=host, registry=self.registry)

@@ -20,6 +20,7 @@ from toneserve.gateway.quota import RedisStore, SharedQuotas, check_store_url, d
 from toneserve.gateway.sentiment import lexicon_installed
 from toneserve.gateway.service import AnalyzerService
 from toneserve.gateway.settings import Settings
+from toneserve.gateway.tls import CertificateError, ServedCertificate
 from toneserve.gateway.triton_watch import TritonWatch, load_until_ready
 from toneserve.gateway.verdict import Judge, JudgeSettings
 from toneserve.v1 import toneserve_pb2, toneserve_pb2_grpc
@@ -73,13 +74,13 @@ def connection_age_options(settings: Settings) -> list[tuple[str, int]]:
 class Gateway:
     def __init__(self, triton_url: str, host: str = "127.0.0.1", port: int = 50051,
                  settings: Settings = Settings(), metrics_port: int | None = None,
-                 keys: ApiKeys = ApiKeys(), tls: tuple[bytes, bytes] | None = None,
+                 keys: ApiKeys = ApiKeys(), tls: tuple[bytes, bytes] | ServedCertificate | None = None,
                  metrics_host: str = "127.0.0.1", allow_unauthenticated: bool = False,
                  health_port: int | None = None, judge: JudgeSettings | None = None,
                  http_port: int | None = None, playground: bool = False, quota_store: str | None = None):
         """`keys`: API keys -> tenants (default: no authentication, which only a loopback `host` allows
         unless `allow_unauthenticated`); `tls`: (PEM private key, PEM certificate chain) to serve TLS
-        instead of plaintext; metrics (tenant names and volumes) on `metrics_host`, loopback by default;
+        instead of plaintext, or a ServedCertificate of files, reloaded on `reload_tls()` and when they change; metrics (tenant names and volumes) on `metrics_host`, loopback by default;
         `health_port`: standard gRPC health checking alone, in plaintext, on `host` (Kubernetes' own gRPC
         probes speak no TLS): it tells what the main port's health tells, and serves nothing else. `judge`: the
         OpenAI-compatible endpoint asked for each call's verdict (gateway/verdict.py); None: no verdicts.
@@ -100,7 +101,10 @@ class Gateway:
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host
         self.keys = keys
-        self.tls = tls
+        try:
+            self.tls = ServedCertificate(*tls) if isinstance(tls, tuple) else tls
+        except CertificateError as exc:
+            raise GatewayStartError(f"cannot serve TLS: {exc}") from None
         self.inference: Inference | None = None
         self.server: grpc.aio.Server | None = None
         self.health_port = health_port
@@ -158,7 +162,7 @@ class Gateway:
             self.server)
         try:
             if self.tls:
-                self.server.add_secure_port(self.address, grpc.ssl_server_credentials([self.tls]))
+                self.server.add_secure_port(self.address, self.tls.grpc_credentials())
             else:
                 self.server.add_insecure_port(self.address)
         except RuntimeError as exc:
@@ -188,11 +192,16 @@ class Gateway:
             self.http = HttpApi(service, lambda: not self.stopping and service.triton_ready(), self.playground,
                                 self.settings.max_connection_age_seconds)
             try:
-                await self.http.start(self.host, self.http_port, self.tls)
+                await self.http.start(self.host, self.http_port, self.tls.ssl_context() if self.tls else None)
             except OSError as exc:
                 await self.stop(0)
                 raise GatewayStartError(f"cannot serve HTTP on {self.host}:{self.http_port} ({exc}); "
                                         "choose another with --http-port") from None
+        if self.tls is not None:
+            expiry = self.metrics.tls()
+            expiry.set(self.tls.expiry)
+            self.tls.on_change = expiry.set
+            self.tls.watch(self.settings.tls_poll_seconds)
         service.triton_ready = lambda: self.watch is not None and self.watch.ready
         tried = asyncio.Event()
         self.loader = asyncio.create_task(self._load(tried), name="triton-load")
@@ -217,6 +226,11 @@ class Gateway:
         self.loaded.set()
         tried.set()
         log.warning("the models' configs are loaded from Triton at %s: SERVING", self.triton_url)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: serve the TLS files again, to new connections (a bad new pair is logged, the old one kept)."""
+        if self.tls is not None:
+            self.tls.reload()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Drain, then stop: new calls are refused at once (gRPC refuses new RPCs; the HTTP API new connections, and
@@ -250,6 +264,8 @@ class Gateway:
         ender.cancel()
         if self.health_server is not None:
             await self.health_server.stop(0)
+        if self.tls is not None:
+            await self.tls.stop()
         self.metrics.stop()
         if self.inference is not None:
             await self.inference.close()

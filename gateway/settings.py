@@ -97,6 +97,9 @@ class Settings:
     # The grace: how long calls in progress on a connection closed for its age still get; None: unlimited.
     max_connection_age_seconds: float | None = None
     max_connection_age_grace_seconds: float | None = None
+    # How often the TLS certificate and key files are checked for a change (then served to new connections;
+    # SIGHUP reloads at once). Kubernetes updates a mounted Secret within about a minute of its change.
+    tls_poll_seconds: float = 5.0
 
     def __post_init__(self):
         # A zero here would not mean "off": no thread to decode with, no Triton slot, every request refused.

@@ -248,9 +248,10 @@ def _quota_store(args) -> str | None:
 
 
 def _security(args):
-    """(API keys, TLS key pair) from the flags; a bad file is a clear error."""
+    """(API keys, the served TLS certificate) from the flags; a bad file is a clear error."""
     from toneserve.gateway.auth import ApiKeys, KeyFileError
     from toneserve.gateway.server import GatewayStartError
+    from toneserve.gateway.tls import CertificateError, ServedCertificate
 
     try:
         keys = ApiKeys.load(args.api_keys)
@@ -261,9 +262,9 @@ def _security(args):
     tls = None
     if args.tls_cert:
         try:
-            tls = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
-        except OSError as exc:
-            raise GatewayStartError(f"cannot read {exc.filename}: {exc.strerror}") from None
+            tls = ServedCertificate.from_files(Path(args.tls_key), Path(args.tls_cert))
+        except CertificateError as exc:
+            raise GatewayStartError(f"cannot serve TLS: {exc}") from None
     return keys, tls
 
 
@@ -281,7 +282,12 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, keys.reload)  # a bad new key file keeps the old keys (logged)
+
+    def reload() -> None:  # a bad new key file keeps the old keys, a bad TLS pair the old pair (both logged)
+        keys.reload()
+        gateway.reload_tls()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await gateway.start()
         scheme = "https" if tls else "http"
@@ -552,7 +558,8 @@ def _add_gateway_options(p):
                         "TONESERVE_API_KEYS, else no keys, which only a loopback --host allows)")
     p.add_argument("--allow-unauthenticated", action="store_true",
                    help="serve a non-loopback --host without API keys (anyone who reaches it may use it)")
-    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (with --tls-key); both are "
+                                                     "read again on SIGHUP and when they change (a rotated Secret)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument("--drain-seconds", type=float, default=5.0, metavar="S",
                    help="on SIGTERM / SIGINT, new calls are refused and those in progress get this long to finish; "

@@ -15,8 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from toneserve.triton import free_port
 
 
-def health(address: str) -> str:
-    with grpc.insecure_channel(address) as channel:
+def health(address: str, root_certificates: bytes | None = None) -> str:
+    """The gateway's gRPC health; over TLS when `root_certificates` (trusted alone) are given."""
+    channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates),
+                                   options=[("grpc.use_local_subchannel_pool", 1)])  # a connection of its own
+               if root_certificates else grpc.insecure_channel(address))
+    with channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
@@ -30,8 +34,10 @@ def http_call(url: str, body: bytes | None = None) -> tuple[int, dict, dict]:
         return error.code, dict(error.headers), json.loads(error.read())
 
 
-def gateway_without_triton(triton_grpc: str, log, *flags: str) -> tuple[subprocess.Popen, str]:
-    """A gateway against a Triton that is not there (yet), once its gRPC health answers."""
+def gateway_without_triton(triton_grpc: str, log, *flags: str,
+                           root_certificates: bytes | None = None) -> tuple[subprocess.Popen, str]:
+    """A gateway against a Triton that is not there (yet), once its gRPC health answers (over TLS trusting
+    `root_certificates` where given)."""
     port = free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "toneserve.cli", "gateway", "--triton-url", triton_grpc,
@@ -42,7 +48,7 @@ def gateway_without_triton(triton_grpc: str, log, *flags: str) -> tuple[subproce
     while True:
         assert process.poll() is None, f"the gateway exited ({process.returncode}):\n{log.read_text()}"
         try:
-            health(address)
+            health(address, root_certificates)
             return process, address
         except grpc.RpcError:
             assert time.monotonic() < deadline, log.read_text()
