@@ -1,4 +1,6 @@
-"""Triton on Kubernetes: a Deployment on GPU nodes, its headless Service and PodDisruptionBudget.
+"""Triton on Kubernetes: a Deployment (on GPU nodes; the cpu site runs the cpu image on any node), its headless
+Service and PodDisruptionBudget. Where a site's pool names the repository, kube/pools.py names these objects
+by its digest.
 
 The model repository arrives as a packed tarball (kube/pack.py): an init container downloads it from
 the URL in the `toneserve-repository` ConfigMap, checks its sha256 and unpacks it into an emptyDir
