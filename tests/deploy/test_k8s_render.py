@@ -8,7 +8,11 @@
 - the gateway's HTTP/JSON port is its container's, its Services' and its NetworkPolicy's, with TLS and keys;
 - the packed repository is byte-identical across packs (order, times, owners), named by its sha256,
   and the init container's own script (curl, sha256sum, tar) fetches, verifies and unpacks it, and
-  refuses a tarball whose digest differs.
+  refuses a tarball whose digest differs, or a pool named for another digest; it sends the optional auth
+  header only when its Secret is there, and its curl is bounded and retried;
+- Triton's pods are Guaranteed (init container included); both Deployments have progress deadlines that
+  cover a pod's whole start, spread over zones and nodes as a preference; the PDBs evict unhealthy pods;
+  the gateway's drain fits the 600 s node operations honour, with its connection age and grace.
 """
 from __future__ import annotations
 
