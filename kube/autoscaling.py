@@ -291,20 +291,23 @@ def base_resources(models: Iterable) -> dict[str, list[dict]]:
 
 
 KEDA_COMPONENT = "components/keda"  # under deploy/k8s
-KEDA_OVERLAY = "overlays/keda"  # the example: the GPU site with the component
+KEDA_OVERLAY = "overlays/keda"  # the example: the GPU pool with the component
 KEDA_README = """# KEDA instead of an HPA for Triton: a Kustomize Component
 
 KEDA (2.x, installed in the cluster) asks Prometheus for the recorded queue-to-compute ratio itself, so
 Triton needs no prometheus-adapter rule; the gateway keeps its HPA (CPU and in-flight requests, through the
 adapter). KEDA makes and owns Triton's HPA: the base's is deleted here, as two HPAs on one Deployment fight.
 
-Include it from an overlay over your site overlay, which then keeps the site's namespace, repository,
-images and GPU scheduling (`deploy/k8s/overlays/keda` is that, over the GPU site):
+List it in your pool overlay (over the site, which sets the namespace), before the repository-pool component,
+which then names the ScaledObject and its target by the repository's digest; the pool keeps the site's
+namespace, images and GPU scheduling and its own repository (`deploy/k8s/overlays/keda` is
+`overlays/gpu-pool` so):
 
     resources:
     - ../gpu                      # your site overlay
     components:
     - ../../components/keda
+    - ../../components/repository-pool
 
 Not from the site overlay itself: the ScaledObject and its query take the namespace of the site's Triton
 Deployment, which the site sets after its components run (kustomize stops and says
@@ -343,11 +346,13 @@ def keda_component_files() -> dict[str, str]:
             "README.md": KEDA_README}
 
 
-def keda_overlay_files(site: str = "../gpu") -> dict[str, str]:
-    """deploy/k8s/overlays/keda: the site overlay `site` with the KEDA component."""
+def keda_overlay_files(pool: dict, pool_folder: str = "gpu-pool") -> dict[str, str]:
+    """deploy/k8s/overlays/keda: the pool overlay `pool` (overlays/`pool_folder`'s kustomization, read) with the
+    KEDA component listed first: before the pool's own component, which names Triton's objects (the
+    ScaledObject among them) by the repository's digest, and after the site's namespace is set."""
     import yaml
 
-    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                     "resources": [site], "components": [f"../../{KEDA_COMPONENT}"]}
-    header = GENERATED + f"# The GPU site with KEDA scaling Triton ({KEDA_COMPONENT}/README.md).\n"
+    kustomization = {**pool, "components": [f"../../{KEDA_COMPONENT}", *pool.get("components", [])]}
+    header = GENERATED + (f"# overlays/{pool_folder} with KEDA scaling Triton ({KEDA_COMPONENT}/README.md): its "
+                          "repository lines are that overlay's.\n")
     return {"kustomization.yaml": header + yaml.safe_dump(kustomization, sort_keys=False)}

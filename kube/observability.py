@@ -246,9 +246,19 @@ HEADER = ("# Rendered by `python -m toneserve.kube.observability` (toneserve/kub
           f"by hand ({DOCS}).\n")
 
 
-def files(models: Iterable) -> dict[str, str]:
+KEDA_POOL = "gpu-pool"  # the pool overlay (under deploy/k8s/overlays) overlays/keda adds KEDA to
+
+
+def read_pool(root: Path) -> dict:
+    """The kustomization of overlays/KEDA_POOL under `root` (deploy/k8s)."""
+    import yaml
+
+    return yaml.safe_load((root / "overlays" / KEDA_POOL / "kustomization.yaml").read_text())
+
+
+def files(models: Iterable, pool: dict) -> dict[str, str]:
     """Every rendered file of the pack: path under deploy/k8s -> text. `models`: the catalog's (the recording
-    rules in rules.yml read its computing models)."""
+    rules in rules.yml read its computing models); `pool`: read_pool(), the overlay overlays/keda extends."""
     from toneserve.kube.render import dump
 
     out = {f"{OPERATOR_COMPONENT}/kustomization.yaml": dump([operator_component()], HEADER),
@@ -259,7 +269,7 @@ def files(models: Iterable) -> dict[str, str]:
            f"{MONITORING}/prometheus-adapter-values.yaml": dump([a.adapter_values()], HEADER),
            f"{MONITORING}/prometheus-adapter-config.yaml": dump([a.adapter_rules()], HEADER)}
     out.update({f"{a.KEDA_COMPONENT}/{name}": text for name, text in a.keda_component_files().items()})
-    out.update({f"{a.KEDA_OVERLAY}/{name}": text for name, text in a.keda_overlay_files().items()})
+    out.update({f"{a.KEDA_OVERLAY}/{name}": text for name, text in a.keda_overlay_files(pool, KEDA_POOL).items()})
     return out
 
 
@@ -294,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", help="exported models, for the catalog's model names (default: the base size's)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file differs")
     args = parser.parse_args(argv)
-    rendered = files(describe(Path(args.models_dir) if args.models_dir else paths.models_dir("base")))
     root = Path(args.root)
+    rendered = files(describe(Path(args.models_dir) if args.models_dir else paths.models_dir("base")), read_pool(root))
     if args.check:
         differ = stale(root, rendered)
         for name in differ:

@@ -12,6 +12,7 @@ import yaml
 
 from toneserve.contract import ASR, EMOTION
 from toneserve.kube import autoscaling as a
+from toneserve.kube.observability import KEDA_POOL
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed: scripts/setup installs "
@@ -169,21 +170,6 @@ def _build(folder: Path) -> list[dict]:
     return list(yaml.safe_load_all(result.stdout))
 
 
-def _site_with_keda(k8s: Path) -> tuple[Path, Path]:
-    """(the GPU site that carries the repository, that site with the KEDA component): overlays/keda over the
-    GPU site, or, where the repository is a pool over the site (overlays/gpu-pool), that pool with the
-    component listed before the pool's own (which renames Triton's objects, the ScaledObject among them)."""
-    pool = k8s / "overlays" / "gpu-pool"
-    if not pool.is_dir():
-        return k8s / "overlays" / "gpu", k8s / a.KEDA_OVERLAY
-    keda = k8s / "overlays" / "gpu-pool-keda"
-    shutil.copytree(pool, keda)
-    data = yaml.safe_load((keda / "kustomization.yaml").read_text())
-    data["components"] = [f"../../{a.KEDA_COMPONENT}", *data.get("components", [])]
-    (keda / "kustomization.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    return pool, keda
-
-
 def _triton(objects: list[dict]) -> dict:
     (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].startswith(a.TRITON)]
     return deployment
@@ -191,13 +177,14 @@ def _triton(objects: list[dict]) -> dict:
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
 def test_keda_component_over_a_site_keeps_its_namespace_repository_and_gpus(tmp_path):
-    """The KEDA component over the GPU site, as committed: KEDA's ScaledObject in the site's namespace, its
-    query on that namespace, scaling the site's Triton Deployment, which still fetches the site's repository
-    on GPU nodes; the plan's targets in the ScaledObject and the gateway's HPA; no Triton HPA beside KEDA's."""
+    """overlays/keda as committed (the GPU pool with the KEDA component): KEDA's ScaledObject in the site's
+    namespace, its query on that namespace, scaling the pool's Triton Deployment, which fetches the pool's
+    repository on GPU nodes as without KEDA; the plan's targets in the ScaledObject and the gateway's HPA; no
+    Triton HPA beside KEDA's."""
     k8s = tmp_path / "k8s"
     shutil.copytree(ROOT / "deploy" / "k8s", k8s, ignore=shutil.ignore_patterns("tracks"))
     (k8s / a.KEDA_COMPONENT / a.TARGETS_FILE).write_text(a.targets_env(0.37, 6))
-    site_folder, keda = _site_with_keda(k8s)
+    site_folder, keda = k8s / "overlays" / KEDA_POOL, k8s / a.KEDA_OVERLAY
     site, built = _build(site_folder), _build(keda)
     # KEDA owns Triton's HPA here: a second HPA on the same Deployment would fight it.
     assert not [o for o in built if o["kind"] == "HorizontalPodAutoscaler" and o["metadata"]["name"].startswith(a.TRITON)]

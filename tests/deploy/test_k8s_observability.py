@@ -38,7 +38,7 @@ def models(models_root):
 
 
 def test_the_committed_pack_is_a_fresh_render(models):
-    rendered = o.files(models)
+    rendered = o.files(models, o.read_pool(K8S))
     assert not o.stale(K8S, rendered), \
         f"stale: {o.stale(K8S, rendered)}: python -m toneserve.kube.observability --models-dir MODELS"
     # The adapter's rules are a file anyone can apply: the chart's values and the ConfigMap carry the same.

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.support import gateway_process
+from tests.support import gateway_process, self_signed
 from toneserve.contract import EMOTION, WAV, WAV_LENS
 from toneserve.kube import autoscaling as a
 from toneserve.kube import observability as o
@@ -60,8 +60,17 @@ def models(models_root):
 
 
 @pytest.fixture(scope="module")
-def gateway(triton, tmp_path_factory):
-    with gateway_process(triton.grpc_url, tmp_path_factory.mktemp("gateway") / "gateway.log") as process:
+def certificate(tmp_path_factory):
+    """The gateway's certificate and key (a day's validity, for 127.0.0.1)."""
+    return self_signed(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def gateway(triton, certificate, tmp_path_factory):
+    """A gateway serving TLS, as in a cluster: it exports the certificate's expiry the alerts read."""
+    cert, key = certificate
+    with gateway_process(triton.grpc_url, tmp_path_factory.mktemp("gateway") / "gateway.log", "--tls-cert", str(cert),
+                         "--tls-key", str(key), root_certificates=cert.read_bytes()) as process:
         yield process
 
 
@@ -189,20 +198,20 @@ def _names(expr: str) -> set[str]:
     return set(re.findall(r"\b((?:toneserve|nv|kube)_[a-z_]+|toneserve:[a-z_:]+)\b", expr))
 
 
-def test_the_packs_queries_parse_and_read_series_that_exist(prometheus, gateway):
+def test_the_packs_queries_parse_and_read_series_that_exist(prometheus, gateway, certificate):
     """Every dashboard panel's and alert's PromQL, as Grafana and Prometheus run it (the namespace variable and
     the rate interval filled in): Prometheus parses it, and each series it reads is exported by the real gateway
-    or Triton or recorded by the rules, except kube-state-metrics' (named in observability.KUBE_STATE_METRICS)
-    and the gateway's certificate gauge, which only a gateway serving TLS exports."""
+    or Triton or recorded by the rules, except kube-state-metrics' (named in observability.KUBE_STATE_METRICS).
+    The certificate gauge is the served certificate's notAfter: in the future, within the test certificate's day."""
     from toneserve.client.sdk import Client
     from toneserve.samples import call, wav_bytes
 
-    with Client(gateway.address) as client:  # the request counters and the latency histogram get their series
+    with Client(gateway.address, ca_cert=certificate[0]) as client:  # the request counters and latency get series
         recording = call(4.0, seed=3)
         client.analyze(wav_bytes(recording.samples, recording.rate))
     panels = [t["expr"] for p in o.dashboard()["panels"] for t in p["targets"]]
     alerts = [r["expr"] for r in o.alert_rules()]
-    exempt = set(o.KUBE_STATE_METRICS) | {o.CERT_EXPIRY}
+    exempt = set(o.KUBE_STATE_METRICS)
     deadline = time.monotonic() + 20
     for expr in panels + alerts:
         _query(prometheus, expr.replace("$namespace", POD["namespace"]).replace("$__rate_interval", "5s"))
@@ -211,6 +220,8 @@ def test_the_packs_queries_parse_and_read_series_that_exist(prometheus, gateway)
                 assert time.monotonic() < deadline, f"{name} (read by {expr!r}) is in no scraped series"
                 time.sleep(0.5)
     assert {n for e in panels + alerts for n in _names(e)} & set(o.KUBE_STATE_METRICS) == set(o.KUBE_STATE_METRICS)
+    (expiry,) = _query(prometheus, f"{o.CERT_EXPIRY} - time()")
+    assert 0 < float(expiry["value"][1]) <= 86400 + 60, expiry
 
 
 def _adapter_query(template: str, series: str, namespace: str, pods: list[str]) -> str:
