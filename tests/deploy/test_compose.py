@@ -67,6 +67,7 @@ NGC_ONNXRUNTIME = "1.22.0"
 NGC_ORT_MAX_IR, NGC_ORT_MAX_OPSET = 10, 21
 NGC_PYTHON = (3, 12)
 GATEWAY_BASE_IMAGE = "python:3.11.14-slim-bookworm"
+GATEWAY_BASE_PYTHON = GATEWAY_BASE_IMAGE.split(":")[1].split("-")[0]
 
 # Pins of deploy/triton/requirements.txt allowed to differ from requirements.txt (each line says why).
 TRITON_PIN_EXCEPTIONS: set[str] = set()
@@ -152,7 +153,19 @@ def size_bytes(text) -> int:
 
 
 def dockerfile_froms(path: Path) -> list[str]:
-    return [line.split()[1] for line in path.read_text().splitlines() if line.strip().upper().startswith("FROM ")]
+    """The images of the FROM lines as a build without --build-arg sees them: `${NAME}` is the default of
+    the ARG before it (an ARG that names no default fails: the image would depend on the caller)."""
+    defaults: dict[str, str] = {}
+    froms = []
+    for line in path.read_text().splitlines():
+        words = line.split()
+        if words and words[0].upper() == "ARG":
+            name, has_default, value = words[1].partition("=")
+            defaults[name] = value.strip("\"'") if has_default else ""
+        elif words and words[0].upper() == "FROM":
+            image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1]) or f"<{m[1]} has no default>", words[1])
+            froms.append(image)
+    return froms
 
 
 def dockerfile_runs(path: Path) -> list[str]:
@@ -713,12 +726,16 @@ def test_gateway_image_never_installs_torch():
 
 
 def test_gateway_requirements_are_a_closed_set():
-    """Every dependency of a pinned package is pinned too (what `pip check` verifies in the image)."""
+    """Every dependency of a pinned package is pinned too (what `pip check` verifies in the image), on every
+    Python 3.11 the image is built on: the default base's and Debian bookworm's python3 (3.11.2, where redis
+    needs async-timeout: its marker is python_full_version < '3.11.3')."""
     pins = read_pins(GATEWAY_REQUIREMENTS)
     extras = {"tritonclient": {"grpc"}}
     marker_env = {"python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux",
                   "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython",
                   "platform_python_implementation": "CPython"}
+    pythons = {"3.11.2", GATEWAY_BASE_PYTHON}
+    assert GATEWAY_BASE_PYTHON.startswith("3.11."), GATEWAY_BASE_PYTHON
     from packaging.requirements import Requirement
 
     for name in pins:
@@ -726,7 +743,8 @@ def test_gateway_requirements_are_a_closed_set():
         assert dist.version == pins[name][0]
         for text in dist.requires or []:
             requirement = Requirement(text)
-            wanted = [{**marker_env, "extra": extra} for extra in extras.get(name, set()) | {""}]
+            wanted = [{**marker_env, "python_full_version": full, "extra": extra}
+                      for extra in extras.get(name, set()) | {""} for full in pythons]
             if requirement.marker and not any(requirement.marker.evaluate(env) for env in wanted):
                 continue
             dep = canonical(requirement.name)
