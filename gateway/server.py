@@ -210,22 +210,28 @@ class Gateway:
 
     async def _load(self, tried: asyncio.Event) -> None:
         """Load the models' configs from Triton, trying again until it answers; then SERVING, and follow Triton."""
-        assert self.inference is not None and self.health is not None
-        inference, health = self.inference, self.health
-        await load_until_ready(inference.load, f"Triton at {self.triton_url}", LOAD_ATTEMPT_SECONDS, tried.set)
+        try:
+            assert self.inference is not None and self.health is not None
+            inference, health = self.inference, self.health
+            failed = await load_until_ready(inference.load, f"Triton at {self.triton_url}", LOAD_ATTEMPT_SECONDS,
+                                            tried.set)
 
-        async def follow(ready: bool) -> None:
-            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-            self.metrics.triton_ready.set(1 if ready else 0)
-            for name in (SERVICE_NAME, ""):
-                await health.set(name, status)
+            async def follow(ready: bool) -> None:
+                status = (health_pb2.HealthCheckResponse.SERVING if ready
+                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+                self.metrics.triton_ready.set(1 if ready else 0)
+                for name in (SERVICE_NAME, ""):
+                    await health.set(name, status)
 
-        await follow(True)
-        self.watch = TritonWatch(inference.ready, follow, self.settings.triton_poll_seconds)
-        self.watch.start()
-        self.loaded.set()
-        tried.set()
-        log.warning("the models' configs are loaded from Triton at %s: SERVING", self.triton_url)
+            await follow(True)
+            self.watch = TritonWatch(inference.ready, follow, self.settings.triton_poll_seconds)
+            self.watch.start()
+            self.loaded.set()
+            if failed:  # said as loudly as the failures were
+                log.warning("the models' configs are loaded from Triton at %s after %d failed tries: SERVING",
+                            self.triton_url, failed)
+        finally:
+            tried.set()  # `start` returns whatever happened
 
     def reload_tls(self) -> None:
         """SIGHUP: serve the TLS files again, to new connections (a bad new pair is logged, the old one kept)."""
