@@ -6,6 +6,8 @@ deploy/base/debian-base (debootstrap's minbase plus the packages the Dockerfile'
 the Dockerfile is built on it with `buildah bud`, and the image's own command runs its gateway (`buildah run
 --isolation chroot`, host network) against a real tritonserver on this host, with keys and TLS from
 /run/secrets as in docker-compose.yml. A call analysed through it from here must come back with segments.
+The cpu profile's Triton image (deploy/triton-cpu/Dockerfile) is built on the same base and run with the
+admin-token wrapper and the flags of kube/facts.py on the tiny cpu repository; a gateway analyses a call through it.
 
 buildah works in a storage of its own under a temporary folder (vfs, chroot isolation: no daemon, no cgroups),
 removed at the end. The base's archive is kept in pytest's cache (.pytest_cache), keyed by what makes it, so
@@ -21,6 +23,8 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_BASE = ROOT / "deploy" / "base" / "debian-base"
 GATEWAY_DOCKERFILE = ROOT / "deploy" / "gateway" / "Dockerfile"
 GATEWAY_IGNORE = ROOT / "deploy" / "gateway" / "Dockerfile.dockerignore"
+TRITON_CPU_DOCKERFILE = ROOT / "deploy" / "triton-cpu" / "Dockerfile"
+ADMIN_TOKEN = "t-image-test-9Xq2Lw5Rb8Nc3Vd6Hf1Jk4Mz7Ps0Ty"
 API_KEY = "k-image-Hq5Wd8Lm2Rx7Tb4Nc9Vz3Pk6"
 # Where pip finds this machine's CA bundle, in the order pip and requests look (first that exists).
 CA_BUNDLE_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
@@ -97,6 +103,16 @@ def buildah(tmp_path_factory):
         assert not leftovers, f"processes outlived the image tests: {leftovers}"
 
 
+@pytest.fixture(scope="module")
+def base(buildah, request) -> str:
+    """One base from Debian's packages for both images: the packages their `# debian-base:` lines name."""
+    packages = sorted({p for path in (GATEWAY_DOCKERFILE, TRITON_CPU_DOCKERFILE) for p in dockerfile_debian_packages(path)})
+    started = time.monotonic()
+    image = debian_base(buildah, Path(request.config.cache.mkdir("toneserve-images")), packages)
+    print(f"base {time.monotonic() - started:.0f} s")
+    return image
+
+
 def debian_base(buildah: Buildah, cache: Path, packages: list[str]) -> str:
     """The id of a base made by deploy/base/debian-base with `packages`, pulled into buildah's storage; its
     archive is made once per key (the script, the suite, the mirror and the packages) and kept in `cache`."""
@@ -156,22 +172,20 @@ def replace_values(command: list[str], **values: str) -> list[str]:
     return out
 
 
-def test_the_gateway_image_built_on_debian_s_packages_serves_a_call(buildah, request, tmp_path, repository, clip):
+def test_the_gateway_image_built_on_debian_s_packages_serves_a_call(buildah, base, tmp_path, repository, clip):
     from tests.support import triton_ports
     from toneserve.client.sdk import Client
+    from toneserve.kube.facts import GATEWAY_IMAGE
     from toneserve.triton import EmbeddedTriton, free_port
 
     started = time.monotonic()
-    base = debian_base(buildah, Path(request.config.cache.mkdir("toneserve-images")),
-                       dockerfile_debian_packages(GATEWAY_DOCKERFILE))
-    based = time.monotonic()
-    image = build(buildah, GATEWAY_DOCKERFILE, ROOT, "localhost/toneserve/gateway:test", base, GATEWAY_IGNORE)
+    image = build(buildah, GATEWAY_DOCKERFILE, ROOT, GATEWAY_IMAGE, base, GATEWAY_IGNORE)
     built = time.monotonic()
     config = image["OCIv1"]["config"]
     assert config["User"] == "toneserve"
     assert not [e for e in config.get("Env", []) if e.startswith(("PIP_CERT", "PIP_BREAK"))], config["Env"]
 
-    container = buildah("from", "--quiet", "localhost/toneserve/gateway:test")
+    container = buildah("from", "--quiet", GATEWAY_IMAGE)
     # The CA bundle was a mount of the build: at most its empty mount point is left in the image.
     size = buildah("run", "--isolation", "chroot", container, "--", "sh", "-c",
                    f"if [ -e {HOST_CA} ]; then wc -c < {HOST_CA}; else echo 0; fi")
@@ -213,4 +227,86 @@ def test_the_gateway_image_built_on_debian_s_packages_serves_a_call(buildah, req
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    print(f"base {based - started:.0f} s, build {built - based:.0f} s, run and call {time.monotonic() - built:.0f} s")
+    print(f"gateway image: build {built - started:.0f} s, run and call {time.monotonic() - built:.0f} s")
+
+
+def with_ports(flags: tuple[str, ...], **ports: int) -> list[str]:
+    """Triton's flags with `--NAME-port=N` set to this host's free ports (the image runs on the host's network)."""
+    out = list(flags)
+    for name, port in ports.items():
+        index = next(i for i, flag in enumerate(out) if flag.startswith(f"--{name}-port="))
+        out[index] = f"--{name}-port={port}"
+    return out
+
+
+def test_the_cpu_triton_image_serves_the_cpu_repository_behind_the_admin_token(buildah, base, tmp_path,
+                                                                                repository, clip):
+    from tests.support import gateway_process
+    from toneserve.client.sdk import Client
+    from toneserve.kube import facts
+    from toneserve.triton import free_port
+
+    started = time.monotonic()
+    image = build(buildah, TRITON_CPU_DOCKERFILE, TRITON_CPU_DOCKERFILE.parent, facts.TRITON_CPU_IMAGE, base, None)
+    built = time.monotonic()
+    config = image["OCIv1"]["config"]
+    assert config["Cmd"] == ["tritonserver", *facts.TRITON_FLAGS], "the image's command is compose's and Kubernetes'"
+    container = buildah("from", "--quiet", facts.TRITON_CPU_IMAGE)
+    assert buildah("run", "--isolation", "chroot", container, "--", "id", "-u") == str(facts.TRITON_UID)
+
+    # The image runs as uid 1000: a copy of the repository it may read (render leaves the top folder 0700).
+    models = tmp_path / "models"
+    shutil.copytree(repository, models, symlinks=True)
+    models.chmod(0o755)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o755)
+    (secrets / "triton_admin_token").write_text(ADMIN_TOKEN)
+    (secrets / "triton_admin_token").chmod(0o644)
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
+    flags = with_ports(facts.TRITON_FLAGS, http=http, grpc=grpc_port, metrics=metrics)
+    # What docker-compose.yml and the Kubernetes Deployment run: the wrapper reads the token, then tritonserver.
+    command = ["/bin/sh", "-c", facts.admin_wrapper("/run/secrets/triton_admin_token"), "tritonserver", "tritonserver", *flags]
+    log = tmp_path / "triton.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(buildah.command("run", "--isolation", "chroot", "--network", "host",
+                                                   "--volume", f"{models}:/models:ro",
+                                                   "--volume", f"{secrets}:/run/secrets:ro", container, "--", *command),
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, f"tritonserver exited with {process.returncode}:\n{log.read_text()}"
+            try:
+                ready = [urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/{model}/ready", timeout=5).status
+                         for model in facts.READY_MODELS]
+                if ready == [200] * len(facts.READY_MODELS):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline, f"Triton not ready after 240 s:\n{log.read_text()}"
+            time.sleep(0.5)
+        ready_at = time.monotonic()
+
+        # The admin APIs answer only with the token's header.
+        index = f"http://127.0.0.1:{http}/v2/repository/index"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(index, data=b"{}", method="POST"), timeout=10)
+        assert refused.value.code in (401, 403), refused.value.code
+        allowed = urllib.request.urlopen(urllib.request.Request(index, data=b"{}", method="POST",
+                                                                headers={facts.ADMIN_HEADER: ADMIN_TOKEN}), timeout=10)
+        assert {model["name"] for model in json.loads(allowed.read())} >= set(facts.READY_MODELS)
+
+        with gateway_process(f"127.0.0.1:{grpc_port}", tmp_path / "gateway.log") as gateway:
+            with Client(gateway.address, tls=False) as client:
+                result = client.analyze(clip.read_bytes())
+        assert result.segments and {s.speaker for s in result.speakers} == {"channel_0", "channel_1"}
+
+        # SIGTERM, as compose and Kubernetes stop it, to tritonserver itself (buildah run would SIGKILL it).
+        child_named(process, "tritonserver --model-repository").send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    print(f"cpu Triton image: build {built - started:.0f} s, ready {ready_at - built:.0f} s, "
+          f"call and stop {time.monotonic() - ready_at:.0f} s")
