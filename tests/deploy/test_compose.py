@@ -47,6 +47,8 @@ SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e6
 TRITON_DOCKERFILE = ROOT / "deploy" / "triton" / "Dockerfile"
 GATEWAY_DOCKERFILE = ROOT / "deploy" / "gateway" / "Dockerfile"
 TRITON_REQUIREMENTS = ROOT / "deploy" / "triton" / "requirements.txt"
+TRITON_CPU_DOCKERFILE = ROOT / "deploy" / "triton-cpu" / "Dockerfile"
+TRITON_CPU_REQUIREMENTS = ROOT / "deploy" / "triton-cpu" / "requirements.txt"
 GATEWAY_REQUIREMENTS = ROOT / "deploy" / "gateway" / "requirements.txt"
 HEALTHCHECK = ROOT / "deploy" / "gateway" / "healthcheck.py"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
@@ -75,7 +77,9 @@ TRITON_PIN_EXCEPTIONS: set[str] = set()
 HEAVY = {"torch", "torchaudio", "funasr", "modelscope", "onnx", "onnxruntime", "onnxscript", "transformers"}
 # The gateway's gRPC API, its HTTP/JSON API (--http-port) and its metrics; Triton is reached over the compose
 # network only.
-PORTS = {"triton": set(), "gateway": {50051, 8080, 9464}}
+PORTS = {"triton": set(), "gateway": {50051, 8080, 9464}, "triton-cpu": set(), "gateway-cpu": {50051, 8080, 9464}}
+# The services of each profile (one profile at a time: the same published ports, the same `triton` name).
+PROFILES = {"gpu": {"triton", "gateway"}, "cpu": {"triton-cpu", "gateway-cpu"}}
 # Triton's APIs that answer only with the admin header; the gateway calls none of them.
 RESTRICTED = {"shared-memory", "model-repository", "logging", "trace"}
 SECRETS = {"api_keys": "api_keys.txt", "tls_cert": "tls.crt", "tls_key": "tls.key", "tls_ca": "tls.crt",
@@ -234,16 +238,17 @@ def imported_modules(source: str) -> set[str]:
     return names
 
 
-def check_python_backend_sources(files: list[Path], allowed: set[str]) -> None:
-    """Each file parses as NGC's Python and imports only stdlib, pb_utils, siblings and `allowed`."""
+def check_python_backend_sources(files: list[Path], allowed: set[str], python: tuple[int, int] = NGC_PYTHON,
+                                 requirements: Path = TRITON_REQUIREMENTS) -> None:
+    """Each file parses as the image's Python and imports only stdlib, pb_utils, siblings and `allowed`."""
     siblings = {path.stem for path in files}
     for path in files:
         source = path.read_text()
-        ast.parse(source, filename=str(path), feature_version=NGC_PYTHON)
+        ast.parse(source, filename=str(path), feature_version=python)
         foreign = imported_modules(source) - set(sys.stdlib_module_names) - siblings \
             - {"triton_python_backend_utils", "__future__"} - allowed
         assert not foreign, (f"{path}: imports {sorted(foreign)}, which the Triton image does not install; "
-                             f"add them to {TRITON_REQUIREMENTS.relative_to(ROOT)}")
+                             f"add them to {requirements.relative_to(ROOT)}")
 
 
 def compose_cli() -> list[str] | None:
@@ -265,9 +270,9 @@ def compose_cli() -> list[str] | None:
     return None
 
 
-def compose_config(cli: list[str], env: dict[str, str]) -> dict:
-    result = subprocess.run([*cli, "-f", str(COMPOSE_FILE), "config", "--format", "json"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60,
+def compose_config(cli: list[str], env: dict[str, str], profile: str = "gpu") -> dict:
+    result = subprocess.run([*cli, "-f", str(COMPOSE_FILE), "--profile", profile, "config", "--format", "json"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={"PATH": os.environ.get("PATH", ""), "HOME": "/home/operator", **env})
     assert result.returncode == 0, f"docker compose config failed:\n{result.stderr}"
     return json.loads(result.stdout)
@@ -328,6 +333,15 @@ def test_docker_compose_config_resolves_it(tmp_path):
 
     defaulted = compose_config(cli, {"TONESERVE_HOME": "/srv/toneserve"})
     assert defaulted["services"]["triton"]["volumes"][0]["source"] == "/srv/toneserve/repository/base-gpu"
+    assert set(defaulted["services"]) == PROFILES["gpu"]
+
+    cpu = compose_config(cli, {"TONESERVE_HOME": "/srv/toneserve"}, profile="cpu")
+    assert set(cpu["services"]) == PROFILES["cpu"]
+    triton, gateway = cpu["services"]["triton-cpu"], cpu["services"]["gateway-cpu"]
+    assert triton["volumes"][0]["source"] == "/srv/toneserve/repository/base-cpu"
+    assert "triton" in triton["networks"]["default"]["aliases"] and not triton.get("ports")
+    assert gateway["depends_on"]["triton-cpu"]["condition"] == "service_healthy"
+    assert {int(p["published"]) for p in gateway["ports"]} == PORTS["gateway-cpu"]
 
 
 def test_interpolation_helper_matches_compose_rules():
@@ -336,11 +350,14 @@ def test_interpolation_helper_matches_compose_rules():
     assert interpolate("${UNSET:-${ALSO:-${SET}}/y}", env) == "x/y"
 
 
-def test_two_services_and_no_latest_anywhere():
+def test_two_profiles_of_two_services_and_no_latest_anywhere():
     doc = compose()
-    assert set(doc["services"]) == {"triton", "gateway"}
+    assert set(doc["services"]) == set().union(*PROFILES.values())
+    for profile, names in PROFILES.items():
+        for name in names:
+            assert doc["services"][name]["profiles"] == [profile], name
     assert "version" not in doc, "the top-level version key is obsolete in the Compose Specification"
-    for path in (COMPOSE_FILE, TRITON_DOCKERFILE, GATEWAY_DOCKERFILE):
+    for path in (COMPOSE_FILE, TRITON_DOCKERFILE, GATEWAY_DOCKERFILE, TRITON_CPU_DOCKERFILE):
         assert not re.search(r":latest\b", path.read_text()), f"{path.name} uses a latest tag"
 
 
@@ -348,11 +365,13 @@ def test_every_image_is_pinned():
     for name, service in compose()["services"].items():
         assert is_pinned(service["image"]), f"{name}: image {service['image']!r} has no explicit tag"
         assert "build" in service, f"{name}: built here, from a pinned base"
-    for dockerfile in (TRITON_DOCKERFILE, GATEWAY_DOCKERFILE):
+    for dockerfile in (TRITON_DOCKERFILE, GATEWAY_DOCKERFILE, TRITON_CPU_DOCKERFILE):
         froms = dockerfile_froms(dockerfile)
         assert froms and all(is_pinned(image) for image in froms), f"{dockerfile}: {froms}"
     assert dockerfile_froms(TRITON_DOCKERFILE) == [TRITON_BASE_IMAGE]
     assert dockerfile_froms(GATEWAY_DOCKERFILE) == [GATEWAY_BASE_IMAGE]
+    # The cpu Triton's Python is the gateway's: 3.11, for which the wheel ships a Python-backend stub.
+    assert dockerfile_froms(TRITON_CPU_DOCKERFILE) == [GATEWAY_BASE_IMAGE]
     services = compose()["services"]
     assert TRITON_BASE_IMAGE.rsplit(":", 1)[1] in services["triton"]["image"]
     pyproject_version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]
@@ -390,6 +409,12 @@ def test_repository_is_mounted_read_only_and_nothing_is_writable():
         for mount in service.get("volumes", []):
             assert isinstance(mount, dict) and mount.get("read_only") is True, f"{name}: writable mount {mount}"
     assert "--model-repository=/models" in services["triton"]["command"]
+    (cpu,) = services["triton-cpu"]["volumes"]
+    assert {k: v for k, v in cpu.items() if k != "source"} == {k: v for k, v in volume.items() if k != "source"}
+    assert resolved()["services"]["triton-cpu"]["volumes"][0]["source"] == \
+        "/home/operator/.cache/toneserve/repository/base-cpu"
+    assert resolved({"TONESERVE_REPOSITORY": "/data/repo"})["services"]["triton-cpu"]["volumes"][0]["source"] == \
+        "/data/repo"
 
 
 def test_gpu_reservation():
@@ -416,7 +441,8 @@ def test_ports_published_with_defaults():
         ports = published_ports(services[name])
         assert set(ports) == expected, name
         assert {host for _, host in ports.values()} == expected, f"{name}: default host ports"
-    assert "ports" not in compose()["services"]["triton"], "Triton has no authentication: never published"
+    for name in ("triton", "triton-cpu"):
+        assert "ports" not in compose()["services"][name], "Triton has no authentication: never published"
     gateway = published_ports(services["gateway"])
     assert gateway[50051][0] == gateway[8080][0] == "0.0.0.0" and gateway[9464][0] == "127.0.0.1"
     moved = published_ports(resolved({"GATEWAY_PORT": "6000", "GATEWAY_HTTP_PORT": "6080",
@@ -665,7 +691,8 @@ def test_gateway_healthcheck_over_tls(tmp_path):
 
 def test_image_pins_equal_the_project_pins():
     host = host_pins()
-    for path, exceptions in ((GATEWAY_REQUIREMENTS, set()), (TRITON_REQUIREMENTS, TRITON_PIN_EXCEPTIONS)):
+    for path, exceptions in ((GATEWAY_REQUIREMENTS, set()), (TRITON_REQUIREMENTS, TRITON_PIN_EXCEPTIONS),
+                             (TRITON_CPU_REQUIREMENTS, set())):
         pins = read_pins(path)
         marked = {name for name, (_, comment) in pins.items() if comment.startswith("pin-exception:")}
         where = path.relative_to(ROOT)
@@ -869,3 +896,50 @@ def test_rendered_gpu_repository_fits_the_ngc_image(models_root, tmp_path):
         assert model.ir_version <= NGC_ORT_MAX_IR and opset <= NGC_ORT_MAX_OPSET, (
             f"{graph.relative_to(repository)}: IR {model.ir_version}, opset {opset}; ONNX Runtime "
             f"{NGC_ONNXRUNTIME} in {TRITON_BASE_IMAGE} loads IR <= {NGC_ORT_MAX_IR}, opset <= {NGC_ORT_MAX_OPSET}")
+
+
+# --------------------------------------------------------------------------- the cpu profile
+
+def test_the_cpu_profile_runs_the_gpu_profile_s_command_on_the_cpu_image():
+    """triton-cpu: the image kube/facts.py names, the gpu Triton's command (wrapper and flags, those of
+    kube/facts.py), its secret and no port, answering as `triton`; gateway-cpu: the gateway, after triton-cpu."""
+    from toneserve import contract
+    from toneserve.kube import facts
+
+    services = compose()["services"]
+    triton, cpu = services["triton"], services["triton-cpu"]
+    assert cpu["image"] == facts.TRITON_CPU_IMAGE
+    assert cpu["build"] == {"context": "deploy/triton-cpu", "dockerfile": "Dockerfile"}
+    assert cpu["command"] == triton["command"] and cpu["secrets"] == triton["secrets"] == ["triton_admin_token"]
+    assert [f for f in cpu["command"][5:] if not f.startswith("--log-verbose")] == list(facts.TRITON_FLAGS)
+    assert cpu["command"][2].replace("$$", "$") == facts.admin_wrapper("/run/secrets/triton_admin_token")
+    assert "deploy" not in cpu and "ports" not in cpu, "no GPU, never published"
+    assert cpu["networks"] == {"default": {"aliases": ["triton"]}}, "the gateway's triton:8001"
+    assert size_bytes(resolved()["services"]["triton-cpu"]["shm_size"]) == size_bytes(
+        resolved()["services"]["triton"]["shm_size"])
+    check = cpu["healthcheck"]
+    assert check["test"][:3] == ["CMD", "python", "-c"]
+    urls = re.findall(r'"(/[^"]+)"', check["test"][3])
+    assert "http://127.0.0.1:8000/v2" in check["test"][3] and urls == [
+        "/health/ready", f"/models/{contract.EMOTION}/ready", f"/models/{contract.ASR}/ready"]
+    # The image's own command is the same tritonserver and flags (for a runtime that gives none).
+    assert f"CMD {json.dumps(['tritonserver', *facts.TRITON_FLAGS])}" in TRITON_CPU_DOCKERFILE.read_text()
+
+    gateway, gateway_cpu = services["gateway"], services["gateway-cpu"]
+    assert {k: v for k, v in gateway_cpu.items() if k not in ("profiles", "depends_on")} == \
+        {k: v for k, v in gateway.items() if k not in ("profiles", "depends_on")}
+    assert gateway_cpu["depends_on"] == {"triton-cpu": {"condition": "service_healthy", "restart": True}}
+
+
+def test_python_backend_runners_need_only_what_the_cpu_triton_image_installs():
+    """Every runner (OpenVINO's too) and helper parses as the cpu image's Python 3.11 and imports only what
+    deploy/triton-cpu/requirements.txt installs."""
+    import toneserve.model_repository.runners.sensevoice_decode as decode
+    from toneserve.model_repository import render
+
+    runners = sorted(render.RUNNERS.glob("*.py"))
+    assert render.OPENVINO_RUNNER in runners
+    pins = read_pins(TRITON_CPU_REQUIREMENTS)
+    check_python_backend_sources(runners + [Path(decode.__file__), *render.RUNNER_HELPERS], top_level_modules(pins),
+                                 python=(3, 11), requirements=TRITON_CPU_REQUIREMENTS)
+    assert "nvidia-pytriton" in pins, "the image's tritonserver comes from this wheel"

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support import processes_using, self_signed, wait_for_health
 
@@ -175,6 +176,7 @@ def replace_values(command: list[str], **values: str) -> list[str]:
 def test_the_gateway_image_built_on_debian_s_packages_serves_a_call(buildah, base, tmp_path, repository, clip):
     from tests.support import triton_ports
     from toneserve.client.sdk import Client
+    from toneserve.kube import facts
     from toneserve.kube.facts import GATEWAY_IMAGE
     from toneserve.triton import EmbeddedTriton, free_port
 
@@ -182,7 +184,7 @@ def test_the_gateway_image_built_on_debian_s_packages_serves_a_call(buildah, bas
     image = build(buildah, GATEWAY_DOCKERFILE, ROOT, GATEWAY_IMAGE, base, GATEWAY_IGNORE)
     built = time.monotonic()
     config = image["OCIv1"]["config"]
-    assert config["User"] == "toneserve"
+    assert config["User"] == str(facts.GATEWAY_UID), "a numeric user: Kubernetes' runAsNonRoot checks it"
     assert not [e for e in config.get("Env", []) if e.startswith(("PIP_CERT", "PIP_BREAK"))], config["Env"]
 
     container = buildah("from", "--quiet", GATEWAY_IMAGE)
@@ -190,7 +192,7 @@ def test_the_gateway_image_built_on_debian_s_packages_serves_a_call(buildah, bas
     size = buildah("run", "--isolation", "chroot", container, "--", "sh", "-c",
                    f"if [ -e {HOST_CA} ]; then wc -c < {HOST_CA}; else echo 0; fi")
     assert size.strip() == "0", f"{HOST_CA} holds {size} bytes in the image"
-    assert buildah("run", "--isolation", "chroot", container, "--", "id", "-u") == "10001"
+    assert buildah("run", "--isolation", "chroot", container, "--", "id", "-u") == str(facts.GATEWAY_UID)
 
     # The compose secrets, readable by the image's user (uid 10001); the test's own, thrown away with tmp_path.
     secrets = tmp_path / "secrets"
@@ -251,6 +253,7 @@ def test_the_cpu_triton_image_serves_the_cpu_repository_behind_the_admin_token(b
     built = time.monotonic()
     config = image["OCIv1"]["config"]
     assert config["Cmd"] == ["tritonserver", *facts.TRITON_FLAGS], "the image's command is compose's and Kubernetes'"
+    assert config["User"] == str(facts.TRITON_UID)
     container = buildah("from", "--quiet", facts.TRITON_CPU_IMAGE)
     assert buildah("run", "--isolation", "chroot", container, "--", "id", "-u") == str(facts.TRITON_UID)
 
@@ -286,6 +289,12 @@ def test_the_cpu_triton_image_serves_the_cpu_repository_behind_the_admin_token(b
             assert time.monotonic() < deadline, f"Triton not ready after 240 s:\n{log.read_text()}"
             time.sleep(0.5)
         ready_at = time.monotonic()
+
+        # docker-compose.yml's health check of triton-cpu, run in the image (its own python, no curl there).
+        check = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["triton-cpu"]["healthcheck"]
+        assert check["test"][0] == "CMD", check["test"]
+        probe = [word.replace("127.0.0.1:8000", f"127.0.0.1:{http}") for word in check["test"][1:]]
+        buildah("run", "--isolation", "chroot", "--network", "host", container, "--", *probe)
 
         # The admin APIs answer only with the token's header.
         index = f"http://127.0.0.1:{http}/v2/repository/index"
