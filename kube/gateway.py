@@ -67,13 +67,16 @@ def _grpc_probe(period: int, failures: int) -> dict:
     return {"grpc": {"port": HEALTH_PORT}, "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures}
 
 
-STARTUP_PROBE = _grpc_probe(period=5, failures=60)
+# The gateway listens at once, NOT_SERVING until it has read Triton's model configs (it retries with a
+# backoff while Triton is away): so startup asks only that the process listens; readiness waits for Triton,
+# and a Triton slower than any startup budget never gets the gateway restarted.
+STARTUP_PROBE = {"tcpSocket": {"port": HEALTH_PORT}, "periodSeconds": 2, "timeoutSeconds": 3, "failureThreshold": 30}
 
 
 def progress_deadline_s() -> int:
     """A gateway becomes ready only once a Triton pool is (it reads the models' configs first): when a new
     repository starts a new pool (kube/pools.py), the gateways' rollout waits for it. So: Triton's deadline,
-    then the gateway's own image pull and startup budget (its pods restart meanwhile, the old ones serve)."""
+    then the gateway's own image pull and startup budget (its new pods wait NOT_SERVING, the old ones serve)."""
     return triton.progress_deadline_s() + facts.IMAGE_PULL_S["gateway"] + probe_budget(STARTUP_PROBE)
 
 
@@ -95,9 +98,9 @@ def deployment(settings: Settings | None = None, secrets_digest: str | None = No
         "volumeMounts": [{"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True},
                          {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}],
-        # The gateway serves once it has read Triton's model configs (label sets, provenance).
         "startupProbe": copy.deepcopy(STARTUP_PROBE),
-        # NOT_SERVING while Triton is not ready: the pod leaves the Service, clients go to the others.
+        # NOT_SERVING until the gateway has read Triton's model configs (label sets, provenance), and while
+        # Triton is not ready: the pod is not (or no longer) in the Service, clients go to the others.
         # It stands for the HTTP port too: readiness is the pod's, not a port's (a ready pod is an endpoint
         # of every port of its Services); the gateway says SERVING only once its HTTP listener is up, and
         # from then on /v1/health follows the same state (Triton ready, not draining). An httpGet probe of

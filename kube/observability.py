@@ -11,13 +11,12 @@ from toneserve, rendered as files under deploy/k8s (docs/observability.md says h
   monitoring/alerts.test.yml, promtool's unit tests of the alerts, is written by hand.
 
 tests/deploy/test_k8s_observability.py checks the committed files equal a fresh render
-(`python -m toneserve.kube.observability`), runs promtool on the rules and builds the kustomizations;
+(`toneserve k8s`), runs promtool on the rules and builds the kustomizations;
 tests/stack/test_prometheus.py runs every dashboard query and the adapter's queries against a real
 Prometheus scraping a real gateway and Triton.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -242,7 +241,7 @@ def monitoring_kustomization() -> dict:
             "components": [f"../{OPERATOR_COMPONENT}"]}
 
 
-HEADER = ("# Rendered by `python -m toneserve.kube.observability` (toneserve/kube/observability.py); do not edit "
+HEADER = ("# Rendered by `toneserve k8s` (toneserve/kube/observability.py); do not edit "
           f"by hand ({DOCS}).\n")
 
 
@@ -293,28 +292,3 @@ def write(root: Path, rendered: dict[str, str]) -> list[Path]:
         path.write_text(text)
         written.append(path)
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    from toneserve import paths
-    from toneserve.model_repository.catalog import describe
-
-    parser = argparse.ArgumentParser(prog="python -m toneserve.kube.observability", description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default="deploy/k8s", help="the folder holding base/ (default deploy/k8s)")
-    parser.add_argument("--models-dir", help="exported models, for the catalog's model names (default: the base size's)")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file differs")
-    args = parser.parse_args(argv)
-    root = Path(args.root)
-    rendered = files(describe(Path(args.models_dir) if args.models_dir else paths.models_dir("base")), read_pool(root))
-    if args.check:
-        differ = stale(root, rendered)
-        for name in differ:
-            print(f"{root / name} differs from a fresh render")
-        return 1 if differ else 0
-    for path in write(root, rendered):
-        print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

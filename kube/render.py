@@ -15,7 +15,7 @@ from toneserve.kube import autoscaling, gateway, network, pools, tracks, triton
 
 HEADER = "# Rendered by `toneserve k8s` (toneserve/kube); do not edit: patch it in an overlay (docs/kubernetes.md).\n"
 # deploy/k8s's other rendered files (the pool Component, the cpu overlay's resources), from the same facts.
-PIECES_HEADER = ("# Rendered by `python -m toneserve.kube.render` (toneserve/kube); do not edit: change the Python "
+PIECES_HEADER = ("# Rendered by `toneserve k8s` (toneserve/kube); do not edit: change the Python "
                  "(docs/kubernetes.md).\n")
 # The repository's ConfigMap is generated, so that its name carries a hash of its contents: a new
 # repository digest changes the name, and the Triton Deployment rolls onto it.
@@ -98,13 +98,3 @@ def write(out_dir: Path, rendered: dict[str, str]) -> list[Path]:
         path.write_text(text)
         paths.append(path)
     return paths
-
-
-if __name__ == "__main__":  # python -m toneserve.kube.render [deploy/k8s]: write pieces()
-    import sys
-
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "deploy/k8s")
-    for relative, text in pieces().items():
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        (root / relative).write_text(text)
-        print(f"wrote {root / relative}")

@@ -401,19 +401,24 @@ def cmd_plan(args) -> int:
 
 
 def cmd_k8s(args) -> int:
-    from toneserve.kube.render import files, secrets_digest, write
+    from toneserve.kube import observability
+    from toneserve.kube.render import files, pieces, secrets_digest, write
     from toneserve.model_repository.catalog import describe
 
     # Only the models' names matter here (which compute, which are ensembles): any size gives the same.
-    rendered = files(describe(_models(args)), secrets=secrets_digest(Path(args.secrets)) if args.secrets else None)
-    out = Path(args.out)
+    models = describe(_models(args))
+    rendered = files(models, secrets=secrets_digest(Path(args.secrets)) if args.secrets else None)
+    out, root = Path(args.out), Path(args.root)
+    # Outside the base: the pool Component and the cpu site's resources, and the observability pack.
+    rest = {**pieces(), **observability.files(models, observability.read_pool(root))}
     if args.check:
-        differ = [name for name, text in rendered.items()
+        differ = [out / name for name, text in rendered.items()
                   if not (out / name).is_file() or (out / name).read_text() != text]
-        for name in differ:
-            say(f"{out / name} differs from a fresh render", "k8s")
+        differ += [root / name for name in observability.stale(root, rest)]
+        for path in differ:
+            say(f"{path} differs from a fresh render", "k8s")
         return 1 if differ else 0
-    for path in write(out, rendered):
+    for path in [*write(out, rendered), *observability.write(root, rest)]:
         say(f"wrote {path}", "k8s")
     return 0
 
@@ -730,7 +735,11 @@ def _k8s_arguments(p):
     p.add_argument("--secrets", metavar="DIR",
                    help="folder of the gateway's Secret files (api_keys.txt, tls.crt, tls.key): their digest "
                         "goes into the pods' annotation, so applying after a rotation rolls the gateway")
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when --out differs from a fresh render")
+    p.add_argument("--root", default="deploy/k8s", help="the folder of what is rendered outside the base: the pool "
+                                                        "and observability Components, the cpu site's resources, "
+                                                        "deploy/k8s/monitoring (default deploy/k8s)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a rendered file differs from a "
+                                                        "fresh render")
 
 
 def _pack_arguments(p):

@@ -40,7 +40,7 @@ def models(models_root):
 def test_the_committed_pack_is_a_fresh_render(models):
     rendered = o.files(models, o.read_pool(K8S))
     assert not o.stale(K8S, rendered), \
-        f"stale: {o.stale(K8S, rendered)}: python -m toneserve.kube.observability --models-dir MODELS"
+        f"stale: {o.stale(K8S, rendered)}: toneserve k8s"
     # The adapter's rules are a file anyone can apply: the chart's values and the ConfigMap carry the same.
     values = yaml.safe_load((MONITORING / "prometheus-adapter-values.yaml").read_text())
     configmap = yaml.safe_load((MONITORING / "prometheus-adapter-config.yaml").read_text())

@@ -59,14 +59,27 @@ def test_the_committed_base_is_a_fresh_render(models):
         assert (BASE / name).read_text() == text, f"deploy/k8s/base/{name} is stale: run `toneserve k8s`"
 
 
-def test_the_command_writes_the_base_and_check_sees_a_change(tmp_path, models_root, models):
-    run = [sys.executable, "-m", "toneserve", "k8s", "--out", str(tmp_path), "--models-dir", str(models_root)]
+def test_the_command_writes_everything_and_check_sees_a_change(tmp_path, models_root, models):
+    """`toneserve k8s` renders the base, the Components, the cpu site's resources and the observability pack;
+    --check names any file that differs from a fresh render."""
+    root = tmp_path / "k8s"
+    shutil.copytree(ROOT / "deploy" / "k8s", root, ignore=shutil.ignore_patterns("tracks"))
+    for path in [*root.joinpath("base").glob("*.yaml"), root / "monitoring" / "alerts.yaml",
+                 root / "overlays" / "cpu" / "triton-cpu-resources.yaml"]:
+        path.unlink()
+    run = [sys.executable, "-m", "toneserve", "k8s", "--out", str(root / "base"), "--root", str(root),
+           "--models-dir", str(models_root)]
     subprocess.run(run, check=True, capture_output=True)
-    assert {p.name: p.read_text() for p in tmp_path.glob("*.yaml")} == render.files(models)
+    assert {p.name: p.read_text() for p in root.joinpath("base").glob("*.yaml")} == render.files(models)
+    for relative in ("monitoring/alerts.yaml", "overlays/cpu/triton-cpu-resources.yaml"):
+        assert (root / relative).read_text() == (ROOT / "deploy" / "k8s" / relative).read_text()
     assert subprocess.run([*run, "--check"], capture_output=True).returncode == 0
-    (tmp_path / "triton.yaml").write_text((tmp_path / "triton.yaml").read_text().replace("8001", "8011"))
+    (root / "base" / "triton.yaml").write_text((root / "base" / "triton.yaml").read_text().replace("8001", "8011"))
+    rules = root / "monitoring" / "rules.yml"
+    rules.write_text(rules.read_text().replace("for: ", "for:  ", 1))
     changed = subprocess.run([*run, "--check"], capture_output=True, text=True)
-    assert changed.returncode == 1 and "triton.yaml differs" in changed.stderr + changed.stdout
+    assert changed.returncode == 1
+    assert "triton.yaml differs" in changed.stderr and "rules.yml differs" in changed.stderr
 
 
 def test_a_secrets_digest_rolls_the_gateway(tmp_path):
@@ -139,9 +152,11 @@ def test_the_gateway_runs_composes_command_against_every_triton_pod():
     env = {e["name"]: e.get("value") for e in _find("Deployment", gateway.NAME)["spec"]["template"]["spec"][
         "containers"][0]["env"]}
     assert gateway.triton_url().startswith(f"dns:///$({gateway.TRITON_ENV}).") and env[gateway.TRITON_ENV] == triton.NAME
-    # Native gRPC probes on the plaintext health port; liveness only asks that the process answers.
+    # Readiness: the native gRPC probe on the plaintext health port. Startup and liveness only ask that the
+    # process listens: a gateway waiting for Triton (NOT_SERVING) must never be restarted for it.
     container = _find("Deployment", gateway.NAME)["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["grpc"] == container["startupProbe"]["grpc"] == {"port": gateway.HEALTH_PORT}
+    assert container["readinessProbe"]["grpc"] == {"port": gateway.HEALTH_PORT}
+    assert container["startupProbe"]["tcpSocket"] == {"port": gateway.HEALTH_PORT}
     assert "tcpSocket" in container["livenessProbe"]
 
 

@@ -155,10 +155,10 @@ def test_the_cpu_overlay_runs_the_cpu_image_without_a_gpu():
 
 
 def test_the_rendered_pieces_are_fresh():
-    """The pool Component and the cpu overlay's resources, as `python -m toneserve.kube.render` writes them."""
+    """The pool Component and the cpu overlay's resources, as `toneserve k8s` writes them."""
     for relative, text in render.pieces().items():
         path = ROOT / "deploy" / "k8s" / relative
-        assert path.read_text() == text, f"deploy/k8s/{relative} is stale: run `python -m toneserve.kube.render`"
+        assert path.read_text() == text, f"deploy/k8s/{relative} is stale: run `toneserve k8s`"
 
 
 def test_strict_validation_catches_a_misspelt_field():
