@@ -193,6 +193,7 @@ def render_repository(models: list[Model], profile: str, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it 0700: a Triton running as another user (an image) could not read it
     try:
         for model in models:
             model_dir = staging / model.name

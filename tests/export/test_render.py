@@ -17,6 +17,8 @@ from toneserve.model_repository.render import PROFILES, model_config, render_rep
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_rendered_config_parses_as_a_model_config(models_root, tmp_path, profile):
     repo = render_repository(describe(models_root), profile, tmp_path / profile)
+    # Readable by a Triton running as another user (the images' uid 1000 on a bind-mounted repository).
+    assert repo.stat().st_mode & 0o777 == 0o755
     configs = sorted(repo.glob("*/config.pbtxt"))
     assert {c.parent.name for c in configs} == {"emotion", "emotion2vec", "asr", "vad",
                                                 "sensevoice_frontend", "sensevoice_encoder", "sensevoice_decoder",
