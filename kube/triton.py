@@ -48,9 +48,11 @@ UNPACK_S = 120
 # (`Authorization: Bearer TOKEN`, `X-Api-Key: KEY`...). Without the Secret, no header is sent.
 REPOSITORY_AUTH_SECRET = "toneserve-repository-auth"
 REPOSITORY_AUTH_KEY = "header"
-REPOSITORY_AUTH_ENV = "REPOSITORY_AUTH"
+# Mounted as a file (an optional Secret volume): never in the environment, curl reads it with `-H @FILE`, so
+# it is on no command line either.
+REPOSITORY_AUTH_DIR = "/run/secrets/repository-auth"
+REPOSITORY_AUTH_FILE = f"{REPOSITORY_AUTH_DIR}/{REPOSITORY_AUTH_KEY}"
 
-# The header goes to curl on its standard input (`-H @-`), not on its command line.
 FETCH = f"""set -eu
 if [ -z "$REPOSITORY_URL" ] || [ -z "$REPOSITORY_SHA256" ]; then
   echo "set url and sha256 in the toneserve-repository ConfigMap (toneserve pack prints them)" >&2; exit 1
@@ -60,8 +62,7 @@ case "$REPOSITORY_SHA256" in
   *) echo "the pool's name (track=${{REPOSITORY_TRACK:-}}) is not the start of sha256=$REPOSITORY_SHA256" >&2; exit 1;;
 esac
 headers=/dev/null
-if [ -n "${{{REPOSITORY_AUTH_ENV}:-}}" ]; then headers=-; fi
-printf '%s\\n' "${{{REPOSITORY_AUTH_ENV}:-}}" |
+if [ -s {REPOSITORY_AUTH_FILE} ]; then headers={REPOSITORY_AUTH_FILE}; fi
 curl --fail --silent --show-error --location --connect-timeout {FETCH_CONNECT_S} --max-time {FETCH_TRY_S} --speed-limit 1048576 --speed-time 30 --retry {FETCH_RETRIES} --retry-delay {FETCH_RETRY_DELAY_S} --retry-max-time {FETCH_RETRY_WINDOW_S} --retry-all-errors --header "@$headers" --output /models/.repository.tar.gz "$REPOSITORY_URL"
 echo "$REPOSITORY_SHA256  /models/.repository.tar.gz" | sha256sum -c -
 tar -xzf /models/.repository.tar.gz -C /models
@@ -146,11 +147,11 @@ def deployment(settings: Settings | None = None) -> dict:
                       for key in ("url", "sha256")]
     repository_env.append({"name": f"REPOSITORY_{REPOSITORY_TRACK_KEY.upper()}", "valueFrom": {"configMapKeyRef": {
         "name": REPOSITORY_CONFIG, "key": REPOSITORY_TRACK_KEY, "optional": True}}})
-    repository_env.append({"name": REPOSITORY_AUTH_ENV, "valueFrom": {"secretKeyRef": {
-        "name": REPOSITORY_AUTH_SECRET, "key": REPOSITORY_AUTH_KEY, "optional": True}}})
     fetch = {
         "name": "fetch-repository", "image": facts.FETCH_IMAGE, "command": ["/bin/sh", "-c", FETCH],
-        "env": repository_env, "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+        "env": repository_env, "volumeMounts": [{"name": "models", "mountPath": "/models"},
+                                                {"name": "repository-auth", "mountPath": REPOSITORY_AUTH_DIR,
+                                                 "readOnly": True}],
         # Init containers count for scheduling only as the largest of them against the sum of the others:
         # a whole CPU for sha256sum and gunzip costs the pod nothing once it runs.
         "resources": _guaranteed(cpu="1", memory="256Mi", **{"ephemeral-storage": storage()}),
@@ -199,6 +200,9 @@ def deployment(settings: Settings | None = None) -> dict:
                         {"name": "models", "emptyDir": {"sizeLimit": storage()}},
                         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
                         {"name": "admin-token", "secret": {"secretName": ADMIN_TOKEN_SECRET, "defaultMode": 0o440}},
+                        # Optional: without the Secret the folder is empty and no header is sent.
+                        {"name": "repository-auth", "secret": {"secretName": REPOSITORY_AUTH_SECRET,
+                                                               "defaultMode": 0o440, "optional": True}},
                     ],
                 },
             },

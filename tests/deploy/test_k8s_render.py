@@ -339,10 +339,15 @@ def test_the_fetch_is_bounded_retried_and_sized():
     assert int(flags["--retry-max-time"]) >= int(flags["--max-time"])
     pod = _pod(triton.NAME)
     init = pod["initContainers"][0]
-    # Auth: an optional Secret key, so a public store needs no Secret and a private one gets a header.
-    auth = next(e for e in init["env"] if "secretKeyRef" in e.get("valueFrom", {}))
-    assert auth["valueFrom"]["secretKeyRef"] == {"name": triton.REPOSITORY_AUTH_SECRET, "key": triton.REPOSITORY_AUTH_KEY,
-                                                 "optional": True}
+    # Auth: an optional Secret, mounted as a file (no secret in the environment), so a public store needs no
+    # Secret and a private one gets a header.
+    assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in init["env"])
+    volume = next(v for v in pod["volumes"] if v["name"] == "repository-auth")["secret"]
+    assert volume["secretName"] == triton.REPOSITORY_AUTH_SECRET and volume["optional"] is True
+    mount = next(m for m in init["volumeMounts"] if m["name"] == "repository-auth")
+    assert mount == {"name": "repository-auth", "mountPath": triton.REPOSITORY_AUTH_DIR, "readOnly": True}
+    assert triton.REPOSITORY_AUTH_FILE == f"{triton.REPOSITORY_AUTH_DIR}/{triton.REPOSITORY_AUTH_KEY}"
+    assert not any(m["name"] == "repository-auth" for m in pod["containers"][0]["volumeMounts"])
     # Ephemeral storage: the emptyDir holds the tarball and what it unpacks at once; requested as limited.
     models = next(v for v in pod["volumes"] if v["name"] == "models")["emptyDir"]
     assert models["sizeLimit"] == init["resources"]["limits"]["ephemeral-storage"]
@@ -386,15 +391,19 @@ def test_the_init_container_sends_the_optional_auth_header(tmp_path):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{packed.name}"
         # Retries are the script's own; here one try is enough to see the answer (a 401 is no transient).
-        script = _init_script(tmp_path / "m").replace(f"--retry {_fetch_flags()['--retry']}", "--retry 0")
-        base_env = {"PATH": os.environ["PATH"], "REPOSITORY_URL": url, "REPOSITORY_SHA256": packed.sha256}
+        # The Secret's folder, here a folder of the test's (empty, as an optional Secret volume without it).
+        secret = tmp_path / "secret"
+        secret.mkdir()
+        script = (_init_script(tmp_path / "m").replace(f"--retry {_fetch_flags()['--retry']}", "--retry 0")
+                  .replace(triton.REPOSITORY_AUTH_DIR, str(secret)))
+        env = {"PATH": os.environ["PATH"], "REPOSITORY_URL": url, "REPOSITORY_SHA256": packed.sha256}
         (tmp_path / "m").mkdir()
-        refused = subprocess.run(["sh", "-c", script], env=base_env, capture_output=True, text=True, timeout=60)
+        refused = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr
-        wrong = {**base_env, triton.REPOSITORY_AUTH_ENV: "Authorization: Bearer nope"}
-        assert subprocess.run(["sh", "-c", script], env=wrong, capture_output=True, timeout=60).returncode != 0
-        good = {**base_env, triton.REPOSITORY_AUTH_ENV: "Authorization: Bearer s3cret-token"}
-        done = subprocess.run(["sh", "-c", script], env=good, capture_output=True, text=True, timeout=60)
+        (secret / triton.REPOSITORY_AUTH_KEY).write_text("Authorization: Bearer nope")
+        assert subprocess.run(["sh", "-c", script], env=env, capture_output=True, timeout=60).returncode != 0
+        (secret / triton.REPOSITORY_AUTH_KEY).write_text("Authorization: Bearer s3cret-token\n")
+        done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["asr", "emotion", "vad"]
         assert "s3cret-token" not in done.stderr + done.stdout
