@@ -116,8 +116,9 @@ class HttpApi:
     def __init__(self, service: AnalyzerService, serving: Callable[[], bool], playground: bool = False,
                  max_connection_age: float | None = None):
         """`serving()`: whether the gateway serves now (what its gRPC health says); `playground`: serve the page;
-        `max_connection_age`: a kept-alive connection older than this (counted from its first request) is closed after its next response
-        (`Connection: close`), as gRPC's GOAWAY does, so clients reconnect and reach replicas added since."""
+        `max_connection_age`: a kept-alive connection older than this (counted from its first request) is closed
+        after its next response (`Connection: close`), as gRPC's GOAWAY does, so clients reconnect and reach
+        replicas added since."""
         self.service = service
         self.max_connection_age = max_connection_age
         # When each connection (its transport) was first seen; forgotten with the connection.

@@ -80,7 +80,8 @@ class Gateway:
                  http_port: int | None = None, playground: bool = False, quota_store: str | None = None):
         """`keys`: API keys -> tenants (default: no authentication, which only a loopback `host` allows
         unless `allow_unauthenticated`); `tls`: (PEM private key, PEM certificate chain) to serve TLS
-        instead of plaintext, or a ServedCertificate of files, reloaded on `reload_tls()` and when they change; metrics (tenant names and volumes) on `metrics_host`, loopback by default;
+        instead of plaintext, or a ServedCertificate of files, reloaded on `reload_tls()` and when they
+        change; metrics (tenant names and volumes) on `metrics_host`, loopback by default;
         `health_port`: standard gRPC health checking alone, in plaintext, on `host` (Kubernetes' own gRPC
         probes speak no TLS): it tells what the main port's health tells, and serves nothing else. `judge`: the
         OpenAI-compatible endpoint asked for each call's verdict (gateway/verdict.py); None: no verdicts.

@@ -303,8 +303,9 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         return ()
 
     def _admit(self, tenant: str, quota: bool = True) -> None:
-        """SHUTTING_DOWN while the gateway drains; TRITON_UNAVAILABLE while Triton is not ready; OVERLOADED when the gateway, or this tenant's
-        share of it, is at capacity; QUOTA_EXCEEDED when the tenant's audio quota is used up."""
+        """SHUTTING_DOWN while the gateway drains; TRITON_UNAVAILABLE while Triton is not ready; OVERLOADED when
+        the gateway, or this tenant's share of it, is at capacity; QUOTA_EXCEEDED when the tenant's audio quota is
+        used up."""
         if self.draining:
             raise ToneserveError(Code.SHUTTING_DOWN)
         if not self.triton_ready():

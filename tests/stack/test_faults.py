@@ -3,18 +3,16 @@ TRITON_UNAVAILABLE), new requests fail fast with a retry hint while Triton is do
 health says NOT_SERVING, and once Triton is back on the same ports the same gateway serves again."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.stack.gateway_alone import http_call
 from tests.support import gateway_process, metric, triton_ports
 from toneserve.contract import ERROR_CODE_METADATA, RETRY_PUSHBACK_METADATA
 from toneserve.samples import speechlike, wav_bytes
@@ -192,16 +190,6 @@ def test_calls_given_up_cost_no_model_time(stack):
     assert beside - alone < 2 * one, (one, alone, beside)
 
 
-def _http(url: str, body: bytes | None = None) -> tuple[int, dict, dict]:
-    """(status, headers, JSON body) of a GET, or a POST of `body`."""
-    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read())
-
-
 def test_a_stalled_triton_holds_no_request_and_turns_health_not_serving(repository, tmp_path):
     """Triton frozen (SIGSTOP): a request without a deadline ends TRITON_UNAVAILABLE after the
     gateway's Triton timeout, health turns NOT_SERVING (the HTTP API's too: then 503 with Retry-After);
@@ -224,14 +212,14 @@ def test_a_stalled_triton_holds_no_request_and_turns_health_not_serving(reposito
                     code = dict(error.trailing_metadata() or ()).get(ERROR_CODE_METADATA)
                 assert code == "TRITON_UNAVAILABLE" and time.monotonic() - started < 15
                 _wait_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING, timeout=15)
-                assert _http(f"{http}/v1/health")[::2] == (503, {"status": "NOT_SERVING"})
-                status, headers, body = _http(f"{http}/v1/analyze", CLIP)
+                assert http_call(f"{http}/v1/health")[::2] == (503, {"status": "NOT_SERVING"})
+                status, headers, body = http_call(f"{http}/v1/analyze", CLIP)
                 assert (status, body["code"]) == (503, "TRITON_UNAVAILABLE"), body
                 assert int(headers["Retry-After"]) >= 1
             finally:
                 os.killpg(triton.process.pid, signal.SIGCONT)
             _wait_health(channel, health_pb2.HealthCheckResponse.SERVING, timeout=15)
-            assert _http(f"{http}/v1/health")[::2] == (200, {"status": "SERVING"})
+            assert http_call(f"{http}/v1/health")[::2] == (200, {"status": "SERVING"})
             assert _served(stub)
     finally:
         triton.stop()
