@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("bash", "env", "cat", "sha256sum", "cut", "dirname", "grep", "ldconfig", "pgrep")
+# What the images' tests need (tests/deploy/test_images.py), present unless a test says otherwise.
+IMAGES = ("buildah", "debootstrap")
 
 
 def _script(path: Path, body: str) -> None:
@@ -74,13 +76,13 @@ def test_chromium_installed_for_the_playground_test(tmp_path):
 
 
 def test_chromium_not_installed_when_present(tmp_path):
-    calls = _run(tmp_path, 0, present=("promtool", "prometheus", "chromium", "chromedriver", "redis-server"))
+    calls = _run(tmp_path, 0, present=("promtool", "prometheus", "chromium", "chromedriver", "redis-server", *IMAGES))
     assert not [c for c in calls if c.startswith("apt-get")], calls
 
 
 def test_redis_server_installed_for_the_quota_store_tests(tmp_path):
     """redis-server (the shared quota store's tests start their own), in the same noninteractive install."""
-    calls = _run(tmp_path, 0, present=("promtool", "prometheus", "chromium", "chromedriver"))
+    calls = _run(tmp_path, 0, present=("promtool", "prometheus", "chromium", "chromedriver", *IMAGES))
     installs = [c for c in calls if c.startswith("apt-get install")]
     assert len(installs) == 1, calls
     assert installs[0].split()[-2] == "redis-server", installs[0]
@@ -90,3 +92,13 @@ def test_redis_server_installed_for_the_quota_store_tests(tmp_path):
 def test_redis_server_not_installed_when_present(tmp_path):
     calls = _run(tmp_path, 0, present=("redis-server",))
     assert not [c for c in calls if "redis" in c], calls
+
+
+def test_buildah_installed_for_the_images_tests(tmp_path):
+    """buildah (tests/deploy/test_images.py builds the Dockerfiles with it), in the same noninteractive install."""
+    calls = _run(tmp_path, 0, present=("promtool", "prometheus", "chromium", "chromedriver", "redis-server",
+                                       "debootstrap"))
+    installs = [c for c in calls if c.startswith("apt-get install")]
+    assert len(installs) == 1, calls
+    assert installs[0].split()[-2] == "buildah", installs[0]
+    assert installs[0].endswith("DEBIAN_FRONTEND=noninteractive"), installs[0]
