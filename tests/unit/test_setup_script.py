@@ -42,12 +42,15 @@ def _run(tmp_path: Path, uid: int, present: tuple[str, ...] = ()) -> list[str]:
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     _script(venv / "bin" / "python", "exit 0")
-    want = hashlib.sha256((ROOT / "requirements.txt").read_bytes() + (ROOT / "pyproject.toml").read_bytes())
+    # the stamp the script writes: what it installs from, and the script itself
+    want = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in (
+        "requirements.txt", "pyproject.toml", "deploy/lint/requirements.txt", "scripts/setup")))
     (venv / ".toneserve-requirements").write_text(want.hexdigest() + "\n")
     env = {"PATH": str(bin_dir), "TONESERVE_VENV": str(venv), "PYTHON": sys.executable, "HOME": str(tmp_path)}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "setup")], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "is current" in proc.stdout, proc.stdout  # it stopped after its Debian step: nothing else ran
     return log.read_text().splitlines() if log.exists() else []
 
 
