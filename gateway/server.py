@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 
@@ -20,6 +19,7 @@ from toneserve.gateway.quota import RedisStore, SharedQuotas, check_store_url, d
 from toneserve.gateway.sentiment import lexicon_installed
 from toneserve.gateway.service import AnalyzerService
 from toneserve.gateway.settings import Settings
+from toneserve.gateway.tasks import cancel
 from toneserve.gateway.tls import CertificateError, ServedCertificate
 from toneserve.gateway.triton_watch import TritonWatch, load_until_ready
 from toneserve.gateway.verdict import Judge, JudgeSettings
@@ -251,10 +251,7 @@ class Gateway:
             self.service.draining = True
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
-        if self.loader is not None:
-            self.loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.loader
+        await cancel(self.loader)
         if self.watch is not None:
             await self.watch.stop()
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import contextlib
 import logging
 import os
 import re
@@ -29,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+
+from toneserve.gateway.tasks import cancel
 
 log = logging.getLogger("toneserve.gateway")
 
@@ -220,11 +221,8 @@ class ServedCertificate:
                 log.error("TLS: reloading the certificate failed: %s", exc, exc_info=exc)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
 
 def _utc(seconds: float) -> str:

@@ -19,10 +19,11 @@ the gateway out of no load balancer while another serves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
+
+from toneserve.gateway.tasks import cancel
 
 log = logging.getLogger("toneserve.gateway")
 
@@ -45,11 +46,8 @@ class TritonWatch:
         self._task = asyncio.create_task(self._run(), name="triton-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def poll(self) -> None:
         """One probe, and the change of state it may bring."""
