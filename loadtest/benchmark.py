@@ -108,6 +108,7 @@ def baseline(models_dir: Path, workers: int, threads: int, check_against: str, l
 
 # What a --systems entry may change: its key there -> (Tuning.changed argument, type).
 SYSTEM_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {"instances": ("instances", int), "threads": ("threads", int),
+                "streams": ("streams", int),
                 "batch": ("max_batch_size", int), "pad": ("max_pad_ratio", float),
                 "share": ("share_cores", lambda v: {"1": True, "0": False}[v])}
 
@@ -135,19 +136,19 @@ def parse_system(spec: str) -> tuple[str, str, dict[str, float]]:
         except (KeyError, ValueError):
             flags[key] = 0
         if flags[key] is not False and flags[key] < 1:
-            raise ValueError(f"--systems {spec!r}: give instances=N, threads=N, batch=N (max batch size), "
+            raise ValueError(f"--systems {spec!r}: give instances=N, streams=N, threads=N, batch=N (max batch size), "
                              "pad=R (max pad ratio, at least 1) and/or share=1|0 (instances share the cores)")
     return runtime, precision, flags
 
 
 def system_name(spec: str) -> str:
-    """The report's name of a --systems entry: "toneserve ov-int8 2x1" (2 instances of each heavy model,
-    1 thread each); a bare precision keeps its bare name (the catalog chose the runtime)."""
+    """The report's name of a --systems entry: "toneserve ov-int8 1x2x1" (1 instance of each heavy model,
+    2 streams in it, 1 thread each); a bare precision keeps its bare name (the catalog chose the runtime)."""
     runtime, precision, flags = parse_system(spec)
     short = {full: short for short, full in RUNTIMES.items()}
     tuning = tuning_of(flags)
     name = "toneserve " + (f"{short[runtime]}-{precision}" if runtime != "auto" else precision)
-    name += f" {tuning.instances}x{tuning.intra_op_threads}" if flags else ""
+    name += f" {tuning.instances}x{tuning.streams}x{tuning.intra_op_threads}" if flags else ""
     return name + "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad", "share") if key in flags)
 
 
@@ -382,7 +383,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, nargs="+", default=[1, 2, 4], help="load levels (default 1 2 4)")
     p.add_argument("--run-time", type=float, default=180.0, help="seconds per run (default 180)")
     p.add_argument("--systems", nargs="+", default=["fp32", "int8"],
-                   help="toneserve variants: [ort-|ov-]PRECISION[:instances=N,threads=N,batch=N,pad=R,share=1|0]: "
+                   help="toneserve variants: [ort-|ov-]PRECISION[:instances=N,streams=N,threads=N,batch=N,pad=R,share=1|0]: "
                         "fp32 or int8 (the catalog's runtime), ort-fp32, ort-int8, ov-fp32, ov-bf16, ov-int8 "
                         "(default fp32 int8)")
     p.add_argument("--short-corpus", type=Path,

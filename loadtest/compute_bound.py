@@ -11,7 +11,7 @@ context, its segmenter, 5 s emotion windows) and every model call the gateway wo
 straight to the model's runtime (ONNX Runtime, or OpenVINO compiled with the properties its runner
 uses): silero VAD per block, emotion2vec+ (softmax in its graph) per window, the
 SenseVoice frontend, encoder and CTC decoding per utterance, one call at a time per stream.
-Streams (default: the instances of the heavy models) take recordings from a shared list, each
+Streams (default: the instances of the heavy models times their streams) take recordings from a shared list, each
 with its own sessions, as Triton's instances would.
 
 The wall time of that is what the machine needs for model compute alone to answer the corpus
@@ -37,6 +37,7 @@ import onnxruntime as ort
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from toneserve.contract import concurrency
 from toneserve.gateway.audio import open_audio
 from toneserve.gateway.pipeline import emotion_windows
 from toneserve.gateway.segmenter import Segmentation, block_seconds
@@ -76,7 +77,9 @@ def _openvino_session(path: Path, params: dict[str, str], cache_dir: Path):
     import openvino as ov
 
     # as model_repository/runners/openvino_runner.py compiles it
-    compiled = ov.Core().compile_model(str(path), "CPU", compile_properties(params, str(cache_dir)))
+    # One stream: this bound computes `streams` recordings at once, each on its own compiled model.
+    compiled = ov.Core().compile_model(str(path), "CPU", compile_properties({**params, "streams": "1"},
+                                                                            str(cache_dir)))
     request = compiled.create_infer_request()
     inputs = [port.get_names() for port in compiled.inputs]  # compiling may add names (fused Casts)
     outputs = list(compiled.outputs)
@@ -166,9 +169,10 @@ def utterances(blocks: list[np.ndarray], models: Models):
 
 
 def instances(repository: Path) -> int:
-    """How many requests the repository computes at once: its heavy models' instance count."""
-    return max(sum(group.count for group in model_config(repository, name).instance_group) or 1
-               for name in ("emotion2vec", "sensevoice_encoder"))
+    """How many requests the repository computes at once: its heavy models' instances times their streams."""
+    configs = [model_config(repository, name) for name in ("emotion2vec", "sensevoice_encoder")]
+    return max(concurrency([group.count for group in config.instance_group], _parameters(config))
+               for config in configs)
 
 
 def measure(repository: Path, corpus: Path, durations=(), formats=(), rates=(), channels=(),

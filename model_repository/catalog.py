@@ -58,12 +58,15 @@ class Tuning:
     docs/BENCHMARKS.md ("Choosing the batching settings") for the runs and the reasons."""
 
     batching: Batching = Batching(max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000)
-    # Instances and ONNX Runtime threads per instance of the heavy models (emotion2vec+, the
-    # SenseVoice encoder); the light steps (softmax, fbank, CTC decoding) keep one of each.
-    # Two single-threaded instances: with the whole pipeline loaded (both models computing at
-    # once), they beat one two-threaded instance by 26-40 % at a lower p95 on 2 cores
-    # (docs/BENCHMARKS.md, "Load tests"); one model alone had favoured 2 threads.
-    instances: int = 2
+    # Instances, streams per instance and threads per stream of the heavy models (emotion2vec+, the
+    # SenseVoice encoder, the text classifier); the light steps (softmax, fbank, CTC decoding) keep one of each.
+    # Two single-threaded runs at once: with the whole pipeline loaded (both models computing at once), two
+    # single-threaded instances beat one two-threaded instance by 26-40 % at a lower p95 on 2 cores
+    # (docs/BENCHMARKS.md, "Load tests"); one model alone had favoured 2 threads. They are two streams of one
+    # instance, not two instances: each instance is a process with its own copy of the weights
+    # (docs/BENCHMARKS.md, "Memory").
+    instances: int = 1
+    streams: int = 2
     intra_op_threads: int = 1
     # cpu runner: items whose padded size would exceed this multiple of their own run apart.
     max_pad_ratio: float = 1.25
@@ -74,7 +77,7 @@ class Tuning:
 
     def changed(self, *, instances: int | None = None, threads: int | None = None, max_batch_size: int | None = None,
                 queue_delay_us: int | None = None, max_pad_ratio: float | None = None,
-                share_cores: bool | None = None) -> "Tuning":
+                share_cores: bool | None = None, streams: int | None = None) -> "Tuning":
         """These settings with the given ones changed (None keeps a setting); preferred batch sizes
         above a smaller max_batch_size are dropped."""
         batching = self.batching
@@ -85,13 +88,14 @@ class Tuning:
             batching = replace(batching, max_queue_delay_us=queue_delay_us)
         return replace(self, batching=batching,
                        instances=self.instances if instances is None else instances,
+                       streams=self.streams if streams is None else streams,
                        intra_op_threads=self.intra_op_threads if threads is None else threads,
                        max_pad_ratio=self.max_pad_ratio if max_pad_ratio is None else max_pad_ratio,
                        share_cores=self.share_cores if share_cores is None else share_cores)
 
     def heavy(self) -> dict:
-        return {"batching": self.batching, "instances": self.instances,
-                "cores": self.intra_op_threads if self.share_cores else 0,
+        return {"batching": self.batching, "instances": self.instances, "streams": self.streams,
+                "cores": self.intra_op_threads * self.streams if self.share_cores else 0,
                 "parameters": {"intra_op_threads": str(self.intra_op_threads),
                                "max_pad_ratio": str(self.max_pad_ratio)}}
 

@@ -116,7 +116,8 @@ def model_config(model: Model, profile: str) -> mc.ModelConfig:
             sample.inputs[name].dims.extend(array.shape)
             sample.inputs[name].input_data_file = name
     on_gpu = profile == "gpu" and isinstance(model, OnnxModel)
-    group = config.instance_group.add(count=model.instances,
+    streams = getattr(model, "streams", 1)
+    group = config.instance_group.add(count=model.instances * (streams if on_gpu else 1),
                                       kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU)
     if profile == "cpu" and getattr(model, "cores", 0):
         resource = group.rate_limiter.resources.add(name=CORES, count=model.cores)
@@ -127,6 +128,8 @@ def model_config(model: Model, profile: str) -> mc.ModelConfig:
             raise ValueError(f"{model.name}: unknown runtime {model.runtime!r}; expected one of {RUNTIMES}")
         if profile == "gpu" and _is_ir(model):
             raise ValueError(f"{model.name}: the gpu profile serves ONNX graphs, not the OpenVINO IR {model.onnx_file}")
+        if python_backend and streams > 1:
+            parameters[contract.STREAMS] = str(streams)
         if python_backend and _openvino(model, profile):
             parameters["graph_file"] = _graph_name(model)
             parameters.setdefault("inference_precision", INFERENCE_PRECISION[model.precision])

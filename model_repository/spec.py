@@ -45,6 +45,10 @@ class OnnxModel:
     outputs: tuple[Tensor, ...]
     batching: Batching
     instances: int = 1
+    # cpu profile: runs of a batch that compute at once inside one instance (OpenVINO streams, or ONNX Runtime
+    # runs on threads of one session), sharing its one copy of the weights; the gpu profile's onnxruntime
+    # backend runs that many more instances instead.
+    streams: int = 1
     # output name -> (lengths output name, axis): a variable-length output is
     # cut back to each item's own length before it is returned, so batching
     # never changes what a request sees.
@@ -53,7 +57,7 @@ class OnnxModel:
     # One request's worth of inputs (no batch dimension) that Triton runs at load time,
     # so the first real request does not pay for lazy initialisation.
     warmup: dict[str, np.ndarray] = field(default_factory=dict)
-    # cpu profile: CPU cores one execution holds (its ONNX Runtime threads) from Triton's rate
+    # cpu profile: CPU cores one execution holds (its threads, times its streams) from Triton's rate
     # limiter resource contract.CORES, of which the server has as many as the machine (toneserve/triton.py);
     # 0: not rate limited.
     cores: int = 0

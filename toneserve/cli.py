@@ -56,6 +56,9 @@ PARTS = {
     "plan": Part(("loadtest",), ("toneserve.loadtest.plan", "toneserve.loadtest.run", "toneserve.loadtest.corpus",
                                  "toneserve.loadtest.triton_metrics", "toneserve.loadtest.process_cpu"),
                  ("locust", "gevent", "matplotlib", "psutil", "prometheus_client", "grpc_health")),
+    "soak": Part(("loadtest",), ("toneserve.loadtest.soak", "toneserve.loadtest.reliability",
+                                 "toneserve.loadtest.corpus", "toneserve.loadtest.process_cpu"),
+                 ("matplotlib", "psutil", "grpc_health")),
     # The autoscaling rules name the catalog's models: the catalog reads the export manifests.
     "k8s": Part(("kube", "export"), ("toneserve.kube.render", "toneserve.model_repository.catalog")),
     "pack": Part(("kube",), ("toneserve.kube.pack",)),
@@ -173,7 +176,8 @@ def _renderings(profiles, variants) -> list[tuple[str, str]]:
 
 def _tuning(args, defaults):
     """The measured defaults, with whatever scheduling flags were given."""
-    return defaults.changed(instances=args.instances, threads=args.threads, max_batch_size=args.max_batch_size,
+    return defaults.changed(instances=args.instances, streams=args.streams, threads=args.threads,
+                            max_batch_size=args.max_batch_size,
                             queue_delay_us=args.queue_delay_us, max_pad_ratio=args.max_pad_ratio,
                             share_cores=args.share_cores)
 
@@ -398,6 +402,11 @@ def cmd_stream(args) -> int:
 def cmd_plan(args) -> int:
     from toneserve.loadtest.plan import run_plan
     return run_plan(args)
+
+
+def cmd_soak(args) -> int:
+    from toneserve.loadtest.soak import run
+    return run(args)
 
 
 def cmd_k8s(args) -> int:
@@ -646,8 +655,12 @@ def _export_arguments(p):
     tuning = p.add_argument_group("scheduling (defaults measured: docs/BENCHMARKS.md)")
     tuning.add_argument("--instances", type=int,
                         help=f"instances of each heavy model (default {measured.instances})")
+    tuning.add_argument("--streams", type=int,
+                        help="cpu profile: runs of each heavy model that compute at once inside one instance, "
+                             f"sharing its one copy of the weights (default {measured.streams}; the gpu profile "
+                             "runs instances x streams instances)")
     tuning.add_argument("--threads", type=int,
-                        help=f"ONNX Runtime threads per instance (cpu profile; default {measured.intra_op_threads})")
+                        help=f"threads per stream (cpu profile; default {measured.intra_op_threads})")
     tuning.add_argument("--max-batch-size", type=int,
                         help=f"largest batch Triton may form (default {measured.batching.max_batch_size})")
     tuning.add_argument("--queue-delay-us", type=int, help="how long the dynamic batcher waits to fill a batch "
@@ -727,6 +740,11 @@ def _plan_arguments(p):
     add_arguments(p)
 
 
+def _soak_arguments(p):
+    from toneserve.loadtest.soak import add_arguments
+    add_arguments(p)
+
+
 def _k8s_arguments(p):
     p.add_argument("--out", default="deploy/k8s/base", help="the Kustomize base's folder (default deploy/k8s/base)")
     _add_size(p, default="base")
@@ -772,6 +790,8 @@ COMMANDS = {
     "demo": ("export, start everything, analyse a sample clip, print, stop", _demo_arguments, cmd_demo),
     "plan": ("capacity plan: sweep load on a running gateway, find the most within a p95 SLO",
              _plan_arguments, cmd_plan),
+    "soak": ("the soak: a replica under a mixed load for 30 min, every process's RSS sampled each 30 s, growth "
+             "over the last 20 min judged (<= 5 %)", _soak_arguments, cmd_soak),
     "k8s": ("render the Kubernetes (Kustomize) base: Triton, the gateway, policies, autoscaling",
             _k8s_arguments, cmd_k8s),
     "pack": ("pack a rendered model repository into a tarball named by its sha256, for Kubernetes",

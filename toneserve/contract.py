@@ -68,6 +68,14 @@ LANGUAGE_QUERY_IDS, TEXTNORM_QUERY_IDS = "language_query_ids", "textnorm_query_i
 # Triton's rate-limiter resource for the cpu profile's heavy instances (--share-cores): the
 # rendered configs ask for it and the embedded server is started with as many as the machine has.
 CORES = "cpu_cores"
+# A cpu-profile model's parameter: runs of a batch that compute at once inside one instance (its streams).
+STREAMS = "streams"
+
+
+def concurrency(instance_counts, parameters) -> int:
+    """How many runs a model computes at once: its instances (the counts of its instance groups) times the
+    streams each runs (its STREAMS parameter, {key: value} as strings; default 1)."""
+    return max(1, sum(instance_counts)) * max(1, int(parameters.get(STREAMS, "1")))
 
 # --- The gateway's API: error codes and trailing metadata ---------------------------------------
 

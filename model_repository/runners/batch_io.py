@@ -10,6 +10,11 @@ dimensions differ. Every toneserve graph takes explicit lengths, so zero-padding
 run's maximum is exact; outputs listed in the ``trim`` parameter are cut back to each item's own
 length, so a request sees the same tensor whether or not it was batched. Requests of very different
 sizes run in separate padded runs (``max_pad_ratio``, see ``length_groups``).
+
+Why runs go together: one instance holds one copy of the weights, and ``streams`` runs of a batch
+compute at once inside it (OpenVINO streams, or ONNX Runtime runs on threads of one session), where
+Triton would need as many instances, each a process with its own copy of the weights. The runner
+gets every run of a batch at once (``run_all``) and answers when the last is done.
 """
 import json
 
@@ -43,26 +48,42 @@ def length_groups(per_request, max_pad_ratio):
     return groups
 
 
+def split_runs(groups, streams):
+    """Length groups cut into at least `streams` runs where the requests allow: the run of the most requests
+    is halved until there are `streams` runs or each is one request. A part of a group pads no more than the
+    whole group did, so what a request gets does not change."""
+    runs = [list(group) for group in groups]
+    while len(runs) < streams:
+        largest = max(range(len(runs)), key=lambda index: len(runs[index]))
+        if len(runs[largest]) < 2:
+            break
+        run = runs.pop(largest)
+        half = (len(run) + 1) // 2
+        runs[largest:largest] = [run[:half], run[half:]]
+    return runs
+
+
 def parameters(config):
     """The model config's parameters as a plain dict of strings."""
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
 class PaddedBatches:
-    """Serves a batch of requests through `run(feed) -> {output name: array}`, one padded run per
-    length group.
+    """Serves a batch of requests through `run_all(feeds) -> [{output name: array} or the exception of that
+    run]`, one padded run per length group (cut into ``streams`` runs where it can: ``split_runs``).
 
     inputs: (name, rank in the graph) in graph order; outputs: names in graph order."""
 
-    def __init__(self, config, inputs, outputs, run):
+    def __init__(self, config, inputs, outputs, run_all):
         params = parameters(config)
         self.wire_rank = {o["name"]: 1 + len(o["dims"]) for o in config["output"]}
         # A graph may compute more than the model serves (emotion2vec+'s probs beside its logits): only the
         # config's outputs are returned.
-        self.inputs, self.run = list(inputs), run
+        self.inputs, self.run_all = list(inputs), run_all
         self.outputs = [name for name in outputs if name in self.wire_rank]
         self.trim = {k: tuple(v) for k, v in json.loads(params.get("trim", "{}")).items()}
         self.max_pad_ratio = float(params.get("max_pad_ratio", "inf"))
+        self.streams = stream_count(params)
 
     def _request_inputs(self, request):
         arrays = {}
@@ -81,20 +102,34 @@ class PaddedBatches:
             per_request = [self._request_inputs(requests[index]) for index in live]
         except Exception as exc:  # answer every request, never crash the instance
             return [response or error_response(exc) for response in responses]
-        for group in length_groups(per_request, self.max_pad_ratio):
+        runs = split_runs(length_groups(per_request, self.max_pad_ratio), self.streams)
+        feeds = []
+        for run in runs:
             try:
-                for index, response in zip(group, self._run([per_request[i] for i in group])):
-                    responses[live[index]] = response
+                feeds.append({name: pad_concat([per_request[i][name] for i in run]) for name, _ in self.inputs})
             except Exception as exc:
-                for index in group:
-                    responses[live[index]] = error_response(exc)
+                feeds.append(exc)
+        ready = [index for index, feed in enumerate(feeds) if not isinstance(feed, Exception)]
+        try:
+            results = dict(zip(ready, self.run_all([feeds[index] for index in ready])))
+        except Exception as exc:
+            results = {index: exc for index in ready}
+        for index, run in enumerate(runs):
+            outcome = feeds[index] if isinstance(feeds[index], Exception) else results[index]
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                for position, response in zip(run, self._responses([per_request[i] for i in run], outcome)):
+                    responses[live[position]] = response
+            except Exception as exc:
+                for position in run:
+                    responses[live[position]] = error_response(exc)
         return responses
 
-    def _run(self, per_request):
+    def _responses(self, per_request, results):
         sizes = [len(next(iter(a.values()))) for a in per_request]
-        feed = {name: pad_concat([a[name] for a in per_request]) for name, _ in self.inputs}
-        results = self.run(feed)
         start = 0
+        out = []
         for size in sizes:
             rows = slice(start, start + size)
             start += size
@@ -108,4 +143,10 @@ class PaddedBatches:
                 if value.ndim < self.wire_rank[name]:
                     value = value.reshape(value.shape + (1,) * (self.wire_rank[name] - value.ndim))
                 tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(value)))
-            yield pb_utils.InferenceResponse(output_tensors=tensors)
+            out.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return out
+
+
+def stream_count(params):
+    """How many runs compute at once inside the instance (the ``streams`` parameter, default 1)."""
+    return max(1, int(params.get("streams", "1")))  # contract.STREAMS

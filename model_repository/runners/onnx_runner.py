@@ -7,9 +7,10 @@ cancellation are batch_io's (shared with openvino_runner.py).
 """
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import onnxruntime as ort
-from batch_io import PaddedBatches, parameters  # copied next to this file
+from batch_io import PaddedBatches, parameters, stream_count  # copied next to this file
 
 
 class TritonPythonModel:
@@ -18,14 +19,32 @@ class TritonPythonModel:
         params = parameters(config)
         path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
         options = ort.SessionOptions()
-        # One Triton instance = one ORT session; parallelism comes from instances
-        # and batching, so each session stays on few threads unless told otherwise.
+        # One Triton instance = one ORT session (one copy of the weights). ``streams`` runs of a batch compute
+        # at once on threads of that session (run is thread-safe and releases the GIL), each on
+        # ``intra_op_threads`` threads.
         options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.batches = PaddedBatches(config, [(i.name, len(i.shape)) for i in self.session.get_inputs()], outputs,
-                                     lambda feed: dict(zip(outputs, self.session.run(outputs, feed))))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        streams = stream_count(params)
+        self.pool = ThreadPoolExecutor(streams, thread_name_prefix="ort-run") if streams > 1 else None
+        self.batches = PaddedBatches(config, [(i.name, len(i.shape)) for i in self.session.get_inputs()],
+                                     self.output_names, self._run_all)
+
+    def _run(self, feed):
+        try:
+            return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        except Exception as exc:
+            return exc
+
+    def _run_all(self, feeds):
+        if self.pool is None or len(feeds) < 2:
+            return [self._run(feed) for feed in feeds]
+        return list(self.pool.map(self._run, feeds))
 
     def execute(self, requests):
         return self.batches.execute(requests)
+
+    def finalize(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)

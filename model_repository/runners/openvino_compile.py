@@ -6,13 +6,12 @@ import json
 
 def compile_properties(params, cache_dir):
     """The compile_model properties a runner's parameters ask for."""
+    streams = max(1, int(params.get("streams", "1")))
     properties = {
         "INFERENCE_PRECISION_HINT": params.get("inference_precision", "f32"),
-        "INFERENCE_NUM_THREADS": int(params.get("intra_op_threads", "1")),
-        # One stream per instance: Triton's instances and batching give the parallelism, as the
-        # ONNX Runtime runner's single session does.
-        "NUM_STREAMS": 1,
-        "PERFORMANCE_HINT": "LATENCY",
+        # intra_op_threads per stream; the streams share one copy of the weights.
+        "INFERENCE_NUM_THREADS": int(params.get("intra_op_threads", "1")) * streams,
+        "NUM_STREAMS": streams,
         # OpenVINO pins its threads to cores by default, and every process pins from the same first core:
         # two single-threaded instances (two Triton stubs) then shared one core of two (measured: 1.05 cores
         # used under load, half of what ONNX Runtime's instances used). The OS places unpinned threads.

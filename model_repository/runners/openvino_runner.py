@@ -10,7 +10,9 @@ Parameters (strings, from config.pbtxt):
 - ``graph_file``: the graph in the version folder;
 - ``inference_precision``: OpenVINO's INFERENCE_PRECISION_HINT, ``f32`` or ``bf16`` (for an int8 IR:
   the precision of the layers left unquantized);
-- ``intra_op_threads``: INFERENCE_NUM_THREADS;
+- ``intra_op_threads``: threads of each stream;
+- ``streams``: OpenVINO streams, the runs of a batch that compute at once, each on its own infer request of
+  one compiled model: one copy of the weights, however many streams (default 1);
 - ``cache_dir``: where compiled models are cached, so a restart skips compilation; default
   ``ov_cache`` in the version folder, a temporary folder when that is not writable;
 - ``compile_config``: a JSON object of further compile properties, e.g. ``{"SNIPPETS_MODE": "DISABLE"}``.
@@ -23,7 +25,7 @@ import tempfile
 import numpy as np
 import openvino as ov
 import triton_python_backend_utils as pb_utils
-from batch_io import PaddedBatches, parameters  # copied next to this file
+from batch_io import PaddedBatches, parameters, stream_count  # copied next to this file
 from openvino_compile import compile_properties  # likewise
 
 
@@ -79,21 +81,38 @@ class TritonPythonModel:
                                                         compile_properties(params, cache))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-        self.request = self.compiled.create_infer_request()
+        # One infer request per stream: the runs of a batch start at once and execute() answers when the
+        # last is done (batch_io.PaddedBatches.run_all).
+        self.queue = ov.AsyncInferQueue(self.compiled, stream_count(params))
+        self.queue.set_callback(self._done)
         self.input_names = [_name(port, config["input"]) for port in self.compiled.inputs]
         inputs = [(name, port.get_partial_shape().rank.get_length())
                   for name, port in zip(self.input_names, self.compiled.inputs)]
         self.output_names = [_name(port, config["output"]) for port in self.compiled.outputs]
-        self.batches = PaddedBatches(config, inputs, self.output_names, self._infer)
+        self.batches = PaddedBatches(config, inputs, self.output_names, self._run_all)
 
-    def _infer(self, feed):
-        # OpenVINO's Python binding knows numpy's int64 only under one of its two C type numbers (long,
-        # not long long, which some array sources produce): a view under the one it knows, no copy.
-        arrays = [feed[name] for name in self.input_names]
-        self.request.infer({index: a.view(np.int64) if a.dtype == np.int64 else a for index, a in enumerate(arrays)})
-        # Copies: the request reuses its output buffers on the next call.
-        return {name: np.array(self.request.get_output_tensor(index).data)
-                for index, name in enumerate(self.output_names)}
+    def _done(self, request, slot):
+        # Copies: the request reuses its output buffers on its next run.
+        results, index = slot
+        results[index] = {name: np.array(request.get_output_tensor(position).data)
+                          for position, name in enumerate(self.output_names)}
+
+    def _run_all(self, feeds):
+        results = [None] * len(feeds)
+        for index, feed in enumerate(feeds):
+            # OpenVINO's Python binding knows numpy's int64 only under one of its two C type numbers (long,
+            # not long long, which some array sources produce): a view under the one it knows, no copy.
+            arrays = [feed[name] for name in self.input_names]
+            inputs = {position: a.view(np.int64) if a.dtype == np.int64 else a for position, a in enumerate(arrays)}
+            try:
+                self.queue.start_async(inputs, (results, index))  # waits for a free request when all are busy
+            except Exception as exc:
+                results[index] = exc
+        try:
+            self.queue.wait_all()
+        except Exception as exc:
+            return [exc if result is None else result for result in results]
+        return [RuntimeError("OpenVINO gave no result") if result is None else result for result in results]
 
     def execute(self, requests):
         return self.batches.execute(requests)

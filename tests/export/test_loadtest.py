@@ -12,4 +12,4 @@ def test_compute_bound_runs_every_served_model(repository, calls):
     assert result["model_calls"]["emotion2vec"] >= result["utterances"]
     from toneserve.model_repository.catalog import DEFAULT_TUNING
     assert result["threads"]["emotion2vec"] == DEFAULT_TUNING.intra_op_threads  # as the repository says
-    assert result["streams"] == DEFAULT_TUNING.instances and result["rtfx"] > 0 and result["cpu_cores"] > 0
+    assert result["streams"] == DEFAULT_TUNING.instances * DEFAULT_TUNING.streams and result["rtfx"] > 0 and result["cpu_cores"] > 0

@@ -103,16 +103,16 @@ def test_warmup_samples_and_label_files_are_complete(models_root, tmp_path):
 
 
 def test_shared_cores_render_a_rate_limiter_and_the_launcher_provides_the_pool(models_root, tmp_path):
-    """With share_cores, each heavy cpu instance takes its threads' worth of the `cpu_cores`
-    resource, and EmbeddedTriton turns the rate limiter on with a pool of this machine's cores;
-    without it (and on the gpu profile) nothing is rate limited."""
+    """With share_cores, each heavy cpu execution takes its threads' worth (threads per stream times streams)
+    of the `cpu_cores` resource, and EmbeddedTriton turns the rate limiter on with a pool of this machine's
+    cores; without it (and on the gpu profile) nothing is rate limited."""
     import os
 
     from toneserve.contract import CORES
     from toneserve.model_repository.catalog import DEFAULT_TUNING
     from toneserve.triton import EmbeddedTriton
 
-    shared = DEFAULT_TUNING.changed(share_cores=True, threads=2)
+    shared = DEFAULT_TUNING.changed(share_cores=True, threads=1, streams=2)
     limited = {}
     for profile, tuning in (("cpu", shared), ("cpu", DEFAULT_TUNING), ("gpu", shared)):
         repo = render_repository(describe(models_root, tuning=tuning), profile, tmp_path / f"{profile}{len(limited)}")

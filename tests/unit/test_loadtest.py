@@ -76,7 +76,7 @@ def test_benchmark_system_names_say_the_runtime():
     assert parse_system("ov-int8")[:2] == ("openvino", "int8") and parse_system("ov-fp32")[:2] == ("openvino", "fp32")
     assert parse_system("fp32")[:2] == ("auto", "fp32") and parse_system("bf16")[:2] == ("auto", "bf16")
     assert system_name("ov-bf16") == "toneserve ov-bf16" and system_name("int8") == "toneserve int8"
-    assert system_name("ort-fp32:instances=2,threads=1") == "toneserve ort-fp32 2x1"
+    assert system_name("ort-fp32:instances=2,threads=1") == "toneserve ort-fp32 2x2x1"
     systems = [{"name": n, "runtime": r, "precision": p} for n, r, p in
                [("a", "openvino", "fp32"), ("b", "openvino", "bf16"), ("c", "onnxruntime", "fp32"), ("d", "auto", "fp32")]]
     assert reference_system(systems)["name"] == "c"  # ort-fp32: the baseline's parity reference
