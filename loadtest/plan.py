@@ -13,10 +13,16 @@ latency is at most `--slo-p95-ms`; the sweep stops at the first step that misses
 closed loop, more users past saturation only add queueing) unless `--keep-going`.
 
 What a "stream" is: one call at real-time pace, 1 s of audio (all its channels) per second.
-A host that answers RTFx seconds of audio per wall second keeps up with RTFx such calls, so
-the streams per host are the RTFx of the highest step that met the SLO, and the hosts for
-`--target-streams` calls are target / streams, rounded up. The figures hold for the corpus's
-call lengths and mix, and for the models, precision and flags the server ran with.
+A replica that answers RTFx seconds of audio per wall second keeps up with RTFx such calls, so
+the streams per replica are the RTFx of the highest step that met the SLO.
+
+A host runs as many replicas as both its cores and its memory allow (`--host-cores`,
+`--host-memory-gib`; default this machine): a replica takes the cores of the machine it was
+measured on, and the peak resident memory of its whole process tree (read each step, given
+`--pid`) plus `--memory-headroom`. The streams per host are replicas x streams per replica, the
+plan says which of the two limits it, and the hosts for `--target-streams` calls are target /
+streams per host, rounded up. The figures hold for the corpus's call lengths and mix, and for the
+models, precision and flags the server ran with.
 
 Writes plan.md (tables and the decision), plan.png (p95 and throughput against users),
 plan.json (every figure), each step's Locust CSV / HTML / ledger under steps/, and the per-replica
@@ -37,6 +43,7 @@ from pathlib import Path
 
 from toneserve.console import say
 from toneserve.kube import autoscaling
+from toneserve.kube.triton import CPU_MEMORY_HEADROOM
 from toneserve.loadtest import corpus as corpus_module
 from toneserve.loadtest import process_cpu, triton_metrics
 from toneserve.loadtest.run import RunError, run, warm_up
@@ -69,11 +76,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2,
                    help="unmeasured requests before the sweep, at least 1: it also reads the served models (default 2)")
     p.add_argument("--pid", type=int, help="pid of `toneserve serve`: also split CPU by gateway / Triton / model")
+    p.add_argument("--host-cores", type=int,
+                   help="cores of the hosts to plan for; a replica takes as many as this machine has "
+                        "(default: this machine's)")
+    p.add_argument("--host-memory-gib", type=float, help="memory of the hosts to plan for, GiB (default: this "
+                                                         "machine's)")
+    p.add_argument("--memory-headroom", type=float, default=CPU_MEMORY_HEADROOM,
+                   help="memory kept above a replica's measured peak, as a fraction (default "
+                        f"{CPU_MEMORY_HEADROOM:g}, as the Kubernetes cpu overlay's limit)")
     p.add_argument("--keep-going", action="store_true", help="run every step even after one misses the SLO")
     p.add_argument("--out", type=Path, default=Path("toneserve-plan"), help="report folder (default ./toneserve-plan)")
     p.add_argument("--autoscaling-targets", type=Path,
                    help=f"where to write the per-replica autoscaling targets, e.g. an overlay's "
                         f"{autoscaling.TARGETS_FILE} (default OUT/{autoscaling.TARGETS_FILE})")
+
+
+def machine_memory_mib() -> float:
+    """This machine's memory (MemTotal), MiB; 0 where /proc/meminfo cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def meets(step: dict, slo_ms: float) -> bool:
@@ -96,17 +122,36 @@ def step(args, corpus: Path, users: int, steps_dir: Path) -> dict:
               "queue_compute_ratio": autoscaling.queue_compute_ratio(counters)}
     if args.pid:
         record["cpu_cores"] = process_cpu.cores(cpu_before, process_cpu.snapshot(args.pid), wall)
+        record["rss_mb"] = process_cpu.rss_mb(args.pid, "gateway")
     return record
 
 
-def decide(steps: list[dict], slo_ms: float, target: int) -> dict:
+def replicas_per_host(host: dict, replica_rss_mb: float | None) -> tuple[int, str]:
+    """How many replicas a host holds, and what limits it ("cpu" or "memory"). host: cores, memory_mib,
+    replica_cores (the cores of the machine the replica was measured on), headroom."""
+    by_cpu = host["cores"] // max(1, host["replica_cores"])
+    if not replica_rss_mb:
+        return by_cpu, "cpu"
+    by_memory = int(host["memory_mib"] // (replica_rss_mb * (1 + host["headroom"])))
+    return (by_memory, "memory") if by_memory < by_cpu else (by_cpu, "cpu")
+
+
+def decide(steps: list[dict], slo_ms: float, target: int, host: dict | None = None) -> dict:
+    """The highest step within the SLO, and what it means per host. host: see `replicas_per_host`; None:
+    a host is one replica (the machine measured)."""
     ok = [s for s in steps if s["meets_slo"]]
     if not ok:
         return {"users": None, "streams_per_host": None, "hosts": None}
     best = max(ok, key=lambda s: s["users"])
-    streams = best["run"]["gateway_rtfx"] or best["run"]["rtfx"]
-    return {"users": best["users"], "p95_ms": best["run"]["p95"], "streams_per_host": streams,
-            "hosts": math.ceil(target / streams) if streams > 0 else None,
+    per_replica = best["run"]["gateway_rtfx"] or best["run"]["rtfx"]
+    # Memory does not give back what a step took: the replica's peak over every step run.
+    peaks = [sum(s["rss_mb"].values()) for s in steps if s.get("rss_mb")]
+    replica_rss = round(max(peaks), 1) if peaks else None
+    replicas, limit = replicas_per_host(host, replica_rss) if host else (1, "cpu")
+    streams = per_replica * replicas
+    return {"users": best["users"], "p95_ms": best["run"]["p95"], "streams_per_replica": per_replica,
+            "replica_rss_mb": replica_rss, "replicas_per_host": replicas, "limited_by": limit,
+            "streams_per_host": streams, "hosts": math.ceil(target / streams) if streams > 0 else None,
             "queue_compute_ratio": best.get("queue_compute_ratio")}
 
 
@@ -179,13 +224,22 @@ def report(plan: dict) -> str:
                      "cannot serve these recordings that fast. Relax the SLO, use shorter recordings or a faster "
                      "profile (int8 on CPU, or the gpu profile).")
     else:
+        host = plan.get("host", {})
+        memory = (f"{d['replica_rss_mb']:.0f} MB at its peak (+{100 * host.get('headroom', 0):.0f} % headroom)"
+                  if d.get("replica_rss_mb") else "not measured (no --pid): memory not counted")
         lines += [f"- Highest load within the SLO: **{d['users']} concurrent users**, p95 {d['p95_ms']:.0f} ms.",
-                  f"- Streams per host: **{d['streams_per_host']:.1f}**. A stream is one call at real-time pace "
-                  "(1 s of audio, all channels, per second); the host answers "
-                  f"{d['streams_per_host']:.1f} s of audio per second at that load.",
-                  f"- Hosts for {a['target_streams']} concurrent calls: **{d['hosts']}** "
-                  f"(⌈{a['target_streams']} / {d['streams_per_host']:.1f}⌉), with no headroom: add spare hosts "
-                  "for failures and peaks.",
+                  f"- Streams per replica: **{d['streams_per_replica']:.1f}**. A stream is one call at real-time "
+                  "pace (1 s of audio, all channels, per second); the replica answers "
+                  f"{d['streams_per_replica']:.1f} s of audio per second at that load.",
+                  f"- One replica takes {host.get('replica_cores')} cores and {memory}. A host of "
+                  f"{host.get('cores')} cores and {host.get('memory_mib', 0) / 1024:.1f} GiB holds "
+                  f"**{d['replicas_per_host']}** (limited by {d['limited_by']}): "
+                  f"**{d['streams_per_host']:.1f} streams per host**.",
+                  (f"- Hosts for {a['target_streams']} concurrent calls: **{d['hosts']}** "
+                   f"(⌈{a['target_streams']} / {d['streams_per_host']:.1f}⌉), with no spare capacity: add hosts "
+                   "for failures and peaks." if d["hosts"] else
+                   "- A host of this size cannot hold one replica: plan for larger hosts (--host-cores, "
+                   "--host-memory-gib)."),
                   "- Valid for this corpus's call lengths and mix, these models and precision, and this server's "
                   "flags; latency is per whole recording (post-call analysis)."]
         if d.get("queue_compute_ratio") is not None:
@@ -229,8 +283,15 @@ def sweep(args) -> int:
     entries = corpus_module.select(corpus_module.load(corpus), args.durations, args.formats, args.rates, args.channels)
     triton_metrics.scrape(args.triton_metrics)  # fail now, not after the first step
     models = warm_up(args.gateway, corpus, entries, max(args.warmup, 1), args.request_timeout)
+    host_cores = args.host_cores or os.cpu_count() or 1
+    host_memory_mib = args.host_memory_gib * 1024 if args.host_memory_gib is not None else machine_memory_mib()
+    if host_cores < 1 or host_memory_mib <= 0 or args.memory_headroom < 0:
+        raise ValueError("--host-cores must be >= 1, --host-memory-gib > 0 (give it where /proc/meminfo cannot be "
+                         "read) and --memory-headroom >= 0")
     plan = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            "host": {"cores": host_cores, "memory_mib": round(host_memory_mib),
+                     "replica_cores": os.cpu_count() or 1, "headroom": args.memory_headroom},
             "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
             "models": models, "entries": len(entries), "steps": []}
     plan["arguments"]["corpus"] = str(corpus)
@@ -245,7 +306,7 @@ def sweep(args) -> int:
             "plan")
         if not record["meets_slo"] and not args.keep_going:
             break
-    plan["decision"] = decide(plan["steps"], args.slo_p95_ms, args.target_streams)
+    plan["decision"] = decide(plan["steps"], args.slo_p95_ms, args.target_streams, plan["host"])
     plot(plan["steps"], args.slo_p95_ms, plan["decision"]["users"], out / "plan.png")
     (out / "plan.json").write_text(json.dumps(plan, indent=1))
     (out / "plan.md").write_text(report(plan))
@@ -256,7 +317,8 @@ def sweep(args) -> int:
     if d["users"] is None:
         say(f"no step met p95 <= {args.slo_p95_ms:g} ms; report in {out / 'plan.md'}", "plan")
         return 1
-    say(f"{d['streams_per_host']:.1f} streams per host at {d['users']} users (p95 {d['p95_ms']:.0f} ms); "
+    say(f"{d['streams_per_host']:.1f} streams per host ({d['replicas_per_host']} replica(s), limited by "
+        f"{d['limited_by']}) at {d['users']} users (p95 {d['p95_ms']:.0f} ms); "
         f"{d['hosts']} hosts for {args.target_streams} streams; report in {out / 'plan.md'}", "plan")
     return 0
 

@@ -50,6 +50,15 @@ def rss_mb(root_pid: int, root_label: str = "gateway") -> dict[str, float]:
     return {part: round(value / 2**20, 1) for part, value in sorted(resident.items())}
 
 
+def anon_mb(root_pid: int, root_label: str = "gateway") -> dict[str, float]:
+    """Anonymous resident memory now (MB) by part: RSS less its file-backed and shared-memory pages (psutil's
+    `shared`): a mapped model file or compile cache, clean pages the kernel drops and reads again before a
+    memory limit kills; and the Python backend's /dev/shm regions, which RSS counts again in every process
+    that maps them. What each process alone holds."""
+    resident = _by_part(root_pid, root_label, lambda process: process.memory_info().rss - process.memory_info().shared)
+    return {part: round(value / 2**20, 1) for part, value in sorted(resident.items())}
+
+
 def cores(before: Counter[str], after: Counter[str], wall_s: float) -> dict[str, float]:
     """Average cores each part used between two snapshots (1.0 = one core all the time)."""
     if wall_s <= 0:

@@ -74,11 +74,15 @@ def growth(samples: list[dict], window_s: float, key: str = "total") -> dict:
 
 
 def sample(bench: Bench, started: float) -> dict:
-    """RSS (MB) of the gateway, tritonserver and every model's stubs, and their total."""
+    """RSS (MB) of the gateway, tritonserver and every model's stubs, their total, and the total's anonymous
+    part ("anon": less mapped files, which the kernel can drop; process_cpu.anon_mb)."""
     assert bench.gateway is not None and bench.triton.process is not None
     parts = {"gateway": process_cpu.rss_mb(bench.gateway.pid, "gateway")["gateway"]}
     parts.update(process_cpu.rss_mb(bench.triton.process.pid, "tritonserver"))
-    return {"t_s": round(time.monotonic() - started, 1), **parts, "total": round(sum(parts.values()), 1)}
+    anon = (sum(process_cpu.anon_mb(bench.gateway.pid, "gateway").values())
+            + sum(process_cpu.anon_mb(bench.triton.process.pid, "tritonserver").values()))
+    return {"t_s": round(time.monotonic() - started, 1), **parts, "total": round(sum(parts.values()), 1),
+            "anon": round(anon, 1)}
 
 
 def write_figure(samples: list[dict], path: Path, window_s: float) -> None:
@@ -86,11 +90,13 @@ def write_figure(samples: list[dict], path: Path, window_s: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = sorted({k for s in samples for k in s if k not in ("t_s", "total")},
+    parts = sorted({k for s in samples for k in s if k not in ("t_s", "total", "anon")},
                    key=lambda k: -max(s.get(k, 0) for s in samples))
     figure, axis = plt.subplots(figsize=(9, 5))
     minutes = [s["t_s"] / 60 for s in samples]
     axis.plot(minutes, [s["total"] for s in samples], label="whole replica", linewidth=2.5, color="black")
+    axis.plot(minutes, [s.get("anon", 0) for s in samples], label="whole replica, anonymous", linewidth=1.5,
+              color="black", linestyle="--")
     for part in parts[:8]:
         axis.plot(minutes, [s.get(part, 0) for s in samples], label=part)
     if samples:
@@ -139,7 +145,8 @@ async def soak(bench: Bench, args, audio: list[bytes]) -> dict:
 
 def say(point: dict, tally: Tally | None = None) -> None:
     answered = f", {sum(tally.answered.values())} answered, {tally.lost} in flight" if tally else ""
-    print(f"[soak] {point['t_s'] / 60:5.1f} min: replica {point['total']:.0f} MB{answered}", file=sys.stderr, flush=True)
+    print(f"[soak] {point['t_s'] / 60:5.1f} min: replica {point['total']:.0f} MB ({point['anon']:.0f} anonymous)"
+          f"{answered}", file=sys.stderr, flush=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -180,7 +187,7 @@ def run(args) -> int:
         finally:
             bench.stop()
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    columns = ["t_s", "total", *sorted({k for s in result["samples"] for k in s} - {"t_s", "total"})]
+    columns = ["t_s", "total", "anon", *sorted({k for s in result["samples"] for k in s} - {"t_s", "total", "anon"})]
     with open(out / "soak.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()

@@ -100,6 +100,9 @@ def test_plan_keeps_the_slo_it_was_given(stack, calls, tmp_path):
     assert chosen["meets_slo"] and chosen["run"]["failures"] == 0 and chosen["run"]["lost"] == 0
     assert chosen["run"]["p95"] <= slo
     assert decision["hosts"] == -(-10000 // decision["streams_per_host"])
+    # Memory is read each step (--pid): the replica's peak, the whole tree's; this machine holds one replica.
+    assert decision["replica_rss_mb"] == max(sum(s["rss_mb"].values()) for s in plan["steps"]) > 0
+    assert decision["replicas_per_host"] == 1 and decision["limited_by"] in ("cpu", "memory")
     assert {"emotion2vec", "sensevoice_encoder", "vad"} <= set(chosen["triton"])
     assert chosen["cpu_cores"]["gateway"] > 0 and any(k.startswith("model ") for k in chosen["cpu_cores"])
     report = (out / "plan.md").read_text()

@@ -160,3 +160,27 @@ def test_plan_refuses_what_it_cannot_measure(calls, tmp_path, capsys):
                                 "127.0.0.1:1", "--out", str(tmp_path)])
     assert args.func(args) == 2
     assert "no Triton metrics at http://127.0.0.1:1/metrics" in capsys.readouterr().err
+
+
+def test_plan_counts_replicas_per_host_by_cores_and_by_memory():
+    """A host holds as many replicas as its cores and its memory both allow; the plan says which limits it."""
+    from toneserve.loadtest.plan import decide, replicas_per_host
+
+    host = {"cores": 16, "memory_mib": 32 * 1024, "replica_cores": 2, "headroom": 0.25}
+    assert replicas_per_host(host, None) == (8, "cpu")  # memory unmeasured: cores alone
+    assert replicas_per_host(host, 3000.0) == (8, "cpu")  # 8 x 3750 MiB fit in 32 GiB
+    assert replicas_per_host(host, 7000.0) == (3, "memory")  # 32768 // 8750
+    assert replicas_per_host({**host, "memory_mib": 4096}, 7000.0) == (0, "memory")
+
+    def step(users, p95, rtfx, rss):
+        return {"users": users, "meets_slo": p95 <= 1000, "run": {"p95": p95, "gateway_rtfx": rtfx, "rtfx": rtfx},
+                "rss_mb": {"gateway": 300.0, "tritonserver": rss}}
+
+    steps = [step(1, 500, 5.0, 6000.0), step(2, 800, 8.0, 6700.0), step(4, 1500, 9.0, 7200.0)]
+    decision = decide(steps, 1000, 10000, host)
+    # The chosen step is the second; the replica's memory is its peak over every step run (7500 MB).
+    assert decision["users"] == 2 and decision["replica_rss_mb"] == 7500.0
+    assert (decision["replicas_per_host"], decision["limited_by"]) == (3, "memory")
+    assert decision["streams_per_host"] == 24.0 and decision["hosts"] == 417
+    # Without a host description a host is the replica measured.
+    assert decide(steps, 1000, 10000)["streams_per_host"] == 8.0
