@@ -11,7 +11,10 @@ the baseline (baseline.py, checked for parity against the first system before it
 of users, every system gets the same Locust load from the same corpus, one system after the
 other (interleaved, so a disturbance of the machine spreads over all systems instead of
 landing on one; --one-at-a-time starts one server at a time where several do not fit in memory),
-with Triton's metrics and every process's CPU read around each run. Then the
+with Triton's metrics, every process's CPU and the machine's state (its CPU and clock, steal time, what
+else ran: machine.py) read around each run. Every run is repeated `--repeat` times (default 3),
+each repetition running every system in turn, and each ratio against the baseline is the median
+(and range) of the ratios within a repetition. Then the
 compute bound of each system's repository on the same recordings (compute_bound.py, as many
 streams as the repository has instances). Everything is stopped at the end.
 
@@ -37,7 +40,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from toneserve import paths
 from toneserve.console import say
-from toneserve.loadtest import compute_bound, corpus, live_lag, process_cpu, triton_metrics
+from toneserve.loadtest import compute_bound, corpus, live_lag, machine, process_cpu, triton_metrics
 from toneserve.loadtest.run import run, warm_up
 from toneserve.model_repository.catalog import DEFAULT_TUNING, describe
 from toneserve.model_repository.render import render_repository
@@ -167,10 +170,13 @@ def tuning_of(flags: dict):
     return DEFAULT_TUNING.changed(**{SYSTEM_FLAGS[key][0]: value for key, value in flags.items()})
 
 
-def measure(system: dict, users: int, args, out: Path, corpus_dir: Path | None = None, tag: str = "") -> dict:
-    """One Locust run against one system, with Triton's metrics (toneserve) and CPU per part. `corpus_dir`:
-    another corpus than --corpus (the short clips), all of it."""
+def measure(system: dict, users: int, args, out: Path, corpus_dir: Path | None = None, tag: str = "",
+            others: tuple[int, ...] = ()) -> dict:
+    """One Locust run against one system, with Triton's metrics (toneserve), CPU per part and the machine's
+    state (machine.py: steal, clock, what else ran, `others` being the pids of the other servers of the run,
+    idle while this one is measured). `corpus_dir`: another corpus than --corpus (the short clips), all of it."""
     cpu_before = process_cpu.snapshot(system["pid"], system["label"])
+    machine_before = machine.times()
     metrics_before = triton_metrics.scrape(system["metrics"]) if system.get("metrics") else None
     filters = ({"durations": args.durations, "formats": args.formats, "rates": args.rates, "channels": args.channels}
                if corpus_dir is None else {})
@@ -178,16 +184,60 @@ def measure(system: dict, users: int, args, out: Path, corpus_dir: Path | None =
                  request_timeout=args.request_timeout, warmup=0,
                  name=f"{system['name']}-{tag + '-' if tag else ''}users-{users}", **filters)
     wall = result["wall_s"]
+    ours = {os.getpid(), *machine.tree(os.getpid()), *(pid for other in others for pid in machine.tree(other))}
     record = {"system": system["name"], "users": users, "run": result,
-              "cpu_cores": process_cpu.cores(cpu_before, process_cpu.snapshot(system["pid"], system["label"]), wall)}
+              "cpu_cores": process_cpu.cores(cpu_before, process_cpu.snapshot(system["pid"], system["label"]), wall),
+              "machine": {**machine.between(machine_before, machine.times(), ours), "mhz": machine.cpu()["mhz"]}}
     if metrics_before is not None:
         after = triton_metrics.scrape(system["metrics"])
         record["triton"] = triton_metrics.summarise(triton_metrics.delta(metrics_before, after))
     return record
 
 
+def spread(values: list[float]) -> dict:
+    """The median of repeated figures, and their range."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return {"median": median, "min": ordered[0], "max": ordered[-1], "n": len(ordered)}
+
+
+def ratios(runs: list[dict], systems: list[str], users_levels: list[int], key: str = "rtfx") -> list[dict]:
+    """Each system against the baseline per load, over the repetitions: the median and the range of the ratios
+    of runs made in the same repetition (each repetition runs every system once, so a drift of the machine
+    between repetitions moves both sides of a ratio alike); p95 likewise (its median)."""
+    by = {}
+    for r in runs:
+        by.setdefault((r["system"], r["users"]), {})[r.get("rep", 0)] = r["run"]
+    out = []
+    for users in users_levels:
+        base = by.get(("baseline", users), {})
+        for name in systems:
+            mine = by.get((name, users), {})
+            reps = sorted(set(mine) & set(base))
+            paired = [mine[rep][key] / base[rep][key] for rep in reps if base[rep][key]]
+            p95 = [mine[rep]["p95"] / base[rep]["p95"] for rep in reps if base[rep]["p95"] and mine[rep]["p95"]]
+            if not paired:
+                continue
+            out.append({"users": users, "system": name, "throughput": spread(paired)["median"],
+                        "throughput_range": spread(paired),
+                        "p95": spread(p95)["median"] if p95 else None, "reps": len(reps)})
+    return out
+
+
 def _f(value, digits=0) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _cpu_line(cpu: dict | None) -> str:
+    if not cpu:
+        return "CPU: not recorded."
+    return (f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['mhz']} MHz at the start; features: "
+            f"{', '.join(cpu['features']) or 'none of ' + ', '.join(machine.FLAGS)}.")
 
 
 def report(bench: dict) -> str:
@@ -201,15 +251,22 @@ def report(bench: dict) -> str:
              f"baseline vs {bench.get('parity_against', bench['systems'][0])}: same utterances {bench['parity']['same_utterances']}, emotion "
              f"max |diff| {bench['parity']['max_emotion_diff']:.1e}, transcripts match "
              f"{bench['parity']['transcripts_match']}.", "",
-             "| system | users | requests | failures | req/s | RTFx | p50 ms | p95 ms | p99 ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             _cpu_line(bench.get("cpu")), "",
+             "| system | users | repetition | requests | failures | req/s | RTFx | p50 ms | p95 ms | p99 ms "
+             "| steal | MHz | what else ran (cores) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in bench["runs"]:
-        x = r["run"]
-        lines.append(f"| {r['system']} | {r['users']} | {x['requests']} | {x['failures'] + x['lost']} | {x['rps']:.3f} "
-                     f"| {x['rtfx']:.2f} | {_f(x['p50'])} | {_f(x['p95'])} | {_f(x['p99'])} |")
-    lines += ["", "| users | system | throughput vs baseline | p95 vs baseline |", "|---:|---|---:|---:|"]
+        x, m = r["run"], r.get("machine", {})
+        others = ", ".join(f"{o['name']} {o['cores']:.2f}" for o in m.get("others", [])) or "nothing"
+        lines.append(f"| {r['system']} | {r['users']} | {r.get('rep', 0) + 1} | {x['requests']} "
+                     f"| {x['failures'] + x['lost']} | {x['rps']:.3f} | {x['rtfx']:.2f} | {_f(x['p50'])} "
+                     f"| {_f(x['p95'])} | {_f(x['p99'])} | {_pct(m.get('steal'))} | {_f(m.get('mhz'))} | {others} |")
+    lines += ["", "| users | system | throughput vs baseline: median (range, repetitions) | p95 vs baseline (median) |",
+              "|---:|---|---:|---:|"]
     for ratio in bench["ratios"]:
-        lines.append(f"| {ratio['users']} | {ratio['system']} | {ratio['throughput']:.2f}x | {ratio['p95']:.2f}x |")
+        spread_ = ratio["throughput_range"]
+        lines.append(f"| {ratio['users']} | {ratio['system']} | {ratio['throughput']:.2f}x "
+                     f"({spread_['min']:.2f}–{spread_['max']:.2f}, {ratio['reps']}) | {_f(ratio['p95'], 2)}x |")
     lines += ["", "| system | streams | compute-bound RTFx (cores used) | best RTFx served (users, cores used) "
               "| serving overhead |", "|---|---:|---:|---:|---:|"]
     for o in bench["overhead"]:
@@ -270,6 +327,7 @@ def run_benchmark(args) -> dict:
     bench: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M %z"),
              "command": " ".join(["python -m toneserve.loadtest.benchmark", *sys.argv[1:]]),
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+             "cpu": machine.cpu(),
              "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
              "recordings": len(entries), "audio_seconds": sum(e.seconds for e in entries),
              "lengths": sorted({e.seconds for e in entries}), "formats": sorted({e.format for e in entries}),
@@ -301,20 +359,27 @@ def run_benchmark(args) -> dict:
             say(f"warming up {system['name']}", "benchmark")
             bench.setdefault("models", {})[system["name"]] = warm_up(system["address"], Path(args.corpus), entries, 2,
                                                                      args.request_timeout)
-        for users in args.users:
-            for system in systems:
-                say(f"{system['name']}: {users} users for {args.run_time:g} s", "benchmark")
-                record = measure(system, users, args, out / "runs")
-                bench["runs"].append(record)
-                x = record["run"]
-                say(f"  {x['requests']} requests, {x['failures']} failed, {x['lost']} lost, RTFx {x['rtfx']:.2f}, "
-                    f"p95 {_f(x['p95'])} ms", "benchmark")
-        for users in args.users if short_entries else []:  # the same systems and loads on 1-3 s clips
-            for system in systems:
-                say(f"{system['name']}: {users} users on short clips for {args.run_time:g} s", "benchmark")
-                record = measure(system, users, args, out / "runs", corpus_dir=args.short_corpus, tag="short")
-                bench["short"]["runs"].append(record)
-                say(f"  RTFx {record['run']['rtfx']:.2f}, p95 {_f(record['run']['p95'])} ms", "benchmark")
+        pids = tuple(system["pid"] for system in systems)
+        # Repetition by repetition, each system once per load in turn (A, B, A, B, ...).
+        for rep in range(args.repeat):
+            for users in args.users:
+                for system in systems:
+                    say(f"{system['name']}: {users} users for {args.run_time:g} s (repetition {rep + 1} of "
+                        f"{args.repeat})", "benchmark")
+                    record = measure(system, users, args, out / "runs", tag=f"rep{rep}", others=pids)
+                    bench["runs"].append({**record, "rep": rep})
+                    x = record["run"]
+                    say(f"  {x['requests']} requests, {x['failures']} failed, {x['lost']} lost, RTFx "
+                        f"{x['rtfx']:.2f}, p95 {_f(x['p95'])} ms, steal {_f(record['machine']['steal'], 3)}",
+                        "benchmark")
+            for users in args.users if short_entries else []:  # the same systems and loads on 1-3 s clips
+                for system in systems:
+                    say(f"{system['name']}: {users} users on short clips for {args.run_time:g} s (repetition "
+                        f"{rep + 1})", "benchmark")
+                    record = measure(system, users, args, out / "runs", corpus_dir=args.short_corpus,
+                                     tag=f"short-rep{rep}", others=pids)
+                    bench["short"]["runs"].append({**record, "rep": rep})
+                    say(f"  RTFx {record['run']['rtfx']:.2f}, p95 {_f(record['run']['p95'])} ms", "benchmark")
         for system in systems if args.live_calls else []:
             if system["label"] == "baseline":
                 continue
@@ -345,23 +410,30 @@ def run_benchmark(args) -> dict:
         say(f"compute bound of {name}", "benchmark")
         bench["compute_bound"][name] = compute_bound.measure(repository, Path(args.corpus), args.durations,
                                                              args.formats, args.rates, args.channels)
-    runs = {(r["system"], r["users"]): r["run"] for r in bench["runs"]}
-    bench["ratios"] = [{"users": users, "system": name,
-                        "throughput": runs[(name, users)]["rtfx"] / runs[("baseline", users)]["rtfx"],
-                        "p95": runs[(name, users)]["p95"] / runs[("baseline", users)]["p95"]}
-                       for users in args.users for name in repositories
-                       if runs[("baseline", users)]["rtfx"] > 0 and runs[("baseline", users)]["p95"]]
+    bench["ratios"] = ratios(bench["runs"], list(repositories), args.users)
+    median_rtfx = {(name, users): spread([r["run"]["rtfx"] for r in bench["runs"]
+                                          if (r["system"], r["users"]) == (name, users)])["median"]
+                   for users in args.users for name in [*repositories, "baseline"]}
     if "short" in bench:
-        short = {(r["system"], r["users"]): r["run"] for r in bench["short"]["runs"]}
+        short_rtfx = {(name, users): spread([r["run"]["rtfx"] for r in bench["short"]["runs"]
+                                             if (r["system"], r["users"]) == (name, users)])
+                      for users in args.users for name in [*repositories, "baseline"]}
+        short_ratios = {(r["system"], r["users"]): r for r in ratios(bench["short"]["runs"], list(repositories),
+                                                                      args.users)}
         bench["short"]["ratios"] = [
-            {"users": users, "system": name, "rtfx": short[(name, users)]["rtfx"], "p95": short[(name, users)]["p95"],
-             "vs_long": short[(name, users)]["rtfx"] / runs[(name, users)]["rtfx"] if runs[(name, users)]["rtfx"] else None,
-             "vs_baseline": (short[(name, users)]["rtfx"] / short[("baseline", users)]["rtfx"]
-                             if short[("baseline", users)]["rtfx"] else None)}
+            {"users": users, "system": name, "rtfx": short_rtfx[(name, users)]["median"],
+             "vs_long": (short_rtfx[(name, users)]["median"] / median_rtfx[(name, users)]
+                         if median_rtfx[(name, users)] else None),
+             "vs_baseline": short_ratios[(name, users)]["throughput"] if (name, users) in short_ratios else None,
+             "vs_baseline_range": (short_ratios[(name, users)]["throughput_range"]
+                                   if (name, users) in short_ratios else None)}
             for users in args.users for name in [*repositories, "baseline"]]
     bench["overhead"] = []
     for name, bound in bench["compute_bound"].items():
-        best = max((r for r in bench["runs"] if r["system"] == name), key=lambda r: r["run"]["rtfx"])
+        # The median repetition of the best load.
+        best_users = max(args.users, key=lambda users: median_rtfx[(name, users)])
+        best = sorted((r for r in bench["runs"] if (r["system"], r["users"]) == (name, best_users)),
+                      key=lambda r: r["run"]["rtfx"])[(args.repeat - 1) // 2]
         bench["overhead"].append({"system": name, "streams": bound["streams"], "bound_rtfx": bound["rtfx"],
                                   "bound_cores": bound["cpu_cores"], "best_rtfx": best["run"]["rtfx"],
                                   "best_users": best["users"], "best_cores": sum(best["cpu_cores"].values()),
@@ -391,6 +463,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--live-calls", type=int, default=2,
                    help="after the runs, stream this many of the shortest calls at real time through each system "
                         "alone and report each segment's lag behind its utterance's end (default 2; 0: off)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="repetitions of every run, each system once per load in turn in each (A, B, A, B: with "
+                        "--one-at-a-time, one system's repetitions in a row); the ratios are the median and "
+                        "range over them (default 3)")
     p.add_argument("--one-at-a-time", action="store_true",
                    help="start one server at a time (the baseline beside the fp32 reference only) instead of all "
                         "side by side, interleaved: for machines where they do not all fit in memory")

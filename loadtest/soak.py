@@ -32,7 +32,7 @@ from pathlib import Path
 import grpc
 
 from toneserve.loadtest import corpus as corpus_mod
-from toneserve.loadtest import process_cpu
+from toneserve.loadtest import machine, process_cpu
 from toneserve.loadtest.reliability import Bench, Tally, user, wait_serving
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
@@ -134,7 +134,7 @@ async def soak(bench: Bench, args, audio: list[bytes]) -> dict:
         samples.append(sample(bench, started))
     window_s = args.window * 60
     parts = sorted({k for s in samples for k in s if k != "t_s"})
-    result = {"minutes": args.minutes, "users": args.users, "interval_s": args.interval, "window_min": args.window,
+    result = {"cpu": machine.cpu(), "minutes": args.minutes, "users": args.users, "interval_s": args.interval, "window_min": args.window,
               "recordings": len(audio), "requests": tally.summary(), "lost": tally.lost,
               "growth": {part: growth(samples, window_s, part) for part in parts},
               "goal_growth": GOAL_GROWTH, "samples": samples}

@@ -184,3 +184,25 @@ def test_plan_counts_replicas_per_host_by_cores_and_by_memory():
     assert decision["streams_per_host"] == 24.0 and decision["hosts"] == 417
     # Without a host description a host is the replica measured.
     assert decide(steps, 1000, 10000)["streams_per_host"] == 8.0
+
+
+def test_benchmark_ratios_are_medians_of_runs_paired_by_repetition():
+    """Each repetition runs every system once: a ratio pairs the system's run with the baseline's of the same
+    repetition, and the figure is the median of those, with their range."""
+    from toneserve.loadtest.benchmark import ratios, spread
+
+    assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert spread([4.0, 1.0])["median"] == 2.5
+
+    def run(system, rep, rtfx, p95):
+        return {"system": system, "users": 4, "rep": rep, "run": {"rtfx": rtfx, "p95": p95}}
+
+    # The machine slowed down in repetition 1: both sides moved, the paired ratio did not.
+    runs = [run("baseline", 0, 5.0, 100.0), run("toneserve", 0, 10.0, 50.0),
+            run("baseline", 1, 2.5, 200.0), run("toneserve", 1, 5.0, 100.0),
+            run("baseline", 2, 5.0, 100.0), run("toneserve", 2, 11.0, 60.0)]
+    (ratio,) = ratios(runs, ["toneserve"], [4])
+    assert ratio["reps"] == 3 and ratio["throughput"] == 2.0
+    assert (ratio["throughput_range"]["min"], ratio["throughput_range"]["max"]) == (2.0, 2.2)
+    assert ratio["p95"] == 0.5
+    assert ratios(runs, ["toneserve"], [8]) == []  # no runs at that load
