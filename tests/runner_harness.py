@@ -52,6 +52,22 @@ def load_rendered(monkeypatch, model_dir: Path):
     return model, pb
 
 
+def answers(model, requests: list, timeout: float = 60.0) -> list:
+    """What a runner answers a batch, in request order: execute's list, or, from a runner that answers through
+    response senders (the graph runners: batch_io.PaddedBatches), each request's one response, sent with the
+    final flag (the fake senders of FAKE_PB_UTILS record them)."""
+    returned = model.execute(requests)
+    if returned is not None:
+        return returned
+    answered = []
+    for request in requests:
+        sender = request.get_response_sender()
+        assert sender.done.wait(timeout), "a request was never answered"
+        assert len(sender.responses) == 1 and sender.flags == [1], (len(sender.responses), sender.flags)
+        answered.append(sender.responses[0])
+    return answered
+
+
 def outputs(response) -> dict:
     assert response.error is None, response.error and response.error.message()
     return {t.name(): t.as_numpy() for t in response.output_tensors}

@@ -11,10 +11,14 @@ run's maximum is exact; outputs listed in the ``trim`` parameter are cut back to
 length, so a request sees the same tensor whether or not it was batched. Requests of very different
 sizes run in separate padded runs (``max_pad_ratio``, see ``length_groups``).
 
-Why runs go together: one instance holds one copy of the weights, and ``streams`` runs of a batch
+Why runs are started, not run: one instance holds one copy of the weights, and ``streams`` runs
 compute at once inside it (OpenVINO streams, or ONNX Runtime runs on threads of one session), where
-Triton would need as many instances, each a process with its own copy of the weights. The runner
-gets every run of a batch at once (``run_all``) and answers when the last is done.
+Triton would need as many instances, each a process with its own copy of the weights. ``execute``
+starts a batch's runs and returns; each request is answered through its response sender (one
+response, with the final flag: the model stays non-decoupled, so ensembles and ``ModelInfer`` take
+it) when its run ends. So the instance takes its next batch while runs of the last one still
+compute, and a stream whose run ends first starts another at once. A runner's ``start`` blocks
+while every stream is busy: batches wait in Triton's queue, where the dynamic batcher merges them.
 """
 import json
 
@@ -69,17 +73,18 @@ def parameters(config):
 
 
 class PaddedBatches:
-    """Serves a batch of requests through `run_all(feeds) -> [{output name: array} or the exception of that
-    run]`, one padded run per length group (cut into ``streams`` runs where it can: ``split_runs``).
+    """Serves a batch of requests through `start(feed, done)`, which starts one run of `feed` and calls
+    `done({output name: array} or the exception of the run)` when it ends, from any thread. One padded run
+    per length group, cut into ``streams`` runs where it can (``split_runs``).
 
     inputs: (name, rank in the graph) in graph order; outputs: names in graph order."""
 
-    def __init__(self, config, inputs, outputs, run_all):
+    def __init__(self, config, inputs, outputs, start):
         params = parameters(config)
         self.wire_rank = {o["name"]: 1 + len(o["dims"]) for o in config["output"]}
         # A graph may compute more than the model serves (emotion2vec+'s probs beside its logits): only the
         # config's outputs are returned.
-        self.inputs, self.run_all = list(inputs), run_all
+        self.inputs, self.start = list(inputs), start
         self.outputs = [name for name in outputs if name in self.wire_rank]
         self.trim = {k: tuple(v) for k, v in json.loads(params.get("trim", "{}")).items()}
         self.max_pad_ratio = float(params.get("max_pad_ratio", "inf"))
@@ -95,39 +100,36 @@ class PaddedBatches:
         return arrays
 
     def execute(self, requests):
-        # Requests their client gave up on while they waited are answered CANCELLED, not run.
-        responses = [cancelled_response() if cancelled(r) else None for r in requests]
-        live = [index for index, response in enumerate(responses) if response is None]
+        """Start the batch's runs; every request is answered through its sender (returns None)."""
+        senders = [request.get_response_sender() for request in requests]
+        live = []
+        for request, sender in zip(requests, senders):
+            # Requests their client gave up on while they waited are answered CANCELLED, not run.
+            if cancelled(request):
+                answer(sender, cancelled_response())
+            else:
+                live.append((request, sender))
         try:
-            per_request = [self._request_inputs(requests[index]) for index in live]
+            per_request = [self._request_inputs(request) for request, _ in live]
         except Exception as exc:  # answer every request, never crash the instance
-            return [response or error_response(exc) for response in responses]
-        runs = split_runs(length_groups(per_request, self.max_pad_ratio), self.streams)
-        feeds = []
-        for run in runs:
+            for _, sender in live:
+                answer(sender, error_response(exc))
+            return None
+        for run in split_runs(length_groups(per_request, self.max_pad_ratio), self.streams):
+            run_senders = [live[i][1] for i in run]
+            # Copies (padding copies; the tensors of a request are freed once execute returns), and each
+            # request's rows, to split the outputs back.
+            sizes = [len(next(iter(per_request[i].values()))) for i in run]
             try:
-                feeds.append({name: pad_concat([per_request[i][name] for i in run]) for name, _ in self.inputs})
+                feed = {name: pad_concat([per_request[i][name] for i in run]) for name, _ in self.inputs}
+                self.start(feed, _Finish(self, run_senders, sizes))
             except Exception as exc:
-                feeds.append(exc)
-        ready = [index for index, feed in enumerate(feeds) if not isinstance(feed, Exception)]
-        try:
-            results = dict(zip(ready, self.run_all([feeds[index] for index in ready])))
-        except Exception as exc:
-            results = {index: exc for index in ready}
-        for index, run in enumerate(runs):
-            outcome = feeds[index] if isinstance(feeds[index], Exception) else results[index]
-            try:
-                if isinstance(outcome, Exception):
-                    raise outcome
-                for position, response in zip(run, self._responses([per_request[i] for i in run], outcome)):
-                    responses[live[position]] = response
-            except Exception as exc:
-                for position in run:
-                    responses[live[position]] = error_response(exc)
-        return responses
+                for sender in run_senders:
+                    answer(sender, error_response(exc))
+        return None
 
-    def _responses(self, per_request, results):
-        sizes = [len(next(iter(a.values()))) for a in per_request]
+    def responses(self, sizes, results):
+        """One response per request of a run: its rows of every output, trimmed to its own length."""
         start = 0
         out = []
         for size in sizes:
@@ -145,6 +147,29 @@ class PaddedBatches:
                 tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(value)))
             out.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return out
+
+
+class _Finish:
+    """A run's `done`: answers each of its requests, once."""
+
+    def __init__(self, batches, senders, sizes):
+        self.batches, self.senders, self.sizes = batches, senders, sizes
+
+    def __call__(self, outcome):
+        senders, self.senders = self.senders, []
+        try:
+            if isinstance(outcome, Exception):
+                raise outcome
+            responses = self.batches.responses(self.sizes, outcome)
+        except Exception as exc:
+            responses = [error_response(exc) for _ in senders]
+        for sender, response in zip(senders, responses):
+            answer(sender, response)
+
+
+def answer(sender, response):
+    """A non-decoupled model's one response to a request, with the final flag."""
+    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 def stream_count(params):

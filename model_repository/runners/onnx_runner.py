@@ -7,6 +7,7 @@ cancellation are batch_io's (shared with openvino_runner.py).
 """
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import onnxruntime as ort
@@ -19,32 +20,39 @@ class TritonPythonModel:
         params = parameters(config)
         path = os.path.join(args["model_repository"], args["model_version"], params["onnx_file"])
         options = ort.SessionOptions()
-        # One Triton instance = one ORT session (one copy of the weights). ``streams`` runs of a batch compute
-        # at once on threads of that session (run is thread-safe and releases the GIL), each on
-        # ``intra_op_threads`` threads.
+        # One Triton instance = one ORT session (one copy of the weights). ``streams`` runs compute at once on
+        # threads of that session (run is thread-safe and releases the GIL), each on ``intra_op_threads``
+        # threads; a run starts when one of them is free (batch_io.PaddedBatches).
         options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
         streams = stream_count(params)
-        self.pool = ThreadPoolExecutor(streams, thread_name_prefix="ort-run") if streams > 1 else None
+        self.free = threading.Semaphore(streams)
+        self.pool = ThreadPoolExecutor(streams, thread_name_prefix="ort-run")
         self.batches = PaddedBatches(config, [(i.name, len(i.shape)) for i in self.session.get_inputs()],
-                                     self.output_names, self._run_all)
+                                     self.output_names, self._start)
 
-    def _run(self, feed):
+    def _start(self, feed, done):
+        self.free.acquire()  # waits while every stream is busy
+
+        def run():
+            try:
+                result = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+            except Exception as exc:
+                result = exc
+            finally:
+                self.free.release()
+            done(result)
+
         try:
-            return dict(zip(self.output_names, self.session.run(self.output_names, feed)))
-        except Exception as exc:
-            return exc
-
-    def _run_all(self, feeds):
-        if self.pool is None or len(feeds) < 2:
-            return [self._run(feed) for feed in feeds]
-        return list(self.pool.map(self._run, feeds))
+            self.pool.submit(run)
+        except Exception:
+            self.free.release()
+            raise
 
     def execute(self, requests):
         return self.batches.execute(requests)
 
     def finalize(self):
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=True)  # the runs started: their requests are answered before the model unloads

@@ -81,38 +81,34 @@ class TritonPythonModel:
                                                         compile_properties(params, cache))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-        # One infer request per stream: the runs of a batch start at once and execute() answers when the
-        # last is done (batch_io.PaddedBatches.run_all).
+        # One infer request per stream: a run starts on a free one (start_async waits while all are busy) and
+        # its requests are answered from OpenVINO's callback when it ends (batch_io.PaddedBatches).
         self.queue = ov.AsyncInferQueue(self.compiled, stream_count(params))
         self.queue.set_callback(self._done)
         self.input_names = [_name(port, config["input"]) for port in self.compiled.inputs]
         inputs = [(name, port.get_partial_shape().rank.get_length())
                   for name, port in zip(self.input_names, self.compiled.inputs)]
         self.output_names = [_name(port, config["output"]) for port in self.compiled.outputs]
-        self.batches = PaddedBatches(config, inputs, self.output_names, self._run_all)
+        self.batches = PaddedBatches(config, inputs, self.output_names, self._start)
 
-    def _done(self, request, slot):
-        # Copies: the request reuses its output buffers on its next run.
-        results, index = slot
-        results[index] = {name: np.array(request.get_output_tensor(position).data)
-                          for position, name in enumerate(self.output_names)}
+    def _start(self, feed, done):
+        # OpenVINO's Python binding knows numpy's int64 only under one of its two C type numbers (long,
+        # not long long, which some array sources produce): a view under the one it knows, no copy.
+        arrays = [feed[name] for name in self.input_names]
+        self.queue.start_async({index: a.view(np.int64) if a.dtype == np.int64 else a
+                                for index, a in enumerate(arrays)}, done)
 
-    def _run_all(self, feeds):
-        results = [None] * len(feeds)
-        for index, feed in enumerate(feeds):
-            # OpenVINO's Python binding knows numpy's int64 only under one of its two C type numbers (long,
-            # not long long, which some array sources produce): a view under the one it knows, no copy.
-            arrays = [feed[name] for name in self.input_names]
-            inputs = {position: a.view(np.int64) if a.dtype == np.int64 else a for position, a in enumerate(arrays)}
-            try:
-                self.queue.start_async(inputs, (results, index))  # waits for a free request when all are busy
-            except Exception as exc:
-                results[index] = exc
+    def _done(self, request, done):
         try:
-            self.queue.wait_all()
+            # Copies: the request reuses its output buffers on its next run.
+            result = {name: np.array(request.get_output_tensor(index).data)
+                      for index, name in enumerate(self.output_names)}
         except Exception as exc:
-            return [exc if result is None else result for result in results]
-        return [RuntimeError("OpenVINO gave no result") if result is None else result for result in results]
+            result = exc
+        done(result)
 
     def execute(self, requests):
         return self.batches.execute(requests)
+
+    def finalize(self):
+        self.queue.wait_all()  # the runs started: their requests are answered before the model unloads

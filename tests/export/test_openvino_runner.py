@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.openvino_models import with_openvino
-from tests.runner_harness import load_rendered, outputs
+from tests.runner_harness import answers, load_rendered, outputs
 from toneserve.model_repository.catalog import DEFAULT_TUNING, describe
 from toneserve.model_repository.render import render_repository
 
@@ -51,10 +51,10 @@ def test_openvino_f32_matches_onnx_runtime_and_batches_exactly(models_root, repo
         feat_dim = int(ov_model.compiled.inputs[0].get_partial_shape()[2].get_length())
         return _encoder_requests(pb, np.random.default_rng(1), feat_dim, query)
 
-    alone = [outputs(ov_model.execute([r])[0]) for r in make()]
-    batched = [outputs(r) for r in ov_model.execute(make())]
+    alone = [outputs(answers(ov_model, [r])[0]) for r in make()]
+    batched = [outputs(r) for r in answers(ov_model, make())]
     ort_model, _ = load_rendered(monkeypatch, repositories["onnxruntime"] / name)
-    reference = [outputs(r) for r in ort_model.execute(make())]
+    reference = [outputs(r) for r in answers(ort_model, make())]
     for one, many, ref in zip(alone, batched, reference):
         assert one.keys() == ref.keys()
         for key in one:

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 
-from tests.runner_harness import load_runner, outputs
+from tests.runner_harness import answers, load_runner, outputs
 
 ov = pytest.importorskip("openvino")
 
@@ -48,12 +49,14 @@ def graph(tmp_path):
     return masked_graph(tmp_path / "graph" / "masked.xml")
 
 
-@pytest.fixture
-def runner(graph, tmp_path, monkeypatch):
+@pytest.fixture(params=["1", "2"], ids=["1 stream", "2 streams"])
+def runner(graph, tmp_path, monkeypatch, request):
+    """The runner on one stream, and on two (a batch's runs computing at once on one compiled model)."""
     return load_runner(monkeypatch, tmp_path / "masked", "openvino_runner.py",
                        {"model.xml": graph, "model.bin": graph.with_suffix(".bin")},
                        config(graph_file="model.xml", inference_precision="f32", intra_op_threads="1",
-                              trim=json.dumps({"scaled": ["out_lens", 1]}), max_pad_ratio="inf"))
+                              trim=json.dumps({"scaled": ["out_lens", 1]}), max_pad_ratio="inf",
+                              streams=request.param))
 
 
 def request(pb, x):
@@ -64,8 +67,8 @@ def test_a_batch_answers_what_each_request_answers_alone(runner):
     model, pb = runner
     rng = np.random.default_rng(0)
     clips = [rng.standard_normal(n).astype(np.float32) for n in (5, 17, 9, 1)]
-    alone = [outputs(model.execute([request(pb, c)])[0]) for c in clips]
-    batched = [outputs(r) for r in model.execute([request(pb, c) for c in clips])]
+    alone = [outputs(answers(model, [request(pb, c)])[0]) for c in clips]
+    batched = [outputs(r) for r in answers(model, [request(pb, c) for c in clips])]
     for clip, one, many in zip(clips, alone, batched):
         assert many["scaled"].shape == (1, len(clip))  # trimmed back to the request's own length
         assert many["total"].shape == (1, 1) and many["out_lens"].tolist() == [[len(clip)]]
@@ -80,18 +83,20 @@ def test_a_batch_answers_what_each_request_answers_alone(runner):
 def test_a_cancelled_request_is_not_run_and_a_bad_one_is_answered_an_error(runner):
     model, pb = runner
     clip = np.ones(4, np.float32)
-    responses = model.execute([request(pb, clip), pb.Request(cancelled=True, x=clip[None], lens=np.array([[4]]))])
+    responses = answers(model, [request(pb, clip), pb.Request(cancelled=True, x=clip[None], lens=np.array([[4]]))])
     assert outputs(responses[0])["total"].tolist() == [[4.0]]
     assert responses[1].error.code == "CANCELLED"
-    (bad,) = model.execute([pb.Request(x=clip[None])])  # no lens: an error response, not a crashed instance
+    (bad,) = answers(model, [pb.Request(x=clip[None])])  # no lens: an error response, not a crashed instance
     assert bad.error is not None and bad.output_tensors == []
 
 
 def test_the_compiled_model_is_cached_in_the_version_folder(runner, tmp_path):
     model, _ = runner
     cache = tmp_path / "masked" / "1" / "ov_cache"
-    assert model.compiled.get_property("NUM_STREAMS") == 1
-    assert model.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    streams = model.batches.streams
+    # The streams of one compiled model, intra_op_threads (1) each.
+    assert model.compiled.get_property("NUM_STREAMS") == streams
+    assert model.compiled.get_property("INFERENCE_NUM_THREADS") == streams
     # unpinned: pinned, every stub process pins its thread to the same first core
     assert model.compiled.get_property("ENABLE_CPU_PINNING") is False
     assert any(p.is_file() for p in cache.rglob("*")), f"no compiled model cached in {cache}"
@@ -107,7 +112,7 @@ def test_an_unwritable_cache_dir_falls_back_to_a_temporary_one(graph, tmp_path, 
     model, pb = load_runner(monkeypatch, tmp_path / "fallback", "openvino_runner.py",
                             {"model.xml": graph, "model.bin": graph.with_suffix(".bin")},
                             config(graph_file="model.xml", cache_dir=target))
-    assert outputs(model.execute([request(pb, np.ones(3, np.float32))])[0])["total"].tolist() == [[3.0]]
+    assert outputs(answers(model, [request(pb, np.ones(3, np.float32))])[0])["total"].tolist() == [[3.0]]
 
 
 def test_compile_config_reaches_openvino(graph, tmp_path, monkeypatch):
@@ -125,4 +130,20 @@ def test_graph_outputs_the_config_does_not_serve_are_left_out(graph, tmp_path, m
     served["output"] = [o for o in served["output"] if o["name"] != "total"]
     model, pb = load_runner(monkeypatch, tmp_path / "fewer", "openvino_runner.py",
                             {"model.xml": graph, "model.bin": graph.with_suffix(".bin")}, served)
-    assert set(outputs(model.execute([request(pb, np.ones(3, np.float32))])[0])) == {"scaled", "out_lens"}
+    assert set(outputs(answers(model, [request(pb, np.ones(3, np.float32))])[0])) == {"scaled", "out_lens"}
+
+
+def test_runs_of_a_batch_are_cut_to_keep_every_stream_busy_and_never_pad_more(runner):
+    """split_runs halves the run of the most requests until each stream has one, where the requests allow; a
+    part of a length group never pads more than the group did."""
+    split_runs = sys.modules["batch_io"].split_runs  # as the runner imported it, beside its fake pb_utils
+
+    assert split_runs([[0, 1, 2, 3]], 2) == [[0, 1], [2, 3]]
+    assert split_runs([[0, 1, 2]], 4) == [[0], [1], [2]]
+    assert split_runs([[0], [1, 2, 3, 4, 5]], 3) == [[0], [1, 2, 3], [4, 5]]
+    assert split_runs([[0], [1]], 2) == [[0], [1]]  # enough runs already
+    assert split_runs([[0]], 2) == [[0]]  # one request cannot be cut
+    for groups, streams in (([[0, 1, 2, 3, 4, 5, 6]], 2), ([[0, 1], [2, 3, 4]], 4)):
+        runs = split_runs(groups, streams)
+        assert sorted(i for run in runs for i in run) == sorted(i for group in groups for i in group)
+        assert all(any(set(run) <= set(group) for group in groups) for run in runs)

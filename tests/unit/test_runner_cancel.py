@@ -12,7 +12,11 @@ from tests.support import RUNNERS, load_file, silero_vad_onnx, talk
 from toneserve.model_repository.render import RUNNER_HELPERS
 
 FAKE_PB_UTILS = '''
+import threading
+
 import numpy as np
+
+TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
 
 class Tensor:
     def __init__(self, name, array):
@@ -33,12 +37,28 @@ class InferenceResponse:
     def __init__(self, output_tensors, error=None):
         self.output_tensors, self.error = output_tensors, error
 
+class ResponseSender:
+    """Records what a model sends; a response after the final flag is an error, as in Triton."""
+    def __init__(self):
+        self.responses, self.flags = [], []
+        self.done = threading.Event()
+    def send(self, response=None, flags=0):
+        if self.done.is_set():
+            raise RuntimeError("a response after the final one")
+        self.responses.append(response)
+        self.flags.append(flags)
+        if flags & TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self.done.set()
+
 class Request:
     def __init__(self, cancelled=False, **arrays):
         self.inputs = {k: Tensor(k, v) for k, v in arrays.items()}
         self.cancelled = cancelled
+        self.sender = ResponseSender()
     def is_cancelled(self):
         return self.cancelled
+    def get_response_sender(self):
+        return self.sender
 
 def get_input_tensor_by_name(request, name):
     return request.inputs.get(name)
