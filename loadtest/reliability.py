@@ -160,6 +160,22 @@ class Bench:
                 self.gateway.kill()
         self.triton.stop()
 
+    def serve(self, work):
+        """Start the pair, run `work()` (a coroutine function) to its end and stop the pair; on a failure the
+        last lines of both logs go to stderr first."""
+        try:
+            self.start()
+            return asyncio.run(work())
+        except BaseException:
+            for name in ("gateway.log", "triton.log"):
+                log = self.workdir / name
+                if log.is_file():
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                    sys.stderr.write(f"--- last lines of {name}\n{tail}\n")
+            raise
+        finally:
+            self.stop()
+
     def memory(self) -> dict:
         assert self.gateway is not None and self.triton.process is not None
         return {"gateway_rss_mb": rss_mb(self.gateway.pid), "triton_rss_mb": rss_mb(self.triton.process.pid, True)}
@@ -242,18 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="toneserve-reliability-") as folder:
         bench = Bench(args, Path(folder))
-        try:
-            bench.start()
-            result = asyncio.run(bench.run())
-        except BaseException:
-            for name in ("gateway.log", "triton.log"):
-                log = Path(folder) / name
-                if log.is_file():
-                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-                    sys.stderr.write(f"--- last lines of {name}\n{tail}\n")
-            raise
-        finally:
-            bench.stop()
+        result = bench.serve(bench.run)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

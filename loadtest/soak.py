@@ -11,9 +11,10 @@ so the runtimes see many shapes, the load that makes per-shape caches and arenas
 
 Every `--interval` seconds it samples the resident memory (RSS) of every process: the gateway,
 tritonserver, and each model's stubs (process_cpu.py names them). The goal (docs/BENCHMARKS.md,
-"Soak"): the whole replica grows by at most 5 % over the last `--window` minutes, and every
-request is answered (lost = 0). Written to `--out`: soak.json (the summary and every sample),
-soak.csv (one row per sample, one column per process) and soak.png (the curves).
+"Memory: one copy of the weights per model, and the soak"): the whole replica grows by at most 5 %
+over the last `--window` minutes, and every request is answered without an error (none lost, none
+failed). Written to `--out`: soak.json (the summary and every sample), soak.csv (one row per sample,
+one column per process) and soak.png (the curves).
 
 Exit code 0 when both hold, 1 when either fails. Not a test: the figures depend on the machine.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import grpc
 
+from toneserve.console import CommandError
 from toneserve.loadtest import corpus as corpus_mod
 from toneserve.loadtest import machine, process_cpu
 from toneserve.loadtest.reliability import Bench, Tally, user, wait_serving
@@ -134,12 +136,13 @@ async def soak(bench: Bench, args, audio: list[bytes]) -> dict:
         samples.append(sample(bench, started))
     window_s = args.window * 60
     parts = sorted({k for s in samples for k in s if k != "t_s"})
-    result = {"cpu": machine.cpu(), "minutes": args.minutes, "users": args.users, "interval_s": args.interval, "window_min": args.window,
-              "recordings": len(audio), "requests": tally.summary(), "lost": tally.lost,
-              "growth": {part: growth(samples, window_s, part) for part in parts},
+    failed = sum(count for code, count in tally.answered.items() if code != "OK")
+    result = {"cpu": machine.cpu(), "minutes": args.minutes, "users": args.users, "interval_s": args.interval,
+              "window_min": args.window, "recordings": len(audio), "requests": tally.summary(), "lost": tally.lost,
+              "failed": failed, "growth": {part: growth(samples, window_s, part) for part in parts},
               "goal_growth": GOAL_GROWTH, "samples": samples}
     total = result["growth"]["total"]["growth"]
-    result["passed"] = bool(tally.lost == 0 and total is not None and total <= GOAL_GROWTH)
+    result["passed"] = bool(tally.lost == 0 and failed == 0 and total is not None and total <= GOAL_GROWTH)
     return result
 
 
@@ -166,26 +169,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    if args.window > args.minutes:
-        raise SystemExit(f"--window {args.window} is longer than --minutes {args.minutes}")
+    if not 0 < args.window <= args.minutes or args.interval <= 0 or args.users < 1:
+        raise CommandError(f"--window ({args.window:g}) must be above 0 and at most --minutes ({args.minutes:g}), "
+                           "--interval above 0 and --users at least 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="toneserve-soak-") as folder:
         audio = recordings(args, Path(folder))
         # The reliability benchmark's server pair, with no kills and no fairness phases.
         bench = Bench(argparse.Namespace(repository=args.repository, gateway_flags=args.gateway_flags), Path(folder))
-        try:
-            bench.start()
-            result = asyncio.run(soak(bench, args, audio))
-        except BaseException:
-            for name in ("gateway.log", "triton.log"):
-                log = Path(folder) / name
-                if log.is_file():
-                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-                    sys.stderr.write(f"--- last lines of {name}\n{tail}\n")
-            raise
-        finally:
-            bench.stop()
+        result = bench.serve(lambda: soak(bench, args, audio))
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     columns = ["t_s", "total", "anon", *sorted({k for s in result["samples"] for k in s} - {"t_s", "total", "anon"})]
     with open(out / "soak.csv", "w", newline="") as handle:
@@ -197,8 +190,8 @@ def run(args) -> int:
     print(json.dumps(summary, indent=2))
     total = result["growth"]["total"]
     print(f"[soak] the replica grew {100 * (total['growth'] or 0):.1f} % over the last {args.window:g} min "
-          f"({total['from_mb']} -> {total['to_mb']} MB), {result['lost']} requests lost: "
-          f"{'PASSED' if result['passed'] else 'FAILED'} (goal: <= {100 * GOAL_GROWTH:.0f} %, 0 lost); "
+          f"({total['from_mb']} -> {total['to_mb']} MB), {result['lost']} requests lost, {result['failed']} failed: "
+          f"{'PASSED' if result['passed'] else 'FAILED'} (goal: <= {100 * GOAL_GROWTH:.0f} %, none lost or failed); "
           f"written to {out}/", file=sys.stderr)
     return 0 if result["passed"] else 1
 

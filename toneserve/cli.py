@@ -56,7 +56,7 @@ PARTS = {
     "plan": Part(("loadtest",), ("toneserve.loadtest.plan", "toneserve.loadtest.run", "toneserve.loadtest.corpus",
                                  "toneserve.loadtest.triton_metrics", "toneserve.loadtest.process_cpu"),
                  ("locust", "gevent", "matplotlib", "psutil", "prometheus_client", "grpc_health")),
-    "soak": Part(("loadtest",), ("toneserve.loadtest.soak", "toneserve.loadtest.reliability",
+    "soak": Part(("loadtest",), ("toneserve.loadtest.soak", "toneserve.loadtest.reliability", "toneserve.loadtest.machine",
                                  "toneserve.loadtest.corpus", "toneserve.loadtest.process_cpu"),
                  ("matplotlib", "psutil", "grpc_health")),
     # The autoscaling rules name the catalog's models: the catalog reads the export manifests.
@@ -176,6 +176,10 @@ def _renderings(profiles, variants) -> list[tuple[str, str]]:
 
 def _tuning(args, defaults):
     """The measured defaults, with whatever scheduling flags were given."""
+    for flag in ("instances", "streams", "threads", "max_batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CommandError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     return defaults.changed(instances=args.instances, streams=args.streams, threads=args.threads,
                             max_batch_size=args.max_batch_size,
                             queue_delay_us=args.queue_delay_us, max_pad_ratio=args.max_pad_ratio,

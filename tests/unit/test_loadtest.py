@@ -206,3 +206,13 @@ def test_benchmark_ratios_are_medians_of_runs_paired_by_repetition():
     assert (ratio["throughput_range"]["min"], ratio["throughput_range"]["max"]) == (2.0, 2.2)
     assert ratio["p95"] == 0.5
     assert ratios(runs, ["toneserve"], [8]) == []  # no runs at that load
+
+
+def test_soak_growth_is_judged_on_the_window_only():
+    from toneserve.loadtest.soak import growth
+
+    samples = [{"t_s": t, "total": v} for t, v in ((0, 100.0), (60, 200.0), (120, 200.0), (180, 210.0))]
+    judged = growth(samples, 120)  # from 60 s: 200 -> 210 MB, the warm-up's doubling left out
+    assert (judged["from_mb"], judged["to_mb"], judged["growth"]) == (200.0, 210.0, 0.05)
+    assert judged["slope_mb_per_min"] == 5.0
+    assert growth([], 60)["growth"] is None
