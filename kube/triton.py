@@ -108,10 +108,12 @@ def _guaranteed(**amounts) -> dict:
 GPU_RESOURCES = {"nvidia.com/gpu": 1, "cpu": "4", "memory": "16Gi"}
 
 # The cpu overlay (deploy/k8s/overlays/cpu): resident memory of one Triton replica of the default cpu
-# profile at base size, measured at its plateau under load (Triton and its Python backend stubs, the
-# gateway left out): docs/BENCHMARKS.md, "Before and after issue 21", tree RSS 8398-8405 MiB less the
-# gateway's 179-181 MiB, on 2 vCPUs (AVX2, OpenVINO f32). Issue 22 brings it down to 3 GB or less.
-CPU_RSS_MIB = 8219
+# profile at base size (1 instance x 2 streams of each heavy model), the peak of `toneserve soak` (15 min of
+# mixed calls and short clips, 4 users; Triton and its Python backend stubs, the gateway left out):
+# docs/BENCHMARKS.md, "Memory: one copy of the weights per model", on 2 vCPUs (AVX2, OpenVINO f32). The
+# figure this replaced, 8219 MiB after light load with 2 instances each, was below what that layout took
+# under mixed load (11.1 GB in 6 minutes, still growing).
+CPU_RSS_MIB = 7179
 CPU_CORES = 2  # the vCPUs it was measured on
 # Above the plateau: a long call's larger tensors, /dev/shm's traffic (memory-backed, charged to the pod).
 CPU_MEMORY_HEADROOM = 0.25

@@ -129,3 +129,14 @@ def test_shared_cores_render_a_rate_limiter_and_the_launcher_provides_the_pool(m
             assert flags == [], profile
     # The cpu profile with sharing only; the heavy models.
     assert list(limited.values()) == [{"emotion2vec", "sensevoice_encoder", "text_sentiment_classifier"}]
+
+
+def test_scheduling_flags_below_one_are_refused_before_any_work(capsys):
+    """--instances, --streams, --threads and --max-batch-size of 0 would render a repository Triton cannot run
+    (no instance) or a runner without a stream: refused at once, in one line (export tier: the command loads
+    the exporter)."""
+    from toneserve.cli import main
+
+    for flag in ("--instances", "--streams", "--threads", "--max-batch-size"):
+        assert main(["export", "--size", "tiny", flag, "0"]) == 2
+        assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
