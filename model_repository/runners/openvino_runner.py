@@ -11,8 +11,8 @@ Parameters (strings, from config.pbtxt):
 - ``inference_precision``: OpenVINO's INFERENCE_PRECISION_HINT, ``f32`` or ``bf16`` (for an int8 IR:
   the precision of the layers left unquantized);
 - ``intra_op_threads``: threads of each stream;
-- ``streams``: OpenVINO streams, the runs of a batch that compute at once, each on its own infer request of
-  one compiled model: one copy of the weights, however many streams (default 1);
+- ``streams``: OpenVINO streams, the runs that compute at once (of one batch or of several), each on its own
+  infer request of one compiled model: one copy of the weights, however many streams (default 1);
 - ``cache_dir``: where compiled models are cached, so a restart skips compilation; default
   ``ov_cache`` in the version folder, a temporary folder when that is not writable;
 - ``compile_config``: a JSON object of further compile properties, e.g. ``{"SNIPPETS_MODE": "DISABLE"}``.
