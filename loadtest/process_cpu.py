@@ -55,7 +55,11 @@ def anon_mb(root_pid: int, root_label: str = "gateway") -> dict[str, float]:
     `shared`): a mapped model file or compile cache, clean pages the kernel drops and reads again before a
     memory limit kills; and the Python backend's /dev/shm regions, which RSS counts again in every process
     that maps them. What each process alone holds."""
-    resident = _by_part(root_pid, root_label, lambda process: process.memory_info().rss - process.memory_info().shared)
+    def anonymous(process) -> int:
+        memory = process.memory_info()  # one read of /proc/PID/statm for both figures
+        return memory.rss - memory.shared
+
+    resident = _by_part(root_pid, root_label, anonymous)
     return {part: round(value / 2**20, 1) for part, value in sorted(resident.items())}
 
 
