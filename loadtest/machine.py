@@ -1,6 +1,6 @@
 """What the machine was during a measurement: its CPU, its clock, the time the hypervisor took (steal),
 and what else ran. Every benchmark records it, so that a figure that moves between runs can be traced
-to the machine rather than the code (docs/BENCHMARKS.md, "Ratios that reproduce").
+to the machine rather than the code (docs/BENCHMARKS.md, "Ratios that moved between machines").
 
 Linux only (/proc); elsewhere the fields are None.
 """
