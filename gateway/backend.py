@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from toneserve import contract
 from toneserve.gateway.words import Piece
 
 # (labels, probabilities in the labels' order)
@@ -36,6 +37,14 @@ class ModelInfo:
     precision: str
     max_batch_size: int = 0  # rows one call may carry; 0: no limit
     runtime: str = "onnxruntime"  # what computes the heavy model: "onnxruntime" or "openvino"
+    # Calls one server replica computes at once: of its busiest step, instances x streams x max_batch_size;
+    # 0: unknown.
+    concurrency: int = 0
+
+
+# The model each Backend call runs on: the gateway's Triton call slots are shared per model.
+CALL_MODEL = {"vad": contract.VAD, "emotion": contract.EMOTION, "emotion_embedding": contract.EMOTION,
+              "asr": contract.ASR, "speaker": contract.SPEAKER, "sentiment": contract.TEXT_SENTIMENT}
 
 
 class Backend(Protocol):
@@ -44,6 +53,11 @@ class Backend(Protocol):
         """By name: contract.EMOTION, contract.ASR and contract.VAD; contract.SPEAKER where the server has a
         speaker model (a repository rendered before diarization has none: no diarization then), and
         contract.TEXT_SENTIMENT where it has a text-sentiment model (else transcripts go unscored)."""
+        ...
+
+    @property
+    def replicas(self) -> int:
+        """The server replicas the calls are spread over, each computing `ModelInfo.concurrency` calls at once."""
         ...
 
     @property

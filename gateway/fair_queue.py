@@ -1,12 +1,15 @@
-"""Triton call slots shared fairly between tenants.
+"""Slots shared fairly between tenants: the Triton calls of each model, and the gateway's own CPU work.
 
-The gateway keeps at most `capacity` calls in flight to Triton. With one FIFO of waiting calls a
+The gateway keeps at most `capacity` calls in flight to each model (a `FairPools` of one `FairSlots` per
+model, sized by default to what Triton computes of that model at once), and at most one piece of CPU work
+(decoding, pitch, reconciliation) per core in its worker threads. With one FIFO of waiting calls a
 tenant whose request fans out into many calls (short emotion windows, many channels) would hold
 every slot, and everyone else's calls would wait behind all of its own. Here each tenant has its
 own FIFO, and a freed slot goes to the next tenant in a deficit round robin over the tenants with
 calls waiting: a tenant of weight w receives w slots per round (weights below 1 take several
 rounds per slot), whatever the number of calls it has queued. A slot is granted at once while
-none is waiting, so an idle gateway adds no delay.
+none is waiting, so an idle gateway adds no delay. The order only matters where calls wait in the
+gateway: slots near what the server runs at once keep the queue here, not in Triton's FIFO.
 
 Single event loop only (asyncio): no locks, every method runs on the loop.
 """
@@ -59,6 +62,15 @@ class FairSlots:
             else:
                 self._withdraw(tenant, waiter)
             raise
+
+    def resize(self, capacity: int) -> None:
+        """Hold at most `capacity` slots from now on: more are granted at once to calls waiting; fewer take
+        effect as calls in flight end."""
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.free += capacity - self.capacity
+        self.capacity = capacity
+        self._dispatch()
 
     def release(self) -> None:
         self.free += 1
@@ -119,3 +131,46 @@ class TenantSlots:
 
     async def __aexit__(self, *exc) -> None:
         self.slots.release()
+
+
+class FairPools:
+    """A FairSlots per name (the gateway keeps one per model Triton serves), each made on first use with
+    `capacity(name)` slots: a tenant waits for the model its call needs, never behind calls to another."""
+
+    def __init__(self, capacity: Callable[[str], int], weight: Callable[[str], float] = lambda tenant: 1.0):
+        self.capacity = capacity
+        self.weight = weight
+        self.pools: dict[str, FairSlots] = {}
+
+    def __getitem__(self, name: str) -> FairSlots:
+        pool = self.pools.get(name)
+        if pool is None:
+            pool = self.pools[name] = FairSlots(self.capacity(name), self.weight)
+        return pool
+
+    def tenant(self, tenant: str) -> "TenantPools":
+        return TenantPools(self, tenant)
+
+    def waiting(self, tenant: str | None = None) -> int:
+        """Calls waiting for a slot, in every pool: of one tenant, or of all."""
+        return sum(pool.waiting(tenant) for pool in list(self.pools.values()))
+
+    def resize(self) -> None:
+        """Size every pool made so far again, by `capacity(name)`."""
+        for name, pool in list(self.pools.items()):
+            pool.resize(self.capacity(name))
+
+    def capacities(self) -> dict[str, int]:
+        """The pools made so far and their slots."""
+        return {name: pool.capacity for name, pool in list(self.pools.items())}
+
+
+class TenantPools:
+    """One tenant's view of the pools: `async with pools[name]:` holds one slot of pool `name`."""
+
+    def __init__(self, pools: FairPools, tenant: str):
+        self.pools = pools
+        self.tenant = tenant
+
+    def __getitem__(self, name: str) -> TenantSlots:
+        return self.pools[name].tenant(self.tenant)

@@ -16,6 +16,7 @@ import functools
 import ipaddress
 import json
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,6 +83,27 @@ _CHANNEL_OPTIONS = [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
                     ("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
                     ("grpc.max_reconnect_backoff_ms", 2000),
                     ("grpc.lb_policy_name", "round_robin"), ("grpc.dns_min_time_between_resolutions_ms", 1000)]
+
+
+def replica_count(target: str) -> int:
+    """How many Triton replicas a gRPC target reaches now: the addresses of a list, or those its name resolves
+    to (of the address family with the most, so that localhost's 127.0.0.1 and ::1 count as one server); 1 where
+    it cannot be told (a unix socket, a name looked up by its own DNS server, a lookup that fails)."""
+    if target.startswith(("ipv4:", "ipv6:")):
+        return len(target.split(":", 1)[1].split(","))
+    if target.startswith("dns:///"):
+        target = target[len("dns:///"):]
+    elif ":/" in target or target.startswith(("unix:", "unix-abstract:")):
+        return 1
+    host = target.rpartition(":")[0].strip("[]") or target
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return 1
+    families: dict[int, set[str]] = {}
+    for family, *_, address in found:
+        families.setdefault(family, set()).add(str(address[0]))
+    return max((len(addresses) for addresses in families.values()), default=1)
 
 
 class TritonUrlError(CommandError):
@@ -191,6 +213,12 @@ class Inference:
         self.client = triton.InferenceServerClient(channel_target(url), channel_args=_CHANNEL_OPTIONS)
         self.models: dict[str, EnsembleInfo] = {}
         self.retried = 0  # calls tried again because their replica went away
+        self.replicas = 1  # Triton replicas the calls are spread over (`count_replicas`)
+
+    async def count_replicas(self) -> int:
+        """Count the Triton replicas --triton-url reaches now (`replica_count`), kept in `replicas`."""
+        self.replicas = await asyncio.to_thread(replica_count, channel_target(self.url))
+        return self.replicas
 
     async def ready(self, timeout: float) -> bool:
         """Whether Triton answers that it and every model are ready (the server runs with strict readiness).
@@ -224,6 +252,7 @@ class Inference:
                 raise _error(exc) from None
             parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
             wav: dict = next((i for i in config.get("input", []) if i["name"] == contract.WAV), {})
+            concurrency = await self._concurrency(config)
             self.models[name] = EnsembleInfo(
                 name=name, version=str(max(versions.get("versions", ["1"]), key=int)),
                 family=parameters[contract.FAMILY], preset=parameters[contract.PRESET],
@@ -231,11 +260,25 @@ class Inference:
                 # A repository rendered before the runtime parameter existed ran ONNX Runtime.
                 runtime=parameters.get(contract.RUNTIME, "onnxruntime"),
                 parameters=parameters, ragged=bool(wav.get("allow_ragged_batch", False)),
-                max_batch_size=int(config.get("max_batch_size", 0)),
+                max_batch_size=int(config.get("max_batch_size", 0)), concurrency=concurrency,
                 outputs=frozenset(o["name"] for o in config.get("output", [])))
+        await self.count_replicas()
         if not self.models[contract.ASR].outputs.issuperset(WORD_OUTPUTS):
             log.warning("Triton's %r model returns no %s (a repository rendered before them): segments carry no "
                         "words; render the repository again for word times", contract.ASR, "/".join(WORD_OUTPUTS))
+
+    async def _concurrency(self, config: dict) -> int:
+        """Calls one replica computes of a model at once: of its busiest step (each step of an ensemble; the
+        model itself otherwise), instances x streams x max batch size (contract.concurrency). Batched rows
+        count, as the runners pad them into one run: calls wait in the gateway, not in Triton's queue."""
+        steps = [step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])]
+        configs = [(await self.client.get_model_config(step, as_json=True))["config"] for step in steps] or [config]
+        most = 0
+        for step in configs:
+            parameters = {k: v["string_value"] for k, v in step.get("parameters", {}).items()}
+            counts = [int(group.get("count", 1)) for group in step.get("instance_group", [])]
+            most = max(most, contract.concurrency(counts, parameters) * max(1, int(step.get("max_batch_size", 0))))
+        return most
 
     async def _serves(self, name: str) -> bool:
         """Whether Triton has model `name` ready. Asked last, of a server that just answered for the others:

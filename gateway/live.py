@@ -35,6 +35,8 @@ _END = None
 
 
 class LiveAudio(io.RawIOBase):
+    live = True  # reads wait for the client's next chunk
+
     def __init__(self, max_bytes: int, buffer_bytes: int = 4 * 1024 * 1024, chunk_timeout: float | None = 30.0,
                  until: float | None = None):
         super().__init__()

@@ -29,8 +29,12 @@ class Metrics:
         self.tenant_audio_seconds = Counter("toneserve_tenant_audio_seconds", "Seconds of audio charged to a "
                                             "tenant's quotas, failed requests included", ["tenant"],
                                             registry=self.registry)
-        self.triton_waiting = Gauge("toneserve_triton_calls_waiting", "Calls waiting for a Triton slot",
-                                    registry=self.registry)
+        self.triton_waiting = Gauge("toneserve_triton_calls_waiting", "Calls waiting for a Triton slot (of their "
+                                    "model's pool)", registry=self.registry)
+        self.triton_slots = Gauge("toneserve_triton_call_slots", "Triton calls to the model this gateway keeps in "
+                                  "flight at once (its fair pool's size)", ["model"], registry=self.registry)
+        self.cpu_waiting = Gauge("toneserve_cpu_work_waiting", "Pieces of the gateway's CPU work (decoding, pitch, "
+                                 "reconciliation) waiting for a CPU slot", registry=self.registry)
         self.triton_ready = Gauge("toneserve_triton_ready", "1 while Triton answers ready, 0 while the gateway "
                                   "reports NOT_SERVING", registry=self.registry)
         self.triton_ready.set(1)

@@ -111,19 +111,19 @@ def _first_error(group: BaseExceptionGroup) -> ToneserveError | None:
 class Analysis:
     """The analysis of one request; `run` is called once."""
 
-    def __init__(self, inference: Backend, settings: Settings, triton_slots: contextlib.AbstractAsyncContextManager,
-                 options: pb.AnalyzeRequest, request_id: str, deadline: float | None, on_triton_call=None,
+    def __init__(self, inference: Backend, settings: Settings, calls: TritonCalls, options: pb.AnalyzeRequest,
                  executor: concurrent.futures.Executor | None = None, judge: Judge | None = None):
-        """`executor`: the threads that open and read the recording (None: asyncio's default pool).
+        """`calls`: the request's Triton calls and CPU work (its tenant's fair shares, its id and deadline).
+        `executor`: the threads that open and read the recording (None: asyncio's default pool).
         A live recording's reads wait for the client, so the service gives those their own. `judge`: the
         LLM judge asked for the call's verdict once the segments are in (None: no verdict)."""
         self.executor = executor
         self.inference = inference
         self.settings = settings
-        self._triton = TritonCalls(triton_slots, request_id, deadline, on_triton_call)
+        self._triton = calls
         self.text_scorer = sentiment.scorer(settings.text_sentiment, inference)
         self.options = options
-        self.request_id = request_id
+        self.request_id = calls.request_id
         self.judge = judge
         self.language = options.language or "auto"
         inference.language_query_id(self.language)  # an unknown language fails before any decoding
@@ -136,6 +136,7 @@ class Analysis:
         self.on_segment = None
         self.samples = 0  # decoded so far, per channel: what a request that fails is charged (quotas)
         self._decoder_idle = asyncio.Event()  # clear while a worker thread opens or reads the recording
+        self._live = False  # the source's reads wait for the client (`run` sets it)
         self._decoder_idle.set()
 
     # ------------------------------------------------------------------ helpers
@@ -163,6 +164,7 @@ class Analysis:
     async def _run(self, source: AudioSource, block_frames: int, on_segment) -> pb.AnalyzeResponse:
         started = time.perf_counter()
         self.on_segment = on_segment
+        self._live = source.live
         stream: AudioStream | None = None
         try:
             stream = await self._decode(open_audio, source.audio(), self.settings.limits)
@@ -195,7 +197,7 @@ class Analysis:
         if not segments:
             raise ToneserveError(Code.NO_SPEECH, f"VAD found no speech in {samples / SAMPLE_RATE:.1f} s of audio "
                                                  f"(vad_threshold {self.thresholds.vad_threshold:g})")
-        names = await asyncio.to_thread(self._speaker_names, channel_speakers)  # clustering: CPU work, off the loop
+        names = await self._triton.compute(self._speaker_names, channel_speakers)  # clustering: CPU work, off the loop
         segments.sort(key=lambda s: (s.start_ms, s.channel))
         reconcile.mark_escalation(segments, self.thresholds)
         duration = samples / SAMPLE_RATE
@@ -246,9 +248,14 @@ class Analysis:
         return names
 
     async def _decode(self, function, *args):
-        """`function(*args)` in a worker thread. Shielded: a cancelled request stops waiting for
-        it, but the call, once submitted, always runs to its end, and `_decoder_idle` tells when
+        """`function(*args)` in a worker thread, holding a share of the gateway's CPU unless the reads wait for
+        the client (a live stream). Shielded: a cancelled request stops waiting for it (and gives its CPU slot
+        back), but the call, once submitted, always runs to its end, and `_decoder_idle` tells when
         it got there (see `_run`)."""
+        async with contextlib.nullcontext() if self._live else self._triton.cpu_slot():
+            return await self._decode_now(function, *args)
+
+    async def _decode_now(self, function, *args):
         loop = asyncio.get_running_loop()
         idle = self._decoder_idle
         idle.clear()
@@ -336,8 +343,8 @@ class Analysis:
         # Pitch and reconciliation are CPU work: off the event loop.
         answers = [e.result() for e in emotions]
         embeddings = [a[1] for a in answers if a[1] is not None] if self.options.include_embeddings else None
-        segment = await asyncio.to_thread(self._segment, utterance, speaker, asr.result(), [a[0] for a in answers],
-                                          windows, language, text, embeddings)
+        segment = await self._triton.compute(self._segment, utterance, speaker, asr.result(), [a[0] for a in answers],
+                                             windows, language, text, embeddings)
         if voices is not None and voice is not None:
             voices.add(segment, voice.result(), live=self.on_segment is not None)
         results.append(segment)

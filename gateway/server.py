@@ -34,6 +34,8 @@ class GatewayStartError(CommandError):
 
 # One try at loading the models' configs from Triton is given up after this long (then tried again).
 LOAD_ATTEMPT_SECONDS = 10.0
+# How often the Triton replicas behind --triton-url are counted again (the Triton call slots follow them).
+REPLICA_POLL_SECONDS = 30.0
 # When a drain's time is over, the requests still running are ended SHUTTING_DOWN: how long they get to send it.
 DRAIN_END_SECONDS = 2.0
 SERVICE_NAME = toneserve_pb2.DESCRIPTOR.services_by_name["Analyzer"].full_name
@@ -119,6 +121,7 @@ class Gateway:
         self.http: HttpApi | None = None
         self.loader: asyncio.Task | None = None  # loads from Triton, trying again until it answers
         self.loaded = asyncio.Event()  # set once it has: health follows Triton from then on
+        self.replica_counter: asyncio.Task | None = None  # follows the Triton replicas (`_follow_replicas`)
         try:
             self.quota_store = check_store_url(quota_store) if quota_store else None
         except ValueError as exc:
@@ -227,12 +230,32 @@ class Gateway:
             await follow(True)
             self.watch = TritonWatch(inference.ready, follow, self.settings.triton_poll_seconds)
             self.watch.start()
+            assert self.service is not None
+            log.info("Triton call slots per model (%d Triton replica(s)), shared fairly between tenants: %s",
+                     inference.replicas, self.service.resize_slots())
+            self.replica_counter = asyncio.create_task(self._follow_replicas(), name="triton-replicas")
             self.loaded.set()
             if failed:  # said as loudly as the failures were
                 log.warning("the models' configs are loaded from Triton at %s after %d failed tries: SERVING",
                             self.triton_url, failed)
         finally:
             tried.set()  # `start` returns whatever happened
+
+    async def _follow_replicas(self) -> None:
+        """Count the Triton replicas behind --triton-url every REPLICA_POLL_SECONDS; when they change, each model's
+        Triton call slots follow (what the replicas compute at once)."""
+        assert self.inference is not None and self.service is not None
+        while True:
+            await asyncio.sleep(REPLICA_POLL_SECONDS)
+            before = self.inference.replicas
+            try:
+                now = await self.inference.count_replicas()
+            except Exception as exc:  # a failed lookup keeps the slots as they are
+                log.warning("cannot count the Triton replicas behind %s: %s", self.triton_url, exc)
+                continue
+            if now != before:
+                log.info("%d Triton replica(s) behind %s (were %d): Triton call slots per model now %s", now,
+                         self.triton_url, before, self.service.resize_slots())
 
     def reload_tls(self) -> None:
         """SIGHUP: serve the TLS files again, to new connections (a bad new pair is logged, the old one kept)."""
@@ -252,6 +275,7 @@ class Gateway:
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
         await cancel(self.loader)
+        await cancel(self.replica_counter)
         if self.watch is not None:
             await self.watch.stop()
 

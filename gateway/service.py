@@ -35,19 +35,23 @@ from toneserve.gateway import sentiment, thresholds
 from toneserve.gateway.auth import ApiKeys
 from toneserve.gateway.backend import Backend
 from toneserve.gateway.calls import TritonCalls as Call
-from toneserve.gateway.fair_queue import FairSlots
+from toneserve.gateway.fair_queue import FairPools, FairSlots
 from toneserve.gateway.live import LiveAudio
 from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.options import check as check_options
 from toneserve.gateway.pipeline import RANDOM_WEIGHTS_WARNING, Analysis
 from toneserve.gateway.quota import Allowance, QuotaExceeded, Quotas, QuotaStore, SharedQuotas
-from toneserve.gateway.settings import Settings
+from toneserve.gateway.settings import Settings, cores
 from toneserve.gateway.sources import AudioSource, InMessage, Spool, next_message
 from toneserve.gateway.verdict import Judge
 from toneserve.v1 import toneserve_pb2 as pb
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
 log = logging.getLogger("toneserve.gateway")
+
+# Calls in flight to a model whose config does not say what Triton computes of it at once (a Backend without
+# `ModelInfo.concurrency`): one full batch of 8 on each of two runs.
+UNKNOWN_MODEL_SLOTS = 16
 
 
 async def _options(request_iterator, rpc: str, timeout: float | None) -> pb.AnalyzeRequest:
@@ -73,9 +77,13 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.keys = keys
-        # Triton calls in flight, shared between tenants by weight (the key file's weight=).
-        self.triton_slots = FairSlots(settings.max_inflight, lambda tenant: self.keys.policy(tenant).weight)
+        # Triton calls in flight per model, and the gateway's CPU work, shared between tenants by weight (the key
+        # file's weight=). A model's pool is sized when its first call is made: after the models are loaded.
+        weight = lambda tenant: self.keys.policy(tenant).weight  # noqa: E731
+        self.triton_slots = FairPools(self._model_slots, weight)
+        self.cpu_slots = FairSlots(settings.cpu_slots or cores(), weight)
         self.metrics.triton_waiting.set_function(self.triton_slots.waiting)
+        self.metrics.cpu_waiting.set_function(self.cpu_slots.waiting)
         self.quotas = Quotas(self._allowance)
         self.shared_quotas: SharedQuotas | None = None
         if quota_store is not None:
@@ -99,6 +107,24 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         # which the other requests' CPU work (and the other RPCs' decoding) need.
         self.decoders = concurrent.futures.ThreadPoolExecutor(settings.max_requests, "toneserve-decode")
         self.live_decoders = concurrent.futures.ThreadPoolExecutor(settings.max_requests, "toneserve-live")
+
+    def _model_slots(self, model: str) -> int:
+        """The calls to `model` this gateway keeps in flight: --max-triton-calls, else what the Triton replicas
+        compute of it at once (UNKNOWN_MODEL_SLOTS per replica where its config does not say)."""
+        if self.settings.max_inflight is not None:
+            return self.settings.max_inflight
+        info = self.inference.models.get(model)
+        per_replica = info.concurrency if info is not None and info.concurrency > 0 else UNKNOWN_MODEL_SLOTS
+        return per_replica * max(1, self.inference.replicas)
+
+    def resize_slots(self) -> dict[str, int]:
+        """Size every model's pool made so far again (the Triton replicas changed); returns each served model's
+        slots."""
+        self.triton_slots.resize()
+        sizes = {name: self._model_slots(name) for name in self.inference.models}
+        for name, slots in sizes.items():
+            self.metrics.triton_slots.labels(name).set(slots)
+        return sizes
 
     async def Analyze(self, request: pb.AnalyzeRequest, context) -> pb.AnalyzeResponse:
         async def options() -> pb.AnalyzeRequest:
@@ -204,8 +230,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
                 check_options(options, self.settings)  # the request id is echoed only once it is known good
                 call.request_id = options.request_id or call.request_id
                 # Its constructor checks the language, window and thresholds: also before any audio.
-                analysis = Analysis(self.inference, self.settings, call.slots, options, call.request_id,
-                                    call.deadline, call.on_call, executor=decoders, judge=self.judge)
+                analysis = Analysis(self.inference, self.settings, call, options, executor=decoders, judge=self.judge)
                 source = await receive(call.deadline)
                 cleanup.callback(source.close)  # after the analysis, and so its decoder, has returned
                 try:
@@ -227,7 +252,8 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         answer or exactly one error with a code returned, metrics counted and `charged()` audio seconds charged
         to the tenant whatever the outcome. `audio`: False for an RPC that takes no audio (no quota check)."""
         started = time.perf_counter()
-        call = Call(self.triton_slots.tenant(""), uuid.uuid4().hex, None, self.metrics.triton_in_flight.inc)
+        call = Call(self.triton_slots.tenant(""), uuid.uuid4().hex, None, self.metrics.triton_in_flight.inc,
+                    self.cpu_slots.tenant(""))
         tenant = ""  # not known until the key is checked
         try:
             tenant = self.keys.tenant(context.invocation_metadata())
@@ -239,7 +265,8 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         except ToneserveError as error:
             self.metrics.requests.labels(rpc, error.code.name, tenant).inc()
             await self._abort(context, error, call.request_id, self._retry_hint(error))
-        call.slots, call.deadline = self.triton_slots.tenant(tenant), self._deadline(context)
+        call.slots, call.cpu = self.triton_slots.tenant(tenant), self.cpu_slots.tenant(tenant)
+        call.deadline = self._deadline(context)
         code = "OK"
         self.active_by_tenant[tenant] = self.active_by_tenant.get(tenant, 0) + 1
         self.active += 1

@@ -6,6 +6,8 @@ these defaults where only the client extra is installed (no numpy, no PyAV, no g
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 
 from toneserve.contract import Code, ToneserveError
@@ -42,8 +44,13 @@ class Settings:
     max_window_seconds: float = 30.0
     # silero splits longer utterances at their longest pause; SenseVoice is trained on utterances below 30 s.
     max_utterance_seconds: float = 30.0
-    # Triton calls in flight from this gateway, across all requests.
-    max_inflight: int = 64
+    # Triton calls in flight from this gateway to each model, shared fairly between tenants; None: what
+    # Triton computes of the model at once (instances x streams x max batch size of its busiest step, read
+    # from Triton at start-up), so that calls wait here, in the fair queue, not in Triton's FIFO.
+    max_inflight: int | None = None
+    # Pieces of CPU work in the gateway's threads at once (decoding, pitch, reconciliation, clustering),
+    # shared fairly between tenants the same way; None: the cores this process may use (`cores()`).
+    cpu_slots: int | None = None
     # Requests analysed at once; one more is answered OVERLOADED with a retry hint.
     max_requests: int = 32
     # Requests of one tenant (API key) analysed at once, so one tenant cannot take every slot; None: no cap.
@@ -104,12 +111,14 @@ class Settings:
     def __post_init__(self):
         # A zero here would not mean "off": no thread to decode with, no Triton slot, every request refused.
         counts = {"max_requests": self.max_requests, "max_inflight (--max-triton-calls)": self.max_inflight,
+                  "cpu_slots (--cpu-slots)": self.cpu_slots,
                   "utterances_per_request": self.utterances_per_request, "max_speakers": self.max_speakers}
         quotas = {"tenant_audio_seconds_per_minute": self.tenant_audio_seconds_per_minute,
                   "tenant_audio_seconds_per_day": self.tenant_audio_seconds_per_day,
                   "max_requests_per_tenant": self.max_requests_per_tenant,
                   "max_connection_age_seconds (--max-connection-age)": self.max_connection_age_seconds}
-        wrong = [f"{name} must be at least 1, got {value}" for name, value in counts.items() if value < 1]
+        wrong = [f"{name} must be at least 1, got {value}" for name, value in counts.items()
+                 if value is not None and value < 1]
         wrong += [f"{name} must be above 0 (or unset: unlimited), got {value}"
                   for name, value in quotas.items() if value is not None and value <= 0]
         grace = self.max_connection_age_grace_seconds
@@ -130,3 +139,17 @@ class Settings:
         if not lo <= requested <= hi:
             raise ToneserveError(Code.INVALID_ARGUMENT, f"window_seconds must be in [{lo}, {hi}], got {requested:g}")
         return requested
+
+
+def cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota (a container's CPU
+    limit, cgroup v2 `cpu.max`) where it has one."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as file:
+            quota, period = file.read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)

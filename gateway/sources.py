@@ -21,6 +21,12 @@ from toneserve.gateway.audio import Source
 
 class AudioSource(Protocol):
     @property
+    def live(self) -> bool:
+        """Whether reading waits for the client (AnalyzeStream): such reads are not CPU work, and hold no
+        share of the gateway's CPU while they wait."""
+        ...
+
+    @property
     def failure(self) -> ToneserveError | None:
         """The client's stream was bad (a second `options`, too many bytes): this, not whatever
         the audio received before it gives, is the answer."""
@@ -78,6 +84,7 @@ class InMessage:
     """Analyze's audio: the bytes of the request message, all there before decoding starts."""
 
     failure = None
+    live = False
 
     def __init__(self, data: bytes):
         self.data = data
@@ -97,6 +104,7 @@ class Spool:
     memory, the rest in a temporary file."""
 
     failure = None
+    live = False
 
     def __init__(self, memory_bytes: int):
         self.file = tempfile.SpooledTemporaryFile(max_size=memory_bytes)

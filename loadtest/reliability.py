@@ -1,7 +1,7 @@
 """The reliability benchmark: a steady load with Triton killed and restarted, then a noisy tenant.
 
     python -m toneserve.loadtest.reliability --repository DIR [--users 4] [--duration 600] [--kills 2]
-        [--fair-seconds 120] [--noisy-factor 4] [--seconds 20] [--corpus DIR] [--out FILE]
+        [--fair-seconds 120] [--noisy-factor 4] [--quiet-share 0.25] [--seconds 20] [--corpus DIR] [--out FILE]
         [-- GATEWAY FLAGS...]
 
 It starts its own tritonserver (the embedded one, on `--repository`) and its own gateway
@@ -10,8 +10,11 @@ during `--duration` seconds of `--users` closed-loop users (the planned load), e
 to the server and its stubs, restarted at once on the same ports and repository. Users do what a
 client should: an answer with a retry hint is retried after the hint; every call has a deadline.
 
-Then the fairness phases, `--fair-seconds` each: a quiet tenant alone with half the planned users,
-then the same quiet tenant beside a noisy one sending `--noisy-factor` times as many.
+Then the fairness phases, `--fair-seconds` each: a quiet tenant alone, then the same quiet tenant beside a
+noisy one of `--noisy-factor` times half the planned users (closed loop: it floods). The quiet tenant sends
+`--quiet-share` of the capacity the steady load measured (requests answered per second), open loop at Poisson
+times, the same requests at the same offsets in both phases; with `--quiet-share 0` it is half the planned users,
+closed loop (which alone keeps a small host busy: its p95 then doubles beside anyone).
 
 Reported (printed as JSON, and to `--out`): requests sent, answered, failed by code, lost (sent
 but never answered: must be 0); the gateway's and Triton's RSS at start and end; each restart's
@@ -77,24 +80,52 @@ def clips(corpus: str | None, seconds: float, count: int = 8) -> list[bytes]:
     return [wav_bytes(speechlike(seconds, seed=seed, f0=120.0 + 10 * seed), 16000) for seed in range(count)]
 
 
+async def request(stub, key: str, clip: bytes, tally: Tally, timeout: float) -> float:
+    """One request, counted in `tally`; returns the retry hint's wait in seconds (0 after a success)."""
+    tally.sent += 1
+    started = time.monotonic()
+    try:
+        await stub.Analyze(pb.AnalyzeRequest(audio=clip), metadata=(("authorization", f"Bearer {key}"),),
+                           timeout=timeout)
+        tally.answered["OK"] += 1
+        tally.latencies.append(time.monotonic() - started)
+        return 0.0
+    except grpc.aio.AioRpcError as error:
+        trailers = dict(error.trailing_metadata() or ())
+        tally.answered[trailers.get(ERROR_CODE_METADATA, f"grpc:{error.code().name}")] += 1
+        return min(5.0, int(trailers.get(RETRY_PUSHBACK_METADATA, 250)) / 1000)
+
+
 async def user(stub, key: str, audio: list[bytes], tally: Tally, until: float, timeout: float) -> None:
     """One closed-loop user: a request, its answer, the next; after a refusal, the hinted wait."""
     rng = random.Random(id(tally) ^ hash(key) ^ int(until))
-    metadata = (("authorization", f"Bearer {key}"),)
     while time.monotonic() < until:
-        tally.sent += 1
-        started = time.monotonic()
-        wait = 0.0
-        try:
-            await stub.Analyze(pb.AnalyzeRequest(audio=rng.choice(audio)), metadata=metadata, timeout=timeout)
-            tally.answered["OK"] += 1
-            tally.latencies.append(time.monotonic() - started)
-        except grpc.aio.AioRpcError as error:
-            trailers = dict(error.trailing_metadata() or ())
-            tally.answered[trailers.get(ERROR_CODE_METADATA, f"grpc:{error.code().name}")] += 1
-            wait = min(5.0, int(trailers.get(RETRY_PUSHBACK_METADATA, 250)) / 1000)
+        wait = await request(stub, key, rng.choice(audio), tally, timeout)
         if wait:
             await asyncio.sleep(wait)
+
+
+def schedule(rate: float, seconds: float, count: int, seed: int) -> list[tuple[float, int]]:
+    """Open-loop arrivals: Poisson at `rate` per second for `seconds`, as (offset in seconds, clip index).
+    The same seed gives the same schedule, so two phases send the same requests at the same offsets."""
+    rng = random.Random(seed)
+    arrivals, at = [], rng.expovariate(rate)
+    while at < seconds:
+        arrivals.append((at, rng.randrange(count)))
+        at += rng.expovariate(rate)
+    return arrivals
+
+
+async def open_loop(stub, key: str, audio: list[bytes], tally: Tally, arrivals: list[tuple[float, int]],
+                    timeout: float) -> None:
+    """Send each request at its arrival time whatever the answers before it (a tenant at a steady rate), and
+    wait for every answer."""
+    started = time.monotonic()
+    sent = []
+    for offset, index in arrivals:
+        await asyncio.sleep(max(0.0, started + offset - time.monotonic()))
+        sent.append(asyncio.create_task(request(stub, key, audio[index], tally, timeout)))
+    await asyncio.gather(*sent)
 
 
 def rss_mb(pid: int, tree: bool = False) -> float:
@@ -212,24 +243,36 @@ class Bench:
             await asyncio.gather(*load)
             result.update(steady=steady.summary(), restarts=restarts, memory_end=self.memory())
 
-            # Fairness: the quiet tenant alone, then beside a noisy one.
+            # Fairness: the quiet tenant alone, then beside a noisy one. Open loop (--quiet-share > 0): the quiet
+            # tenant sends a share of the capacity the steady load measured, the same requests at the same times in
+            # both phases; closed loop (0): half the planned users.
             quiet_users = max(1, args.users // 2)
+            noisy_users = quiet_users * args.noisy_factor
+            capacity = steady.answered["OK"] / args.duration  # requests per second the planned load got answered
+            arrivals = (schedule(args.quiet_share * capacity, args.fair_seconds, len(audio), seed=22)
+                        if args.quiet_share > 0 and capacity > 0 else None)
+
+            def quiet(tally: Tally, until: float) -> list:
+                if arrivals is not None:
+                    return [open_loop(stub, self.keys["quiet"], audio, tally, arrivals, args.timeout)]
+                return [user(stub, self.keys["quiet"], audio, tally, until, args.timeout) for _ in range(quiet_users)]
+
             alone = Tally()
-            until = time.monotonic() + args.fair_seconds
-            await asyncio.gather(*(user(stub, self.keys["quiet"], audio, alone, until, args.timeout)
-                                   for _ in range(quiet_users)))
+            await asyncio.gather(*quiet(alone, time.monotonic() + args.fair_seconds))
             beside, noisy = Tally(), Tally()
             until = time.monotonic() + args.fair_seconds
-            await asyncio.gather(*(user(stub, self.keys["quiet"], audio, beside, until, args.timeout)
-                                   for _ in range(quiet_users)),
+            await asyncio.gather(*quiet(beside, until),
                                  *(user(stub, self.keys["noisy"], audio, noisy, until, args.timeout)
-                                   for _ in range(quiet_users * args.noisy_factor)))
+                                   for _ in range(noisy_users)))
             ratio = (round(beside.summary()["p95_ms"] / alone.summary()["p95_ms"], 2)
                      if alone.latencies and beside.latencies else None)
-            result["fairness"] = {"seconds": args.fair_seconds, "quiet_users": quiet_users,
-                                  "noisy_users": quiet_users * args.noisy_factor, "quiet_alone": alone.summary(),
-                                  "quiet_beside_noisy": beside.summary(), "noisy": noisy.summary(),
-                                  "quiet_p95_ratio": ratio, "goal_ratio": 1.2}
+            result["fairness"] = {"seconds": args.fair_seconds, "noisy_users": noisy_users,
+                                  "capacity_rps": round(capacity, 3),
+                                  **({"quiet_share": args.quiet_share, "quiet_rps": round(args.quiet_share * capacity, 3),
+                                      "quiet_requests": len(arrivals)} if arrivals is not None
+                                     else {"quiet_users": quiet_users}),
+                                  "quiet_alone": alone.summary(), "quiet_beside_noisy": beside.summary(),
+                                  "noisy": noisy.summary(), "quiet_p95_ratio": ratio, "goal_ratio": 1.5}
             result["lost"] = steady.lost + alone.lost + beside.lost + noisy.lost
             return result
 
@@ -243,7 +286,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=600.0, help="seconds of steady load (default 600)")
     p.add_argument("--kills", type=int, default=2, help="times Triton is killed and restarted (default 2)")
     p.add_argument("--fair-seconds", type=float, default=120.0, help="seconds of each fairness phase (default 120)")
-    p.add_argument("--noisy-factor", type=int, default=4, help="the noisy tenant's users per quiet user (default 4)")
+    p.add_argument("--noisy-factor", type=int, default=4, help="the noisy tenant's closed-loop users: this many per "
+                                                                "half the planned users (default 4: 8 for 4 users)")
+    p.add_argument("--quiet-share", type=float, default=0.25,
+                   help="the quiet tenant sends this share of the capacity the steady load measured, at Poisson times "
+                        "(the same requests in both fairness phases); 0: half the planned users, closed loop, as "
+                        "before (default 0.25)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the synthetic recordings (default 20)")
     p.add_argument("--corpus", help="send the load-test corpus's recordings instead (loadtest/corpus.py)")
     p.add_argument("--timeout", type=float, default=300.0, help="deadline of each request (default 300)")

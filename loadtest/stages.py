@@ -33,6 +33,8 @@ async def measure(triton: str, gateway: str | None, audio: Path, repeat: int = 2
     """`triton_metrics_address`: Triton's metrics HOST:PORT, to split the calls into each composing
     model's queue and compute time (read around the timed loop)."""
     from toneserve.gateway.audio import open_audio
+    from toneserve.gateway.calls import TritonCalls
+    from toneserve.gateway.fair_queue import FairPools
     from toneserve.gateway.inference import Inference
     from toneserve.gateway.pipeline import Analysis, emotion_windows
     from toneserve.gateway.segmenter import BLOCK_FRAMES, Segmentation, block_seconds
@@ -55,7 +57,8 @@ async def measure(triton: str, gateway: str | None, audio: Path, repeat: int = 2
     try:
         await inference.load()
         settings = Settings()
-        analysis = Analysis(inference, settings, asyncio.Semaphore(64), pb.AnalyzeRequest(), "stages", None)
+        analysis = Analysis(inference, settings, TritonCalls(FairPools(lambda model: 64).tenant(""), "stages", None),
+                            pb.AnalyzeRequest())
         blocks = decode()
         mono = blocks[0].mean(axis=0, keepdims=True) if len(blocks[0]) > 1 else blocks[0]
         segmentation = Segmentation([0], DEFAULTS.vad_threshold, DEFAULTS.min_silence_ms,

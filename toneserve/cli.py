@@ -216,6 +216,7 @@ def _replace_settings(args, defaults, limits):
                    max_requests_per_tenant=args.max_requests_per_tenant,
                    max_message_bytes=args.max_message_mb * 1024 * 1024,
                    triton_timeout_seconds=args.triton_timeout, max_inflight=args.max_triton_calls,
+                   cpu_slots=args.cpu_slots,
                    tenant_audio_seconds_per_minute=args.tenant_seconds_per_minute,
                    tenant_audio_seconds_per_day=args.tenant_seconds_per_day, max_speakers=args.max_speakers,
                    text_sentiment=args.text_sentiment, max_text_chars=args.max_text_chars,
@@ -541,9 +542,13 @@ def _add_gateway_options(p):
                         "is unreachable each replica counts alone and goes on serving (default: "
                         "TONESERVE_QUOTA_STORE, else none: each replica counts alone)")
     p.add_argument("--max-triton-calls", type=int, default=defaults.max_inflight, metavar="N",
-                   help="Triton calls in flight at once, shared fairly between tenants (key-file weight=); near "
-                        "what Triton runs at once, tenants wait in the gateway's fair queue, not Triton's FIFO "
-                        f"(default {defaults.max_inflight})")
+                   help="Triton calls in flight at once to each model, shared fairly between tenants (key-file "
+                        "weight=) (default: what the Triton replicas compute of the model at once, read from Triton: "
+                        "instances x streams x max batch size of its busiest step, times the replicas that "
+                        "--triton-url resolves to; so tenants wait in the gateway's fair queue, not Triton's FIFO)")
+    p.add_argument("--cpu-slots", type=int, default=defaults.cpu_slots, metavar="N",
+                   help="pieces of the gateway's CPU work (decoding, pitch, reconciliation) run at once, shared "
+                        "fairly between tenants (default: the cores this process may use)")
     p.add_argument("--max-speakers", type=int, default=defaults.max_speakers, metavar="N",
                    help="diarization: the most speakers told apart in one channel, and the largest speaker-count hint "
                         f"a request may give (default {defaults.max_speakers})")

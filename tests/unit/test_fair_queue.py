@@ -1,4 +1,4 @@
-"""The fair Triton call slots: no tenant starves another, weights share the slots, cancelled waiters
+"""The fair slots (Triton calls per model, CPU work): no tenant starves another, weights share the slots, cancelled waiters
 give nothing away. Deterministic: slots are released one at a time and the order of grants is read."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from toneserve.gateway.fair_queue import FairSlots
+from toneserve.gateway.fair_queue import FairPools, FairSlots
 
 
 async def _settle() -> None:
@@ -120,3 +120,45 @@ def test_waiting_may_be_read_while_the_loop_changes_the_tenants():
 
     slots.queues["a"] = Queue()
     assert slots.waiting() >= 1
+
+
+def test_a_grown_pool_grants_waiting_calls_at_once_and_a_shrunk_one_as_calls_end():
+    async def scenario():
+        slots = FairSlots(1)
+        await slots.acquire("holder")
+        waiters = [asyncio.create_task(slots.acquire(tenant)) for tenant in ("a", "b", "c")]
+        await _settle()
+        slots.resize(3)  # two more slots: the two first waiters get them now
+        await _settle()
+        assert [w.done() for w in waiters] == [True, True, False] and slots.free == 0
+        slots.resize(1)  # three held, one allowed: the next two releases grant nothing
+        for _ in range(2):
+            slots.release()
+            await _settle()
+        assert not waiters[2].done() and slots.free == 0
+        slots.release()
+        await _settle()
+        assert waiters[2].done()
+        with pytest.raises(ValueError):
+            slots.resize(0)
+    asyncio.run(scenario())
+
+
+def test_each_model_has_its_own_pool_sized_by_its_capacity():
+    """A tenant waiting for a full model's slot holds up no call to another model."""
+    async def scenario():
+        sizes = {"emotion": 1, "asr": 2}
+        pools = FairPools(sizes.__getitem__)
+        noisy, quiet = pools.tenant("noisy"), pools.tenant("quiet")
+        async with noisy["emotion"]:
+            waiting = asyncio.create_task(quiet["emotion"].__aenter__())
+            await _settle()
+            assert not waiting.done() and pools.waiting() == 1 and pools.waiting("quiet") == 1
+            async with quiet["asr"], noisy["asr"]:  # the other model's slots are free
+                assert pools["asr"].free == 0
+        await _settle()
+        assert waiting.done() and pools.capacities() == {"emotion": 1, "asr": 2}
+        sizes.update(emotion=3)
+        pools.resize()
+        assert pools["emotion"].capacity == 3 and pools["emotion"].free == 2  # quiet's call still holds one
+    asyncio.run(scenario())

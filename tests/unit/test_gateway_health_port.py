@@ -21,9 +21,13 @@ from toneserve.v1 import toneserve_pb2, toneserve_pb2_grpc
 class FakeTriton:
     """Inference's surface the server uses at start, with a readiness the test switches."""
     is_ready = True
+    replicas = 1
 
     def __init__(self, url: str, timeout: float):
-        pass
+        self.models: dict = {}
+
+    async def count_replicas(self) -> int:
+        return self.replicas
 
     async def load(self) -> None:
         pass

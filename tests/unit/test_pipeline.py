@@ -20,6 +20,8 @@ from toneserve import contract
 from toneserve.contract import ERROR_CODE_METADATA, VAD_FRAME, Code, ToneserveError
 from toneserve.gateway import service as service_module
 from toneserve.gateway.backend import AsrResult, ModelInfo
+from toneserve.gateway.calls import TritonCalls
+from toneserve.gateway.fair_queue import FairPools
 from toneserve.gateway.live import LiveAudio
 from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.pipeline import RANDOM_WEIGHTS_WARNING, Analysis
@@ -100,6 +102,7 @@ class FakeBackend:
         self.embedded = 0  # emotion calls that asked for the embedding too
         self.started = {"asr": asyncio.Event(), "vad": asyncio.Event()}
         self.cancelled: list[str] = []
+        self.replicas = 1
 
     @property
     def emotion_labels(self) -> list[str]:
@@ -176,8 +179,13 @@ def recording(seconds: float, channels: list[list[tuple[float, float, float]]], 
     return out.astype(np.float32)
 
 
+def calls(deadline: float | None = None) -> TritonCalls:
+    """A request's calls with 64 slots per model and no bound on CPU work, for one tenant."""
+    return TritonCalls(FairPools(lambda model: 64).tenant(""), "test", deadline)
+
+
 def analysis(backend: FakeBackend, options: pb.AnalyzeRequest, settings: Settings = Settings()) -> Analysis:
-    return Analysis(backend, settings, asyncio.Semaphore(64), options, "test", None)
+    return Analysis(backend, settings, calls(), options)
 
 
 def other_tasks() -> set[asyncio.Task]:
@@ -573,8 +581,7 @@ def test_the_verdict_lands_in_the_call_and_never_outlasts_the_requests_deadline(
 
     async def main():
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
-        run = Analysis(FakeBackend(), Settings(), asyncio.Semaphore(64), pb.AnalyzeRequest(), "test", deadline,
-                       judge=FakeJudge(delay))
+        run = Analysis(FakeBackend(), Settings(), calls(deadline), pb.AnalyzeRequest(), judge=FakeJudge(delay))
         return await run.run(InMessage(audio))
 
     started = time.monotonic()
