@@ -59,7 +59,8 @@ def model_config(repository: Path, name: str):
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
 
 
-def _parameters(config) -> dict[str, str]:
+def config_parameters(config) -> dict[str, str]:
+    """A ModelConfig's parameters as {key: value}."""
     return {key: value.string_value for key, value in config.parameters.items()}
 
 
@@ -78,8 +79,7 @@ def _openvino_session(path: Path, params: dict[str, str], cache_dir: Path):
 
     # as model_repository/runners/openvino_runner.py compiles it
     # One stream: this bound computes `streams` recordings at once, each on its own compiled model.
-    compiled = ov.Core().compile_model(str(path), "CPU", compile_properties({**params, "streams": "1"},
-                                                                            str(cache_dir)))
+    compiled = ov.Core().compile_model(str(path), "CPU", compile_properties(params, str(cache_dir)))
     request = compiled.create_infer_request()
     inputs = [port.get_names() for port in compiled.inputs]  # compiling may add names (fused Casts)
     outputs = list(compiled.outputs)
@@ -101,14 +101,14 @@ class Models:
         self.threads: dict[str, int] = {}
         self.sessions = {}
         for name in ("emotion2vec", "sensevoice_frontend", "sensevoice_encoder"):
-            params = _parameters(model_config(repository, name))
+            params = config_parameters(model_config(repository, name))
             self.threads[name] = int(params.get("intra_op_threads", "1"))
             version = Path(repository) / name / "1"
             # The OpenVINO runner names its graph graph_file, the ONNX Runtime runner onnx_file.
             self.sessions[name] = (_openvino_session(version / params["graph_file"], params, version / "ov_cache")
                                    if "graph_file" in params else _ort_session(version / params["onnx_file"],
                                                                                self.threads[name]))
-        vad_params = _parameters(model_config(repository, "vad"))
+        vad_params = config_parameters(model_config(repository, "vad"))
         spec = importlib.util.spec_from_file_location("vad_core", Path(repository) / "vad" / "1" / "vad_core.py")
         vad_core = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(vad_core)
@@ -116,7 +116,7 @@ class Models:
         vad_file = Path(repository) / "vad" / "1" / vad_params.get("onnx_file", "silero_vad.onnx")
         self.vad_model = vad_core.SileroVad(vad_file, threads=self.threads["vad"])
         self.assets = load_decode_assets(Path(repository) / "sensevoice_decoder" / "1" / "decode_assets.json")
-        asr = _parameters(model_config(repository, "asr"))
+        asr = config_parameters(model_config(repository, "asr"))
         self.language = int(json.loads(asr["language_query_ids"])["auto"])
         self.textnorm = int(json.loads(asr["textnorm_query_ids"])["woitn"])
         self.precision = asr.get("precision", "?")
@@ -171,7 +171,7 @@ def utterances(blocks: list[np.ndarray], models: Models):
 def instances(repository: Path) -> int:
     """How many requests the repository computes at once: its heavy models' instances times their streams."""
     configs = [model_config(repository, name) for name in ("emotion2vec", "sensevoice_encoder")]
-    return max(concurrency([group.count for group in config.instance_group], _parameters(config))
+    return max(concurrency([group.count for group in config.instance_group], config_parameters(config))
                for config in configs)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toneserve.loadtest.compute_bound import _parameters, model_config
+from toneserve.loadtest.compute_bound import config_parameters, model_config
 from toneserve.model_repository.runners.openvino_compile import compile_properties
 
 
@@ -38,14 +38,14 @@ def resident() -> dict[str, float]:
 def measure(repository: Path, properties: dict, cache: bool) -> list[dict]:
     import openvino as ov
 
-    params = _parameters(model_config(repository, "sensevoice_encoder"))
+    params = config_parameters(model_config(repository, "sensevoice_encoder"))
     if "graph_file" not in params:
         raise SystemExit(f"{repository}/sensevoice_encoder is not served by OpenVINO (no graph_file parameter)")
     graph = Path(repository) / "sensevoice_encoder" / "1" / params["graph_file"]
     steps = [{"step": "start", **resident()}]
     with tempfile.TemporaryDirectory(prefix="toneserve-ov-memory-") as folder:
         cache_dir = str(Path(repository) / "sensevoice_encoder" / "1" / "ov_cache") if cache else folder
-        config = {**compile_properties({**params, "streams": "1"}, cache_dir), **properties}
+        config = {**compile_properties(params, cache_dir), **properties}
         if not cache:
             config["CACHE_DIR"] = ""
         started = time.perf_counter()

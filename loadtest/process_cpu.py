@@ -26,13 +26,22 @@ def _label(process, root_pid: int, root_label: str) -> str:
     return process.name()
 
 
-def _by_part(root_pid: int, root_label: str, measure) -> Counter[str]:
-    """`measure(process)` summed by part over the process `root_pid` (labelled `root_label`) and its descendants."""
+def _parts(root_pid: int, root_label: str):
+    """(part, process) for the process `root_pid` (labelled `root_label`) and its descendants still running."""
     root = psutil.Process(root_pid)
-    totals: Counter[str] = Counter()
     for process in [root, *root.children(recursive=True)]:
         try:
-            totals[_label(process, root_pid, root_label)] += measure(process)
+            yield _label(process, root_pid, root_label), process
+        except psutil.NoSuchProcess:
+            continue
+
+
+def _by_part(root_pid: int, root_label: str, measure) -> Counter[str]:
+    """`measure(process)` summed by part over the process `root_pid` (labelled `root_label`) and its descendants."""
+    totals: Counter[str] = Counter()
+    for part, process in _parts(root_pid, root_label):
+        try:
+            totals[part] += measure(process)
         except psutil.NoSuchProcess:
             continue
     return totals
@@ -46,21 +55,26 @@ def snapshot(root_pid: int, root_label: str = "gateway") -> Counter[str]:
 def rss_mb(root_pid: int, root_label: str = "gateway") -> dict[str, float]:
     """Resident memory now (MB) of the process `root_pid` and every descendant, by part (a model's instances
     summed)."""
-    resident = _by_part(root_pid, root_label, lambda process: process.memory_info().rss)
-    return {part: round(value / 2**20, 1) for part, value in sorted(resident.items())}
+    return memory_mb(root_pid, root_label)["rss"]
 
 
-def anon_mb(root_pid: int, root_label: str = "gateway") -> dict[str, float]:
-    """Anonymous resident memory now (MB) by part: RSS less its file-backed and shared-memory pages (psutil's
-    `shared`): a mapped model file or compile cache, clean pages the kernel drops and reads again before a
-    memory limit kills; and the Python backend's /dev/shm regions, which RSS counts again in every process
-    that maps them. What each process alone holds."""
-    def anonymous(process) -> int:
-        memory = process.memory_info()  # one read of /proc/PID/statm for both figures
-        return memory.rss - memory.shared
-
-    resident = _by_part(root_pid, root_label, anonymous)
-    return {part: round(value / 2**20, 1) for part, value in sorted(resident.items())}
+def memory_mb(root_pid: int, root_label: str = "gateway") -> dict[str, dict[str, float]]:
+    """Resident memory now (MB) by part as `rss_mb`, and its anonymous part: RSS less its file-backed and
+    shared-memory pages (psutil's `shared`): a mapped model file or compile cache, clean pages the kernel drops
+    and reads again before a memory limit kills; and the Python backend's /dev/shm regions, which RSS counts
+    again in every process that maps them. What each process alone holds. One read of each process for both:
+    {"rss": {part: MB}, "anon": {part: MB}}."""
+    rss: Counter[str] = Counter()
+    anon: Counter[str] = Counter()
+    for part, process in _parts(root_pid, root_label):
+        try:
+            memory = process.memory_info()  # one read of /proc/PID/statm for both figures
+        except psutil.NoSuchProcess:
+            continue
+        rss[part] += memory.rss
+        anon[part] += memory.rss - memory.shared
+    return {name: {part: round(value / 2**20, 1) for part, value in sorted(totals.items())}
+            for name, totals in (("rss", rss), ("anon", anon))}
 
 
 def cores(before: Counter[str], after: Counter[str], wall_s: float) -> dict[str, float]:

@@ -77,12 +77,12 @@ def growth(samples: list[dict], window_s: float, key: str = "total") -> dict:
 
 def sample(bench: Bench, started: float) -> dict:
     """RSS (MB) of the gateway, tritonserver and every model's stubs, their total, and the total's anonymous
-    part ("anon": less mapped files, which the kernel can drop; process_cpu.anon_mb)."""
+    part ("anon": less mapped files, which the kernel can drop; process_cpu.memory_mb)."""
     assert bench.gateway is not None and bench.triton.process is not None
-    parts = {"gateway": process_cpu.rss_mb(bench.gateway.pid, "gateway")["gateway"]}
-    parts.update(process_cpu.rss_mb(bench.triton.process.pid, "tritonserver"))
-    anon = (sum(process_cpu.anon_mb(bench.gateway.pid, "gateway").values())
-            + sum(process_cpu.anon_mb(bench.triton.process.pid, "tritonserver").values()))
+    gateway = process_cpu.memory_mb(bench.gateway.pid, "gateway")
+    triton = process_cpu.memory_mb(bench.triton.process.pid, "tritonserver")
+    parts = {"gateway": gateway["rss"]["gateway"], **triton["rss"]}
+    anon = sum(gateway["anon"].values()) + sum(triton["anon"].values())
     return {"t_s": round(time.monotonic() - started, 1), **parts, "total": round(sum(parts.values()), 1),
             "anon": round(anon, 1)}
 

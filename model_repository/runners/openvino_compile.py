@@ -4,9 +4,9 @@ as the runner does (the load test's compute bound). Standard library only."""
 import json
 
 
-def compile_properties(params, cache_dir):
-    """The compile_model properties a runner's parameters ask for."""
-    streams = max(1, int(params.get("streams", "1")))
+def compile_properties(params, cache_dir, streams=1):
+    """The compile_model properties a runner's parameters ask for, for `streams` runs computing at once (the
+    runner's count of its ``streams`` parameter, batch_io.stream_count; 1 for one run at a time)."""
     properties = {
         "INFERENCE_PRECISION_HINT": params.get("inference_precision", "f32"),
         # intra_op_threads per stream; the streams share one copy of the weights.

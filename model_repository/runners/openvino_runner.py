@@ -78,7 +78,7 @@ class TritonPythonModel:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 self.compiled = ov.Core().compile_model(os.path.join(version_dir, params["graph_file"]), "CPU",
-                                                        compile_properties(params, cache))
+                                                        compile_properties(params, cache, stream_count(params)))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         # One infer request per stream: a run starts on a free one (start_async waits while all are busy) and
