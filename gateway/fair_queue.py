@@ -1,7 +1,7 @@
 """Slots shared fairly between tenants: the Triton calls of each model, and the gateway's own CPU work.
 
 The gateway keeps at most `capacity` calls in flight to each model (a `FairPools` of one `FairSlots` per
-model, sized by default to what Triton computes of that model at once), and at most one piece of CPU work
+model, sized by default to the runs Triton computes of that model at once), and at most one piece of CPU work
 (decoding, pitch, reconciliation) per core in its worker threads. With one FIFO of waiting calls a
 tenant whose request fans out into many calls (short emotion windows, many channels) would hold
 every slot, and everyone else's calls would wait behind all of its own. Here each tenant has its

@@ -268,16 +268,17 @@ class Inference:
                         "words; render the repository again for word times", contract.ASR, "/".join(WORD_OUTPUTS))
 
     async def _concurrency(self, config: dict) -> int:
-        """Calls one replica computes of a model at once: of its busiest step (each step of an ensemble; the
-        model itself otherwise), instances x streams x max batch size (contract.concurrency). Batched rows
-        count, as the runners pad them into one run: calls wait in the gateway, not in Triton's queue."""
+        """The runs one replica computes of a model at once: of its busiest step (each step of an ensemble; the
+        model itself otherwise), instances x streams (contract.concurrency). Not x its max batch size: on a CPU
+        a batch's run lasts about as long as its rows one after the other, so a call batched behind others waits
+        for all of them (docs/BENCHMARKS.md, "Fair by default")."""
         steps = [step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])]
         configs = [(await self.client.get_model_config(step, as_json=True))["config"] for step in steps] or [config]
         most = 0
         for step in configs:
             parameters = {k: v["string_value"] for k, v in step.get("parameters", {}).items()}
             counts = [int(group.get("count", 1)) for group in step.get("instance_group", [])]
-            most = max(most, contract.concurrency(counts, parameters) * max(1, int(step.get("max_batch_size", 0))))
+            most = max(most, contract.concurrency(counts, parameters))
         return most
 
     async def _serves(self, name: str) -> bool:

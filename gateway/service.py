@@ -50,8 +50,8 @@ from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 log = logging.getLogger("toneserve.gateway")
 
 # Calls in flight to a model whose config does not say what Triton computes of it at once (a Backend without
-# `ModelInfo.concurrency`): one full batch of 8 on each of two runs.
-UNKNOWN_MODEL_SLOTS = 16
+# `ModelInfo.concurrency`): two runs, the cpu profile's streams.
+UNKNOWN_MODEL_SLOTS = 2
 
 
 async def _options(request_iterator, rpc: str, timeout: float | None) -> pb.AnalyzeRequest:

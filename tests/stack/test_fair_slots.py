@@ -19,12 +19,12 @@ def _config(repository: Path, model: str) -> model_config_pb2.ModelConfig:
 
 
 def _at_once(repository: Path, model: str) -> int:
-    """From the files: the busiest step's instances x streams x max batch size."""
+    """From the files: the busiest step's instances x streams."""
     config = _config(repository, model)
     steps = [_config(repository, step.model_name) for step in config.ensemble_scheduling.step] or [config]
     return max(sum(group.count or 1 for group in step.instance_group)
                * int(step.parameters[contract.STREAMS].string_value if contract.STREAMS in step.parameters else 1)
-               * max(1, step.max_batch_size) for step in steps)
+               for step in steps)
 
 
 def test_each_models_slots_are_what_the_served_repository_computes_at_once(stack, repository, tmp_path):
