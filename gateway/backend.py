@@ -37,7 +37,8 @@ class ModelInfo:
     precision: str
     max_batch_size: int = 0  # rows one call may carry; 0: no limit
     runtime: str = "onnxruntime"  # what computes the heavy model: "onnxruntime" or "openvino"
-    # Runs one server replica computes at once: of its busiest step, instances x streams; 0: unknown.
+    # Calls one server replica computes at once: of its busiest step, instances x streams (x max batch size on
+    # a GPU); 0: unknown.
     concurrency: int = 0
 
 

@@ -268,17 +268,20 @@ class Inference:
                         "words; render the repository again for word times", contract.ASR, "/".join(WORD_OUTPUTS))
 
     async def _concurrency(self, config: dict) -> int:
-        """The runs one replica computes of a model at once: of its busiest step (each step of an ensemble; the
-        model itself otherwise), instances x streams (contract.concurrency). Not x its max batch size: on a CPU
-        a batch's run lasts about as long as its rows one after the other, so a call batched behind others waits
-        for all of them (docs/BENCHMARKS.md, "Fair by default")."""
+        """The calls one replica computes of a model at once: of its busiest step (each step of an ensemble; the
+        model itself otherwise), its runs, instances x streams (contract.concurrency); on a GPU times its max batch
+        size. Not so on a CPU: there a batch's run lasts about as long as its rows one after the other, so a call
+        batched behind others waits for all of them (docs/BENCHMARKS.md, "Fair by default"); a GPU computes a
+        batch in about the time of one row."""
         steps = [step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])]
         configs = [(await self.client.get_model_config(step, as_json=True))["config"] for step in steps] or [config]
         most = 0
         for step in configs:
             parameters = {k: v["string_value"] for k, v in step.get("parameters", {}).items()}
             counts = [int(group.get("count", 1)) for group in step.get("instance_group", [])]
-            most = max(most, contract.concurrency(counts, parameters))
+            groups = step.get("instance_group", [])
+            rows = max(1, int(step.get("max_batch_size", 0))) if any(g.get("kind") == "KIND_GPU" for g in groups) else 1
+            most = max(most, contract.concurrency(counts, parameters) * rows)
         return most
 
     async def _serves(self, name: str) -> bool:

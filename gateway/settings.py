@@ -45,8 +45,9 @@ class Settings:
     # silero splits longer utterances at their longest pause; SenseVoice is trained on utterances below 30 s.
     max_utterance_seconds: float = 30.0
     # Triton calls in flight from this gateway to each model, shared fairly between tenants; None: the runs
-    # Triton computes of the model at once (instances x streams of its busiest step, read from Triton, times
-    # its replicas), so that calls wait here, in the fair queue, not in Triton's FIFO or in a batch.
+    # Triton computes of the model at once (instances x streams of its busiest step, x its max batch size on a
+    # GPU, read from Triton, times its replicas), so that calls wait here, in the fair queue, not in Triton's
+    # FIFO or in a batch.
     max_inflight: int | None = None
     # Pieces of CPU work in the gateway's threads at once (decoding, pitch, reconciliation, clustering),
     # shared fairly between tenants the same way; None: the cores this process may use (`cores()`).

@@ -544,7 +544,8 @@ def _add_gateway_options(p):
     p.add_argument("--max-triton-calls", type=int, default=defaults.max_inflight, metavar="N",
                    help="Triton calls in flight at once to each model, shared fairly between tenants (key-file "
                         "weight=) (default: the runs the Triton replicas compute of the model at once, read from Triton: "
-                        "instances x streams of its busiest step, times the replicas that --triton-url resolves to; "
+                        "instances x streams of its busiest step (x its max batch size on a GPU), times the replicas "
+                        "that --triton-url resolves to; "
                         "so tenants wait in the gateway's fair queue, not in Triton's FIFO or behind a batch)")
     p.add_argument("--cpu-slots", type=int, default=defaults.cpu_slots, metavar="N",
                    help="pieces of the gateway's CPU work (decoding, pitch, reconciliation) run at once, shared "

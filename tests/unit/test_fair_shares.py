@@ -109,7 +109,7 @@ class _Configs:
         return {"config": self.configs[name]}
 
 
-def test_a_models_slots_are_the_runs_its_busiest_step_computes_at_once():
+def test_a_models_slots_are_the_runs_its_busiest_step_computes_at_once_and_on_a_gpu_their_rows():
     heavy = {"max_batch_size": 8, "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
              "parameters": {contract.STREAMS: {"string_value": "2"}}}
     light = {"max_batch_size": 8, "instance_group": [{"count": 1, "kind": "KIND_CPU"}]}
@@ -123,7 +123,7 @@ def test_a_models_slots_are_the_runs_its_busiest_step_computes_at_once():
             inference.client = _Configs({"front": light, "encoder": heavy})  # type: ignore[assignment]
             assert await inference._concurrency(ensemble) == 2  # 1 instance x 2 streams, whatever its batch
             assert await inference._concurrency(light) == 1
-            assert await inference._concurrency(gpu) == 3  # 3 instances
+            assert await inference._concurrency(gpu) == 12  # 3 instances x a batch of 4: on a GPU, rows count
             assert await inference._concurrency({"instance_group": [{"count": 2}]}) == 2
         finally:
             inference.client = None  # type: ignore[assignment]
