@@ -6,7 +6,6 @@ compare against (`toneserve eval sentiment`) and for a server without a text mod
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Sequence
 
@@ -26,8 +25,12 @@ class LexiconScorer:
                 f"only): segments in it carry no text score")
 
     async def score(self, texts: Sequence[str], language: str, call: Call) -> list[float]:
-        method = self.METHODS[language]
-        return await asyncio.to_thread(lambda: [_vader(t) if method == "vader" else _snownlp(t) for t in texts])
+        # CPU work of the gateway: in a worker thread, holding one of the tenant's fair CPU slots.
+        return await call.compute(_scores, self.METHODS[language], list(texts))
+
+
+def _scores(method: str, texts: list[str]) -> list[float]:
+    return [_vader(t) if method == "vader" else _snownlp(t) for t in texts]
 
 
 def _vader(text: str) -> float:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from toneserve import contract
 from toneserve.contract import Code, ToneserveError
 from toneserve.gateway import words
 from toneserve.gateway.backend import Backend
+from toneserve.gateway.calls import TritonCalls as Call
 from toneserve.gateway.words import strip_tags
 from toneserve.v1 import toneserve_pb2 as pb
 
@@ -43,9 +44,6 @@ MODES = ("model", "lexicon")
 # text (so not in 3.5 or U.S.A); either with the closing quotes and brackets after them; or a line break.
 _CLOSE = "\"'”’)）」』"
 _END = re.compile(rf"[。！？；…]+[{_CLOSE}]*|[.!?;]+(?=[\s{_CLOSE}]|$)[{_CLOSE}]*|\n")
-
-# `call(method, *args)`: one Triton call of the request, bounded by its slots and deadline (the pipeline's).
-Call = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)

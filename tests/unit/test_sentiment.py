@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import grpc
 import numpy as np
@@ -12,6 +13,8 @@ from toneserve import contract
 from toneserve.contract import Code, ToneserveError
 from toneserve.gateway import sentiment
 from toneserve.gateway.backend import ModelInfo
+from toneserve.gateway.calls import TritonCalls
+from toneserve.gateway.fair_queue import FairPools, FairSlots
 from toneserve.gateway.metrics import Metrics
 from toneserve.gateway.sentiment import ModelScorer, label, polarity, sentences, text_sentiment
 from toneserve.gateway.service import AnalyzerService
@@ -21,9 +24,12 @@ from toneserve.v1 import toneserve_pb2 as pb
 BREAK = 1 / 3
 
 
-async def direct(method, *args):
-    """A `Call` without slots or deadline."""
-    return await method(*args, request_id="test", timeout=None)
+class _Unbounded(dict):
+    def __missing__(self, model: str) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
+
+
+direct = TritonCalls(_Unbounded(), "test", None)  # calls without slots or deadline
 
 
 def split(text: str, language: str) -> list[tuple[str, int, int]]:
@@ -175,6 +181,21 @@ def test_snownlp_scores_chinese_and_nothing_else_is_scored():
     for language in ("yue", "ja", "ko", "nospeech", ""):
         assert scorer.method(language) is None
         assert not asyncio.run(text_sentiment("今日はとても良い日です", language, scorer, BREAK, direct)).scored
+
+
+@lexicon
+def test_the_lexicons_score_in_a_cpu_slot_of_the_tenant():
+    async def scenario():
+        cpu = FairSlots(1)
+        call = TritonCalls(FairPools(lambda model: 4).tenant("t"), "r", None, cpu=cpu.tenant("t"))
+        await cpu.acquire("other")  # another tenant's CPU work holds the gateway's one core
+        scored = asyncio.create_task(text_sentiment("I love it.", "en", LexiconScorer(), BREAK, call))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not scored.done() and cpu.waiting("t") == 1
+        cpu.release()
+        assert (await asyncio.wait_for(scored, 30)).label == "positive" and cpu.free == 1
+    asyncio.run(scenario())
 
 
 def test_the_mode_names_the_scorer():
