@@ -160,10 +160,6 @@ class FairPools:
         for name, pool in list(self.pools.items()):
             pool.resize(self.capacity(name))
 
-    def capacities(self) -> dict[str, int]:
-        """The pools made so far and their slots."""
-        return {name: pool.capacity for name, pool in list(self.pools.items())}
-
 
 class TenantPools:
     """One tenant's view of the pools: `async with pools[name]:` holds one slot of pool `name`."""

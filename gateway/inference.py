@@ -277,11 +277,9 @@ class Inference:
         configs = [(await self.client.get_model_config(step, as_json=True))["config"] for step in steps] or [config]
         most = 0
         for step in configs:
-            parameters = {k: v["string_value"] for k, v in step.get("parameters", {}).items()}
-            counts = [int(group.get("count", 1)) for group in step.get("instance_group", [])]
-            groups = step.get("instance_group", [])
-            rows = max(1, int(step.get("max_batch_size", 0))) if any(g.get("kind") == "KIND_GPU" for g in groups) else 1
-            most = max(most, contract.concurrency(counts, parameters) * rows)
+            gpu = any(group.get("kind") == "KIND_GPU" for group in step.get("instance_group", []))
+            rows = max(1, int(step.get("max_batch_size", 0))) if gpu else 1
+            most = max(most, contract.concurrency(step) * rows)
         return most
 
     async def _serves(self, name: str) -> bool:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from toneserve.contract import concurrency
@@ -171,7 +171,7 @@ def utterances(blocks: list[np.ndarray], models: Models):
 def instances(repository: Path) -> int:
     """How many requests the repository computes at once: its heavy models' instances times their streams."""
     configs = [model_config(repository, name) for name in ("emotion2vec", "sensevoice_encoder")]
-    return max(concurrency([group.count for group in config.instance_group], config_parameters(config))
+    return max(concurrency(json_format.MessageToDict(config, preserving_proto_field_name=True))
                for config in configs)
 
 

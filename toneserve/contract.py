@@ -72,10 +72,14 @@ CORES = "cpu_cores"
 STREAMS = "streams"
 
 
-def concurrency(instance_counts, parameters) -> int:
+def concurrency(config: dict) -> int:
     """How many runs a model computes at once: its instances (the counts of its instance groups) times the
-    streams each runs (its STREAMS parameter, {key: value} as strings; default 1)."""
-    return max(1, sum(instance_counts)) * max(1, int(parameters.get(STREAMS, "1")))
+    streams each runs (its STREAMS parameter; default 1). `config`: the model's config in Triton's JSON form
+    (get_model_config(as_json=True); a ModelConfig through json_format.MessageToDict with
+    preserving_proto_field_name=True)."""
+    instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", []))
+    streams = config.get("parameters", {}).get(STREAMS, {}).get("string_value", "1")
+    return max(1, instances) * max(1, int(streams))
 
 # --- The gateway's API: error codes and trailing metadata ---------------------------------------
 

@@ -157,7 +157,7 @@ def test_each_model_has_its_own_pool_sized_by_its_capacity():
             async with quiet["asr"], noisy["asr"]:  # the other model's slots are free
                 assert pools["asr"].free == 0
         await _settle()
-        assert waiting.done() and pools.capacities() == {"emotion": 1, "asr": 2}
+        assert waiting.done() and {name: pool.capacity for name, pool in pools.pools.items()} == {"emotion": 1, "asr": 2}
         sizes.update(emotion=3)
         pools.resize()
         assert pools["emotion"].capacity == 3 and pools["emotion"].free == 2  # quiet's call still holds one

@@ -38,7 +38,7 @@ def test_each_backend_call_takes_a_slot_of_its_own_model():
         assert len(text[1]) == 1
         await held.__aexit__(None, None, None)
         await asyncio.wait_for(emotion, 5)
-        assert set(pools.capacities()) == {contract.EMOTION, contract.TEXT_SENTIMENT}
+        assert set(pools.pools) == {contract.EMOTION, contract.TEXT_SENTIMENT}
     asyncio.run(scenario())
 
 
@@ -147,3 +147,19 @@ def test_the_service_sizes_each_models_pool_from_the_backend_and_the_replicas():
         fixed = AnalyzerService(backend, Settings(max_inflight=4, cpu_slots=3))
         assert fixed._model_slots(contract.ASR) == 4 and fixed.cpu_slots.capacity == 3
     asyncio.run(scenario())
+
+
+def test_a_config_file_counts_its_runs_as_the_gateway_counts_triton_json(tmp_path):
+    """compute_bound.instances reads config.pbtxt files; contract.concurrency takes either form alike."""
+    from toneserve.loadtest.compute_bound import instances
+
+    files = {"emotion2vec": 'instance_group [{ count: 1 kind: KIND_CPU }]\n'
+                            f'parameters {{ key: "{contract.STREAMS}" value: {{ string_value: "2" }} }}\n',
+             "sensevoice_encoder": 'instance_group [{ count: 3 kind: KIND_CPU }]\n'}
+    for name, text in files.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text(f'name: "{name}"\nmax_batch_size: 8\n{text}')
+    assert instances(tmp_path) == 3  # the busier: 3 instances x 1 stream, over 1 x 2
+    assert contract.concurrency({"instance_group": [{"count": 1}],
+                                 "parameters": {contract.STREAMS: {"string_value": "2"}}}) == 2
+    assert contract.concurrency({}) == 1
