@@ -6,7 +6,7 @@
 Needs the exported models (`toneserve export --size base --variants int8`). Renders one cpu
 repository per `--systems` entry under OUT: a precision, and optionally scheduling that differs
 from the measured defaults (`instances`, `threads`: what `toneserve export --instances
---threads` set). Then starts, side by side on free ports, one `toneserve serve` per system and
+--threads` set), or the gateway's slots (`slots`, `cpu`: its --max-triton-calls and --cpu-slots). Then starts, side by side on free ports, one `toneserve serve` per system and
 the baseline (baseline.py, checked for parity against the first system before it serves). For each number
 of users, every system gets the same Locust load from the same corpus, one system after the
 other (interleaved, so a disturbance of the machine spreads over all systems instead of
@@ -83,13 +83,14 @@ def _process(command: list[str], log: Path):
 
 
 @contextmanager
-def toneserve(repository: Path, log: Path):
-    """`toneserve serve` on free ports; yields (gateway address, Triton metrics address, pid)."""
+def toneserve(repository: Path, log: Path, gateway_args: list[str] = ()):
+    """`toneserve serve` on free ports, with `gateway_args` (gateway_args_of); yields (gateway address, Triton
+    metrics address, pid)."""
     ports = {name: free_port() for name in ("gateway", "http", "grpc", "metrics")}
     command = [sys.executable, "-m", "toneserve.cli", "serve", "--repository", str(repository),
                "--port", str(ports["gateway"]), "--triton-http-port", str(ports["http"]),
                "--triton-grpc-port", str(ports["grpc"]), "--triton-metrics-port", str(ports["metrics"]),
-               "--metrics-port", "0"]
+               "--metrics-port", "0", *gateway_args]
     with _process(command, log) as process:
         address = f"127.0.0.1:{ports['gateway']}"
         _wait(lambda: _healthy(address), process, log, f"toneserve serve ({repository})")
@@ -114,6 +115,8 @@ SYSTEM_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {"instances": ("inst
                 "streams": ("streams", int),
                 "batch": ("max_batch_size", int), "pad": ("max_pad_ratio", float),
                 "share": ("share_cores", lambda v: {"1": True, "0": False}[v])}
+# What a --systems entry may set of the gateway: its key there -> the `toneserve serve` flag (a count).
+GATEWAY_FLAGS = {"slots": "--max-triton-calls", "cpu": "--cpu-slots"}
 
 
 # A --systems name: RUNTIME-PRECISION, or a bare precision (the catalog's "auto" runtime).
@@ -135,12 +138,13 @@ def parse_system(spec: str) -> tuple[str, str, dict[str, float]]:
     for part in filter(None, rest.split(",")):
         key, _, value = part.partition("=")
         try:
-            flags[key] = SYSTEM_FLAGS[key][1](value)
+            flags[key] = int(value) if key in GATEWAY_FLAGS else SYSTEM_FLAGS[key][1](value)
         except (KeyError, ValueError):
             flags[key] = 0
         if flags[key] is not False and flags[key] < 1:
             raise ValueError(f"--systems {spec!r}: give instances=N, streams=N, threads=N, batch=N (max batch size), "
-                             "pad=R (max pad ratio, at least 1) and/or share=1|0 (instances share the cores)")
+                             "pad=R (max pad ratio, at least 1), share=1|0 (instances share the cores) and/or of "
+                             "the gateway slots=N (--max-triton-calls) and cpu=N (--cpu-slots)")
     return runtime, precision, flags
 
 
@@ -151,8 +155,8 @@ def system_name(spec: str) -> str:
     short = {full: short for short, full in RUNTIMES.items()}
     tuning = tuning_of(flags)
     name = "toneserve " + (f"{short[runtime]}-{precision}" if runtime != "auto" else precision)
-    name += f" {tuning.instances}x{tuning.streams}x{tuning.intra_op_threads}" if flags else ""
-    return name + "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad", "share") if key in flags)
+    name += f" {tuning.instances}x{tuning.streams}x{tuning.intra_op_threads}" if set(flags) - set(GATEWAY_FLAGS) else ""
+    return name + "".join(f" {key}{flags[key]:g}" for key in ("batch", "pad", "share", *GATEWAY_FLAGS) if key in flags)
 
 
 def reference_system(systems: list[dict]) -> dict:
@@ -167,7 +171,13 @@ def reference_system(systems: list[dict]) -> dict:
 
 def tuning_of(flags: dict):
     """The measured defaults with a --systems entry's changes."""
-    return DEFAULT_TUNING.changed(**{SYSTEM_FLAGS[key][0]: value for key, value in flags.items()})
+    return DEFAULT_TUNING.changed(**{SYSTEM_FLAGS[key][0]: value for key, value in flags.items()
+                                     if key not in GATEWAY_FLAGS})
+
+
+def gateway_args_of(flags: dict) -> list[str]:
+    """A --systems entry's gateway flags as `toneserve serve` arguments."""
+    return [arg for key, flag in GATEWAY_FLAGS.items() if key in flags for arg in (flag, str(flags[key]))]
 
 
 def measure(system: dict, users: int, args, out: Path, corpus_dir: Path | None = None, tag: str = "",
@@ -318,7 +328,7 @@ def run_benchmark(args) -> dict:
     for spec in args.systems:
         runtime, precision, flags = parse_system(spec)
         name = system_name(spec)
-        kinds[name] = {"runtime": runtime, "precision": precision}
+        kinds[name] = {"runtime": runtime, "precision": precision, "gateway_args": gateway_args_of(flags)}
         say(f"rendering the cpu repository of {name} from {models_dir}", "benchmark")
         folder = out / ("repository-" + name.removeprefix("toneserve ").replace(" ", "-"))
         repositories[name] = render_repository(describe(models_dir, precision, tuning_of(flags), runtime=runtime),
@@ -341,7 +351,8 @@ def run_benchmark(args) -> dict:
     def start_system(stack: ExitStack, name: str) -> dict:
         say(f"starting {name}", "benchmark")
         repository = repositories[name]
-        address, metrics, pid = stack.enter_context(toneserve(repository, out / "logs" / f"serve-{repository.name}.log"))
+        address, metrics, pid = stack.enter_context(toneserve(repository, out / "logs" / f"serve-{repository.name}.log",
+                                                              kinds[name]["gateway_args"]))
         return {"name": name, "address": address, "metrics": metrics, "pid": pid, "label": "gateway", **kinds[name]}
 
     def start_baseline(stack: ExitStack, reference: dict) -> dict:
@@ -455,9 +466,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, nargs="+", default=[1, 2, 4], help="load levels (default 1 2 4)")
     p.add_argument("--run-time", type=float, default=180.0, help="seconds per run (default 180)")
     p.add_argument("--systems", nargs="+", default=["fp32", "int8"],
-                   help="toneserve variants: [ort-|ov-]PRECISION[:instances=N,streams=N,threads=N,batch=N,pad=R,share=1|0]: "
-                        "fp32 or int8 (the catalog's runtime), ort-fp32, ort-int8, ov-fp32, ov-bf16, ov-int8 "
-                        "(default fp32 int8)")
+                   help="toneserve variants: [ort-|ov-]PRECISION[:instances=N,streams=N,threads=N,batch=N,pad=R,share=1|0,"
+                        "slots=N,cpu=N]: fp32 or int8 (the catalog's runtime), ort-fp32, ort-int8, ov-fp32, ov-bf16, "
+                        "ov-int8; slots and cpu set the gateway's --max-triton-calls and --cpu-slots (default fp32 int8)")
     p.add_argument("--short-corpus", type=Path,
                    help="a short-clip corpus (corpus.py --short): the same runs on it, and its RTFx against the calls'")
     p.add_argument("--live-calls", type=int, default=2,

@@ -51,7 +51,7 @@ def test_traffic_mix_parsing():
 
 
 def test_benchmark_systems_change_only_what_they_name():
-    from toneserve.loadtest.benchmark import parse_system, tuning_of
+    from toneserve.loadtest.benchmark import gateway_args_of, parse_system, system_name, tuning_of
     from toneserve.model_repository.catalog import DEFAULT_TUNING
 
     runtime, precision, flags = parse_system("int8:instances=3,batch=1,pad=1.0")
@@ -63,7 +63,12 @@ def test_benchmark_systems_change_only_what_they_name():
     assert tuning_of({}) == DEFAULT_TUNING
     assert tuning_of(parse_system("fp32:share=1")[2]).share_cores is True
     assert tuning_of(parse_system("fp32:share=0")[2]).share_cores is False
-    for bad in ("fp16", "ort-bf16", "tf-int8", "ov-", "-int8", "int8:instances=0", "int8:pad=0.5", "int8:threads=two", "int8:speed=9", "int8:share=yes"):
+    runtime, precision, flags = parse_system("ov-fp32:slots=64,cpu=8")  # the gateway's: the repository is the default
+    assert flags == {"slots": 64, "cpu": 8} and tuning_of(flags) == DEFAULT_TUNING
+    assert gateway_args_of(flags) == ["--max-triton-calls", "64", "--cpu-slots", "8"] and gateway_args_of({}) == []
+    assert system_name("ov-fp32:slots=64,cpu=8") == "toneserve ov-fp32 slots64 cpu8"
+    for bad in ("fp16", "ort-bf16", "tf-int8", "ov-", "-int8", "int8:instances=0", "int8:pad=0.5", "int8:threads=two",
+                "int8:speed=9", "int8:share=yes", "int8:slots=0", "int8:cpu=x"):
         with pytest.raises(ValueError, match="--systems"):
             parse_system(bad)
 
