@@ -277,12 +277,24 @@ class Bench:
             return result
 
 
+def add_stack_arguments(p: argparse.ArgumentParser, users_help: str, corpus_help: str, warmup_help: str) -> None:
+    """The arguments of a run against a server pair of its own (Bench): this tool's and the soak's."""
+    p.add_argument("--repository", required=True, help="rendered model repository (cpu profile) to serve")
+    p.add_argument("--users", type=int, default=4, help=users_help)
+    p.add_argument("--corpus", help=corpus_help)
+    p.add_argument("--timeout", type=float, default=300.0, help="deadline of each request (default 300)")
+    p.add_argument("--warmup", type=int, default=8, help=warmup_help)
+    p.add_argument("gateway_flags", nargs="*", help="after `--`: more `toneserve gateway` flags")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m toneserve.loadtest.reliability", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repository", required=True, help="rendered model repository (cpu profile) to serve")
-    p.add_argument("--users", type=int, default=4, help="closed-loop users of the steady load: the planned load "
-                                                        "(default 4, docs/BENCHMARKS.md's capacity plan)")
+    add_stack_arguments(p, users_help="closed-loop users of the steady load: the planned load (default 4, "
+                                      "docs/BENCHMARKS.md's capacity plan)",
+                        corpus_help="send the load-test corpus's recordings instead (loadtest/corpus.py)",
+                        warmup_help="unmeasured requests first, one per recording in turn; the start RSS is taken "
+                                    "after them (default 8)")
     p.add_argument("--duration", type=float, default=600.0, help="seconds of steady load (default 600)")
     p.add_argument("--kills", type=int, default=2, help="times Triton is killed and restarted (default 2)")
     p.add_argument("--fair-seconds", type=float, default=120.0, help="seconds of each fairness phase (default 120)")
@@ -293,12 +305,7 @@ def parser() -> argparse.ArgumentParser:
                         "(the same requests in both fairness phases); 0: half the planned users, closed loop, as "
                         "before (default 0.25)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of the synthetic recordings (default 20)")
-    p.add_argument("--corpus", help="send the load-test corpus's recordings instead (loadtest/corpus.py)")
-    p.add_argument("--timeout", type=float, default=300.0, help="deadline of each request (default 300)")
-    p.add_argument("--warmup", type=int, default=8, help="unmeasured requests first, one per recording in turn; "
-                                                         "the start RSS is taken after them (default 8)")
     p.add_argument("--out", help="write the result here as JSON too")
-    p.add_argument("gateway_flags", nargs="*", help="after `--`: more `toneserve gateway` flags")
     return p
 
 

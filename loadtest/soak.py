@@ -35,7 +35,7 @@ import grpc
 from toneserve.console import CommandError
 from toneserve.loadtest import corpus as corpus_mod
 from toneserve.loadtest import machine, process_cpu
-from toneserve.loadtest.reliability import Bench, Tally, user, wait_serving
+from toneserve.loadtest.reliability import Bench, Tally, add_stack_arguments, user, wait_serving
 from toneserve.v1 import toneserve_pb2_grpc as pb_grpc
 
 GOAL_GROWTH = 0.05  # at most 5 % over the window
@@ -153,19 +153,16 @@ def say(point: dict, tally: Tally | None = None) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repository", required=True, help="rendered model repository (cpu profile) to serve")
+    add_stack_arguments(p, users_help="closed-loop users (default 4)",
+                        corpus_help="a call corpus (loadtest/corpus.py) to send instead of generating calls",
+                        warmup_help="unmeasured requests first (default 8)")
     p.add_argument("--minutes", type=float, default=30.0, help="minutes of load (default 30)")
-    p.add_argument("--users", type=int, default=4, help="closed-loop users (default 4)")
     p.add_argument("--interval", type=float, default=30.0, help="seconds between memory samples (default 30)")
     p.add_argument("--window", type=float, default=20.0, help="the last minutes the growth is judged on (default 20)")
     p.add_argument("--calls", type=int, default=16, help="calls of 15-120 s to generate (default 16)")
     p.add_argument("--short", type=int, default=32, help="short clips of 0.5-5 s to generate (default 32)")
-    p.add_argument("--corpus", help="a call corpus (loadtest/corpus.py) to send instead of generating calls")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=300.0, help="deadline of each request (default 300)")
-    p.add_argument("--warmup", type=int, default=8, help="unmeasured requests first (default 8)")
     p.add_argument("--out", default="soak", help="folder for soak.json, soak.csv, soak.png (default ./soak)")
-    p.add_argument("gateway_flags", nargs="*", help="after `--`: more `toneserve gateway` flags")
 
 
 def run(args) -> int:
