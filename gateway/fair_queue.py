@@ -5,10 +5,13 @@ model, sized by default to the runs Triton computes of that model at once), and 
 (decoding, pitch, reconciliation) per core in its worker threads. With one FIFO of waiting calls a
 tenant whose request fans out into many calls (short emotion windows, many channels) would hold
 every slot, and everyone else's calls would wait behind all of its own. Here each tenant has its
-own FIFO, and a freed slot goes to the next tenant in a deficit round robin over the tenants with
-calls waiting: a tenant of weight w receives w slots per round (weights below 1 take several
-rounds per slot), whatever the number of calls it has queued. A slot is granted at once while
-none is waiting, so an idle gateway adds no delay. The order only matters where calls wait in the
+own FIFO, and a freed slot goes to the waiting tenant that used the fewest slots lately for its
+weight: each slot granted counts 1, decaying with a time constant of USAGE_SECONDS. Tenants that
+keep calls waiting so share the slots in proportion to their weights (w slots to a tenant of weight
+w for each slot to one of weight 1, whatever the number of calls each has queued, the longest
+unserved first among equals), and a tenant that used less than its share lately goes first: a quiet
+tenant's calls wait for the next slot to free, not behind a flooding tenant's queue. A slot is
+granted at once while none is waiting, so an idle gateway adds no delay. The order only matters where calls wait in the
 gateway: slots near what the server runs at once keep the queue here, not in Triton's FIFO.
 
 Single event loop only (asyncio): no locks, every method runs on the loop.
@@ -16,8 +19,13 @@ Single event loop only (asyncio): no locks, every method runs on the loop.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 from collections.abc import Callable
+
+# The time constant (s) of the decay of a tenant's slot count: how long its past use keeps it behind others.
+USAGE_SECONDS = 10.0
 
 
 class FairSlots:
@@ -28,9 +36,8 @@ class FairSlots:
         self.free = capacity
         self.weight = weight
         self.queues: dict[str, deque[asyncio.Future]] = {}  # tenants with calls waiting, FIFO each
-        self.order: deque[str] = deque()  # the round: its head is the tenant whose turn it is
-        self.deficit: dict[str, float] = {}
-        self._credited = False  # the head has received this turn's quantum
+        self.usage: dict[str, float] = {}  # slots granted lately, decayed to `_stamp`
+        self._stamp = time.monotonic()
 
     def tenant(self, tenant: str) -> "TenantSlots":
         """`async with slots.tenant(name):` holds one slot for the block."""
@@ -46,13 +53,10 @@ class FairSlots:
     async def acquire(self, tenant: str) -> None:
         if self.free > 0 and not self.queues:
             self.free -= 1
+            self._count(tenant)
             return
         waiter = asyncio.get_running_loop().create_future()
-        if tenant not in self.queues:
-            self.queues[tenant] = deque()
-            self.order.append(tenant)
-            self.deficit[tenant] = 0.0
-        self.queues[tenant].append(waiter)
+        self.queues.setdefault(tenant, deque()).append(waiter)
         self._dispatch()  # slots may be free (the queue was just opened by a cancelled waiter's tenant)
         try:
             await waiter
@@ -79,44 +83,44 @@ class FairSlots:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while self.free > 0 and self.order:
-            waiter = self._next()
+        while self.free > 0 and self.queues:
+            tenant = self._next()
+            queue = self.queues[tenant]
+            waiter = queue.popleft()
+            if not queue:
+                del self.queues[tenant]
             if waiter.done():  # cancelled, its task not yet resumed to withdraw it: the slot goes on
                 continue
             self.free -= 1
+            self._count(tenant)
             waiter.set_result(None)
 
-    def _next(self) -> asyncio.Future:
-        """The waiter whose turn it is (deficit round robin, each call costing 1)."""
-        while True:
-            tenant = self.order[0]
-            if not self._credited:
-                self.deficit[tenant] += max(self.weight(tenant), 1e-3)
-                self._credited = True
-            if self.deficit[tenant] >= 1.0:
-                self.deficit[tenant] -= 1.0
-                queue = self.queues[tenant]
-                waiter = queue.popleft()
-                if not queue:
-                    self._drop(tenant)
-                return waiter
-            self.order.rotate(-1)
-            self._credited = False
+    def _next(self) -> str:
+        """The waiting tenant whose turn it is: the fewest slots lately for its weight; among equals (as
+        counted, decay included) the one served longest ago, or the first to wait."""
+        self._decay()
+        return min(self.queues, key=lambda tenant: self.usage.get(tenant, 0.0) / max(self.weight(tenant), 1e-3))
+
+    def _decay(self) -> None:
+        now = time.monotonic()
+        factor = math.exp(-(now - self._stamp) / USAGE_SECONDS)
+        self._stamp = now
+        for tenant, used in list(self.usage.items()):
+            if used * factor < 1e-3:
+                del self.usage[tenant]  # long idle: counts as never served
+            else:
+                self.usage[tenant] = used * factor
+
+    def _count(self, tenant: str) -> None:
+        self._decay()
+        self.usage[tenant] = self.usage.get(tenant, 0.0) + 1.0
 
     def _withdraw(self, tenant: str, waiter: asyncio.Future) -> None:
         queue = self.queues.get(tenant)
         if queue is not None and waiter in queue:
             queue.remove(waiter)
             if not queue:
-                self._drop(tenant)
-
-    def _drop(self, tenant: str) -> None:
-        """A tenant with nothing left waiting leaves the round, and its unused credit with it."""
-        if self.order[0] == tenant:
-            self._credited = False
-        self.order.remove(tenant)
-        del self.queues[tenant]
-        del self.deficit[tenant]
+                del self.queues[tenant]
 
 
 class TenantSlots:

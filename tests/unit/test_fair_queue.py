@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from toneserve.gateway import fair_queue
 from toneserve.gateway.fair_queue import FairPools, FairSlots
 
 
@@ -42,6 +43,24 @@ def test_a_quiet_tenant_is_not_starved_by_a_noisy_one_queued_before_it():
     granted = asyncio.run(_grant_order(FairSlots(1), ["noisy"] * 20 + ["quiet"] * 3))
     assert granted[:6] == ["noisy", "quiet"] * 3
     assert granted[6:] == ["noisy"] * 17
+
+
+def test_a_tenant_that_used_fewer_slots_lately_goes_first_and_old_use_is_forgotten(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(fair_queue.time, "monotonic", lambda: clock[0])
+
+    async def scenario(idle_seconds: float) -> list[str]:
+        slots = FairSlots(1)
+        for _ in range(10):  # the noisy tenant used the slot ten times, nobody waiting
+            await slots.acquire("noisy")
+            slots.release()
+        clock[0] += idle_seconds
+        return await _grant_order(slots, ["noisy"] * 5 + ["quiet"] * 3)
+
+    # Just now: the quiet tenant's calls go before the noisy tenant's queue, although queued after it.
+    assert asyncio.run(scenario(1.0)) == ["quiet"] * 3 + ["noisy"] * 5
+    # Ten time constants later the noisy tenant's use is forgotten: turns alternate, the first to wait first.
+    assert asyncio.run(scenario(10 * fair_queue.USAGE_SECONDS))[:6] == ["noisy", "quiet"] * 3
 
 
 def test_weights_share_the_slots_in_proportion():
