@@ -11,8 +11,9 @@ keep calls waiting so share the slots in proportion to their weights (w slots to
 w for each slot to one of weight 1, whatever the number of calls each has queued, the longest
 unserved first among equals), and a tenant that used less than its share lately goes first: a quiet
 tenant's calls wait for the next slot to free, not behind a flooding tenant's queue. A slot is
-granted at once while none is waiting, so an idle gateway adds no delay. The order only matters where calls wait in the
-gateway: slots near what the server runs at once keep the queue here, not in Triton's FIFO.
+granted at once while none is waiting, so an idle gateway adds no delay. The order only matters
+where calls wait in the gateway: slots near what the server runs at once keep the queue here, not
+in Triton's FIFO.
 
 Single event loop only (asyncio): no locks, every method runs on the loop.
 """
