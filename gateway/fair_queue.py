@@ -54,6 +54,7 @@ class FairSlots:
     async def acquire(self, tenant: str) -> None:
         if self.free > 0 and not self.queues:
             self.free -= 1
+            self._decay()
             self._count(tenant)
             return
         waiter = asyncio.get_running_loop().create_future()
@@ -84,6 +85,8 @@ class FairSlots:
         self._dispatch()
 
     def _dispatch(self) -> None:
+        if self.free > 0 and self.queues:
+            self._decay()  # once: the grants below happen at the same moment
         while self.free > 0 and self.queues:
             tenant = self._next()
             queue = self.queues[tenant]
@@ -98,8 +101,7 @@ class FairSlots:
 
     def _next(self) -> str:
         """The waiting tenant whose turn it is: the fewest slots lately for its weight; among equals (as
-        counted, decay included) the one served longest ago, or the first to wait."""
-        self._decay()
+        counted, decay included) the one served longest ago, or the first to wait. Counts decayed to now."""
         return min(self.queues, key=lambda tenant: self.usage.get(tenant, 0.0) / max(self.weight(tenant), 1e-3))
 
     def _decay(self) -> None:
@@ -113,7 +115,7 @@ class FairSlots:
                 self.usage[tenant] = used * factor
 
     def _count(self, tenant: str) -> None:
-        self._decay()
+        """One slot granted to `tenant` now (the counts decayed to now)."""
         self.usage[tenant] = self.usage.get(tenant, 0.0) + 1.0
 
     def _withdraw(self, tenant: str, waiter: asyncio.Future) -> None:
