@@ -801,7 +801,7 @@ COMMANDS = {
     "plan": ("capacity plan: sweep load on a running gateway, find the most within a p95 SLO",
              _plan_arguments, cmd_plan),
     "soak": ("the soak: a replica under a mixed load for 30 min, every process's RSS sampled each 30 s, growth "
-             "over the last 20 min judged (<= 5 %)", _soak_arguments, cmd_soak),
+             "over the last 20 min judged (<= 5 %%)", _soak_arguments, cmd_soak),
     "k8s": ("render the Kubernetes (Kustomize) base: Triton, the gateway, policies, autoscaling",
             _k8s_arguments, cmd_k8s),
     "pack": ("pack a rendered model repository into a tarball named by its sha256, for Kubernetes",

@@ -28,6 +28,16 @@ def test_version_prints_the_package_metadata_version(capsys):
     assert capsys.readouterr().out.strip() == f"toneserve {metadata.version('toneserve')}"
 
 
+def test_the_top_level_help_lists_every_subcommand(capsys):
+    # argparse expands %-formats in every help string: a stray "%" breaks `toneserve --help` itself.
+    with pytest.raises(SystemExit) as exited:
+        cli.parser().parse_args(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in cli.COMMANDS)
+    assert "<= 5 %" in text
+
+
 @pytest.mark.parametrize("name", OWN)
 def test_every_option_with_a_default_states_it(name):
     parser = _subparser(name)
