@@ -467,7 +467,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-time", type=float, default=180.0, help="seconds per run (default 180)")
     p.add_argument("--systems", nargs="+", default=["fp32", "int8"],
                    help="toneserve variants: [ort-|ov-]PRECISION[:instances=N,streams=N,threads=N,batch=N,pad=R,share=1|0,"
-                        "slots=N,cpu=N]: fp32 or int8 (the catalog's runtime), ort-fp32, ort-int8, ov-fp32, ov-bf16, "
+                        "slots=N,cpu=N]: fp32, bf16 or int8 (the catalog's runtime per model, by the export's gates: bf16 is what "
+                        "`serve` serves on a CPU with native bf16), ort-fp32, ort-int8, ov-fp32, ov-bf16, "
                         "ov-int8; slots and cpu set the gateway's --max-triton-calls and --cpu-slots (default fp32 int8)")
     p.add_argument("--short-corpus", type=Path,
                    help="a short-clip corpus (corpus.py --short): the same runs on it, and its RTFx against the calls'")
