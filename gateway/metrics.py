@@ -35,6 +35,10 @@ class Metrics:
                                   "flight at once (its fair pool's size)", ["model"], registry=self.registry)
         self.cpu_waiting = Gauge("toneserve_cpu_work_waiting", "Pieces of the gateway's CPU work (decoding, pitch, "
                                  "reconciliation) waiting for a CPU slot", registry=self.registry)
+        self.live_early = Counter("toneserve_live_early_analyses", "AnalyzeStream utterances analysed as soon as "
+                                  "silence followed them, before min_silence_ms confirmed their end, by outcome: used, "
+                                  "or dropped (speech resumed: that compute was spent for nothing)", ["outcome"],
+                                  registry=self.registry)
         self.triton_ready = Gauge("toneserve_triton_ready", "1 while Triton answers ready, 0 while the gateway "
                                   "reports NOT_SERVING", registry=self.registry)
         self.triton_ready.set(1)

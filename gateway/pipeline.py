@@ -19,6 +19,7 @@ import contextlib
 import math
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,8 @@ from toneserve.v1 import toneserve_pb2 as pb
 
 # The judge's verdict gives up this long before the request's deadline, so that the answer still arrives.
 VERDICT_MARGIN_S = 0.5
+# Hands out a finished segment and its speaker embedding (None where its channel is not diarized).
+Emit = Callable[[pb.Segment, np.ndarray | None], Awaitable[None]]
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: at least one model serving this request has untrained random "
                           "weights; transcripts, emotions and tags are meaningless")
 
@@ -137,6 +140,9 @@ class Analysis:
         self.samples = 0  # decoded so far, per channel: what a request that fails is charged (quotas)
         self._decoder_idle = asyncio.Event()  # clear while a worker thread opens or reads the recording
         self._live = False  # the source's reads wait for the client (`run` sets it)
+        # Live: utterances analysed as soon as silence followed them, by outcome (used: the utterance ended
+        # there; dropped: speech resumed, or the stream ended first, and that compute was spent for nothing).
+        self.early_analyses = {"used": 0, "dropped": 0}
         self._decoder_idle.set()
 
     # ------------------------------------------------------------------ helpers
@@ -271,19 +277,57 @@ class Analysis:
     async def _segments(self, first: list[np.ndarray], blocks, channel_speakers: list[Speaker], mix: bool,
                         block_frames: int) -> tuple[list[pb.Segment], int]:
         """Decode, VAD and segment block by block (`first`: the blocks read already); analyse each
-        utterance as soon as it is finished."""
+        utterance as soon as it is finished. A live stream analyses each channel's pending utterance as
+        soon as silence follows it (`Segmenter.pending`), and keeps that analysis if the utterance then
+        finished is the same: the wait for `min_silence_ms` to confirm the end overlaps the models' time."""
         t = self.thresholds
         segmentation = Segmentation([s.channel for s in channel_speakers], t.vad_threshold, t.min_silence_ms,
                                     self.settings.max_utterance_seconds, block_frames)
         names = {s.channel: s.name for s in channel_speakers}
         slots = asyncio.Semaphore(self.settings.utterances_per_request)
         results: list[pb.Segment] = []
+        early: dict[int, tuple[Utterance, asyncio.Task]] = {}  # channel -> its pending utterance's analysis
         samples = 0
+
+        async def emit(segment: pb.Segment, voice: np.ndarray | None) -> None:
+            voices = self.voices.get(segment.channel)
+            if voices is not None and voice is not None:
+                voices.add(segment, voice, live=self.on_segment is not None)
+            results.append(segment)
+            if self.on_segment is not None:
+                await self.on_segment(segment)
+
+        async def confirmed(analysis: asyncio.Task) -> None:
+            for segment, voice in await analysis:
+                await emit(segment, voice)
+
         async with asyncio.TaskGroup() as group:
             async def launch(utterances: list[Utterance]) -> None:
                 for utterance in utterances:
+                    started = early.pop(utterance.channel, None)
+                    if started is not None and started[0].same(utterance):
+                        self.early_analyses["used"] += 1
+                        group.create_task(confirmed(started[1]))
+                        continue
+                    if started is not None:
+                        drop(started[1])
                     await slots.acquire()  # back-pressure: decoding waits for Triton
-                    group.create_task(self._utterance(utterance, names[utterance.channel], slots, results))
+                    group.create_task(self._utterance(utterance, names[utterance.channel], slots, emit))
+
+            def drop(analysis: asyncio.Task) -> None:
+                self.early_analyses["dropped"] += 1
+                analysis.cancel()
+
+            async def start_early(pending: list[Utterance]) -> None:
+                now = {utterance.channel: utterance for utterance in pending}
+                for channel in list(early):
+                    if channel not in now or not early[channel][0].same(now[channel]):
+                        drop(early.pop(channel)[1])  # speech went on: the utterance will end later
+                for channel, utterance in now.items():
+                    if channel not in early and not slots.locked():  # only with a slot to spare, never waiting
+                        await slots.acquire()
+                        early[channel] = (utterance, group.create_task(
+                            self._utterance(utterance, names[channel], slots, None)))
 
             read = iter(first)
             block = next(read, None)
@@ -294,10 +338,14 @@ class Analysis:
                 self.samples = samples
                 probs = await self._vad(segmentation.vad_input(block))
                 await launch(segmentation.feed(block, probs))
+                if self._live and self.settings.live_early:
+                    await start_early(segmentation.pending())
                 block = next(read, None)
                 if block is None:
                     block = await self._decode(next, blocks, None)
             await launch(segmentation.finish())
+            for _, analysis in early.values():
+                drop(analysis)
         return results, samples
 
     async def _vad(self, wav: np.ndarray) -> np.ndarray:
@@ -309,13 +357,16 @@ class Analysis:
         return np.concatenate(rows, axis=0)
 
     async def _utterance(self, utterance: Utterance, speaker: str, slots: asyncio.Semaphore,
-                         results: list[pb.Segment]) -> None:
+                         emit: Emit | None) -> list[tuple[pb.Segment, np.ndarray | None]]:
+        """The segments of one utterance (its pieces, where its channel is diarized) with each one's speaker
+        embedding (None where not diarized): each passed to `emit` as soon as it is ready, or, where `emit` is
+        None, only returned (an analysis started before the utterance's end was confirmed). Gives its slot back."""
         try:
-            voices = self.voices.get(utterance.channel)
-            pieces = [utterance] if voices is None else await self._pieces(utterance)
+            diarized = utterance.channel in self.voices
+            pieces = await self._pieces(utterance) if diarized else [utterance]
             async with asyncio.TaskGroup() as group:
-                for piece in pieces:
-                    group.create_task(self._piece(piece, speaker, voices, results))
+                tasks = [group.create_task(self._piece(piece, speaker, diarized, emit)) for piece in pieces]
+            return [task.result() for task in tasks]
         finally:
             slots.release()
 
@@ -329,15 +380,15 @@ class Analysis:
         changes = diarization.change_points(np.stack([c.result() for c in calls]))
         return speakers.split(utterance, spans, changes)
 
-    async def _piece(self, utterance: Utterance, speaker: str, voices: speakers.Voices | None,
-                     results: list[pb.Segment]) -> None:
+    async def _piece(self, utterance: Utterance, speaker: str, diarized: bool,
+                     emit: Emit | None) -> tuple[pb.Segment, np.ndarray | None]:
         wav = utterance.samples
         windows = emotion_windows(len(wav), self.window_seconds)
         async with asyncio.TaskGroup() as group:
             asr = group.create_task(self._triton(self.inference.asr, wav, self.language, self.options.use_itn))
             emotions = [group.create_task(self._emotion(wav[a:b])) for a, b in windows]
             # Every piece, however short: clustering weighs its units by duration (diarization.RELIABLE_S).
-            voice = group.create_task(self._triton(self.inference.speaker, wav)) if voices is not None else None
+            voice = group.create_task(self._triton(self.inference.speaker, wav)) if diarized else None
         language = self.language if self.language != "auto" else _top(asr.result().distributions["language"])
         text = await self._text_sentiment(asr.result().text, language)
         # Pitch and reconciliation are CPU work: off the event loop.
@@ -345,11 +396,10 @@ class Analysis:
         embeddings = [a[1] for a in answers if a[1] is not None] if self.options.include_embeddings else None
         segment = await self._triton.compute(self._segment, utterance, speaker, asr.result(), [a[0] for a in answers],
                                              windows, language, text, embeddings)
-        if voices is not None and voice is not None:
-            voices.add(segment, voice.result(), live=self.on_segment is not None)
-        results.append(segment)
-        if self.on_segment is not None:
-            await self.on_segment(segment)
+        result = (segment, None if voice is None else voice.result())
+        if emit is not None:
+            await emit(*result)
+        return result
 
     async def _emotion(self, wav: np.ndarray) -> tuple[Distribution, np.ndarray | None]:
         """emotion2vec+ on one window: its distribution, and its embedding when the request asked for embeddings

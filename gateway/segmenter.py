@@ -32,6 +32,7 @@ audio instead of 1.5 (silero is the cheapest model by far).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,9 @@ class Utterance:
     def end(self) -> int:
         return self.start + len(self.samples)
 
+    def same(self, other: Utterance) -> bool:
+        return (self.channel, self.start) == (other.channel, other.start) and np.array_equal(self.samples, other.samples)
+
 
 class Segmenter:
     def __init__(self, channel: int, vad_threshold: float = 0.5, min_silence_ms: int = 300,
@@ -102,6 +106,24 @@ class Segmenter:
     def finish(self) -> list[Utterance]:
         """The recording ended: every remaining segment is finished."""
         return self._cut(final=True)
+
+    def pending(self) -> Utterance | None:
+        """The open utterance as it will be finished if what follows is silence, once its padded end has
+        arrived (some silence after it was seen already); None while speech goes on or none is open.
+
+        The region is segmented with ``min_silence_ms`` of silent frames appended: silero's hysteresis
+        is causal, so where the frames to come are indeed silent, the utterance a later ``feed`` finishes
+        is this one, sample for sample. Where speech resumes first, it grows instead. A live stream
+        analyses the pending utterance early, and keeps that analysis only if the utterance finished
+        is the same (``Utterance.same``)."""
+        length = len(self.audio)
+        silence = math.ceil(self.options["min_silence_ms"] * SAMPLE_RATE / 1000 / VAD_FRAME) + 1
+        probs = np.concatenate([self.probs, np.zeros(silence, np.float32)])
+        segments = speech_segments(probs, num_samples=length + silence * VAD_FRAME, **self.options)
+        if not segments or segments[-1][1] > length:
+            return None
+        start, end = max(segments[-1][0], self.handed_out), segments[-1][1]
+        return Utterance(self.channel, self.region + start, self.audio[start:end].copy()) if end > start else None
 
     def _cut(self, final: bool) -> list[Utterance]:
         length = len(self.audio)
@@ -177,3 +199,7 @@ class Segmentation:
 
     def finish(self) -> list[Utterance]:
         return [utterance for segmenter in self.segmenters for utterance in segmenter.finish()]
+
+    def pending(self) -> list[Utterance]:
+        """Each channel's open utterance as it will be finished if silence follows (Segmenter.pending)."""
+        return [utterance for segmenter in self.segmenters if (utterance := segmenter.pending()) is not None]

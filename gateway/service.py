@@ -236,6 +236,9 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
                 try:
                     response = await analysis.run(source, **run)
                 finally:
+                    for outcome, count in analysis.early_analyses.items():
+                        if count:
+                            self.metrics.live_early.labels(outcome).inc(count)
                     if source.failure is not None:  # the client's stream was bad: that is the answer
                         raise source.failure
             self.metrics.audio_seconds.labels(rpc, tenant).inc(response.metadata.audio_seconds)

@@ -89,9 +89,14 @@ class Settings:
     # restarts on a 1.024 s grid whatever the block (gateway/segmenter.py), so 8, 16 or 32 give the
     # same segments. Measured (loadtest/live_lag.py, base int8, two 15 s calls on a 2-core host): median
     # lag 1.64 s with 32, 0.75-1.0 s with 8 (0.27 s of it the silence that closes an utterance, about
-    # half a block waiting for the block, the rest the models); 4 saves ~0.06 s more for twice the
-    # VAD calls. Recordings sent whole take 30.72 s blocks (fewer VAD calls).
+    # half a block waiting for the block, the rest the models; live_early below overlaps the silence
+    # with the models); 4 saves ~0.06 s more for twice the VAD calls. Recordings sent whole take 30.72 s
+    # blocks (fewer VAD calls).
     live_block_frames: int = 8
+    # AnalyzeStream: an utterance is analysed as soon as silence follows it, while min_silence_ms confirms
+    # its end; where speech resumes first, that analysis is cancelled (compute spent for nothing) and the
+    # longer utterance analysed when it ends. The segments are the same either way; the lag is shorter.
+    live_early: bool = True
     # Diarization: the most speakers told apart in one channel, and the largest hint a request may give
     # (AWS Transcribe's MaxSpeakerLabels goes to 30 too).
     max_speakers: int = 30

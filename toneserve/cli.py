@@ -216,7 +216,7 @@ def _replace_settings(args, defaults, limits):
                    max_requests_per_tenant=args.max_requests_per_tenant,
                    max_message_bytes=args.max_message_mb * 1024 * 1024,
                    triton_timeout_seconds=args.triton_timeout, max_inflight=args.max_triton_calls,
-                   cpu_slots=args.cpu_slots,
+                   cpu_slots=args.cpu_slots, live_early=args.live_early,
                    tenant_audio_seconds_per_minute=args.tenant_seconds_per_minute,
                    tenant_audio_seconds_per_day=args.tenant_seconds_per_day, max_speakers=args.max_speakers,
                    text_sentiment=args.text_sentiment, max_text_chars=args.max_text_chars,
@@ -550,6 +550,10 @@ def _add_gateway_options(p):
     p.add_argument("--cpu-slots", type=int, default=defaults.cpu_slots, metavar="N",
                    help="pieces of the gateway's CPU work (decoding, pitch, reconciliation) run at once, shared "
                         "fairly between tenants (default: the cores this process may use)")
+    p.add_argument("--live-early", action=argparse.BooleanOptionalAction, default=defaults.live_early,
+                   help="AnalyzeStream: analyse an utterance as soon as silence follows it, while min_silence_ms "
+                        "confirms its end (a shorter lag; where speech resumes first, that compute is spent for "
+                        "nothing: toneserve_live_early_analyses_total{outcome=\"dropped\"}) (default on)")
     p.add_argument("--max-speakers", type=int, default=defaults.max_speakers, metavar="N",
                    help="diarization: the most speakers told apart in one channel, and the largest speaker-count hint "
                         f"a request may give (default {defaults.max_speakers})")

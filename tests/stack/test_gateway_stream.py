@@ -50,7 +50,7 @@ def key(segment):
     return segment.channel, segment.start_ms, segment.end_ms
 
 
-def test_segments_stream_then_the_result(streamed):
+def test_segments_stream_then_the_result(stack, streamed):
     *segments, result = streamed
     assert isinstance(result, Result) and segments and all(isinstance(s, Segment) for s in segments)
     # Every streamed segment is in the result, as it was streamed but for the escalation flag.
@@ -63,6 +63,9 @@ def test_segments_stream_then_the_result(streamed):
         assert "ESCALATION" not in segment.judgement.flags
         assert set(settled.judgement.flags) - {"ESCALATION"} == set(segment.judgement.flags)
     assert {s.speaker for s in result.speakers} == {"agent", "customer"}
+    # Most utterances were analysed as soon as silence followed them (the counter is the session gateway's:
+    # other streams may have added to it, never taken away).
+    assert metric(stack.metrics, "toneserve_live_early_analyses_total", outcome="used") >= len(result.segments) / 2
 
 
 def test_a_stream_gives_what_the_whole_file_gives(stack, streamed, conversation):

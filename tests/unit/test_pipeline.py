@@ -592,3 +592,70 @@ def test_the_verdict_lands_in_the_call_and_never_outlasts_the_requests_deadline(
     else:  # given up 0.5 s before the deadline: the answer (not an error) arrives in time
         assert time.monotonic() - started < deadline_s
         assert any("no call verdict" in w and "deadline" in w for w in response.metadata.warnings)
+
+
+# --- live streams: an utterance analysed as soon as silence follows it ---------------------------
+
+class LiveInMessage(InMessage):
+    """A recording in memory that the pipeline treats as a live stream (as AnalyzeStream's audio)."""
+    live = True
+
+
+class PositionedBackend(FakeBackend):
+    """Records how much of the recording was decoded when SenseVoice was asked for each clip."""
+
+    def __init__(self):
+        super().__init__()
+        self.analysis: Analysis | None = None
+        self.asked_at: list[int] = []
+
+    async def asr(self, wav, *args, **kwargs):
+        assert self.analysis is not None
+        self.asked_at.append(self.analysis.samples)
+        return await super().asr(wav, *args, **kwargs)
+
+
+def live_run(spans, early: bool) -> tuple[pb.AnalyzeResponse, PositionedBackend]:
+    backend = PositionedBackend()
+    backend.analysis = analysis(backend, pb.AnalyzeRequest(), Settings(live_early=early))
+    audio = wav_bytes(recording(10.0, [spans]), RATE)
+    response = asyncio.run(backend.analysis.run(LiveInMessage(audio), block_frames=8))
+    return response, backend
+
+
+def comparable(response: pb.AnalyzeResponse) -> list[pb.Segment]:
+    return sorted(response.segments, key=lambda s: s.start_ms)
+
+
+def test_a_live_utterance_is_analysed_before_its_end_is_confirmed_with_the_same_segments():
+    """Silence after an utterance must last min_silence_ms (300) to end it. A live stream asks the models
+    for it as soon as its padded end has arrived, a block or more earlier, and the segments are those
+    the stream gets when it waits."""
+    spans = [(0.5, 2.5, QUIET), (4.0, 6.0, QUIET), (7.0, 9.0, QUIET)]
+    early, early_backend = live_run(spans, early=True)
+    late, late_backend = live_run(spans, early=False)
+    assert comparable(early) == comparable(late)
+    assert len(early.segments) == 3
+    assert len(early_backend.asked_at) == len(late_backend.asked_at) == 3  # nothing analysed twice
+    assert early_backend.analysis.early_analyses == {"used": 3, "dropped": 0}
+    assert late_backend.analysis.early_analyses == {"used": 0, "dropped": 0}
+    block = 8 * VAD_FRAME
+    for segment, asked_early, asked_late in zip(comparable(early), early_backend.asked_at, late_backend.asked_at):
+        end = segment.end_ms * RATE // 1000  # the padded end
+        assert asked_early <= end + block  # as soon as a block held the padded end
+        assert asked_late >= end + (300 - 30) * RATE // 1000  # once min_silence_ms less the pad had passed
+        assert asked_early < asked_late
+
+
+def test_speech_resuming_within_the_silence_drops_the_early_analysis():
+    """A 250 ms pause inside a turn: the utterance pending at the pause is analysed early, then speech
+    resumes and it is dropped; the segments are still those of waiting, each answered once."""
+    spans = [(0.5, 2.5, QUIET), (2.75, 4.5, QUIET), (6.0, 8.0, QUIET)]
+    early, early_backend = live_run(spans, early=True)
+    late, late_backend = live_run(spans, early=False)
+    assert comparable(early) == comparable(late)
+    assert len(early.segments) == 2  # the pause does not end the first turn
+    assert len(late_backend.asked_at) == 2
+    assert len(early_backend.asked_at) == 3  # the first turn was asked for once at its pause, in vain
+    assert early_backend.analysis.early_analyses == {"used": 2, "dropped": 1}
+    assert sorted(s.start_ms for s in early.segments) == [s.start_ms for s in comparable(early)]

@@ -80,3 +80,52 @@ def test_silence_gives_nothing_and_a_misaligned_block_is_refused():
     assert segmenter.finish() == []
     with pytest.raises(ValueError):
         Segmenter(0).feed(np.zeros(10 * FRAME, np.float32), np.zeros(9, np.float32))
+
+
+def clean_turns(seconds: float, seed: int) -> np.ndarray:
+    """Speech runs of 0.4-5 s (0.95) and clean silences of 0.35-2 s (0.02): every utterance is closed by a
+    silence that stays silent."""
+    rng = np.random.default_rng(seed)
+    probs = np.zeros(int(seconds * 16000 / FRAME), np.float32)
+    at = int(rng.integers(5, 40))
+    while at < len(probs):
+        n = int(rng.uniform(0.4, 5) * 16000 / FRAME)
+        probs[at:at + n] = 0.95
+        at += n + int(rng.uniform(0.35, 2) * 16000 / FRAME)
+    return probs
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_pending_utterance_is_the_one_finished_later(seed):
+    """After each block, `pending` names the utterance that silence would finish; where silence follows, a
+    later block finishes exactly that utterance, at least one block (of 8 frames, as live streams take)
+    after it was first pending: min_silence_ms less the padding is longer than a block."""
+    probs = clean_turns(120, seed)
+    audio = np.arange(len(probs) * FRAME, dtype=np.float32)
+    segmenter = Segmenter(0, min_silence_ms=300)
+    block = 8 * FRAME
+    first_pending: dict[tuple[int, int], int] = {}
+    finished: list[tuple[int, int, int]] = []  # start, end, the block that finished it
+    for at in range(0, len(audio), block):
+        done = segmenter.feed(audio[at:at + block], probs[at // FRAME:(at + block) // FRAME])
+        finished += [(u.start, u.end, at) for u in done]
+        pending = segmenter.pending()
+        if pending is not None:
+            assert np.array_equal(pending.samples, np.arange(pending.start, pending.end, dtype=np.float32))
+            first_pending.setdefault((pending.start, pending.end), at)
+    assert len(finished) >= 10
+    for start, end, at in finished:
+        assert (start, end) in first_pending, (start, end)
+        assert first_pending[(start, end)] < at
+
+
+def test_nothing_is_pending_while_speech_goes_on_or_before_its_padded_end_arrived():
+    segmenter = Segmenter(0, min_silence_ms=300)
+    speech = np.full(64, 0.95, np.float32)
+    assert segmenter.feed(np.zeros(64 * FRAME, np.float32), speech) == []
+    assert segmenter.pending() is None  # still speaking
+    segmenter.feed(np.zeros(FRAME, np.float32), np.zeros(1, np.float32))  # 32 ms of silence: past the 30 ms pad
+    pending = segmenter.pending()
+    assert pending is not None and (pending.start, pending.end) == (0, 64 * FRAME + 480)
+    segmenter.feed(np.zeros(FRAME, np.float32), np.full(1, 0.95, np.float32))  # speech again: it will end later
+    assert segmenter.pending() is None
