@@ -71,7 +71,8 @@ class Utterance:
         return self.start + len(self.samples)
 
     def same(self, other: Utterance) -> bool:
-        return (self.channel, self.start) == (other.channel, other.start) and np.array_equal(self.samples, other.samples)
+        """The same span of the same channel (of one recording: so the same samples)."""
+        return (self.channel, self.start, self.end) == (other.channel, other.start, other.end)
 
 
 class Segmenter:
