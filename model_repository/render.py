@@ -41,7 +41,8 @@ RUNNER_HELPERS = (RUNNERS / "runner_errors.py", RUNNERS / "batch_io.py", RUNNERS
                   Path(contract.__file__))
 # OpenVINO's INFERENCE_PRECISION_HINT per served precision. An int8 IR carries its own quantized
 # precision; the layers it leaves unquantized run at f32, so int8's accuracy gate holds whatever the CPU.
-INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+# int8w / int8w-bf16: int8 weights (an IR), the activations in f32 / bf16.
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8w": "f32", "int8w-bf16": "bf16"}
 VERSION = "1"
 
 WARMUP_DIR = "warmup"

@@ -65,7 +65,8 @@ class OnnxModel:
     # The gpu profile always serves the ONNX graph on Triton's onnxruntime backend.
     runtime: str = "onnxruntime"
     # What the runtime computes in: "fp32", "bf16" (OpenVINO's bf16 inference precision on the fp32
-    # graph), "int8" (a quantized graph) or "fp16" (the gpu profile's graph).
+    # graph), "int8" (a quantized graph), "int8w" / "int8w-bf16" (an IR with int8 weights, f32 / bf16
+    # activations) or "fp16" (the gpu profile's graph).
     precision: str = "fp32"
 
 

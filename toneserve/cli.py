@@ -697,7 +697,8 @@ def _serve_arguments(p):
     p.add_argument("--profile", default="cpu", choices=["cpu"],
                    help="the repository's profile; the embedded Triton serves the cpu one (default %(default)s)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
-                   help="which rendered repository to serve: fp32; bf16 (OpenVINO on a CPU with native bf16); "
+                   help="which rendered repository to serve: fp32; bf16 (OpenVINO on a CPU with native bf16: per model "
+                        "int8 weights with bf16 or f32 activations, or bf16, the fastest that passed its accuracy gate); "
                         "int8 (quantised: faster on CPU, see docs/BENCHMARKS.md); auto (default): bf16 where the "
                         "CPU has it and `export` rendered it, else fp32")
     p.add_argument("--repository", help="rendered model repository (default: the one `export` wrote for "

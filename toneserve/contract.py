@@ -52,7 +52,8 @@ VAD_FRAME = 512
 # Provenance, copied into every response's metadata.
 FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION = "family", "preset", "weights_origin", "precision"
 # What runs the ensemble's heavy model: "onnxruntime" or "openvino" (cpu profile); with PRECISION
-# ("fp32", "bf16", "int8", "fp16"), what that runtime actually computes in.
+# ("fp32", "bf16", "int8", "fp16"; "int8w" / "int8w-bf16": int8 weights, f32 / bf16 activations), what that
+# runtime actually computes in.
 RUNTIME = "runtime"
 PROVENANCE = (FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION, RUNTIME)
 # The emotion ensemble's label set (a JSON list, in PROBS order).

@@ -25,11 +25,14 @@ def test_the_manifest_entry_has_the_schema_and_hashes_its_files(models_root, fam
     entry = manifest["variants"]["openvino"]
     assert entry["from"] == manifest["files"][get(family).graph]
     assert entry["runtime"] == "openvino" and entry["openvino_version"]
-    xml = ovv.ir_name(get(family))
-    assert set(entry["files"]) == {xml, xml.removesuffix(".xml") + ".bin"}
+    xml, int8w_xml = ovv.ir_name(get(family)), ovv.ir_name(get(family), "int8w")
+    assert set(entry["files"]) == {xml, xml.removesuffix(".xml") + ".bin",
+                                   int8w_xml, int8w_xml.removesuffix(".xml") + ".bin"}
     for name, digest in entry["files"].items():
         assert sha256_file(models_root / family / name) == digest
-    assert set(entry["precisions"]) == {"fp32", "bf16", "int8"}
+    assert set(entry["precisions"]) == {"fp32", "bf16", "int8w", "int8w-bf16", "int8"} == set(ovv.RECORDED)
+    for precision in ("int8w", "int8w-bf16"):
+        assert entry["precisions"][precision]["file"] == int8w_xml
     for precision in entry["precisions"].values():
         assert isinstance(precision["passed"], bool) and precision["gate"]["kind"]
     assert "parity" in entry["precisions"]["fp32"] and "cpu" in entry["precisions"]["bf16"]
@@ -61,6 +64,40 @@ def test_the_int8_ir_runs_with_the_fp32_graphs_shapes(models_root, family):
     outputs = ovv._run(compiled, feeds, reference)
     assert {k: v.shape for k, v in outputs.items()} == {k: v.shape for k, v in reference.items()}
     assert all(np.isfinite(v).all() for v in outputs.values())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_int8_weights_ir_is_a_quarter_and_passes_its_gate_on_the_tiny_models(models_root, family):
+    """int8 weights: every MatMul's weights in int8 but the output projection's, so the IR's weights are near a
+    quarter of the fp32 graph's; its top-1 outputs agree with ONNX Runtime fp32 (the f32-activation gate, run
+    on any CPU) and the entry records what it measured."""
+    import openvino as ov
+
+    fam, folder = get(family), models_root / family
+    int8w = _entry(models_root, family)["precisions"]["int8w"]
+    assert int8w["passed"], int8w["gate"]
+    assert int8w["gate"]["measured_top1_agreement"] >= ovv.GATES[fam.gate_kind]["min_top1_agreement"]
+    fp32_bytes = (folder / fam.graph).stat().st_size
+    ir_bytes = (folder / int8w["file"]).with_suffix(".bin").stat().st_size
+    assert ir_bytes < 0.5 * fp32_bytes, (ir_bytes, fp32_bytes)
+    model = ov.Core().read_model(str(folder / int8w["file"]))
+    int8_constants = [op for op in model.get_ordered_ops()
+                      if op.get_type_name() == "Constant" and op.get_element_type() in (ov.Type.u8, ov.Type.i8)]
+    assert int8_constants
+    last_matmul = [op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"][-1]
+    weights = last_matmul.input_value(1).get_node()  # a compressed one is a Convert of the int8 constant
+    assert weights.get_type_name() == "Constant" and weights.get_element_type() == ov.Type.f32, \
+        "the output projection keeps float weights"
+
+
+def test_an_entry_without_the_int8_weights_is_rebuilt(models_root):
+    """An export made before int8 weights existed is not current: `export --variants openvino` rebuilds it."""
+    folder = models_root / "emotion2vec"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["variants"]["openvino"]
+    assert ovv.is_current(folder, entry, entry["from"], None)
+    older = {**entry, "precisions": {k: v for k, v in entry["precisions"].items() if not k.startswith("int8w")}}
+    assert not ovv.is_current(folder, older, entry["from"], None)
 
 
 # ----------------------------------------------------------------------------------- the gates (unit)

@@ -21,8 +21,10 @@ PLAIN_CPU = ("FP32", "INT8")
 FOLDER = Path("/models/emotion2vec")
 
 
-def manifest(fp32=True, bf16=True, int8=True, openvino=True, compile_config=None) -> dict:
-    """An export manifest with the ONNX Runtime int8 variant and (optionally) the openvino entry."""
+def manifest(fp32=True, bf16=True, int8=True, openvino=True, compile_config=None, int8w=False,
+             int8w_bf16=False) -> dict:
+    """An export manifest with the ONNX Runtime int8 variant and (optionally) the openvino entry; its int8-weight
+    precisions fail unless asked to pass (most tests are about the others)."""
     variants: dict = {"int8": {"from": "d", "files": {"model.int8.onnx": "s"}}}
     if openvino:
         int8_gate = {"passed": int8, "file": "model.int8.xml"}
@@ -31,7 +33,9 @@ def manifest(fp32=True, bf16=True, int8=True, openvino=True, compile_config=None
         variants["openvino"] = {
             "from": "d", "files": {"model.int8.xml": "s", "model.int8.bin": "s"}, "runtime": "openvino",
             "openvino_version": "2026.4.1",
-            "precisions": {"fp32": {"passed": fp32}, "bf16": {"passed": bf16}, "int8": int8_gate}}
+            "precisions": {"fp32": {"passed": fp32}, "bf16": {"passed": bf16},
+                           "int8w": {"passed": int8w, "file": "model.int8w.xml"},
+                           "int8w-bf16": {"passed": int8w_bf16, "file": "model.int8w.xml"}, "int8": int8_gate}}
     return {"model": "emotion2vec", "variants": variants}
 
 
@@ -52,6 +56,34 @@ def test_passed_gates_choose_openvino(precision, cpu, expected):
     m = manifest()
     m["variants"]["fp16"] = {"files": {"model.fp16.onnx": "s"}}
     assert got(m, precision, cpu=cpu) == expected
+
+
+def test_a_bf16_request_prefers_int8_weights_that_passed():
+    both = manifest(int8w=True, int8w_bf16=True)
+    assert got(both, "bf16") == ("openvino", "int8w-bf16", "model.int8w.xml")
+    # int8w-bf16 needs native bf16; without it, int8 weights with f32 activations (bf16 would run f32 anyway).
+    assert got(both, "bf16", cpu=PLAIN_CPU) == ("openvino", "int8w", "model.int8w.xml")
+    # bf16 activations failed on int8 weights: bf16 on float weights is faster than int8w with f32 ones.
+    assert got(manifest(int8w=True), "bf16") == ("openvino", "bf16", "model.onnx")
+    # bf16 failed both ways (the SenseVoice encoder on random weights): int8 weights, f32 activations.
+    assert got(manifest(bf16=False, int8w=True), "bf16") == ("openvino", "int8w", "model.int8w.xml")
+    # Never for an explicit fp32 request, nor where ONNX Runtime or OpenVINO bf16 is forced.
+    assert got(both, "fp32") == ("openvino", "fp32", "model.onnx")
+    assert got(both, "bf16", runtime="openvino") == ("openvino", "bf16", "model.onnx")
+    assert got(both, "bf16", runtime="onnxruntime") == ("onnxruntime", "fp32", "model.onnx")
+
+
+def test_int8_weights_render_with_their_activation_precision(tmp_path):
+    graph = tmp_path / "model.int8w.xml"
+    graph.write_text("<net/>")
+    graph.with_suffix(".bin").write_bytes(b"weights")
+    for precision, hint in (("int8w", "f32"), ("int8w-bf16", "bf16")):
+        repo = tmp_path / precision
+        render_repository(_models(graph, "openvino", precision), "cpu", repo)
+        params = {k: v.string_value for k, v in _config(repo, "m").parameters.items()}
+        assert params["graph_file"] == "model.xml" and params["inference_precision"] == hint
+        assert (repo / "m" / "1" / "model.bin").read_bytes() == b"weights"
+        assert _config(repo, "e").parameters[contract.PRECISION].string_value == precision
 
 
 def test_failed_gates_fall_back_to_onnx_runtime():
