@@ -29,6 +29,7 @@ from toneserve.contract import (
     PRECISION,
     PRESET,
     PROBS,
+    SAMPLE_RATE,
     RUNTIME,
     SPEAKER,
     SPEECH_PROBS,
@@ -70,6 +71,13 @@ class Tuning:
     intra_op_threads: int = 1
     # cpu runner: items whose padded size would exceed this multiple of their own run apart.
     max_pad_ratio: float = 1.25
+    # cpu runner: the audio one run of an audio model pads to at most (several items of that much in all; one
+    # longer item alone). A runtime keeps the buffers of the largest run it computed, so this bounds memory at no
+    # cost in speed on CPU. Measured (int8 weights, 2 streams, docs/BENCHMARKS.md "Int8 weights"): emotion2vec+
+    # held 1251 MB after runs of 8 windows of 5 s, 585 MB after runs of 2, and computed 16 windows in 3.0-3.3 s
+    # either way (3.0-3.2 s one at a time); the SenseVoice encoder held 2168 MB after runs of 8 utterances of
+    # 30 s, 1154 MB after one at a time.
+    max_run_seconds: float = 10.0
     # cpu profile: the heavy instances share the machine's cores through Triton's rate limiter, so
     # no more of them compute at once than there are cores (docs/BENCHMARKS.md, "Where int8's
     # overhead goes").
@@ -93,11 +101,15 @@ class Tuning:
                        max_pad_ratio=self.max_pad_ratio if max_pad_ratio is None else max_pad_ratio,
                        share_cores=self.share_cores if share_cores is None else share_cores)
 
-    def heavy(self) -> dict:
+    def heavy(self, volume_per_second: float | None = None) -> dict:
+        """The scheduling fields of a heavy model; `volume_per_second`: the elements per item of its largest
+        input per second of audio (an audio model: its runs are capped at ``max_run_seconds``)."""
+        parameters = {"intra_op_threads": str(self.intra_op_threads), "max_pad_ratio": str(self.max_pad_ratio)}
+        if volume_per_second is not None:
+            parameters["max_run_volume"] = str(int(self.max_run_seconds * volume_per_second))
         return {"batching": self.batching, "instances": self.instances, "streams": self.streams,
                 "cores": self.intra_op_threads * self.streams if self.share_cores else 0,
-                "parameters": {"intra_op_threads": str(self.intra_op_threads),
-                               "max_pad_ratio": str(self.max_pad_ratio)}}
+                "parameters": parameters}
 
 
 DEFAULT_TUNING = Tuning()
@@ -202,9 +214,9 @@ def _provenance(manifest: dict, choice: Choice) -> dict[str, str]:
             WEIGHTS_ORIGIN: manifest["weights_origin"], PRECISION: choice.precision, RUNTIME: choice.runtime}
 
 
-def _heavy(tuning: Tuning, choice: Choice) -> dict:
+def _heavy(tuning: Tuning, choice: Choice, volume_per_second: float | None = None) -> dict:
     """The OnnxModel fields of a heavy model: tuning, runtime, precision, compile properties."""
-    settings = tuning.heavy()
+    settings = tuning.heavy(volume_per_second)
     parameters = dict(settings.pop("parameters"))
     if choice.compile_config:
         parameters["compile_config"] = json.dumps(choice.compile_config, sort_keys=True)
@@ -224,7 +236,7 @@ def emotion_models(models_root: Path, precision: str = "fp32", tuning: Tuning = 
     # instead of the encoder and a separate softmax model, which a short clip paid for twice.
     probs = serving["probs_output"]
     encoder = OnnxModel(
-        name="emotion2vec", **_heavy(tuning, choice),
+        name="emotion2vec", **_heavy(tuning, choice, SAMPLE_RATE),
         inputs=(Tensor("wav", "float32", (-1,), ragged=True), Tensor("wav_lens", "int64", (1,), is_length=True)),
         outputs=(Tensor(probs, "float32", (classes,), labels=labels), Tensor("embedding", "float32", (dim,))),
         warmup=_audio())
@@ -251,7 +263,7 @@ def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFA
     query = {"language": assets["language_query_ids"]["auto"], "textnorm": assets["textnorm_query_ids"]["woitn"]}
     choice = choose(folder, manifest, "encoder.onnx", precision, runtime, cpu)
     encoder = OnnxModel(
-        name="sensevoice_encoder", **_heavy(tuning, choice),
+        name="sensevoice_encoder", **_heavy(tuning, choice, feat_dim * 1000 / sensevoice_decode.FRAME_SHIFT_MS),
         inputs=(Tensor("speech", "float32", (-1, feat_dim), ragged=True),
                 Tensor("speech_lengths", "int64", (1,), is_length=True),
                 Tensor("language", "int64", (1,), is_length=True),

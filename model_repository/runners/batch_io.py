@@ -9,7 +9,8 @@ Why it pads: with ``allow_ragged_batch`` the dynamic batcher hands us requests w
 dimensions differ. Every toneserve graph takes explicit lengths, so zero-padding each input to the
 run's maximum is exact; outputs listed in the ``trim`` parameter are cut back to each item's own
 length, so a request sees the same tensor whether or not it was batched. Requests of very different
-sizes run in separate padded runs (``max_pad_ratio``, see ``length_groups``).
+sizes run in separate padded runs (``max_pad_ratio``, see ``length_groups``), and no run is larger than
+``max_run_volume`` (``cap_runs``), which bounds the memory a runtime keeps for its largest run.
 
 Why runs are started, not run: one instance holds one copy of the weights, and ``streams`` runs
 compute at once inside it (OpenVINO streams, or ONNX Runtime runs on threads of one session), where
@@ -35,13 +36,18 @@ def pad_concat(arrays):
     return np.concatenate(padded, axis=0)
 
 
+def volumes(per_request):
+    """Each request's size per item: the elements of its largest input divided by its rows."""
+    return [max(a.size // max(len(a), 1) for a in arrays.values()) for arrays in per_request]
+
+
 def length_groups(per_request, max_pad_ratio):
     """Split a batch into runs of similar size, so padding never more than `max_pad_ratio`-folds
     an item's work. Measured on 2 CPU cores (docs/BENCHMARKS.md): one padded run over clips of
     1 to 5 s cost emotion2vec+ up to 3x the compute per item of running them alone, while
     batching equal lengths neither helped nor hurt; grouping keeps what batching gives and
     drops what padding costs."""
-    volume = [max(a.size // max(len(a), 1) for a in arrays.values()) for arrays in per_request]
+    volume = volumes(per_request)
     order = sorted(range(len(per_request)), key=volume.__getitem__)
     groups = []
     for index in order:
@@ -50,6 +56,25 @@ def length_groups(per_request, max_pad_ratio):
         else:
             groups.append([index])
     return groups
+
+
+def cap_runs(groups, volume, max_run_volume):
+    """Groups cut into runs whose padded size (the run's items times its largest item's `volume`) is at most
+    `max_run_volume`; an item larger than that runs alone. A runtime keeps the buffers of the largest run it has
+    computed (OpenVINO's per-stream memory grows to it and stays), so this bounds a replica's memory: the
+    SenseVoice encoder's output alone is items x frames x 25055 floats, 400 MB for 8 utterances of 30 s,
+    per stream. Splitting a run pads no item more than its group did, so what a request gets does not change."""
+    runs = []
+    for group in groups:
+        run, largest = [], 0
+        for index in group:
+            if run and (len(run) + 1) * max(largest, volume[index]) > max_run_volume:
+                runs.append(run)
+                run, largest = [], 0
+            run.append(index)
+            largest = max(largest, volume[index])
+        runs.append(run)
+    return runs
 
 
 def split_runs(groups, streams):
@@ -88,6 +113,7 @@ class PaddedBatches:
         self.outputs = [name for name in outputs if name in self.wire_rank]
         self.trim = {k: tuple(v) for k, v in json.loads(params.get("trim", "{}")).items()}
         self.max_pad_ratio = float(params.get("max_pad_ratio", "inf"))
+        self.max_run_volume = float(params.get("max_run_volume", "inf"))
         self.streams = stream_count(params)
 
     def _request_inputs(self, request):
@@ -115,7 +141,8 @@ class PaddedBatches:
             for _, sender in live:
                 answer(sender, error_response(exc))
             return None
-        for run in split_runs(length_groups(per_request, self.max_pad_ratio), self.streams):
+        groups = cap_runs(length_groups(per_request, self.max_pad_ratio), volumes(per_request), self.max_run_volume)
+        for run in split_runs(groups, self.streams):
             run_senders = [live[i][1] for i in run]
             # Copies (padding copies; the tensors of a request are freed once execute returns), and each
             # request's rows, to split the outputs back.

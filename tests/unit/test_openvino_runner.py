@@ -147,3 +147,37 @@ def test_runs_of_a_batch_are_cut_to_keep_every_stream_busy_and_never_pad_more(ru
         runs = split_runs(groups, streams)
         assert sorted(i for run in runs for i in run) == sorted(i for group in groups for i in group)
         assert all(any(set(run) <= set(group) for group in groups) for run in runs)
+
+
+def test_no_run_pads_more_than_max_run_volume(runner):
+    """cap_runs cuts a length group where one more item would take the run's padded size (items times its
+    largest item) over the cap; an item over the cap runs alone; nothing is lost or reordered."""
+    cap_runs = sys.modules["batch_io"].cap_runs
+    volume = [10, 10, 12, 30, 100]
+    assert cap_runs([[0, 1, 2, 3]], volume, 36) == [[0, 1, 2], [3]]
+    assert cap_runs([[0, 1], [4]], volume, 36) == [[0, 1], [4]]  # 100 > 36: alone
+    assert cap_runs([[0, 1, 2, 3, 4]], volume, float("inf")) == [[0, 1, 2, 3, 4]]
+    for cap in (1, 20, 24, 25, 60, 500):
+        runs = cap_runs([[0, 1, 2], [3, 4]], volume, cap)
+        assert [i for run in runs for i in run] == [0, 1, 2, 3, 4]
+        assert all(len(run) == 1 or len(run) * max(volume[i] for i in run) <= cap for run in runs)
+
+
+def test_a_capped_batch_answers_what_each_request_answers_alone(graph, tmp_path, monkeypatch):
+    """With runs capped at 20 elements, four clips of 5-17 samples run in several runs; each request is
+    answered what it is answered alone."""
+    model, pb = load_runner(monkeypatch, tmp_path / "capped", "openvino_runner.py",
+                            {"model.xml": graph, "model.bin": graph.with_suffix(".bin")},
+                            config(graph_file="model.xml", trim=json.dumps({"scaled": ["out_lens", 1]}),
+                                   max_pad_ratio="inf", max_run_volume="20", streams="2"))
+    started = []
+    start = model.batches.start
+    model.batches.start = lambda feed, done: (started.append(feed["x"].shape), start(feed, done))
+    rng = np.random.default_rng(1)
+    clips = [rng.standard_normal(n).astype(np.float32) for n in (5, 17, 9, 6)]
+    batched = [outputs(r) for r in answers(model, [request(pb, c) for c in clips])]
+    # One length group (5, 6, 9, 17) cut where the next item would pad it over 20: (5, 6) | 9 | 17.
+    assert sorted(started) == [(1, 9), (1, 17), (2, 6)]
+    for clip, many in zip(clips, batched):
+        np.testing.assert_array_equal(many["scaled"][0], 3 * clip)
+        np.testing.assert_allclose(many["total"][0, 0], clip.sum(), rtol=1e-5)
