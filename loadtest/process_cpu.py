@@ -58,23 +58,31 @@ def rss_mb(root_pid: int, root_label: str = "gateway") -> dict[str, float]:
     return memory_mb(root_pid, root_label)["rss"]
 
 
-def memory_mb(root_pid: int, root_label: str = "gateway") -> dict[str, dict[str, float]]:
+def memory_mb(root_pid: int, root_label: str = "gateway", pss: bool = False) -> dict[str, dict[str, float]]:
     """Resident memory now (MB) by part as `rss_mb`, and its anonymous part: RSS less its file-backed and
     shared-memory pages (psutil's `shared`): a mapped model file or compile cache, clean pages the kernel drops
     and reads again before a memory limit kills; and the Python backend's /dev/shm regions, which RSS counts
     again in every process that maps them. What each process alone holds. One read of each process for both:
-    {"rss": {part: MB}, "anon": {part: MB}}."""
+    {"rss": {part: MB}, "anon": {part: MB}}.
+
+    `pss`: also each part's proportional set size, {"pss": {part: MB}}: its private pages plus its share of each
+    page it maps with others (a library, a /dev/shm region, a model file mapped by several processes), so the
+    parts' sum counts every page once, as the machine (and a pod's memory cgroup) does; the sum of RSS counts a
+    shared page once per process. Read from /proc/PID/smaps_rollup, slower than RSS (milliseconds a process)."""
     rss: Counter[str] = Counter()
     anon: Counter[str] = Counter()
+    proportional: Counter[str] = Counter()
     for part, process in _parts(root_pid, root_label):
         try:
-            memory = process.memory_info()  # one read of /proc/PID/statm for both figures
+            memory = process.memory_full_info() if pss else process.memory_info()  # statm (and smaps_rollup)
         except psutil.NoSuchProcess:
             continue
         rss[part] += memory.rss
         anon[part] += memory.rss - memory.shared
-    return {name: {part: round(value / 2**20, 1) for part, value in sorted(totals.items())}
-            for name, totals in (("rss", rss), ("anon", anon))}
+        if pss:
+            proportional[part] += memory.pss
+    figures = (("rss", rss), ("anon", anon)) + ((("pss", proportional),) if pss else ())
+    return {name: {part: round(value / 2**20, 1) for part, value in sorted(totals.items())} for name, totals in figures}
 
 
 def cores(before: Counter[str], after: Counter[str], wall_s: float) -> dict[str, float]:

@@ -10,7 +10,9 @@ of 15-120 s, loadtest/corpus.py) and short clips of varied length (`--short` cli
 so the runtimes see many shapes, the load that makes per-shape caches and arenas grow.
 
 Every `--interval` seconds it samples the resident memory (RSS) of every process: the gateway,
-tritonserver, and each model's stubs (process_cpu.py names them). The goal (docs/BENCHMARKS.md,
+tritonserver, and each model's stubs (process_cpu.py names them); and the replica's proportional set size
+(PSS), which counts a page shared by several of them (a library, a /dev/shm region) once, where their RSS sum
+counts it in each. The goal (docs/BENCHMARKS.md,
 "Memory: one copy of the weights per model, and the soak"): the whole replica grows by at most 5 %
 over the last `--window` minutes, and every request is answered without an error (none lost, none
 failed). Written to `--out`: soak.json (the summary and every sample), soak.csv (one row per sample,
@@ -75,16 +77,21 @@ def growth(samples: list[dict], window_s: float, key: str = "total") -> dict:
             "slope_mb_per_min": slope, "window_s": round(end - inside[0]["t_s"], 1)}
 
 
+TOTALS = ("total", "anon", "pss")
+
+
 def sample(bench: Bench, started: float) -> dict:
-    """RSS (MB) of the gateway, tritonserver and every model's stubs, their total, and the total's anonymous
-    part ("anon": less mapped files, which the kernel can drop; process_cpu.memory_mb)."""
+    """RSS (MB) of the gateway, tritonserver and every model's stubs, their total, the total's anonymous part
+    ("anon": less mapped files, which the kernel can drop) and the replica's proportional set size ("pss": every
+    page counted once, where the sum of RSS counts a shared page in each process; process_cpu.memory_mb)."""
     assert bench.gateway is not None and bench.triton.process is not None
-    gateway = process_cpu.memory_mb(bench.gateway.pid, "gateway")
-    triton = process_cpu.memory_mb(bench.triton.process.pid, "tritonserver")
+    gateway = process_cpu.memory_mb(bench.gateway.pid, "gateway", pss=True)
+    triton = process_cpu.memory_mb(bench.triton.process.pid, "tritonserver", pss=True)
     parts = {"gateway": gateway["rss"]["gateway"], **triton["rss"]}
     anon = sum(gateway["anon"].values()) + sum(triton["anon"].values())
+    pss = sum(gateway["pss"].values()) + sum(triton["pss"].values())
     return {"t_s": round(time.monotonic() - started, 1), **parts, "total": round(sum(parts.values()), 1),
-            "anon": round(anon, 1)}
+            "anon": round(anon, 1), "pss": round(pss, 1)}
 
 
 def write_figure(samples: list[dict], path: Path, window_s: float) -> None:
@@ -92,13 +99,16 @@ def write_figure(samples: list[dict], path: Path, window_s: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = sorted({k for s in samples for k in s if k not in ("t_s", "total", "anon")},
+    parts = sorted({k for s in samples for k in s if k not in ("t_s", *TOTALS)},
                    key=lambda k: -max(s.get(k, 0) for s in samples))
     figure, axis = plt.subplots(figsize=(9, 5))
     minutes = [s["t_s"] / 60 for s in samples]
     axis.plot(minutes, [s["total"] for s in samples], label="whole replica", linewidth=2.5, color="black")
     axis.plot(minutes, [s.get("anon", 0) for s in samples], label="whole replica, anonymous", linewidth=1.5,
               color="black", linestyle="--")
+    if any("pss" in s for s in samples):
+        axis.plot(minutes, [s.get("pss", 0) for s in samples], label="whole replica, PSS (each page once)",
+                  linewidth=1.5, color="black", linestyle=":")
     for part in parts[:8]:
         axis.plot(minutes, [s.get(part, 0) for s in samples], label=part)
     if samples:
@@ -148,8 +158,8 @@ async def soak(bench: Bench, args, audio: list[bytes]) -> dict:
 
 def say(point: dict, tally: Tally | None = None) -> None:
     answered = f", {sum(tally.answered.values())} answered, {tally.lost} in flight" if tally else ""
-    print(f"[soak] {point['t_s'] / 60:5.1f} min: replica {point['total']:.0f} MB ({point['anon']:.0f} anonymous)"
-          f"{answered}", file=sys.stderr, flush=True)
+    print(f"[soak] {point['t_s'] / 60:5.1f} min: replica {point['total']:.0f} MB ({point['anon']:.0f} anonymous, "
+          f"PSS {point['pss']:.0f}){answered}", file=sys.stderr, flush=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -177,7 +187,7 @@ def run(args) -> int:
         bench = Bench(argparse.Namespace(repository=args.repository, gateway_flags=args.gateway_flags), Path(folder))
         result = bench.serve(lambda: soak(bench, args, audio))
     (out / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    columns = ["t_s", "total", "anon", *sorted({k for s in result["samples"] for k in s} - {"t_s", "total", "anon"})]
+    columns = ["t_s", *TOTALS, *sorted({k for s in result["samples"] for k in s} - {"t_s", *TOTALS})]
     with open(out / "soak.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()

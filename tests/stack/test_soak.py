@@ -20,12 +20,15 @@ def test_a_short_soak_samples_every_process_and_answers_every_request(repository
     first = samples[0]
     # The gateway, tritonserver and each model's stub, and the total of them all.
     assert {"gateway", "tritonserver", "model emotion2vec", "model sensevoice_encoder", "model vad"} <= set(first)
-    parts = [k for k in first if k not in ("t_s", "total", "anon")]
+    parts = [k for k in first if k not in ("t_s", "total", "anon", "pss")]
     assert abs(first["total"] - sum(first[k] for k in parts)) < 1.0 and 0 < first["anon"] <= first["total"]
+    # Every page once: no more than the RSS sum, which counts the libraries and /dev/shm the stubs share in each.
+    assert first["anon"] <= first["pss"] < first["total"]
     growth = result["growth"]["total"]
     assert growth["to_mb"] == samples[-1]["total"] and growth["window_s"] <= 0.2 * 60 + 6
     assert result["cpu"]["cores"] >= 1
     rows = list(csv.DictReader((out / "soak.csv").open()))
     assert len(rows) == len(samples) and float(rows[-1]["total"]) == samples[-1]["total"]
+    assert float(rows[-1]["pss"]) == samples[-1]["pss"] and "pss" in result["growth"]
     assert (out / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -2,6 +2,8 @@
 and what `toneserve plan` refuses."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -221,3 +223,23 @@ def test_soak_growth_is_judged_on_the_window_only():
     assert (judged["from_mb"], judged["to_mb"], judged["growth"]) == (200.0, 210.0, 0.05)
     assert judged["slope_mb_per_min"] == 5.0
     assert growth([], 60)["growth"] is None
+
+
+def test_memory_of_a_process_tree_by_part_with_its_proportional_set_size():
+    """This process and a child: RSS, its anonymous part and PSS per part; PSS counts the pages the two share
+    (the interpreter, its libraries) once, so it stays at or below RSS."""
+    import subprocess
+    import sys
+
+    from toneserve.loadtest.process_cpu import memory_mb
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        plain = memory_mb(os.getpid(), "test")
+        full = memory_mb(os.getpid(), "test", pss=True)
+    finally:
+        child.kill()
+        child.wait()
+    assert set(plain) == {"rss", "anon"} and set(full) == {"rss", "anon", "pss"}
+    for part, rss in full["rss"].items():
+        assert 0 < full["anon"][part] <= rss and 0 < full["pss"][part] <= rss
