@@ -254,18 +254,18 @@ def _name(port, known) -> str:
     return found[0]
 
 
-def _input_names(model, feeds) -> list[str]:
+def input_names(model, feeds) -> list[str]:
     return [_name(port, feeds) for port in model.inputs]
 
 
-def _inputs(names: list[str], feeds: dict) -> list[np.ndarray]:
+def port_inputs(names: list[str], feeds: dict) -> list[np.ndarray]:
     """The feeds in port order, each with its canonical numpy dtype: ONNX Runtime returns int64 as
     numpy's ``longlong`` (char "q"), which OpenVINO's Python binding refuses ("Unsupported data type")."""
     return [np.ascontiguousarray(feeds[n], dtype=np.dtype(np.asarray(feeds[n]).dtype.str)) for n in names]
 
 
 def _run(compiled, feeds: dict, outputs) -> dict[str, np.ndarray]:
-    results = compiled(_inputs(_input_names(compiled, feeds), feeds))
+    results = compiled(port_inputs(input_names(compiled, feeds), feeds))
     return {_name(o, outputs): np.asarray(results[o]) for o in compiled.outputs}
 
 
@@ -324,8 +324,8 @@ def _quantize(core, graph: Path, items: list[dict], preset: str):
     )
 
     model = core.read_model(str(graph))
-    names = _input_names(model, items[0])
-    dataset = nncf.Dataset(items, lambda item: _inputs(names, item))
+    names = input_names(model, items[0])
+    dataset = nncf.Dataset(items, lambda item: port_inputs(names, item))
     # Activations per tensor: left to itself NNCF gave SenseVoice's FSMN memory block (a depthwise
     # conv after a transpose) one activation scale per *frame* of the calibration length, and the
     # graph then failed on any other length ("Eltwise shape infer ... mismatch").

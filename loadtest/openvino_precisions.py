@@ -2,14 +2,14 @@
 choice among the precisions that pass their gates (catalog.BF16_PREFERENCE) and its run cap rest on.
 
     python -m toneserve.loadtest.openvino_precisions --models-dir DIR [--family sensevoice emotion2vec]
-        [--precisions fp32 bf16 int8w int8w-bf16] [--batch 1] [--repeat 3] [--json out.json]
+        [--precisions fp32 bf16 int8w int8w-bf16] [--items 4] [--batch 1] [--repeat 3] [--json out.json]
 
 Each precision of each family is compiled in a process of its own (so its resident memory is its own), from the
 graph it is served from (the fp32 ONNX export for fp32 / bf16, the int8-weight IR for int8w / int8w-bf16, the
 static int8 IR for int8) with the properties the runner compiles it with (openvino_compile.py: 2 streams of 1
 thread, the served defaults, no compile cache). It then computes a fixed workload on both streams at once,
 ``--repeat`` times after one unmeasured pass: the served shapes of the family (sensevoice: utterances of 2, 10
-and 30 s; emotion2vec: windows of 5 s; text_sentiment: sentences of 24 and 64 tokens), 8 items of each,
+and 30 s; emotion2vec: windows of 5 s; text_sentiment: sentences of 24 and 64 tokens), ``--items`` of each,
 ``--batch`` items per run. Reported: the median seconds of a pass (and the spread), the resident memory after
 compiling and after the passes (its anonymous part: /proc/self/status), and whether the precision passed its
 accuracy gate at export (a failed one is measured all the same, not served by default).
@@ -32,7 +32,7 @@ from toneserve.model_repository.runners.openvino_compile import compile_properti
 FAMILIES = ("sensevoice", "emotion2vec", "text_sentiment")
 PRECISIONS = ("fp32", "bf16", "int8w", "int8w-bf16", "int8")
 HINT = {"fp32": "f32", "bf16": "bf16", "int8w": "f32", "int8w-bf16": "bf16", "int8": "f32"}
-ITEMS = 8  # of each shape
+ITEMS = 4  # of each shape, by default
 SERVED = {"streams": "2", "intra_op_threads": "1"}  # catalog.Tuning's defaults
 
 
@@ -48,7 +48,7 @@ def graph_of(folder: Path, manifest: dict, precision: str) -> Path:
     return folder / entry["file"]
 
 
-def workload(family: str, folder: Path) -> list[dict]:
+def workload(family: str, folder: Path, items: int = ITEMS) -> list[dict]:
     """The family's items, one feed each (batch 1), in graph input order."""
     from toneserve.export.families import get
     from toneserve.samples import speechlike
@@ -60,22 +60,22 @@ def workload(family: str, folder: Path) -> list[dict]:
         rng = np.random.default_rng(0)
         vocab = Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size()
         return [{"input_ids": rng.integers(5, vocab, (1, n)).astype(np.int64),
-                 "input_lens": np.array([n], np.int64)} for n in (24, 64) for _ in range(ITEMS)]
+                 "input_lens": np.array([n], np.int64)} for n in (24, 64) for _ in range(items)]
     seconds = (2.0, 10.0, 30.0) if family == "sensevoice" else (5.0,)
-    items = []
+    feeds = []
     for s in seconds:
-        for seed in range(ITEMS):
+        for seed in range(items):
             wav = speechlike(s, seed=seed, pauses=False)[None, :]
-            items.append(fam.audio_feeds(folder, wav, np.array([wav.shape[1]], np.int64)))
-    return items
+            feeds.append(fam.audio_feeds(folder, wav, np.array([wav.shape[1]], np.int64)))
+    return feeds
 
 
-def _batches(items: list[dict], batch: int) -> list[dict]:
-    """Items of one shape joined `batch` at a time (items are grouped by shape, `ITEMS` of each)."""
+def _batches(items: list[dict], batch: int, per_shape: int = ITEMS) -> list[dict]:
+    """Items of one shape joined `batch` at a time (items are grouped by shape, `per_shape` of each)."""
     out = []
-    for block in range(0, len(items), ITEMS):
-        for start in range(block, min(block + ITEMS, len(items)), batch):
-            group = items[start:min(start + batch, block + ITEMS)]
+    for block in range(0, len(items), per_shape):
+        for start in range(block, min(block + per_shape, len(items)), batch):
+            group = items[start:min(start + batch, block + per_shape)]
             out.append({name: np.concatenate([item[name] for item in group]) for name in group[0]})
     return out
 
@@ -89,15 +89,15 @@ def _resident() -> dict[str, int]:
     return {"rss_mb": fields.get("VmRSS", 0), "anon_mb": fields.get("RssAnon", 0)}
 
 
-def measure(family: str, folder: Path, precision: str, batch: int, repeat: int) -> dict:
+def measure(family: str, folder: Path, precision: str, batch: int, repeat: int, items: int = ITEMS) -> dict:
     """One precision of one family, in this process."""
     import openvino as ov
 
-    from toneserve.export.openvino_variants import _inputs, _input_names
+    from toneserve.export.openvino_variants import input_names, port_inputs
 
     manifest = json.loads((folder / "manifest.json").read_text())
     graph = graph_of(folder, manifest, precision)
-    feeds = _batches(workload(family, folder), batch)
+    feeds = _batches(workload(family, folder, items), batch, items)
     gate = manifest.get("variants", {}).get("openvino", {}).get("precisions", {}).get(precision, {})
     params = {**SERVED, "inference_precision": HINT[precision]}
     config = compile_properties(params, "", int(SERVED["streams"]))
@@ -108,8 +108,8 @@ def measure(family: str, folder: Path, precision: str, batch: int, repeat: int) 
     compile_s = time.perf_counter() - started
     compiled_mem = _resident()
     queue = ov.AsyncInferQueue(compiled, int(SERVED["streams"]))
-    names = _input_names(compiled, feeds[0])
-    arrays = [dict(enumerate(_inputs(names, feed))) for feed in feeds]
+    names = input_names(compiled, feeds[0])
+    arrays = [dict(enumerate(port_inputs(names, feed))) for feed in feeds]
 
     def one_pass() -> float:
         t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def measure(family: str, folder: Path, precision: str, batch: int, repeat: int) 
 
     one_pass()
     passes = [one_pass() for _ in range(repeat)]
-    return {"family": family, "precision": precision, "graph": graph.name, "batch": batch,
+    return {"family": family, "precision": precision, "graph": graph.name, "items": items, "batch": batch,
             "gate_passed": gate.get("passed"), "compile_s": round(compile_s, 1),
             "pass_s": round(statistics.median(passes), 3), "pass_s_all": [round(p, 3) for p in passes],
             "start": before, "compiled": compiled_mem, "after_passes": _resident()}
@@ -133,14 +133,14 @@ def _child(args: tuple, out) -> None:
         out.put({"family": args[0], "precision": args[2], "error": f"{type(exc).__name__}: {exc}"})
 
 
-def run(models_dir: Path, families, precisions, batch: int, repeat: int) -> list[dict]:
+def run(models_dir: Path, families, precisions, batch: int, repeat: int, items: int = ITEMS) -> list[dict]:
     context = multiprocessing.get_context("spawn")  # a fresh process each: its memory is the precision's own
     results = []
     for family in families:
         for precision in precisions:
             out = context.Queue()
             process = context.Process(target=_child, args=((family, Path(models_dir) / family, precision, batch,
-                                                            repeat), out))
+                                                            repeat, items), out))
             process.start()
             result = out.get()
             process.join()
@@ -164,17 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models-dir", type=Path, required=True, help="exported models (`toneserve export`)")
     p.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     p.add_argument("--precisions", nargs="+", default=list(PRECISIONS[:4]), choices=PRECISIONS)
+    p.add_argument("--items", type=int, default=ITEMS, help="items of each shape (default %(default)s)")
     p.add_argument("--batch", type=int, default=1, help="items per run (default %(default)s)")
     p.add_argument("--repeat", type=int, default=3, help="measured passes (default %(default)s)")
     p.add_argument("--json", type=Path, help="write the results and the machine here")
     args = p.parse_args(argv)
-    if args.batch < 1 or args.repeat < 1:
-        p.error("--batch and --repeat must be at least 1")
+    if min(args.items, args.batch, args.repeat) < 1:
+        p.error("--items, --batch and --repeat must be at least 1")
     cpu = machine.cpu()
     print(f"{cpu['model']}, {cpu['cores']} cores, {cpu['mhz']} MHz, {' '.join(cpu['features'])}", file=sys.stderr)
-    results = run(args.models_dir, args.family, args.precisions, args.batch, args.repeat)
+    results = run(args.models_dir, args.family, args.precisions, args.batch, args.repeat, args.items)
     if args.json:
-        args.json.write_text(json.dumps({"machine": cpu, "batch": args.batch, "repeat": args.repeat,
+        args.json.write_text(json.dumps({"machine": cpu, "items": args.items, "batch": args.batch, "repeat": args.repeat,
                                          "results": results}, indent=1))
     return 1 if any("error" in r for r in results) else 0
 

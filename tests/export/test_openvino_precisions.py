@@ -26,7 +26,7 @@ def test_a_precision_is_measured_on_its_served_graph(models_root, family, precis
 def test_the_workloads_are_the_served_shapes(models_root):
     audio = op.workload("emotion2vec", models_root / "emotion2vec")
     assert len(audio) == op.ITEMS and {item["wav"].shape for item in audio} == {(1, 80000)}
-    text = op._batches(op.workload("text_sentiment", models_root / "text_sentiment"), 3)
+    text = op._batches(op.workload("text_sentiment", models_root / "text_sentiment", 8), 3, 8)
     assert [b["input_ids"].shape for b in text] == [(3, 24), (3, 24), (2, 24), (3, 64), (3, 64), (2, 64)]
 
 
