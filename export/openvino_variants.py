@@ -14,7 +14,8 @@ The "openvino" variant (``toneserve export --variants openvino``) records, in th
   for 51 MB. Saved as OpenVINO IR beside the graph (the weights a quarter of fp32's). OpenVINO's CPU plugin
   keeps such weights in int8 and, on a CPU with VNNI, quantizes the activations of those layers to int8 per
   group at run time (its dynamic quantization): measured on the base SenseVoice encoder (AMD EPYC with
-  avx512_bf16 and VNNI, 2 streams x 1 thread) 1.85x the speed of f32 at half the memory (docs/BENCHMARKS.md).
+  avx512_bf16 and VNNI, 2 streams x 1 thread) 1.74x the speed of f32 in a third of the memory
+  (docs/BENCHMARKS.md, "Int8 weights").
 * ``int8``: static int8 by NNCF (``nncf.quantize``), calibrated on the project's own speech-like audio
   (``toneserve.samples.speechlike``) plus, optionally, a folder of the user's recordings
   (``--calibration DIR``); saved as OpenVINO IR (xml + bin) beside the graph. A family whose graph does not
@@ -346,8 +347,9 @@ def _compress_weights(core, graph: Path):
     model = core.read_model(str(graph))
     matmuls = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
     ignored = nncf.IgnoredScope(names=matmuls[-1:])
-    # NNCF logs a table of what it compressed (its logger, on stderr) and draws bars on stdout, which would tear
-    # the export's own bar: the step's description names what runs.
+    # NNCF logs a table of what it compressed (through a handler on the stdout it found at import, which
+    # redirect_stdout does not reach) and draws bars on stdout; either would tear the export's own bar, whose
+    # step description names what runs.
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.WARNING)

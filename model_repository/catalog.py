@@ -133,10 +133,11 @@ RUNTIMES = ("auto", "onnxruntime", "openvino")
 # The models whose runtime and precision are chosen (the rest run fp32 in ONNX Runtime or numpy).
 HEAVY = ("emotion2vec", "sensevoice_encoder", "text_sentiment_classifier")
 # What a bf16 request serves, first passed first: ordered by speed measured on an AMD EPYC with avx512_bf16 and
-# VNNI (base models, 2 streams x 1 thread, docs/BENCHMARKS.md "Int8 weights"), where int8 weights were also the
-# smallest: int8w-bf16 before bf16 (SenseVoice encoder 5.25 s vs 5.95 s, emotion2vec+ 2.87 vs 3.10, the text
-# classifier 0.54 vs 0.64), bf16 before int8w (emotion2vec+ 3.10 vs 4.66 s), int8w before fp32 (the encoder
-# 6.2 vs 11.5 s, at 1.4 GB instead of 2.9 GB).
+# VNNI (base models, 2 streams x 1 thread, loadtest/openvino_precisions.py, docs/BENCHMARKS.md "Int8 weights"),
+# where int8 weights were also the smallest. Seconds for the tool's workload: int8w-bf16 before bf16 (SenseVoice
+# encoder 3.57 vs 4.03, emotion2vec+ 0.71 vs 0.78, the text classifier 0.069 vs 0.084); bf16 before int8w
+# (emotion2vec+ 0.78 vs 1.17; the text classifier, 0.084 vs 0.071, passes int8w-bf16 first); int8w before fp32
+# (the encoder 4.41 vs 7.66, holding 1.2 GB instead of 3.6 GB).
 BF16_PREFERENCE = ("int8w-bf16", "bf16", "int8w")
 
 
