@@ -73,10 +73,10 @@ class Tuning:
     max_pad_ratio: float = 1.25
     # cpu runner: the audio one run of an audio model pads to at most (several items of that much in all; one
     # longer item alone). A runtime keeps the buffers of the largest run it computed, so this bounds memory at no
-    # cost in speed on CPU. Measured (int8 weights, 2 streams, docs/BENCHMARKS.md "Int8 weights"): emotion2vec+
-    # held 1251 MB after runs of 8 windows of 5 s, 585 MB after runs of 2, and computed 16 windows in 3.0-3.3 s
-    # either way (3.0-3.2 s one at a time); the SenseVoice encoder held 2168 MB after runs of 8 utterances of
-    # 30 s, 1154 MB after one at a time.
+    # cost in speed on CPU. Measured (loadtest/openvino_precisions.py, int8 weights, 2 streams, docs/BENCHMARKS.md
+    # "Int8 weights"): emotion2vec+ computed 16 windows of 5 s in 3.01 s in runs of 8 (holding 1297 MB after),
+    # 3.12 s in runs of 2 (639 MB), 3.01 s one at a time (531 MB); the SenseVoice encoder 16 utterances each of
+    # 2, 10 and 30 s in 17.9 s in runs of 8 (2516 MB), 17.5 s one at a time (1406 MB).
     max_run_seconds: float = 10.0
     # cpu profile: the heavy instances share the machine's cores through Triton's rate limiter, so
     # no more of them compute at once than there are cores (docs/BENCHMARKS.md, "Where int8's
