@@ -112,9 +112,10 @@ GPU_RESOURCES = {"nvidia.com/gpu": 1, "cpu": "4", "memory": "16Gi"}
 # mixed calls and short clips, 4 users; Triton and its Python backend stubs, the gateway left out):
 # docs/BENCHMARKS.md, "Memory: one copy of the weights per model", on 2 vCPUs (AVX2, OpenVINO f32). The
 # figure this replaced, 8219 MiB after light load with 2 instances each, was below what that layout took
-# under mixed load (11.1 GB in 6 minutes, still growing). On a CPU with native bf16 the default serves bf16 and
-# the 30-minute soak peaked lower (5445 MB, docs/BENCHMARKS.md "Issue 22 on a CPU with native bf16"); the limit
-# keeps the f32 figure, which the same image serves on a node without bf16.
+# under mixed load (11.1 GB in 6 minutes, still growing). On a CPU with native bf16 the default serves int8 weights
+# (bf16 and f32 activations) and the 30-minute soak's Triton peaked far lower (3101 MB with glibc's default malloc,
+# docs/BENCHMARKS.md "Int8 weights, capped runs"; 5445 MB before int8 weights); the limit keeps the f32 figure,
+# which the same image serves on a node without bf16 (`--precision auto` serves fp32 there).
 CPU_RSS_MIB = 7179
 CPU_CORES = 2  # the vCPUs it was measured on
 # Above the plateau: a long call's larger tensors, /dev/shm's traffic (memory-backed, charged to the pod).
