@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from toneserve.loadtest import machine
+from toneserve.loadtest.openvino_memory import resident
+from toneserve.model_repository.render import INFERENCE_PRECISION
 from toneserve.model_repository.runners.openvino_compile import compile_properties
 
 FAMILIES = ("sensevoice", "emotion2vec", "text_sentiment")
 PRECISIONS = ("fp32", "bf16", "int8w", "int8w-bf16", "int8")
-HINT = {"fp32": "f32", "bf16": "bf16", "int8w": "f32", "int8w-bf16": "bf16", "int8": "f32"}
 ITEMS = 4  # of each shape, by default
 SERVED = {"streams": "2", "intra_op_threads": "1"}  # catalog.Tuning's defaults
 
@@ -80,15 +81,6 @@ def _batches(items: list[dict], batch: int, per_shape: int = ITEMS) -> list[dict
     return out
 
 
-def _resident() -> dict[str, int]:
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon"):
-            fields[key] = round(int(value.split()[0]) / 1024)
-    return {"rss_mb": fields.get("VmRSS", 0), "anon_mb": fields.get("RssAnon", 0)}
-
-
 def measure(family: str, folder: Path, precision: str, batch: int, repeat: int, items: int = ITEMS) -> dict:
     """One precision of one family, in this process."""
     import openvino as ov
@@ -99,14 +91,14 @@ def measure(family: str, folder: Path, precision: str, batch: int, repeat: int, 
     graph = graph_of(folder, manifest, precision)
     feeds = _batches(workload(family, folder, items), batch, items)
     gate = manifest.get("variants", {}).get("openvino", {}).get("precisions", {}).get(precision, {})
-    params = {**SERVED, "inference_precision": HINT[precision]}
+    params = {**SERVED, "inference_precision": INFERENCE_PRECISION[precision]}
     config = compile_properties(params, "", int(SERVED["streams"]))
     config.pop("CACHE_DIR")
-    before = _resident()
+    before = resident()
     started = time.perf_counter()
     compiled = ov.Core().compile_model(str(graph), "CPU", config)
     compile_s = time.perf_counter() - started
-    compiled_mem = _resident()
+    compiled_mem = resident()
     queue = ov.AsyncInferQueue(compiled, int(SERVED["streams"]))
     names = input_names(compiled, feeds[0])
     arrays = [dict(enumerate(port_inputs(names, feed))) for feed in feeds]
@@ -123,7 +115,7 @@ def measure(family: str, folder: Path, precision: str, batch: int, repeat: int, 
     return {"family": family, "precision": precision, "graph": graph.name, "items": items, "batch": batch,
             "gate_passed": gate.get("passed"), "compile_s": round(compile_s, 1),
             "pass_s": round(statistics.median(passes), 3), "pass_s_all": [round(p, 3) for p in passes],
-            "start": before, "compiled": compiled_mem, "after_passes": _resident()}
+            "start": before, "compiled": compiled_mem, "after_passes": resident()}
 
 
 def _child(args: tuple, out) -> None:
@@ -154,8 +146,8 @@ def line(r: dict) -> str:
         return f"{r['family']} {r['precision']}: {r['error']}"
     gate = {True: "passed", False: "FAILED", None: "-"}[r["gate_passed"]]
     return (f"{r['family']:15s} {r['precision']:11s} gate {gate:6s} pass {r['pass_s']:.3f} s "
-            f"({min(r['pass_s_all']):.3f}-{max(r['pass_s_all']):.3f}), RSS compiled {r['compiled']['rss_mb']} MB, "
-            f"after {r['after_passes']['rss_mb']} MB ({r['after_passes']['anon_mb']} anonymous)")
+            f"({min(r['pass_s_all']):.3f}-{max(r['pass_s_all']):.3f}), RSS compiled {r['compiled']['rss']} MB, "
+            f"after {r['after_passes']['rss']} MB ({r['after_passes']['anon']} anonymous)")
 
 
 def main(argv: list[str] | None = None) -> int:
