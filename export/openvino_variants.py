@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from toneserve.console import CommandError
+from toneserve.contract import INFERENCE_PRECISION
 from toneserve.export.artifacts import sha256_file
 from toneserve.export.families import get
 from toneserve.export.family import ModelFamily
@@ -95,7 +96,7 @@ def ir_name(family: ModelFamily, kind: str = "int8") -> str:
 
 
 # The precisions the weight-compressed IR is judged at, and the inference precision hint each computes in.
-WEIGHT_COMPRESSED = {"int8w": "f32", "int8w-bf16": "bf16"}
+WEIGHT_COMPRESSED = {precision: INFERENCE_PRECISION[precision] for precision in ("int8w", "int8w-bf16")}
 # Every precision an entry records: one built by an older toneserve, without some of them, is rebuilt.
 RECORDED = ("fp32", "bf16", *WEIGHT_COMPRESSED, "int8")
 

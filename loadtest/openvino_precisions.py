@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from toneserve.contract import INFERENCE_PRECISION
 from toneserve.loadtest import machine
 from toneserve.loadtest.openvino_memory import resident
-from toneserve.model_repository.render import INFERENCE_PRECISION
 from toneserve.model_repository.runners.openvino_compile import compile_properties
 
 FAMILIES = ("sensevoice", "emotion2vec", "text_sentiment")

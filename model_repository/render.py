@@ -26,7 +26,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toneserve import contract
-from toneserve.contract import CORES
+from toneserve.contract import CORES, INFERENCE_PRECISION
 from toneserve.model_repository.spec import Ensemble, Model, OnnxModel, PythonModel, Tensor
 
 PROFILES = ("cpu", "gpu")
@@ -39,10 +39,6 @@ RUNTIMES = ("onnxruntime", "openvino")
 # tensor names the gateway calls; batch_io (numpy) is the graph runners' shared batching.
 RUNNER_HELPERS = (RUNNERS / "runner_errors.py", RUNNERS / "batch_io.py", RUNNERS / "openvino_compile.py",
                   Path(contract.__file__))
-# OpenVINO's INFERENCE_PRECISION_HINT per served precision. An int8 IR carries its own quantized
-# precision; the layers it leaves unquantized run at f32, so int8's accuracy gate holds whatever the CPU.
-# int8w / int8w-bf16: int8 weights (an IR), the activations in f32 / bf16.
-INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8w": "f32", "int8w-bf16": "bf16"}
 VERSION = "1"
 
 WARMUP_DIR = "warmup"
