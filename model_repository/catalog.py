@@ -185,10 +185,9 @@ def choose(folder: Path, manifest: dict, fp32_name: str, precision: str, runtime
             if gate.get("passed") and (has_bf16(cpu) or not candidate.endswith("bf16")):
                 graph = folder / gate["file"] if "file" in gate else folder / fp32_name
                 return Choice("openvino", candidate, graph, dict(gate.get("compile_config", {})))
-    if precision == "bf16" and (not has_bf16(cpu) or (runtime == "auto" and not gates.get("bf16", {}).get("passed"))):
-        # No bf16 here (OpenVINO would silently run f32), or (auto) bf16 failed its gate: served as fp32 and
-        # chosen as fp32 is, so OpenVINO f32 where that passed its gate.
-        precision = "fp32"
+        precision = "fp32"  # none passed here: served as fp32 and chosen as fp32 is (OpenVINO f32 where it passed)
+    elif precision == "bf16" and not has_bf16(cpu):
+        precision = "fp32"  # no bf16 here: OpenVINO would silently run f32
     if precision != "fp16" and runtime != "onnxruntime" and openvino is not None:
         gate = gates.get(precision, {})
         if runtime == "openvino" or gate.get("passed", False):
