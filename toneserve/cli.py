@@ -315,8 +315,9 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
 
 def cmd_serve(args) -> int:
     from toneserve.gateway.server import check_exposure
-    from toneserve.triton import EmbeddedTriton
+    from toneserve.triton import EmbeddedTriton, bound_malloc
 
+    bound_malloc()  # the gateway runs in this process
     # Key and exposure mistakes are known before Triton takes a minute to start.
     security = _security(args)
     check_exposure(args.host, security[0], args.allow_unauthenticated)
@@ -332,6 +333,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_gateway(args) -> int:
+    from toneserve.triton import bound_malloc
+
+    bound_malloc()
     asyncio.run(_run_gateway(args.triton_url, args))
     return 0
 

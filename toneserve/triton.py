@@ -15,6 +15,7 @@ one name do.
 """
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
 import re
@@ -109,7 +110,23 @@ def prepare_backends(cache: Path | None = None) -> Path:
 # freed pages stay). Measured in `toneserve soak` (docs/BENCHMARKS.md, "Int8 weights"): the default replica's RSS
 # sum 2.7 GB instead of 3.3 GB after 8 minutes, PSS 2.3 GB instead of 2.9 GB. A GLIBC_TUNABLES of the caller's own
 # is kept. The container images set the same (deploy/triton-cpu, deploy/gateway: tests/deploy check it).
-MALLOC_TUNABLES = "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=262144"
+MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD = 2, 262144
+MALLOC_TUNABLES = f"glibc.malloc.arena_max={MALLOC_ARENA_MAX}:glibc.malloc.mmap_threshold={MALLOC_MMAP_THRESHOLD}"
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's malloc.h
+
+
+def bound_malloc() -> bool:
+    """The same bounds for this process, set with glibc's ``mallopt`` (GLIBC_TUNABLES is read only when a process
+    starts, and `toneserve serve` runs the gateway in its own): the gateway commands call it first. Nothing where
+    the caller set GLIBC_TUNABLES or the C library is not glibc. Returns whether both were set."""
+    if "GLIBC_TUNABLES" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, MALLOC_ARENA_MAX)) and bool(mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD))
 
 
 def _server_env() -> dict[str, str]:
