@@ -109,7 +109,7 @@ def prepare_backends(cache: Path | None = None) -> Path:
 # 32 MB, each time a larger block is freed; from then on tensors up to that size come from the heap, where their
 # freed pages stay). Measured in `toneserve soak` (docs/BENCHMARKS.md, "Int8 weights"): the default replica's RSS
 # sum 2.7 GB instead of 3.3 GB after 8 minutes, PSS 2.3 GB instead of 2.9 GB. A GLIBC_TUNABLES of the caller's own
-# is kept. The container images set the same (deploy/triton-cpu, deploy/gateway: tests/deploy check it).
+# is kept. The container images set the same (deploy/triton-cpu, deploy/gateway: tests/unit/test_triton.py checks it).
 MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD = 2, 262144
 MALLOC_TUNABLES = f"glibc.malloc.arena_max={MALLOC_ARENA_MAX}:glibc.malloc.mmap_threshold={MALLOC_MMAP_THRESHOLD}"
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's malloc.h
