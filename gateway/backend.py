@@ -40,6 +40,8 @@ class ModelInfo:
     # Calls one server replica computes at once: of its busiest step, instances x streams (x max batch size on
     # a GPU); 0: unknown.
     concurrency: int = 0
+    # Whether its runs compute on a GPU (any step's instances): on a CPU they share the replica's cores.
+    gpu: bool = False
 
 
 # The model each Backend call runs on: the gateway's Triton call slots are shared per model.

@@ -252,7 +252,7 @@ class Inference:
                 raise _error(exc) from None
             parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
             wav: dict = next((i for i in config.get("input", []) if i["name"] == contract.WAV), {})
-            concurrency = await self._concurrency(config)
+            concurrency, gpu = await self._concurrency(config)
             self.models[name] = EnsembleInfo(
                 name=name, version=str(max(versions.get("versions", ["1"]), key=int)),
                 family=parameters[contract.FAMILY], preset=parameters[contract.PRESET],
@@ -260,27 +260,28 @@ class Inference:
                 # A repository rendered before the runtime parameter existed ran ONNX Runtime.
                 runtime=parameters.get(contract.RUNTIME, "onnxruntime"),
                 parameters=parameters, ragged=bool(wav.get("allow_ragged_batch", False)),
-                max_batch_size=int(config.get("max_batch_size", 0)), concurrency=concurrency,
+                max_batch_size=int(config.get("max_batch_size", 0)), concurrency=concurrency, gpu=gpu,
                 outputs=frozenset(o["name"] for o in config.get("output", [])))
         await self.count_replicas()
         if not self.models[contract.ASR].outputs.issuperset(WORD_OUTPUTS):
             log.warning("Triton's %r model returns no %s (a repository rendered before them): segments carry no "
                         "words; render the repository again for word times", contract.ASR, "/".join(WORD_OUTPUTS))
 
-    async def _concurrency(self, config: dict) -> int:
+    async def _concurrency(self, config: dict) -> tuple[int, bool]:
         """The calls one replica computes of a model at once: of its busiest step (each step of an ensemble; the
         model itself otherwise), its runs, instances x streams (contract.concurrency); on a GPU times its max batch
         size. Not so on a CPU: there a batch's run lasts about as long as its rows one after the other, so a call
         batched behind others waits for all of them (docs/BENCHMARKS.md, "Fair by default"); a GPU computes a
-        batch in about the time of one row."""
+        batch in about the time of one row. And whether any step runs on a GPU."""
         steps = [step["model_name"] for step in config.get("ensemble_scheduling", {}).get("step", [])]
         configs = [(await self.client.get_model_config(step, as_json=True))["config"] for step in steps] or [config]
-        most = 0
+        most, any_gpu = 0, False
         for step in configs:
             gpu = any(group.get("kind") == "KIND_GPU" for group in step.get("instance_group", []))
             rows = max(1, int(step.get("max_batch_size", 0))) if gpu else 1
             most = max(most, contract.concurrency(step) * rows)
-        return most
+            any_gpu = any_gpu or gpu
+        return most, any_gpu
 
     async def _serves(self, name: str) -> bool:
         """Whether Triton has model `name` ready. Asked last, of a server that just answered for the others:

@@ -33,6 +33,9 @@ class Metrics:
                                     "model's pool)", registry=self.registry)
         self.triton_slots = Gauge("toneserve_triton_call_slots", "Triton calls to the model this gateway keeps in "
                                   "flight at once (its fair pool's size)", ["model"], registry=self.registry)
+        self.triton_run_budget = Gauge("toneserve_triton_run_budget", "Runs of the long audio models (asr, emotion) "
+                                       "this gateway keeps in flight together, shared fairly between tenants; 0: no "
+                                       "such budget", registry=self.registry)
         self.cpu_waiting = Gauge("toneserve_cpu_work_waiting", "Pieces of the gateway's CPU work (decoding, pitch, "
                                  "reconciliation) waiting for a CPU slot", registry=self.registry)
         self.live_early = Counter("toneserve_live_early_analyses", "AnalyzeStream utterances analysed as soon as "

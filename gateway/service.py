@@ -53,6 +53,13 @@ log = logging.getLogger("toneserve.gateway")
 # `ModelInfo.concurrency`): two runs, the cpu profile's streams.
 UNKNOWN_MODEL_SLOTS = 2
 
+# The models whose Triton calls also share a budget of runs in flight (--max-triton-runs): the long audio models,
+# whose runs each hold a core for as long as their audio lasts. On 2 cores their 2 + 2 runs at once shared the
+# cores, and a tenant's call could wait for its model's slot while a flood's calls held them waiting for the
+# other model; with the budget the fair queue decides whose run computes next across both (docs/BENCHMARKS.md,
+# "A budget of runs across the audio models"). The short calls (vad, speaker, text sentiment) stay outside it.
+BUDGET_MODELS = frozenset({contract.ASR, contract.EMOTION})
+
 
 async def _options(request_iterator, rpc: str, timeout: float | None) -> pb.AnalyzeRequest:
     """The options that open an AnalyzeUpload or AnalyzeStream call."""
@@ -80,7 +87,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         # Triton calls in flight per model, and the gateway's CPU work, shared between tenants by weight (the key
         # file's weight=). A model's pool is sized when its first call is made: after the models are loaded.
         weight = lambda tenant: self.keys.policy(tenant).weight  # noqa: E731
-        self.triton_slots = FairPools(self._model_slots, weight)
+        self.triton_slots = FairPools(self._model_slots, weight, self._run_budget, BUDGET_MODELS.__contains__)
         self.cpu_slots = FairSlots(settings.cpu_slots or cores(), weight)
         self.metrics.triton_waiting.set_function(self.triton_slots.waiting)
         self.metrics.cpu_waiting.set_function(self.cpu_slots.waiting)
@@ -117,13 +124,29 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         per_replica = info.concurrency if info is not None and info.concurrency > 0 else UNKNOWN_MODEL_SLOTS
         return per_replica * max(1, self.inference.replicas)
 
+    def _run_budget(self) -> int | None:
+        """The runs of BUDGET_MODELS this gateway keeps in flight together: --max-triton-runs (0: no budget),
+        else, where they compute on CPUs, the runs the busiest of them computes at once (instances x streams: the
+        cores it was tuned for) times the replicas; None (no budget) where one computes on a GPU."""
+        if self.settings.max_triton_runs is not None:
+            return self.settings.max_triton_runs or None
+        infos = [info for name, info in self.inference.models.items() if name in BUDGET_MODELS]
+        if not infos or any(info.gpu for info in infos):
+            return None
+        per_replica = max(info.concurrency if info.concurrency > 0 else UNKNOWN_MODEL_SLOTS for info in infos)
+        return per_replica * max(1, self.inference.replicas)
+
     def resize_slots(self) -> dict[str, int]:
-        """Size every model's pool made so far again (the Triton replicas changed); returns each served model's
-        slots."""
+        """Size every model's pool made so far again, and the budget (the Triton replicas changed); returns each
+        served model's slots, and the budget's where there is one."""
         self.triton_slots.resize()
         sizes = {name: self._model_slots(name) for name in self.inference.models}
         for name, slots in sizes.items():
             self.metrics.triton_slots.labels(name).set(slots)
+        budget = self._run_budget()
+        self.metrics.triton_run_budget.set(budget or 0)
+        if budget is not None:
+            sizes[" + ".join(sorted(BUDGET_MODELS)) + " together"] = budget
         return sizes
 
     async def Analyze(self, request: pb.AnalyzeRequest, context) -> pb.AnalyzeResponse:

@@ -49,6 +49,10 @@ class Settings:
     # GPU, read from Triton, times its replicas), so that calls wait here, in the fair queue, not in Triton's
     # FIFO or in a batch.
     max_inflight: int | None = None
+    # Runs of the long audio models (ASR, emotion) in flight from this gateway together, shared fairly between
+    # tenants, beside each model's own slots; None: where they compute on CPUs, the runs the busiest of them
+    # computes at once (the cores it was tuned for), times the replicas; on a GPU no such budget. 0: none.
+    max_triton_runs: int | None = None
     # Pieces of CPU work in the gateway's threads at once (decoding, pitch, reconciliation, clustering),
     # shared fairly between tenants the same way; None: the cores this process may use (`cores()`).
     cpu_slots: int | None = None
@@ -127,6 +131,9 @@ class Settings:
                  if value is not None and value < 1]
         wrong += [f"{name} must be above 0 (or unset: unlimited), got {value}"
                   for name, value in quotas.items() if value is not None and value <= 0]
+        if self.max_triton_runs is not None and self.max_triton_runs < 0:
+            wrong.append(f"max_triton_runs (--max-triton-runs) must be 0 (no budget) or more, got "
+                         f"{self.max_triton_runs}")
         grace = self.max_connection_age_grace_seconds
         if grace is not None and grace < 0:
             wrong.append(f"max_connection_age_grace_seconds (--max-connection-age-grace) must be 0 or more "

@@ -216,6 +216,7 @@ def _replace_settings(args, defaults, limits):
                    max_requests_per_tenant=args.max_requests_per_tenant,
                    max_message_bytes=args.max_message_mb * 1024 * 1024,
                    triton_timeout_seconds=args.triton_timeout, max_inflight=args.max_triton_calls,
+                   max_triton_runs=args.max_triton_runs,
                    cpu_slots=args.cpu_slots, live_early=args.live_early,
                    tenant_audio_seconds_per_minute=args.tenant_seconds_per_minute,
                    tenant_audio_seconds_per_day=args.tenant_seconds_per_day, max_speakers=args.max_speakers,
@@ -551,6 +552,11 @@ def _add_gateway_options(p):
                         "instances x streams of its busiest step (x its max batch size on a GPU), times the replicas "
                         "that --triton-url resolves to; "
                         "so tenants wait in the gateway's fair queue, not in Triton's FIFO or behind a batch)")
+    p.add_argument("--max-triton-runs", type=int, default=defaults.max_triton_runs, metavar="N",
+                   help="runs of the long audio models (asr, emotion) in flight at once together, beside each "
+                        "model's own slots, shared fairly between tenants: the fair queue decides whose run computes "
+                        "next across both (default: where they compute on CPUs, the runs the busiest of them computes "
+                        "at once, times the Triton replicas; on a GPU no such budget; 0: none)")
     p.add_argument("--cpu-slots", type=int, default=defaults.cpu_slots, metavar="N",
                    help="pieces of the gateway's CPU work (decoding, pitch, reconciliation) run at once, shared "
                         "fairly between tenants (default: the cores this process may use)")

@@ -181,3 +181,62 @@ def test_each_model_has_its_own_pool_sized_by_its_capacity():
         pools.resize()
         assert pools["emotion"].capacity == 3 and pools["emotion"].free == 2  # quiet's call still holds one
     asyncio.run(scenario())
+
+
+
+def test_a_budget_across_models_goes_to_the_tenant_whose_turn_it_is_whatever_the_model():
+    """Two models' pools share a budget of 2 runs: a freed run goes to the quiet tenant's call to either model
+    before the noisy tenant's calls, and a call waiting for the budget holds no slot of its model meanwhile."""
+    async def scenario():
+        pools = FairPools({"emotion": 2, "asr": 2, "vad": 1}.__getitem__, total=lambda: 2,
+                          shares=lambda name: name != "vad")
+        noisy, quiet = pools.tenant("noisy"), pools.tenant("quiet")
+        order: list[str] = []
+
+        async def call(view, tenant: str, model: str) -> None:
+            async with view[model]:
+                order.append(f"{tenant}:{model}")
+                await asyncio.sleep(3600)  # held until cancelled
+
+        held = [asyncio.create_task(call(noisy, "noisy", model)) for model in ("emotion", "asr")]
+        await _settle()
+        budget = pools.budget
+        assert budget is not None and budget.free == 0 and pools["emotion"].free == 1  # the budget is spent
+        late = [asyncio.create_task(call(noisy, "noisy", "emotion")), asyncio.create_task(call(noisy, "noisy", "asr")),
+                asyncio.create_task(call(quiet, "quiet", "asr"))]
+        await _settle()
+        assert pools.waiting() == 3 and pools.waiting("quiet") == 1
+        # a model outside the budget is granted at once
+        vad = asyncio.create_task(call(quiet, "quiet", "vad"))
+        await _settle()
+        assert order[-1] == "quiet:vad"
+        held[0].cancel()  # noisy's emotion run ends: the budget's run goes to quiet's asr call, not noisy's emotion
+        await _settle()
+        assert order[-1] == "quiet:asr" and pools.waiting() == 2
+        held[1].cancel()  # noisy's asr run ends: noisy's first waiting call (emotion) goes next
+        await _settle()
+        assert order[-1] == "noisy:emotion" and pools.waiting() == 1
+        late[1].cancel()  # a call cancelled while it waits gives nothing away
+        await _settle()
+        assert pools.waiting() == 0 and budget.free == 0
+        for task in late + [vad]:
+            task.cancel()
+        await asyncio.gather(*held, *late, vad, return_exceptions=True)
+        assert budget.free == 2 and pools["emotion"].free == 2 and pools["asr"].free == 2 and pools["vad"].free == 1
+    asyncio.run(scenario())
+
+
+def test_a_budget_grows_and_shrinks_with_the_replicas():
+    async def scenario():
+        total = [1]
+        pools = FairPools(lambda name: 2, total=lambda: total[0], shares=lambda name: True)
+        async with pools.tenant("a")["asr"]:
+            waiting = asyncio.create_task(pools.tenant("b")["emotion"].__aenter__())
+            await _settle()
+            assert not waiting.done()
+            total[0] = 2
+            pools.resize()
+            await _settle()
+            assert waiting.done()
+        assert pools.budget is not None and pools.budget.free == 1  # b's call still holds one of the two
+    asyncio.run(scenario())

@@ -121,10 +121,10 @@ def test_a_models_slots_are_the_runs_its_busiest_step_computes_at_once_and_on_a_
         inference = Inference("127.0.0.1:1")
         try:
             inference.client = _Configs({"front": light, "encoder": heavy})  # type: ignore[assignment]
-            assert await inference._concurrency(ensemble) == 2  # 1 instance x 2 streams, whatever its batch
-            assert await inference._concurrency(light) == 1
-            assert await inference._concurrency(gpu) == 12  # 3 instances x a batch of 4: on a GPU, rows count
-            assert await inference._concurrency({"instance_group": [{"count": 2}]}) == 2
+            assert await inference._concurrency(ensemble) == (2, False)  # 1 instance x 2 streams, whatever its batch
+            assert await inference._concurrency(light) == (1, False)
+            assert await inference._concurrency(gpu) == (12, True)  # 3 instances x a batch of 4: on a GPU, rows count
+            assert await inference._concurrency({"instance_group": [{"count": 2}]}) == (2, False)
         finally:
             inference.client = None  # type: ignore[assignment]
     asyncio.run(scenario())
@@ -163,3 +163,32 @@ def test_a_config_file_counts_its_runs_as_the_gateway_counts_triton_json(tmp_pat
     assert contract.concurrency({"instance_group": [{"count": 1}],
                                  "parameters": {contract.STREAMS: {"string_value": "2"}}}) == 2
     assert contract.concurrency({}) == 1
+
+
+def test_the_audio_models_share_a_budget_of_runs_on_cpus_and_none_on_a_gpu():
+    from dataclasses import replace
+
+    from toneserve.gateway.service import BUDGET_MODELS, AnalyzerService
+
+    async def scenario():
+        backend = FakeBackend()
+        backend.models[contract.ASR] = replace(backend.models[contract.ASR], concurrency=2)
+        backend.models[contract.EMOTION] = replace(backend.models[contract.EMOTION], concurrency=3)
+        service = AnalyzerService(backend, Settings())
+        assert BUDGET_MODELS == {contract.ASR, contract.EMOTION}
+        assert service._run_budget() == 3  # the busiest of the two, on one replica
+        service.triton_slots[contract.VAD]
+        assert service.triton_slots.budget is None  # made with the first pool that shares it
+        assert service.triton_slots[contract.ASR].budget is service.triton_slots[contract.EMOTION].budget
+        assert service.triton_slots.budget is not None and service.triton_slots.budget.capacity == 3
+        assert service.triton_slots[contract.VAD].budget is None
+        backend.replicas = 2
+        assert service.resize_slots()["asr + emotion together"] == 6 and service.triton_slots.budget.capacity == 6
+        assert service.metrics.triton_run_budget._value.get() == 6
+        assert AnalyzerService(backend, Settings(max_triton_runs=5))._run_budget() == 5
+        assert AnalyzerService(backend, Settings(max_triton_runs=0))._run_budget() is None
+        backend.models[contract.EMOTION] = replace(backend.models[contract.EMOTION], gpu=True)
+        assert AnalyzerService(backend, Settings())._run_budget() is None  # a GPU: no such budget
+        with pytest.raises(ValueError, match="max_triton_runs"):
+            Settings(max_triton_runs=-1)
+    asyncio.run(scenario())
