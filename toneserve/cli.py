@@ -280,6 +280,9 @@ def _security(args):
 
 async def _run_gateway(triton_url: str, args, security=None) -> None:
     from toneserve.gateway.server import Gateway
+    from toneserve.triton import bound_malloc
+
+    bound_malloc()  # `serve` and `gateway` both run the gateway in this process: its allocator bounded too
 
     host, port = args.host, args.port
     keys, tls = security or _security(args)
@@ -316,9 +319,7 @@ async def _run_gateway(triton_url: str, args, security=None) -> None:
 
 def cmd_serve(args) -> int:
     from toneserve.gateway.server import check_exposure
-    from toneserve.triton import EmbeddedTriton, bound_malloc
-
-    bound_malloc()  # the gateway runs in this process
+    from toneserve.triton import EmbeddedTriton
     # Key and exposure mistakes are known before Triton takes a minute to start.
     security = _security(args)
     check_exposure(args.host, security[0], args.allow_unauthenticated)
@@ -334,9 +335,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_gateway(args) -> int:
-    from toneserve.triton import bound_malloc
-
-    bound_malloc()
     asyncio.run(_run_gateway(args.triton_url, args))
     return 0
 
