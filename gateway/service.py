@@ -33,7 +33,7 @@ from toneserve.contract import (
 )
 from toneserve.gateway import sentiment, thresholds
 from toneserve.gateway.auth import ApiKeys
-from toneserve.gateway.backend import Backend
+from toneserve.gateway.backend import Backend, ModelInfo
 from toneserve.gateway.calls import TritonCalls as Call
 from toneserve.gateway.fair_queue import FairPools, FairSlots
 from toneserve.gateway.live import LiveAudio
@@ -120,7 +120,11 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         compute of it at once (UNKNOWN_MODEL_SLOTS per replica where its config does not say)."""
         if self.settings.max_inflight is not None:
             return self.settings.max_inflight
-        info = self.inference.models.get(model)
+        return self._at_once(self.inference.models.get(model))
+
+    def _at_once(self, info: ModelInfo | None) -> int:
+        """What the Triton replicas compute of a model at once (UNKNOWN_MODEL_SLOTS per replica where its config
+        does not say)."""
         per_replica = info.concurrency if info is not None and info.concurrency > 0 else UNKNOWN_MODEL_SLOTS
         return per_replica * max(1, self.inference.replicas)
 
@@ -133,8 +137,7 @@ class AnalyzerService(pb_grpc.AnalyzerServicer):
         infos = [info for name, info in self.inference.models.items() if name in BUDGET_MODELS]
         if not infos or any(info.gpu for info in infos):
             return None
-        per_replica = max(info.concurrency if info.concurrency > 0 else UNKNOWN_MODEL_SLOTS for info in infos)
-        return per_replica * max(1, self.inference.replicas)
+        return max(self._at_once(info) for info in infos)
 
     def resize_slots(self) -> dict[str, int]:
         """Size every model's pool made so far again, and the budget (the Triton replicas changed); returns each

@@ -117,7 +117,7 @@ _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's malloc.h
 
 def bound_malloc() -> bool:
     """The same bounds for this process, set with glibc's ``mallopt`` (GLIBC_TUNABLES is read only when a process
-    starts, and `toneserve serve` runs the gateway in its own): the gateway commands call it first. Nothing where
+    starts, and `toneserve serve` runs the gateway in its own): called where the gateway starts. Nothing where
     the caller set GLIBC_TUNABLES or the C library is not glibc. Returns whether both were set."""
     if "GLIBC_TUNABLES" in os.environ:
         return False
