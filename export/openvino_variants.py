@@ -20,10 +20,12 @@ The "openvino" variant (``toneserve export --variants openvino``) records, in th
   (``toneserve.samples.speechlike``) plus, optionally, a folder of the user's recordings
   (``--calibration DIR``); saved as OpenVINO IR (xml + bin) beside the graph. A family whose graph does not
   read audio (text sentiment) gives its own calibration feeds instead (``calibration_feeds``, see
-  ``calibration_items``).
+  ``calibration_items``). The graph's first weighted layer (the one reading the input) stays float and
+  SmoothQuant is off (``_quantize``, ``QUANTIZE_RECIPE``). The layers left float compute in f32 (``int8``) or,
+  judged on its own, in bf16 (``int8-bf16``; not passed on a CPU without bf16).
 
-bf16, int8w and int8 are judged by ``judge`` against ONNX Runtime fp32 on the family's parity inputs, with the
-gate of the family's ``gate_kind`` (``GATES``): a classifier must keep every clip's label and its
+bf16, int8w, int8 and int8-bf16 are judged by ``judge`` against ONNX Runtime fp32 on the family's parity
+inputs, with the gate of the family's ``gate_kind`` (``GATES``): a classifier must keep every clip's label and its
 probabilities within 0.02; a CTC encoder must keep >= 97 % of the valid frames' top-1 tokens. A classifier's
 probabilities are the softmax of its top-1 output, or that output itself when the family names it among its
 ``probability_outputs`` (a graph that outputs probabilities, not logits).
@@ -97,8 +99,11 @@ def ir_name(family: ModelFamily, kind: str = "int8") -> str:
 
 # The precisions the weight-compressed IR is judged at, and the inference precision hint each computes in.
 WEIGHT_COMPRESSED = {precision: INFERENCE_PRECISION[precision] for precision in ("int8w", "int8w-bf16")}
-# Every precision an entry records: one built by an older toneserve, without some of them, is rebuilt.
-RECORDED = ("fp32", "bf16", *WEIGHT_COMPRESSED, "int8")
+# Every precision an entry records: one built by an older toneserve, without some of them, is rebuilt. "int8" and
+# "int8-bf16" are the static int8 IR, the layers it leaves float computed in f32 / bf16.
+RECORDED = ("fp32", "bf16", *WEIGHT_COMPRESSED, "int8", "int8-bf16")
+# How the static int8 IR is quantized (_quantize); an entry whose IR was quantized otherwise is rebuilt.
+QUANTIZE_RECIPE = "first layer float, no SmoothQuant, activations per tensor"
 
 
 # ------------------------------------------------------------------------------------------ gates
@@ -318,10 +323,22 @@ def _save_ir(model, dst_xml: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def first_layer(model) -> str:
+    """The name of the graph's first weighted layer (a Convolution or MatMul with constant weights, in
+    topological order): the one that reads the input itself (emotion2vec+'s convolution over the raw waveform,
+    SenseVoice's first attention projection of the filterbank features)."""
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "MatMul") and \
+                op.input_value(1).get_node().get_type_name() in ("Constant", "Convert"):
+            return op.get_friendly_name()
+    raise ValueError("the graph has no Convolution or MatMul with constant weights")
+
+
 def _quantize(core, graph: Path, items: list[dict], preset: str):
     import nncf  # type: ignore[import-untyped]
     from nncf.quantization.advanced_parameters import (  # type: ignore[import-untyped]
         AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
         QuantizationParameters,
     )
 
@@ -331,13 +348,18 @@ def _quantize(core, graph: Path, items: list[dict], preset: str):
     # Activations per tensor: left to itself NNCF gave SenseVoice's FSMN memory block (a depthwise
     # conv after a transpose) one activation scale per *frame* of the calibration length, and the
     # graph then failed on any other length ("Eltwise shape infer ... mismatch").
-    # NNCF draws its own (rich) progress bars on stdout, which would tear the export's bar on stderr;
-    # the export's bar names this step instead.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # The first layer keeps float weights and inputs, and SmoothQuant is off (QUANTIZE_RECIPE): measured on the
+    # base emotion2vec+ (random weights, AMD EPYC with avx512_bf16 and VNNI, docs/BENCHMARKS.md "Static int8,
+    # the first layer float"), the largest probability difference was 0.032 with NNCF's defaults, 0.023 without
+    # SmoothQuant, 0.003 without SmoothQuant and with the convolution over the raw waveform left float (gate
+    # 0.02); leaving every convolution float passed too, but ran 1.3x (bf16) to 2x (f32) slower.
+    with _quiet_nncf():
         return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset(preset),
                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(items),
+                             ignored_scope=nncf.IgnoredScope(names=[first_layer(model)]),
                              advanced_parameters=AdvancedQuantizationParameters(
-                                 activations_quantization_params=QuantizationParameters(per_channel=False)))
+                                 activations_quantization_params=QuantizationParameters(per_channel=False),
+                                 smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)))
 
 
 def _compress_weights(core, graph: Path):
@@ -348,15 +370,21 @@ def _compress_weights(core, graph: Path):
     model = core.read_model(str(graph))
     matmuls = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"]
     ignored = nncf.IgnoredScope(names=matmuls[-1:])
-    # NNCF logs a table of what it compressed (through a handler on the stdout it found at import, which
-    # redirect_stdout does not reach) and draws bars on stdout; either would tear the export's own bar, whose
-    # step description names what runs.
+    with _quiet_nncf():
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
+
+
+@contextlib.contextmanager
+def _quiet_nncf():
+    """NNCF logs what it compressed or left out (through a handler on the stdout it found at import, which
+    redirect_stdout does not reach) and draws its own bars on stdout; either would tear the export's own bar on
+    stderr, whose step description names what runs."""
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
+            yield
     finally:
         logger.setLevel(level)
 
@@ -376,6 +404,8 @@ def is_current(folder: Path, entry: dict | None, base_digest: str, calibration: 
     if not entry or entry.get("from") != base_digest or entry.get("openvino_version") != ov.__version__:
         return False
     if set(RECORDED) - set(entry.get("precisions") or {}):
+        return False
+    if ((entry.get("precisions") or {}).get("int8") or {}).get("recipe") != QUANTIZE_RECIPE:
         return False
     sources = ((entry.get("precisions") or {}).get("int8") or {}).get("calibration", {}).get("sources")
     if sources != calibration_sources(_folder_family(folder), calibration):
@@ -427,24 +457,28 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
         passed, gate = judge(family.name, report, "bf16")
         precisions["bf16"] = {"passed": passed, "gate": gate, "parity": report, "cpu": cpu}
 
+    def judged(precision: str, model, file: str) -> dict:
+        """An IR's precision judged at its inference precision (INFERENCE_PRECISION), or failed where that is
+        bf16 and the CPU has none."""
+        hint = INFERENCE_PRECISION[precision]
+        if hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            return {"passed": False, "reason": "cpu has no bf16", "file": file, "parity": None, "cpu": cpu,
+                    "gate": {"kind": family.gate_kind, **GATES[str(family.gate_kind)]}}
+        _, config, out = _compile_run(core, model, {"INFERENCE_PRECISION_HINT": hint}, feeds, reference)
+        report = _report(family, reference, out, feeds, options)
+        passed, gate = judge(family.name, report, precision)
+        log(f"{family.name}: openvino {precision}: {'passed' if passed else 'FAILED'} {gate}")
+        config.pop("INFERENCE_PRECISION_HINT")  # the served precision's, set by the renderer
+        return {"passed": passed, "file": file, "gate": gate, "parity": report, "compile_config": config,
+                "cpu": cpu}
+
     compressed_name = ir_name(family, "int8w")
     step(f"{family.name}: openvino int8 weights")
     t0 = time.perf_counter()
     compressed = _compress_weights(core, graph)
     seconds = round(time.perf_counter() - t0, 1)
-    for precision, hint in WEIGHT_COMPRESSED.items():
-        if hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            precisions[precision] = {"passed": False, "reason": "cpu has no bf16", "file": compressed_name,
-                                     "gate": {"kind": family.gate_kind, **GATES[str(family.gate_kind)]},
-                                     "parity": None, "cpu": cpu}
-            continue
-        _, config, out = _compile_run(core, compressed, {"INFERENCE_PRECISION_HINT": hint}, feeds, reference)
-        report = _report(family, reference, out, feeds, options)
-        passed, gate = judge(family.name, report, precision)
-        log(f"{family.name}: openvino {precision}: {'passed' if passed else 'FAILED'} {gate}")
-        config.pop("INFERENCE_PRECISION_HINT")  # the served precision's, set by the renderer
-        precisions[precision] = {"passed": passed, "file": compressed_name, "gate": gate, "parity": report,
-                                 "compile_config": config, "seconds": seconds, "cpu": cpu}
+    for precision in WEIGHT_COMPRESSED:
+        precisions[precision] = {**judged(precision, compressed, compressed_name), "seconds": seconds}
     _save_ir(compressed, folder / compressed_name)
     del compressed
 
@@ -462,14 +496,20 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
         log(f"{family.name}: openvino int8 ({preset}): {'passed' if passed else 'FAILED'} {gate}")
         if best is None or _score(passed, gate) > _score(best["passed"], best["gate"]):
             best = {"passed": passed, "file": name, "gate": gate, "parity": report, "preset": preset,
-                    "compile_config": config, "model": quantized,
+                    "recipe": QUANTIZE_RECIPE, "compile_config": config, "model": quantized,
                     "calibration": {"items": described["items"], "seconds": seconds,
                                     **{k: v for k, v in described.items() if k != "items"}}}
         if passed:
             break
     assert best is not None
-    _save_ir(best.pop("model"), folder / name)
+    quantized = best.pop("model")
     precisions["int8"] = best
+    # The same IR with the layers it leaves float computed in bf16: judged on its own, served before int8 on a bf16
+    # CPU where it passes (catalog.BF16_PREFERENCE).
+    step(f"{family.name}: openvino int8, the rest bf16")
+    precisions["int8-bf16"] = judged("int8-bf16", quantized, name)
+    _save_ir(quantized, folder / name)
+    del quantized
     files = {}
     for xml in (compressed_name, name):
         for file in (xml, str(Path(xml).with_suffix(".bin"))):

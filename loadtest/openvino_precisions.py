@@ -6,8 +6,8 @@ choice among the precisions that pass their gates (catalog.BF16_PREFERENCE) and 
 
 Each precision of each family is compiled in a process of its own (so its resident memory is its own), from the
 graph it is served from (the fp32 ONNX export for fp32 / bf16, the int8-weight IR for int8w / int8w-bf16, the
-static int8 IR for int8) with the properties the runner compiles it with (openvino_compile.py: 2 streams of 1
-thread, the served defaults, no compile cache). It then computes a fixed workload on both streams at once,
+static int8 IR for int8 / int8-bf16) with the properties the runner compiles it with (openvino_compile.py: 2
+streams of 1 thread, the served defaults, no compile cache). It then computes a fixed workload on both streams at once,
 ``--repeat`` times after one unmeasured pass: the served shapes of the family (sensevoice: utterances of 2, 10
 and 30 s; emotion2vec: windows of 5 s; text_sentiment: sentences of 24 and 64 tokens), ``--items`` of each,
 ``--batch`` items per run. Reported: the median seconds of a pass (and the spread), the resident memory after
@@ -32,7 +32,7 @@ from toneserve.loadtest.openvino_memory import resident
 from toneserve.model_repository.runners.openvino_compile import compile_properties
 
 FAMILIES = ("sensevoice", "emotion2vec", "text_sentiment")
-PRECISIONS = ("fp32", "bf16", "int8w", "int8w-bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8w", "int8w-bf16", "int8", "int8-bf16")
 ITEMS = 4  # of each shape, by default
 SERVED = {"streams": "2", "intra_op_threads": "1"}  # catalog.Tuning's defaults
 

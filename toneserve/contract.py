@@ -51,16 +51,17 @@ VAD_FRAME = 512
 
 # Provenance, copied into every response's metadata.
 FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION = "family", "preset", "weights_origin", "precision"
-# What runs the ensemble's heavy model: "onnxruntime" or "openvino" (cpu profile); with PRECISION
-# ("fp32", "bf16", "int8", "fp16"; "int8w" / "int8w-bf16": int8 weights, f32 / bf16 activations), what that
-# runtime actually computes in.
+# What runs the ensemble's heavy model: "onnxruntime" or "openvino" (cpu profile); with PRECISION ("fp32",
+# "bf16", "int8", "fp16"; "int8-bf16": static int8, its float layers in bf16; "int8w" / "int8w-bf16": int8
+# weights, f32 / bf16 activations), what that runtime actually computes in.
 RUNTIME = "runtime"
 PROVENANCE = (FAMILY, PRESET, WEIGHTS_ORIGIN, PRECISION, RUNTIME)
 # What each OpenVINO precision computes in (its INFERENCE_PRECISION_HINT): the renderer sets it, the export's
 # gates judge each precision at it. An int8 IR carries its own quantized precision; the layers it leaves
-# unquantized run at f32, so int8's gate holds whatever the CPU. int8w / int8w-bf16: int8 weights (an IR),
-# the activations in f32 / bf16.
-INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8w": "f32", "int8w-bf16": "bf16"}
+# unquantized run at f32, so int8's gate holds whatever the CPU; int8-bf16 is the same IR with those layers in
+# bf16. int8w / int8w-bf16: int8 weights (an IR), the activations in f32 / bf16.
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16", "int8w": "f32",
+                       "int8w-bf16": "bf16"}
 # The emotion ensemble's label set (a JSON list, in PROBS order).
 EMOTION_LABELS = "labels"
 # The text_sentiment ensemble's label set (a JSON list, in PROBS order: the model's id2label) and the

@@ -152,7 +152,7 @@ def test_tiny_variants_are_built_or_recorded_as_failed(tiny):
         report = entry["parity_vs_fp32"]["probs"]
         assert report["finite"] and report["top1_positions"] == len(parity_texts())
     openvino = variants["openvino"]
-    assert set(openvino["precisions"]) == {"fp32", "bf16", "int8w", "int8w-bf16", "int8"}
+    assert set(openvino["precisions"]) == {"fp32", "bf16", "int8w", "int8w-bf16", "int8", "int8-bf16"}
     assert openvino["precisions"]["int8w"]["file"] == "model.openvino-int8w.xml"
     fp32 = openvino["precisions"]["fp32"]
     assert fp32["passed"] and fp32["gate"]["measured_max_abs_diff"] <= 1e-4

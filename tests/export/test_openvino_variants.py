@@ -30,7 +30,8 @@ def test_the_manifest_entry_has_the_schema_and_hashes_its_files(models_root, fam
                                    int8w_xml, int8w_xml.removesuffix(".xml") + ".bin"}
     for name, digest in entry["files"].items():
         assert sha256_file(models_root / family / name) == digest
-    assert set(entry["precisions"]) == {"fp32", "bf16", "int8w", "int8w-bf16", "int8"} == set(ovv.RECORDED)
+    assert set(entry["precisions"]) == {"fp32", "bf16", "int8w", "int8w-bf16", "int8", "int8-bf16"} \
+        == set(ovv.RECORDED)
     for precision in ("int8w", "int8w-bf16"):
         assert entry["precisions"][precision]["file"] == int8w_xml
     for precision in entry["precisions"].values():
@@ -38,6 +39,7 @@ def test_the_manifest_entry_has_the_schema_and_hashes_its_files(models_root, fam
     assert "parity" in entry["precisions"]["fp32"] and "cpu" in entry["precisions"]["bf16"]
     int8 = entry["precisions"]["int8"]
     assert int8["file"] == xml and int8["parity"] and "compile_config" in int8
+    assert int8["recipe"] == ovv.QUANTIZE_RECIPE and entry["precisions"]["int8-bf16"]["file"] == xml
     assert int8["calibration"]["items"] == ovv.CALIBRATION_ITEMS and int8["calibration"]["seconds"] >= 0
     assert int8["calibration"]["sources"] == ["speechlike", None]
 
@@ -90,6 +92,33 @@ def test_the_int8_weights_ir_is_a_quarter_and_passes_its_gate_on_the_tiny_models
         "the output projection keeps float weights"
 
 
+def _weights(op):
+    """The constant a layer's weights come from (through a compressed weight's Convert / Subtract / Multiply),
+    or None for a layer of two activations (attention's)."""
+    node = op.input_value(1).get_node()
+    while node.get_type_name() in ("Convert", "Subtract", "Multiply"):
+        node = node.input_value(0).get_node()
+    return node if node.get_type_name() == "Constant" else None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_static_int8_ir_keeps_its_first_layer_float(models_root, family):
+    """The layer that reads the input (emotion2vec+'s convolution over the waveform, SenseVoice's first
+    projection) keeps float weights and is fed no quantized input; layers after it are quantized."""
+    import openvino as ov
+
+    fam, folder = get(family), models_root / family
+    first = ovv.first_layer(ov.Core().read_model(str(folder / fam.graph)))
+    int8 = ov.Core().read_model(str(folder / _entry(models_root, family)["precisions"]["int8"]["file"]))
+    layers = [op for op in int8.get_ordered_ops() if op.get_type_name() in ("Convolution", "MatMul") and _weights(op)]
+    (layer,) = [op for op in layers if op.get_friendly_name() == first]
+    assert layer.input_value(0).get_node().get_type_name() != "FakeQuantize"
+    assert _weights(layer).get_element_type() == ov.Type.f32
+    later = [op for op in layers[layers.index(layer) + 1:] if op.input_value(0).get_node().get_type_name() ==
+             "FakeQuantize"]
+    assert later and all(_weights(op).get_element_type() == ov.Type.i8 for op in later), "the layers after it are"
+
+
 def test_an_entry_without_the_int8_weights_is_rebuilt(models_root):
     """An export made before int8 weights existed is not current: `export --variants openvino` rebuilds it."""
     folder = models_root / "emotion2vec"
@@ -98,6 +127,9 @@ def test_an_entry_without_the_int8_weights_is_rebuilt(models_root):
     assert ovv.is_current(folder, entry, entry["from"], None)
     older = {**entry, "precisions": {k: v for k, v in entry["precisions"].items() if not k.startswith("int8w")}}
     assert not ovv.is_current(folder, older, entry["from"], None)
+    # an int8 IR quantized by another recipe (before its first layer stayed float) is rebuilt too
+    other = {**entry, "precisions": {**entry["precisions"], "int8": {**entry["precisions"]["int8"], "recipe": None}}}
+    assert not ovv.is_current(folder, other, entry["from"], None)
 
 
 # ----------------------------------------------------------------------------------- the gates (unit)
