@@ -133,12 +133,18 @@ RUNTIMES = ("auto", "onnxruntime", "openvino")
 # The models whose runtime and precision are chosen (the rest run fp32 in ONNX Runtime or numpy).
 HEAVY = ("emotion2vec", "sensevoice_encoder", "text_sentiment_classifier")
 # What a bf16 request serves, first passed first: ordered by speed measured on an AMD EPYC with avx512_bf16 and
-# VNNI (base models, 2 streams x 1 thread, loadtest/openvino_precisions.py, docs/BENCHMARKS.md "Int8 weights"),
-# where int8 weights were also the smallest. Seconds for the tool's workload: int8w-bf16 before bf16 (SenseVoice
-# encoder 3.57 vs 4.03, emotion2vec+ 0.71 vs 0.78, the text classifier 0.069 vs 0.084); bf16 before int8w
-# (emotion2vec+ 0.78 vs 1.17; the text classifier, 0.084 vs 0.071, passes int8w-bf16 first); int8w before fp32
-# (the encoder 4.41 vs 7.66, holding 1.2 GB instead of 3.6 GB).
-BF16_PREFERENCE = ("int8w-bf16", "bf16", "int8w")
+# VNNI (base models, 2 streams x 1 thread, loadtest/openvino_precisions.py, docs/BENCHMARKS.md "Int8 weights" and
+# "Static int8, the first layer float"), seconds for the tool's workload. Static int8 first: emotion2vec+ 0.58 s
+# (float layers in bf16) and 0.67 (f32) against 0.75 with int8 weights in bf16, in the same memory; int8w-bf16
+# before bf16 (emotion2vec+ 0.71 vs 0.78 in an earlier session); bf16 before int8w (emotion2vec+ 0.78 vs 1.17).
+BF16_PREFERENCE = ("int8-bf16", "int8", "int8w-bf16", "bf16", "int8w")
+# The SenseVoice encoder's: static int8 2.68 s with its float layers in f32, 2.89 in bf16, int8 weights 4.90 (f32
+# activations; its bf16 ones 3.57 against plain bf16's 4.03 and int8w's 4.41 in an earlier session), in the same
+# memory. On random weights its static int8 fails the gate (CTC top-1 82.6 %): int8w is served.
+ENCODER_BF16_PREFERENCE = ("int8", "int8-bf16", "int8w-bf16", "bf16", "int8w")
+# The text classifier's: no static int8, which was faster (0.059 s against int8w-bf16's 0.087) but held 818 MB
+# against 369 (OpenVINO keeps its embedding table unpacked); int8w-bf16 before bf16 (0.087 vs 0.111).
+TEXT_BF16_PREFERENCE = ("int8w-bf16", "bf16", "int8w")
 
 
 @dataclass(frozen=True)
@@ -165,13 +171,13 @@ def _ort_graph(folder: Path, manifest: dict, fp32_name: str, precision: str) -> 
 
 
 def choose(folder: Path, manifest: dict, fp32_name: str, precision: str, runtime: str = "auto",
-           cpu: Iterable[str] | None = None) -> Choice:
+           cpu: Iterable[str] | None = None, preference: tuple[str, ...] = BF16_PREFERENCE) -> Choice:
     """The runtime and graph of one heavy model for a requested precision.
 
     auto: OpenVINO where the export's openvino entry says the precision passed its accuracy gate. bf16 (what
-    `serve` serves on a CPU with native bf16) takes the first of ``BF16_PREFERENCE`` that passed, int8 weights
-    before float ones (the bf16 ones need a CPU that computes in bf16); where none did, bf16 is served as fp32
-    and chosen as fp32 is. Else ONNX Runtime: the fp32 graph for fp32, the dynamic-int8 variant for
+    `serve` serves on a CPU with native bf16) takes the first of the model's ``preference`` that passed
+    (``BF16_PREFERENCE`` and the others above; the bf16 ones need a CPU that computes in bf16); where none did,
+    bf16 is served as fp32 and chosen as fp32 is. Else ONNX Runtime: the fp32 graph for fp32, the dynamic-int8 variant for
     int8, the fp16 variant for fp16 (the gpu profile's). "onnxruntime" forces ONNX Runtime
     (bf16 then serves fp32); "openvino" forces OpenVINO whatever the gates said (it needs the openvino entry)."""
     if runtime not in RUNTIMES:
@@ -180,7 +186,7 @@ def choose(folder: Path, manifest: dict, fp32_name: str, precision: str, runtime
     gates = (openvino or {}).get("precisions", {})
     if precision == "bf16" and runtime == "auto":
         # The cost-efficient request (serve's default on a bf16 CPU): the fastest OpenVINO graph whose gate passed.
-        for candidate in BF16_PREFERENCE:
+        for candidate in preference:
             gate = gates.get(candidate, {})
             if gate.get("passed") and (has_bf16(cpu) or not candidate.endswith("bf16")):
                 graph = folder / gate["file"] if "file" in gate else folder / fp32_name
@@ -261,7 +267,7 @@ def asr_models(models_root: Path, precision: str = "fp32", tuning: Tuning = DEFA
         outputs=(Tensor("feats", "float32", (-1, feat_dim)), Tensor("feat_lens", "int64", (1,), is_length=True)),
         trim={"feats": ("feat_lens", 1)}, warmup=_audio())
     query = {"language": assets["language_query_ids"]["auto"], "textnorm": assets["textnorm_query_ids"]["woitn"]}
-    choice = choose(folder, manifest, "encoder.onnx", precision, runtime, cpu)
+    choice = choose(folder, manifest, "encoder.onnx", precision, runtime, cpu, ENCODER_BF16_PREFERENCE)
     encoder = OnnxModel(
         name="sensevoice_encoder", **_heavy(tuning, choice, feat_dim * 1000 / sensevoice_decode.FRAME_SHIFT_MS),
         inputs=(Tensor("speech", "float32", (-1, feat_dim), ragged=True),
@@ -346,7 +352,7 @@ def text_sentiment_models(models_root: Path, precision: str = "fp32", tuning: Tu
         outputs=(Tensor("input_ids", "int64", (-1,)), Tensor("input_lens", "int64", (1,))),
         parameters={"tokenizer_file": serving["tokenizer"], MAX_TOKENS: str(serving["max_tokens"]),
                     "pad_id": str(serving["pad_id"])})
-    choice = choose(folder, manifest, "model.onnx", precision, runtime, cpu)
+    choice = choose(folder, manifest, "model.onnx", precision, runtime, cpu, TEXT_BF16_PREFERENCE)
     heavy = _heavy(tuning, choice)
     classifier = OnnxModel(
         name="text_sentiment_classifier", **{**heavy, "batching": batching},

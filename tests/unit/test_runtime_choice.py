@@ -22,9 +22,9 @@ FOLDER = Path("/models/emotion2vec")
 
 
 def manifest(fp32=True, bf16=True, int8=True, openvino=True, compile_config=None, int8w=False,
-             int8w_bf16=False) -> dict:
+             int8w_bf16=False, int8_bf16=False) -> dict:
     """An export manifest with the ONNX Runtime int8 variant and (optionally) the openvino entry; its int8-weight
-    precisions fail unless asked to pass (most tests are about the others)."""
+    precisions and int8-bf16 fail unless asked to pass (most tests are about the others)."""
     variants: dict = {"int8": {"from": "d", "files": {"model.int8.onnx": "s"}}}
     if openvino:
         int8_gate = {"passed": int8, "file": "model.int8.xml"}
@@ -35,7 +35,8 @@ def manifest(fp32=True, bf16=True, int8=True, openvino=True, compile_config=None
             "openvino_version": "2026.4.1",
             "precisions": {"fp32": {"passed": fp32}, "bf16": {"passed": bf16},
                            "int8w": {"passed": int8w, "file": "model.int8w.xml"},
-                           "int8w-bf16": {"passed": int8w_bf16, "file": "model.int8w.xml"}, "int8": int8_gate}}
+                           "int8w-bf16": {"passed": int8w_bf16, "file": "model.int8w.xml"}, "int8": int8_gate,
+                           "int8-bf16": {"passed": int8_bf16, "file": "model.int8.xml"}}}
     return {"model": "emotion2vec", "variants": variants}
 
 
@@ -46,9 +47,10 @@ def got(m, precision, runtime="auto", cpu=BF16_CPU):
 
 @pytest.mark.parametrize("precision, cpu, expected", [
     ("fp32", BF16_CPU, ("openvino", "fp32", "model.onnx")),
-    ("bf16", BF16_CPU, ("openvino", "bf16", "model.onnx")),
-    # No native bf16: OpenVINO would compute f32 anyway, so bf16 is chosen (and labelled) as fp32.
-    ("bf16", PLAIN_CPU, ("openvino", "fp32", "model.onnx")),
+    # static int8 passed: a bf16 request serves it (BF16_PREFERENCE), the float layers in f32 as its gate judged
+    ("bf16", BF16_CPU, ("openvino", "int8", "model.int8.xml")),
+    # No native bf16: the int8 IR's float layers compute f32, as its gate judged them.
+    ("bf16", PLAIN_CPU, ("openvino", "int8", "model.int8.xml")),
     ("int8", PLAIN_CPU, ("openvino", "int8", "model.int8.xml")),
     ("fp16", BF16_CPU, ("onnxruntime", "fp16", "model.fp16.onnx")),
 ])
@@ -58,15 +60,24 @@ def test_passed_gates_choose_openvino(precision, cpu, expected):
     assert got(m, precision, cpu=cpu) == expected
 
 
-def test_a_bf16_request_prefers_int8_weights_that_passed():
-    both = manifest(int8w=True, int8w_bf16=True)
+def test_a_bf16_request_prefers_static_int8_then_int8_weights_that_passed():
+    every = manifest(int8w=True, int8w_bf16=True, int8_bf16=True)
+    assert got(every, "bf16") == ("openvino", "int8-bf16", "model.int8.xml")
+    # without native bf16, static int8 with its float layers in f32 (int8's own gate)
+    assert got(every, "bf16", cpu=PLAIN_CPU) == ("openvino", "int8", "model.int8.xml")
+    assert got(manifest(int8w=True, int8w_bf16=True), "bf16") == ("openvino", "int8", "model.int8.xml")
+    # No native bf16 and no int8 graph passed: OpenVINO would compute f32 anyway, so bf16 is chosen (and labelled)
+    # as fp32.
+    assert got(manifest(int8=False), "bf16", cpu=PLAIN_CPU) == ("openvino", "fp32", "model.onnx")
+    # static int8 failed (the SenseVoice encoder on random weights): int8 weights
+    both = manifest(int8=False, int8w=True, int8w_bf16=True)
     assert got(both, "bf16") == ("openvino", "int8w-bf16", "model.int8w.xml")
     # int8w-bf16 needs native bf16; without it, int8 weights with f32 activations (bf16 would run f32 anyway).
     assert got(both, "bf16", cpu=PLAIN_CPU) == ("openvino", "int8w", "model.int8w.xml")
     # bf16 activations failed on int8 weights: bf16 on float weights is faster than int8w with f32 ones.
-    assert got(manifest(int8w=True), "bf16") == ("openvino", "bf16", "model.onnx")
+    assert got(manifest(int8=False, int8w=True), "bf16") == ("openvino", "bf16", "model.onnx")
     # bf16 failed both ways (the SenseVoice encoder on random weights): int8 weights, f32 activations.
-    assert got(manifest(bf16=False, int8w=True), "bf16") == ("openvino", "int8w", "model.int8w.xml")
+    assert got(manifest(int8=False, bf16=False, int8w=True), "bf16") == ("openvino", "int8w", "model.int8w.xml")
     # Never for an explicit fp32 request, nor where ONNX Runtime or OpenVINO bf16 is forced.
     assert got(both, "fp32") == ("openvino", "fp32", "model.onnx")
     assert got(both, "bf16", runtime="openvino") == ("openvino", "bf16", "model.onnx")
@@ -77,7 +88,7 @@ def test_int8_weights_render_with_their_activation_precision(tmp_path):
     graph = tmp_path / "model.int8w.xml"
     graph.write_text("<net/>")
     graph.with_suffix(".bin").write_bytes(b"weights")
-    for precision, hint in (("int8w", "f32"), ("int8w-bf16", "bf16")):
+    for precision, hint in (("int8w", "f32"), ("int8w-bf16", "bf16"), ("int8-bf16", "bf16")):
         repo = tmp_path / precision
         render_repository(_models(graph, "openvino", precision), "cpu", repo)
         params = {k: v.string_value for k, v in _config(repo, "m").parameters.items()}
@@ -92,7 +103,7 @@ def test_failed_gates_fall_back_to_onnx_runtime():
     assert got(m, "bf16") == ("onnxruntime", "fp32", "model.onnx")  # ORT has no CPU bf16: the fp32 graph
     assert got(m, "int8") == ("onnxruntime", "int8", "model.int8.onnx")  # the dynamic-int8 graph
     # bf16 failed but OpenVINO f32 passed: a bf16 request is served as fp32 is, by OpenVINO f32, never bf16.
-    assert got(manifest(bf16=False), "bf16") == ("openvino", "fp32", "model.onnx")
+    assert got(manifest(bf16=False, int8=False), "bf16") == ("openvino", "fp32", "model.onnx")
 
 
 def test_without_an_openvino_export_everything_is_onnx_runtime_as_before():
