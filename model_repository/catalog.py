@@ -140,7 +140,7 @@ HEAVY = ("emotion2vec", "sensevoice_encoder", "text_sentiment_classifier")
 BF16_PREFERENCE = ("int8-bf16", "int8", "int8w-bf16", "bf16", "int8w")
 # The SenseVoice encoder's: static int8 2.68 s with its float layers in f32, 2.89 in bf16, int8 weights 4.90 (f32
 # activations; its bf16 ones 3.57 against plain bf16's 4.03 and int8w's 4.41 in an earlier session), in the same
-# memory. On random weights its static int8 fails the gate (CTC top-1 82.6 %): int8w is served.
+# memory. On random weights its static int8 fails the gate (CTC top-1 77.2 %): int8w is served.
 ENCODER_BF16_PREFERENCE = ("int8", "int8-bf16", "int8w-bf16", "bf16", "int8w")
 # The text classifier's: no static int8, which was faster (0.059 s against int8w-bf16's 0.087) but held 818 MB
 # against 369 (OpenVINO keeps its embedding table unpacked); int8w-bf16 before bf16 (0.087 vs 0.111).
@@ -177,8 +177,8 @@ def choose(folder: Path, manifest: dict, fp32_name: str, precision: str, runtime
     auto: OpenVINO where the export's openvino entry says the precision passed its accuracy gate. bf16 (what
     `serve` serves on a CPU with native bf16) takes the first of the model's ``preference`` that passed
     (``BF16_PREFERENCE`` and the others above; the bf16 ones need a CPU that computes in bf16); where none did,
-    bf16 is served as fp32 and chosen as fp32 is. Else ONNX Runtime: the fp32 graph for fp32, the dynamic-int8 variant for
-    int8, the fp16 variant for fp16 (the gpu profile's). "onnxruntime" forces ONNX Runtime
+    bf16 is served as fp32 and chosen as fp32 is. Else ONNX Runtime: the fp32 graph for fp32, the dynamic-int8
+    variant for int8, the fp16 variant for fp16 (the gpu profile's). "onnxruntime" forces ONNX Runtime
     (bf16 then serves fp32); "openvino" forces OpenVINO whatever the gates said (it needs the openvino entry)."""
     if runtime not in RUNTIMES:
         raise CommandError(f"unknown runtime {runtime!r}; choose one of {RUNTIMES}")

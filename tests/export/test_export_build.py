@@ -90,3 +90,21 @@ def test_a_revision_with_no_hub_id_given_is_refused(tmp_path, monkeypatch):
         export_models(tmp_path, size="base", revision="v2.0.4")
     with pytest.raises(ValueError, match="--revision"):
         export_models(tmp_path, size="base", sources={"emotion2vec": None, "sensevoice": None}, revision="v2.0.4")
+
+
+def test_a_bf16_request_takes_each_heavy_models_own_order(models_root, tmp_path):
+    """Every OpenVINO precision marked passed: emotion2vec+ gets static int8 in bf16, the encoder static int8 in f32,
+    the text classifier int8 weights in bf16 (catalog's orders per model)."""
+    root = tmp_path / "models"
+    for source in (p for p in models_root.iterdir() if (p / "manifest.json").is_file()):
+        (root / source.name).mkdir(parents=True)
+        for path in source.iterdir():
+            if path.name != "manifest.json":
+                (root / source.name / path.name).symlink_to(path)
+        manifest = json.loads((source / "manifest.json").read_text())
+        for entry in manifest.get("variants", {}).get("openvino", {}).get("precisions", {}).values():
+            entry["passed"] = True
+        (root / source.name / "manifest.json").write_text(json.dumps(manifest))
+    got = {m.name: m.parameters.get("precision") for m in describe(root, "bf16", cpu=("FP32", "BF16", "INT8"))
+           if hasattr(m, "steps")}
+    assert (got["emotion"], got["asr"], got["text_sentiment"]) == ("int8-bf16", "int8", "int8w-bf16")

@@ -11,6 +11,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from toneserve import contract, paths
 from toneserve.console import CommandError
+from toneserve.model_repository import catalog
 from toneserve.model_repository.catalog import choose
 from toneserve.model_repository.cpu import default_precision
 from toneserve.model_repository.render import RUNNER_HELPERS, RUNNERS, render_repository
@@ -82,6 +83,20 @@ def test_a_bf16_request_prefers_static_int8_then_int8_weights_that_passed():
     assert got(both, "fp32") == ("openvino", "fp32", "model.onnx")
     assert got(both, "bf16", runtime="openvino") == ("openvino", "bf16", "model.onnx")
     assert got(both, "bf16", runtime="onnxruntime") == ("onnxruntime", "fp32", "model.onnx")
+
+
+def test_each_heavy_model_has_its_own_order():
+    """The encoder takes static int8 with f32 float layers first (faster there than in bf16); the text classifier
+    never takes static int8 (it held twice the memory of int8 weights)."""
+    every = manifest(int8w=True, int8w_bf16=True, int8_bf16=True)
+
+    def chosen(preference):
+        return choose(FOLDER, every, "model.onnx", "bf16", "auto", BF16_CPU, preference).precision
+
+    assert chosen(catalog.BF16_PREFERENCE) == "int8-bf16"
+    assert chosen(catalog.ENCODER_BF16_PREFERENCE) == "int8"
+    assert chosen(catalog.TEXT_BF16_PREFERENCE) == "int8w-bf16"
+    assert not {"int8", "int8-bf16"} & set(catalog.TEXT_BF16_PREFERENCE)
 
 
 def test_int8_weights_render_with_their_activation_precision(tmp_path):
