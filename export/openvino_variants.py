@@ -405,9 +405,10 @@ def is_current(folder: Path, entry: dict | None, base_digest: str, calibration: 
         return False
     if set(RECORDED) - set(entry.get("precisions") or {}):
         return False
-    if ((entry.get("precisions") or {}).get("int8") or {}).get("recipe") != QUANTIZE_RECIPE:
+    int8 = (entry.get("precisions") or {}).get("int8") or {}
+    if int8.get("recipe") != QUANTIZE_RECIPE:
         return False
-    sources = ((entry.get("precisions") or {}).get("int8") or {}).get("calibration", {}).get("sources")
+    sources = int8.get("calibration", {}).get("sources")
     if sources != calibration_sources(_folder_family(folder), calibration):
         return False
     return all((folder / n).is_file() and sha256_file(folder / n) == d for n, d in entry.get("files", {}).items())
@@ -448,7 +449,8 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
 
     step(f"{family.name}: openvino bf16")
     cpu = cpu_description(core)
-    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    bf16_cpu = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if not bf16_cpu:
         precisions["bf16"] = {"passed": False, "reason": "cpu has no bf16", "gate": {"kind": family.gate_kind,
                               **GATES[str(family.gate_kind)]}, "parity": None, "cpu": cpu}
     else:
@@ -461,7 +463,7 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
         """An IR's precision judged at its inference precision (INFERENCE_PRECISION), or failed where that is
         bf16 and the CPU has none."""
         hint = INFERENCE_PRECISION[precision]
-        if hint == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if hint == "bf16" and not bf16_cpu:
             return {"passed": False, "reason": "cpu has no bf16", "file": file, "parity": None, "cpu": cpu,
                     "gate": {"kind": family.gate_kind, **GATES[str(family.gate_kind)]}}
         _, config, out = _compile_run(core, model, {"INFERENCE_PRECISION_HINT": hint}, feeds, reference)
