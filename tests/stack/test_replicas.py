@@ -45,19 +45,18 @@ def _shared_port() -> int:
     pytest.skip("no port free on both 127.0.0.1 and 127.0.0.2")
 
 
-def _busy(triton: EmbeddedTriton) -> bool:
-    """Whether a request is waiting in one of this replica's models (Triton's pending-request gauge):
-    a call from the gateway is then in progress on it."""
-    import urllib.request
+def _freeze(triton: EmbeddedTriton) -> None:
+    """SIGSTOP to the server and its stubs: the calls routed to it from now on wait, in progress, until it dies.
+    (On the tiny models a call lasts milliseconds, too short to kill a replica inside one by timing alone.)"""
+    import os
+    import signal
 
-    with urllib.request.urlopen(f"http://{triton.host}:{triton.ports.metrics}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return any(line.startswith("nv_inference_pending_request_count{") and float(line.rsplit(" ", 1)[1]) > 0
-               for line in text.splitlines())
+    assert triton.process is not None
+    os.killpg(triton.process.pid, signal.SIGSTOP)
 
 
 def _kill(triton: EmbeddedTriton) -> None:
-    """A crash, not a shutdown: SIGKILL to the server and its stubs, nothing drains."""
+    """A crash, not a shutdown: SIGKILL to the server and its stubs (frozen or not), nothing drains."""
     import os
     import signal
 
@@ -135,9 +134,14 @@ def test_replicas_behind_one_name_share_calls_and_survive_a_kill(repository, tmp
                 assert min(spread) >= sum(spread) / 4, f"calls per replica once both are named: {spread}"
                 with lock:
                     before_kill = len(answers)
-                busy_since = time.monotonic()
-                while not _busy(first):  # mid-load, with a call in progress on it
-                    assert time.monotonic() - busy_since < 30, "the first replica never had a call in progress"
+                _freeze(first)  # mid-load: each user's next call routed to it waits there
+                frozen, seen = time.monotonic(), len(answers)
+                quiet_since = frozen
+                while time.monotonic() - quiet_since < 1.5:  # no answer for 1.5 s: every user waits on it
+                    assert time.monotonic() - frozen < 30, "no call was routed to the frozen replica"
+                    if len(answers) != seen:
+                        seen, quiet_since = len(answers), time.monotonic()
+                    time.sleep(0.05)
                 _kill(first)
                 killed_with = _calls_served(second)
                 wait_answers(8, timeout=60)  # the survivor serves on, the lost calls included
