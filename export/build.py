@@ -3,8 +3,9 @@
 Per exported family (``toneserve.export.families``) a weight source is resolved (hub id, local
 directory, or random weights of a preset), exported to ONNX with its parity gate, then the variants
 are derived from the fp32 graph: int8 (dynamic, MatMul only; the cpu profile may serve it), fp16
-(for the gpu profile), each with a parity report in the manifest, and openvino (OpenVINO f32, bf16 and
-NNCF static int8 for the cpu profile, each judged by its gate: ``openvino_variants``).
+(for the gpu profile), each with a parity report in the manifest and its verdict by the family's gate
+(``gates``), and openvino (OpenVINO f32, bf16 and NNCF static int8 for the cpu profile, each judged by the
+same gates: ``openvino_variants``).
 
 Sizes say which sources to use when none is given (each family's ``size_presets``):
 - ``tiny``: every model shrunk to test size, random weights (seconds to export);
@@ -31,8 +32,9 @@ from toneserve.export.artifacts import atomic_write_json, sha256_file
 from toneserve.export.errors import SourceError, SourceUnavailable
 from toneserve.export.families import exported, get
 from toneserve.export.family import MANIFEST_SCHEMA, ModelFamily
+from toneserve.export.gates import gate_report, judge
 from toneserve.export.sources import Source, export_resolved, parse_source, resolve
-from toneserve.export.variants import convert_fp16, parity_report, quantize_int8
+from toneserve.export.variants import convert_fp16, quantize_int8, run_onnx
 
 VARIANTS = ("int8", "fp16", "openvino")
 SIZES = ("tiny", "base")
@@ -87,6 +89,7 @@ def build_variants(folder: Path, family: ModelFamily, variants=VARIANTS, progres
     makers: dict[str, Callable[[Path, Path], None]] = {"int8": quantize_int8, "fp16": convert_fp16}
     feeds: dict | None = None
     options: dict = {}
+    reference: dict = {}
     for variant in variants:
         if variant == "openvino":
             recorded[variant] = _openvino_variant(folder, family, base_digest, recorded.get(variant), calibration,
@@ -96,7 +99,8 @@ def build_variants(folder: Path, family: ModelFamily, variants=VARIANTS, progres
             continue
         name = variant_file(family, variant)
         entry = recorded.get(variant)
-        if entry and entry.get("from") == base_digest and _intact(folder, entry["files"]):
+        # An entry without a gate (recorded before variants were judged) is rebuilt.
+        if entry and "gate" in entry and entry.get("from") == base_digest and _intact(folder, entry["files"]):
             _log(f"{family.name}: {variant} variant is current")
         else:
             if progress:
@@ -105,11 +109,15 @@ def build_variants(folder: Path, family: ModelFamily, variants=VARIANTS, progres
             makers[variant](folder / family.graph, folder / name)
             if feeds is None:
                 feeds, options = family.parity_inputs(folder)
-            report = parity_report(folder / family.graph, folder / name, feeds, **options)
+                reference = run_onnx(folder / family.graph, feeds)
+            # Judged by the family's gate, as OpenVINO's precisions are (gates.py).
+            report = gate_report(family, reference, run_onnx(folder / name, feeds), feeds, options)
+            passed, gate = judge(family.name, report)
             recorded[variant] = {"from": base_digest, "files": {name: sha256_file(folder / name)},
-                                 "parity_vs_fp32": report, "seconds": round(time.perf_counter() - started, 1)}
+                                 "parity_vs_fp32": report, "passed": passed, "gate": gate,
+                                 "seconds": round(time.perf_counter() - started, 1)}
             _log(f"{family.name}: {variant} -> {name} ({(folder / name).stat().st_size / 1e6:.0f} MB); "
-                 f"parity vs fp32: {_summary(report)}")
+                 f"parity vs fp32: {_summary(report)}; gate {'passed' if passed else 'FAILED'}")
         if progress:
             progress.update(1)
     manifest["variants"] = recorded

@@ -150,7 +150,7 @@ class ModelFamily(Protocol):
     required_files: tuple[str, ...]
     graph: str | None  # the fp32 graph variants derive from; None: nothing to derive
     exported: bool  # whether `toneserve export` writes a folder for it
-    # How a variant's outputs are judged against the fp32 graph's (openvino_variants.GATES):
+    # How a variant's outputs are judged against the fp32 graph's (gates.GATES):
     # "classification" (one label per clip) or "ctc_frames" (one token per encoder frame); None: no graph.
     gate_kind: str | None
 

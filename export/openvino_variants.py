@@ -24,11 +24,8 @@ The "openvino" variant (``toneserve export --variants openvino``) records, in th
   SmoothQuant is off (``_quantize``, ``QUANTIZE_RECIPE``). The layers left float compute in f32 (``int8``) or,
   judged on its own, in bf16 (``int8-bf16``; not passed on a CPU without bf16).
 
-bf16, int8w, int8 and int8-bf16 are judged by ``judge`` against ONNX Runtime fp32 on the family's parity
-inputs, with the gate of the family's ``gate_kind`` (``GATES``): a classifier must keep every clip's label and its
-probabilities within 0.02; a CTC encoder must keep >= 97 % of the valid frames' top-1 tokens. A classifier's
-probabilities are the softmax of its top-1 output, or that output itself when the family names it among its
-``probability_outputs`` (a graph that outputs probabilities, not logits).
+bf16, int8w, int8 and int8-bf16 are judged by ``gates.judge`` against ONNX Runtime fp32 on the family's parity
+inputs, with the gate of the family's ``gate_kind`` (``gates.GATES``).
 """
 from __future__ import annotations
 
@@ -51,18 +48,11 @@ from toneserve.contract import INFERENCE_PRECISION
 from toneserve.export.artifacts import sha256_file
 from toneserve.export.families import get
 from toneserve.export.family import ModelFamily
-from toneserve.export.variants import compare_outputs, max_abs_diff, run_onnx
+from toneserve.export.gates import GATES, gate_report, judge
+from toneserve.export.variants import run_onnx
 from toneserve.samples import speechlike
 
 RATE = 16000
-
-# Every number a precision is judged by, in one place. "fp32" is OpenVINO's f32 against ONNX Runtime's
-# fp32 (the same arithmetic, other kernels); the others are the gate kinds a family names.
-GATES: dict[str, dict[str, float]] = {
-    "fp32": {"max_abs_diff": 1e-4},
-    "classification": {"min_top1_agreement": 1.0, "max_prob_diff": 0.02},
-    "ctc_frames": {"min_top1_agreement": 0.97},
-}
 
 # Calibration: NNCF collects activation statistics by running the graph once per item, and its
 # min/max + SmoothQuant statistics settle within a few items; more items cost export time linearly
@@ -104,63 +94,6 @@ WEIGHT_COMPRESSED = {precision: INFERENCE_PRECISION[precision] for precision in 
 RECORDED = ("fp32", "bf16", *WEIGHT_COMPRESSED, "int8", "int8-bf16")
 # How the static int8 IR is quantized (_quantize); an entry whose IR was quantized otherwise is rebuilt.
 QUANTIZE_RECIPE = "first layer float, no SmoothQuant, activations per tensor"
-
-
-# ------------------------------------------------------------------------------------------ gates
-
-
-def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def _report(family: ModelFamily, reference: dict, candidate: dict, feeds: dict, options: dict) -> dict:
-    """``compare_outputs``'s report; for a classifier also the largest difference of its probabilities (the
-    softmax of its top-1 outputs, or those outputs as they are when the family says they are probabilities)."""
-    report = compare_outputs(reference, candidate, feeds=feeds, **options)
-    if family.gate_kind == "classification":
-        already = set(getattr(family, "probability_outputs", ()))
-        for name, axis in options.get("top1_axis", {}).items():
-            ref = np.asarray(reference[name], np.float64)
-            cand = np.asarray(candidate[name], np.float64)
-            if name not in already:
-                ref, cand = _softmax(ref, axis), _softmax(cand, axis)
-            diff = np.abs(ref - cand)
-            report[name]["max_prob_diff"] = float(diff.max()) if np.isfinite(diff).all() else None
-    return report
-
-
-def _sound(report: dict) -> bool:
-    """Every output finite and every integer output (lengths) exact."""
-    return all(e.get("exact", True) and e.get("finite", True) for e in report.values())
-
-
-def judge(family_name: str, report: dict, precision: str = "int8") -> tuple[bool, dict]:
-    """Whether a parity report against ONNX Runtime fp32 passes its gate: ``GATES["fp32"]`` for
-    ``precision="fp32"``, else the gate of the family's ``gate_kind``. Returns (passed, gate) where
-    gate names its kind, its limits and what was measured."""
-    kind = "fp32" if precision == "fp32" else get(family_name).gate_kind
-    if kind not in GATES:
-        raise ValueError(f"{family_name} has no parity gate")
-    limits = GATES[kind]
-    gate: dict[str, Any] = {"kind": kind, **limits}
-    passed = _sound(report)
-    if kind == "fp32":
-        worst = max_abs_diff(report)
-        gate["measured_max_abs_diff"] = worst if np.isfinite(worst) else None
-        return passed and worst <= limits["max_abs_diff"], gate
-    judged = {name: e for name, e in report.items() if "top1_agreement" in e}
-    if not judged:
-        return False, {**gate, "reason": "the report has no top-1 agreement to judge"}
-    agreement = min(e["top1_agreement"] for e in judged.values())
-    gate["measured_top1_agreement"] = agreement
-    passed = passed and agreement >= limits["min_top1_agreement"]
-    if "max_prob_diff" in limits:
-        diffs = [e.get("max_prob_diff") for e in judged.values()]
-        prob_diff = None if any(d is None for d in diffs) else max(diffs)
-        gate["measured_max_prob_diff"] = prob_diff
-        passed = passed and prob_diff is not None and prob_diff <= limits["max_prob_diff"]
-    return bool(passed), gate
 
 
 # ------------------------------------------------------------------------------------ calibration
@@ -443,7 +376,7 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
 
     step(f"{family.name}: openvino f32")
     _, _, out = _compile_run(core, source_model, {"INFERENCE_PRECISION_HINT": "f32"}, feeds, reference)
-    report = _report(family, reference, out, feeds, options)
+    report = gate_report(family, reference, out, feeds, options)
     passed, gate = judge(family.name, report, "fp32")
     precisions["fp32"] = {"passed": passed, "gate": gate, "parity": report}
 
@@ -455,7 +388,7 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
                               **GATES[str(family.gate_kind)]}, "parity": None, "cpu": cpu}
     else:
         _, _, out = _compile_run(core, source_model, {"INFERENCE_PRECISION_HINT": "bf16"}, feeds, reference)
-        report = _report(family, reference, out, feeds, options)
+        report = gate_report(family, reference, out, feeds, options)
         passed, gate = judge(family.name, report, "bf16")
         precisions["bf16"] = {"passed": passed, "gate": gate, "parity": report, "cpu": cpu}
 
@@ -467,7 +400,7 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
             return {"passed": False, "reason": "cpu has no bf16", "file": file, "parity": None, "cpu": cpu,
                     "gate": {"kind": family.gate_kind, **GATES[str(family.gate_kind)]}}
         _, config, out = _compile_run(core, model, {"INFERENCE_PRECISION_HINT": hint}, feeds, reference)
-        report = _report(family, reference, out, feeds, options)
+        report = gate_report(family, reference, out, feeds, options)
         passed, gate = judge(family.name, report, precision)
         log(f"{family.name}: openvino {precision}: {'passed' if passed else 'FAILED'} {gate}")
         config.pop("INFERENCE_PRECISION_HINT")  # the served precision's, set by the renderer
@@ -493,7 +426,7 @@ def build(folder: Path, family: ModelFamily, base_digest: str, calibration: Path
         seconds = round(time.perf_counter() - t0, 1)
         # int8 runs in f32 where it is not int8: the gate judges quantisation, not bf16 on top of it.
         _, config, out = _compile_run(core, quantized, {"INFERENCE_PRECISION_HINT": "f32"}, feeds, reference)
-        report = _report(family, reference, out, feeds, options)
+        report = gate_report(family, reference, out, feeds, options)
         passed, gate = judge(family.name, report, "int8")
         log(f"{family.name}: openvino int8 ({preset}): {'passed' if passed else 'FAILED'} {gate}")
         if best is None or _score(passed, gate) > _score(best["passed"], best["gate"]):

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from toneserve.export.build import export_family, export_models, is_current, variant_file
+from toneserve.export.build import build_variants, export_family, export_models, is_current, variant_file
 from toneserve.export.families import get
 from toneserve.export.sources import Source, SourceUnavailable, parse_source
 from toneserve.model_repository.catalog import describe
@@ -31,6 +32,11 @@ def test_manifests_record_source_variants_and_parity(models_root):
             report = entry["parity_vs_fp32"]
             assert all(v.get("finite", True) for v in report.values())
             assert any("top1_agreement" in v for v in report.values())
+            # judged by the family's gate, as OpenVINO's precisions are
+            gate = entry["gate"]
+            assert gate["kind"] == get(family).gate_kind and isinstance(entry["passed"], bool)
+            assert entry["passed"] == (gate["measured_top1_agreement"] >= gate["min_top1_agreement"]
+                                       and gate.get("measured_max_prob_diff", 0) <= gate.get("max_prob_diff", 1))
 
 
 def test_current_exports_are_reused_and_tampered_ones_rebuilt(tmp_path):
@@ -45,6 +51,19 @@ def test_current_exports_are_reused_and_tampered_ones_rebuilt(tmp_path):
     assert not is_current(root / "emotion2vec", Source("random", "tiny"), seed=0)
     export_models(tmp_path, size="tiny", variants=())
     assert is_current(root / "emotion2vec", Source("random", "tiny"), seed=0)
+
+
+def test_a_variant_recorded_before_its_gate_is_judged_again(models_root, tmp_path):
+    folder = tmp_path / "emotion2vec"
+    shutil.copytree(models_root / "emotion2vec", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["variants"]["int8"]["gate"], manifest["variants"]["int8"]["passed"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    entry = build_variants(folder, get("emotion2vec"), ("int8",))["variants"]["int8"]
+    assert entry["gate"]["kind"] == "classification" and isinstance(entry["passed"], bool)
+    built = (folder / "model.int8.onnx").stat().st_mtime_ns
+    assert build_variants(folder, get("emotion2vec"), ("int8",))["variants"]["int8"] == entry  # now current
+    assert (folder / "model.int8.onnx").stat().st_mtime_ns == built
 
 
 def test_unreachable_hub_fails_fast_or_falls_back_loudly(tmp_path, no_hub, capsys):
