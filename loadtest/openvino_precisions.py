@@ -7,7 +7,9 @@ choice among the precisions that pass their gates (catalog.BF16_PREFERENCE) and 
 Each precision of each family is compiled in a process of its own (so its resident memory is its own), from the
 graph it is served from (the fp32 ONNX export for fp32 / bf16, the int8-weight IR for int8w / int8w-bf16, the
 static int8 IR for int8 / int8-bf16) with the properties the runner compiles it with (openvino_compile.py: 2
-streams of 1 thread, the served defaults, no compile cache). It then computes a fixed workload on both streams at once,
+streams of 1 thread, the served defaults, no compile cache). ``onnxruntime-int8`` (catalog.ORT_INT8), the other
+candidate of the encoder's order, is ONNX Runtime's dynamic int8 variant in one session running 2 items at once
+on threads of 1 intra-op thread, as onnx_runner.py holds it. It then computes a fixed workload on both streams at once,
 ``--repeat`` times after one unmeasured pass: the served shapes of the family (sensevoice: utterances of 2, 10
 and 30 s; emotion2vec: windows of 5 s; text_sentiment: sentences of 24 and 64 tokens), ``--items`` of each,
 ``--batch`` items per run. Reported: the median seconds of a pass (and the spread), the resident memory after
@@ -23,16 +25,18 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from toneserve.contract import INFERENCE_PRECISION
 from toneserve.loadtest import machine
 from toneserve.loadtest.openvino_memory import resident
+from toneserve.model_repository.catalog import ORT_INT8
 from toneserve.model_repository.runners.openvino_compile import compile_properties
 
 FAMILIES = ("sensevoice", "emotion2vec", "text_sentiment")
-PRECISIONS = ("fp32", "bf16", "int8w", "int8w-bf16", "int8", "int8-bf16")
+PRECISIONS = ("fp32", "bf16", "int8w", "int8w-bf16", "int8", "int8-bf16", ORT_INT8)
 ITEMS = 4  # of each shape, by default
 SERVED = {"streams": "2", "intra_op_threads": "1"}  # catalog.Tuning's defaults
 
@@ -43,6 +47,12 @@ def graph_of(folder: Path, manifest: dict, precision: str) -> Path:
 
     if precision in ("fp32", "bf16"):
         return folder / str(get(manifest["model"]).graph)
+    if precision == ORT_INT8:
+        entry = manifest.get("variants", {}).get("int8")
+        if not entry:
+            raise SystemExit(f"{folder}: no int8 variant; run `toneserve export --variants int8`")
+        (name,) = entry["files"]
+        return folder / name
     entry = manifest.get("variants", {}).get("openvino", {}).get("precisions", {}).get(precision)
     if not entry or "file" not in entry:
         raise SystemExit(f"{folder}: no openvino {precision} graph; run `toneserve export --variants openvino`")
@@ -81,37 +91,69 @@ def _batches(items: list[dict], batch: int, per_shape: int = ITEMS) -> list[dict
     return out
 
 
-def measure(family: str, folder: Path, precision: str, batch: int, repeat: int, items: int = ITEMS) -> dict:
-    """One precision of one family, in this process."""
+def _openvino(graph: Path, precision: str, feeds: list[dict]) -> Callable[[], None]:
+    """The graph compiled as the runner compiles it; a function computing `feeds` on both streams at once."""
     import openvino as ov
 
     from toneserve.export.openvino_variants import input_names, port_inputs
 
-    manifest = json.loads((folder / "manifest.json").read_text())
-    graph = graph_of(folder, manifest, precision)
-    feeds = _batches(workload(family, folder, items), batch, items)
-    gate = manifest.get("variants", {}).get("openvino", {}).get("precisions", {}).get(precision, {})
-    params = {**SERVED, "inference_precision": INFERENCE_PRECISION[precision]}
-    config = compile_properties(params, "", int(SERVED["streams"]))
+    config = compile_properties({**SERVED, "inference_precision": INFERENCE_PRECISION[precision]}, "",
+                                int(SERVED["streams"]))
     config.pop("CACHE_DIR")
-    before = resident()
-    started = time.perf_counter()
     compiled = ov.Core().compile_model(str(graph), "CPU", config)
-    compile_s = time.perf_counter() - started
-    compiled_mem = resident()
     queue = ov.AsyncInferQueue(compiled, int(SERVED["streams"]))
     names = input_names(compiled, feeds[0])
     arrays = [dict(enumerate(port_inputs(names, feed))) for feed in feeds]
 
-    def one_pass() -> float:
-        t0 = time.perf_counter()
+    def one_pass() -> None:
         for feed in arrays:
             queue.start_async(feed)
         queue.wait_all()
+    return one_pass
+
+
+def _onnxruntime(graph: Path, feeds: list[dict]) -> Callable[[], None]:
+    """The graph in one ONNX Runtime session as the runner holds it: `streams` runs at once on threads of the
+    session, each of `intra_op_threads` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(SERVED["intra_op_threads"])
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    arrays = [{n: feed[n] for n in names} for feed in feeds]
+    pool = ThreadPoolExecutor(int(SERVED["streams"]))
+
+    def one_pass() -> None:
+        list(pool.map(lambda feed: session.run(None, feed), arrays))
+    return one_pass
+
+
+def measure(family: str, folder: Path, precision: str, batch: int, repeat: int, items: int = ITEMS) -> dict:
+    """One precision of one family, in this process."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    graph = graph_of(folder, manifest, precision)
+    feeds = _batches(workload(family, folder, items), batch, items)
+    if precision == ORT_INT8:
+        gate = manifest.get("variants", {}).get("int8", {})
+    else:
+        gate = manifest.get("variants", {}).get("openvino", {}).get("precisions", {}).get(precision, {})
+    before = resident()
+    started = time.perf_counter()
+    one_pass = _onnxruntime(graph, feeds) if precision == ORT_INT8 else _openvino(graph, precision, feeds)
+    compile_s = time.perf_counter() - started
+    compiled_mem = resident()
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        one_pass()
         return time.perf_counter() - t0
 
-    one_pass()
-    passes = [one_pass() for _ in range(repeat)]
+    timed()
+    passes = [timed() for _ in range(repeat)]
     return {"family": family, "precision": precision, "graph": graph.name, "items": items, "batch": batch,
             "gate_passed": gate.get("passed"), "compile_s": round(compile_s, 1),
             "pass_s": round(statistics.median(passes), 3), "pass_s_all": [round(p, 3) for p in passes],

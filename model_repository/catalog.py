@@ -138,12 +138,18 @@ HEAVY = ("emotion2vec", "sensevoice_encoder", "text_sentiment_classifier")
 # (float layers in bf16) and 0.67 (f32) against 0.75 with int8 weights in bf16, in the same memory; int8w-bf16
 # before bf16 (emotion2vec+ 0.71 vs 0.78 in an earlier session); bf16 before int8w (emotion2vec+ 0.78 vs 1.17).
 BF16_PREFERENCE = ("int8-bf16", "int8", "int8w-bf16", "bf16", "int8w")
-# The SenseVoice encoder's: static int8 2.68 s with its float layers in f32, 2.89 in bf16, int8 weights 4.90 (f32
-# activations; its bf16 ones 3.57 against plain bf16's 4.03 and int8w's 4.41 in an earlier session), in the same
-# memory. On random weights its static int8 fails the gate (CTC top-1 77.2 %): int8w is served.
-ENCODER_BF16_PREFERENCE = ("int8", "int8-bf16", "int8w-bf16", "bf16", "int8w")
+# A candidate of an order that is not OpenVINO's: ONNX Runtime's dynamic int8 variant (`toneserve export --variants
+# int8`), judged by the same gate at export.
+ORT_INT8 = "onnxruntime-int8"
+# The SenseVoice encoder's: static int8 2.68 s with its float layers in f32, 2.89 in bf16; ONNX Runtime's dynamic
+# int8 3.25 s in 960 MB against int8 weights with bf16 activations 3.74 s in 1228 MB, with f32 ones 4.53 s in 1316
+# MB; plain bf16 4.03 in an earlier session. On random weights both static int8 and ONNX Runtime's int8 fail the
+# gate (CTC top-1 77.2 %, 93.5 %; gate 97 %), and so does int8w-bf16 on the base size: int8w is served.
+ENCODER_BF16_PREFERENCE = ("int8", "int8-bf16", ORT_INT8, "int8w-bf16", "bf16", "int8w")
 # The text classifier's: no static int8, which was faster (0.059 s against int8w-bf16's 0.087) but held 818 MB
-# against 369 (OpenVINO keeps its embedding table unpacked); int8w-bf16 before bf16 (0.087 vs 0.111).
+# against 369 (OpenVINO keeps its embedding table unpacked), nor ONNX Runtime's int8 (0.058 s against 0.069, but
+# 626 MB against 352); int8w-bf16 before bf16 (0.087 vs 0.111). emotion2vec+'s order has no ONNX Runtime int8
+# either: 1.14 s against int8w-bf16's 0.73.
 TEXT_BF16_PREFERENCE = ("int8w-bf16", "bf16", "int8w")
 
 
@@ -176,7 +182,8 @@ def choose(folder: Path, manifest: dict, fp32_name: str, precision: str, runtime
 
     auto: OpenVINO where the export's openvino entry says the precision passed its accuracy gate. bf16 (what
     `serve` serves on a CPU with native bf16) takes the first of the model's ``preference`` that passed
-    (``BF16_PREFERENCE`` and the others above; the bf16 ones need a CPU that computes in bf16); where none did,
+    (``BF16_PREFERENCE`` and the others above: OpenVINO's precisions, the bf16 ones on a CPU that computes in bf16,
+    and ``ORT_INT8``, ONNX Runtime's dynamic int8 variant where its gate passed); where none did,
     bf16 is served as fp32 and chosen as fp32 is. Else ONNX Runtime: the fp32 graph for fp32, the dynamic-int8
     variant for int8, the fp16 variant for fp16 (the gpu profile's). "onnxruntime" forces ONNX Runtime
     (bf16 then serves fp32); "openvino" forces OpenVINO whatever the gates said (it needs the openvino entry)."""
@@ -185,8 +192,12 @@ def choose(folder: Path, manifest: dict, fp32_name: str, precision: str, runtime
     openvino = manifest.get("variants", {}).get("openvino")
     gates = (openvino or {}).get("precisions", {})
     if precision == "bf16" and runtime == "auto":
-        # The cost-efficient request (serve's default on a bf16 CPU): the fastest OpenVINO graph whose gate passed.
+        # The cost-efficient request (serve's default on a bf16 CPU): the fastest graph whose gate passed.
         for candidate in preference:
+            if candidate == ORT_INT8:
+                if manifest.get("variants", {}).get("int8", {}).get("passed"):
+                    return Choice("onnxruntime", "int8", _ort_graph(folder, manifest, fp32_name, "int8"), {})
+                continue
             gate = gates.get(candidate, {})
             if gate.get("passed") and (has_bf16(cpu) or not candidate.endswith("bf16")):
                 graph = folder / gate["file"] if "file" in gate else folder / fp32_name

@@ -13,6 +13,7 @@ from toneserve.loadtest import openvino_precisions as op
     ("emotion2vec", "int8w-bf16", "model.openvino-int8w.xml"),
     ("sensevoice", "fp32", "encoder.onnx"),
     ("text_sentiment", "int8w", "model.openvino-int8w.xml"),
+    ("sensevoice", "onnxruntime-int8", "encoder.int8.onnx"),  # ONNX Runtime's dynamic int8, the encoder's candidate
 ])
 def test_a_precision_is_measured_on_its_served_graph(models_root, family, precision, graph):
     result = op.measure(family, models_root / family, precision, batch=2, repeat=2)

@@ -99,6 +99,23 @@ def test_each_heavy_model_has_its_own_order():
     assert not {"int8", "int8-bf16"} & set(catalog.TEXT_BF16_PREFERENCE)
 
 
+def test_the_encoder_takes_onnx_runtimes_int8_where_its_gate_passed_and_openvinos_static_int8_did_not():
+    def encoder(m):
+        c = choose(FOLDER, m, "model.onnx", "bf16", "auto", BF16_CPU, catalog.ENCODER_BF16_PREFERENCE)
+        return c.runtime, c.precision, c.graph.name
+
+    m = manifest(int8=False, int8w=True, int8w_bf16=True)
+    assert encoder(m) == ("openvino", "int8w-bf16", "model.int8w.xml")  # no gate recorded: not a candidate
+    m["variants"]["int8"]["passed"] = False
+    assert encoder(m) == ("openvino", "int8w-bf16", "model.int8w.xml")
+    m["variants"]["int8"]["passed"] = True
+    assert encoder(m) == ("onnxruntime", "int8", "model.int8.onnx")
+    assert encoder(manifest(int8=True, int8w=True))[:2] == ("openvino", "int8")  # static int8 first
+    # emotion2vec+ and the text classifier: OpenVINO's precisions only (ONNX Runtime's int8 was slower there)
+    assert choose(FOLDER, m, "model.onnx", "bf16", "auto", BF16_CPU).runtime == "openvino"
+    assert catalog.ORT_INT8 not in catalog.BF16_PREFERENCE + catalog.TEXT_BF16_PREFERENCE
+
+
 def test_int8_weights_render_with_their_activation_precision(tmp_path):
     graph = tmp_path / "model.int8w.xml"
     graph.write_text("<net/>")
