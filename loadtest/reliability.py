@@ -310,7 +310,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.out:  # the run takes minutes: its result gets its place first
+        if Path(args.out).is_dir():
+            p.error(f"--out {args.out} is a folder; give the JSON file to write")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="toneserve-reliability-") as folder:
         bench = Bench(args, Path(folder))
         result = bench.serve(bench.run)
