@@ -73,17 +73,20 @@ def files(models: list, settings: Settings | None = None, secrets: str | None = 
     return out
 
 
-def cpu_triton_patch() -> dict:
-    """The cpu overlay's patch of Triton's Deployment: the cpu image's resources (no GPU), Guaranteed."""
+def cpu_triton_patch(rss_mib: int = triton.CPU_RSS_MIB) -> dict:
+    """A cpu overlay's patch of Triton's Deployment: the cpu image's resources (no GPU) for a repository that
+    peaked at `rss_mib`, Guaranteed."""
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": triton.NAME},
             "spec": {"template": {"spec": {"containers": [
-                {"name": "tritonserver", "resources": {"$patch": "replace", **triton.cpu_resources()}}]}}}}
+                {"name": "tritonserver", "resources": {"$patch": "replace", **triton.cpu_resources(rss_mib)}}]}}}}
 
 
 def pieces() -> dict[str, str]:
     """deploy/k8s's rendered files outside the base: path under deploy/k8s -> text."""
     return {f"{pools.FOLDER}/kustomization.yaml": dump([pools.component()], PIECES_HEADER),
-            "overlays/cpu/triton-cpu-resources.yaml": dump([cpu_triton_patch()], PIECES_HEADER)}
+            "overlays/cpu/triton-cpu-resources.yaml": dump([cpu_triton_patch()], PIECES_HEADER),
+            "overlays/cpu-bf16/triton-cpu-resources.yaml": dump([cpu_triton_patch(triton.CPU_BF16_RSS_MIB)],
+                                                                 PIECES_HEADER)}
 
 
 def write(out_dir: Path, rendered: dict[str, str]) -> list[Path]:

@@ -65,13 +65,15 @@ def test_the_command_writes_everything_and_check_sees_a_change(tmp_path, models_
     root = tmp_path / "k8s"
     shutil.copytree(ROOT / "deploy" / "k8s", root, ignore=shutil.ignore_patterns("tracks"))
     for path in [*root.joinpath("base").glob("*.yaml"), root / "monitoring" / "alerts.yaml",
-                 root / "overlays" / "cpu" / "triton-cpu-resources.yaml"]:
+                 root / "overlays" / "cpu" / "triton-cpu-resources.yaml",
+                 root / "overlays" / "cpu-bf16" / "triton-cpu-resources.yaml"]:
         path.unlink()
     run = [sys.executable, "-m", "toneserve", "k8s", "--out", str(root / "base"), "--root", str(root),
            "--models-dir", str(models_root)]
     subprocess.run(run, check=True, capture_output=True)
     assert {p.name: p.read_text() for p in root.joinpath("base").glob("*.yaml")} == render.files(models)
-    for relative in ("monitoring/alerts.yaml", "overlays/cpu/triton-cpu-resources.yaml"):
+    for relative in ("monitoring/alerts.yaml", "overlays/cpu/triton-cpu-resources.yaml",
+                     "overlays/cpu-bf16/triton-cpu-resources.yaml"):
         assert (root / relative).read_text() == (ROOT / "deploy" / "k8s" / relative).read_text()
     assert subprocess.run([*run, "--check"], capture_output=True).returncode == 0
     (root / "base" / "triton.yaml").write_text((root / "base" / "triton.yaml").read_text().replace("8001", "8011"))

@@ -122,7 +122,7 @@ def test_the_gpu_overlay_builds_and_validates():
 
 
 @needs_kubectl
-@pytest.mark.parametrize("site", ["gpu", "cpu"])
+@pytest.mark.parametrize("site", ["gpu", "cpu", "cpu-bf16"])
 def test_every_image_a_site_runs_comes_from_its_registry(site):
     """The fetcher too: a site that mirrors its images must not pull the init container from Docker Hub."""
     images = _images(_build(OVERLAYS / site))
@@ -133,8 +133,10 @@ def test_every_image_a_site_runs_comes_from_its_registry(site):
 
 
 @needs_kubectl
-def test_the_cpu_overlay_runs_the_cpu_image_without_a_gpu():
-    objects = _build(OVERLAYS / "cpu")
+@pytest.mark.parametrize("site, rss_mib", [("cpu", triton.CPU_RSS_MIB), ("cpu-bf16", triton.CPU_BF16_RSS_MIB)])
+def test_the_cpu_overlay_runs_the_cpu_image_without_a_gpu(site, rss_mib):
+    """Both cpu sites; each sizes Triton from its repository's measured peak (the bf16 one's is under half)."""
+    objects = _build(OVERLAYS / site)
     assert not _invalid(objects), "\n".join(_invalid(objects))
     assert not checks.problems(objects), checks.problems(objects)
     assert {o["metadata"].get("namespace") for o in objects} == {"toneserve"}
@@ -148,9 +150,9 @@ def test_the_cpu_overlay_runs_the_cpu_image_without_a_gpu():
     assert "nvidia.com/gpu" not in str(pod["containers"]) and "nvidia.com/gpu" not in str(pod.get("initContainers"))
     assert checks.qos_class(pod) == "Guaranteed"
     resources = container["resources"]
-    assert resources == triton.cpu_resources()
+    assert resources == triton.cpu_resources(rss_mib)
     memory_mib = int(resources["limits"]["memory"].removesuffix("Gi")) * 1024
-    assert memory_mib >= triton.CPU_RSS_MIB * (1 + triton.CPU_MEMORY_HEADROOM)
+    assert rss_mib * (1 + triton.CPU_MEMORY_HEADROOM) <= memory_mib < rss_mib * (1 + triton.CPU_MEMORY_HEADROOM) + 1024
     assert resources["limits"]["cpu"] == str(triton.CPU_CORES)
 
 
