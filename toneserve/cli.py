@@ -426,7 +426,7 @@ def cmd_k8s(args) -> int:
     models = describe(_models(args))
     rendered = files(models, secrets=secrets_digest(Path(args.secrets)) if args.secrets else None)
     out, root = Path(args.out), Path(args.root)
-    # Outside the base: the pool Component and the cpu site's resources, and the observability pack.
+    # Outside the base: the pool Component and the cpu sites' resources, and the observability pack.
     rest = {**pieces(), **observability.files(models, observability.read_pool(root))}
     if args.check:
         differ = [out / name for name, text in rendered.items()
@@ -777,7 +777,7 @@ def _k8s_arguments(p):
                    help="folder of the gateway's Secret files (api_keys.txt, tls.crt, tls.key): their digest "
                         "goes into the pods' annotation, so applying after a rotation rolls the gateway")
     p.add_argument("--root", default="deploy/k8s", help="the folder of what is rendered outside the base: the pool "
-                                                        "and observability Components, the cpu site's resources, "
+                                                        "and observability Components, the cpu sites' resources, "
                                                         "deploy/k8s/monitoring (default deploy/k8s)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a rendered file differs from a "
                                                         "fresh render")

@@ -60,7 +60,7 @@ def test_the_committed_base_is_a_fresh_render(models):
 
 
 def test_the_command_writes_everything_and_check_sees_a_change(tmp_path, models_root, models):
-    """`toneserve k8s` renders the base, the Components, the cpu site's resources and the observability pack;
+    """`toneserve k8s` renders the base, the Components, the cpu sites' resources and the observability pack;
     --check names any file that differs from a fresh render."""
     root = tmp_path / "k8s"
     shutil.copytree(ROOT / "deploy" / "k8s", root, ignore=shutil.ignore_patterns("tracks"))
