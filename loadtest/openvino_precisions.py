@@ -41,20 +41,27 @@ ITEMS = 4  # of each shape, by default
 SERVED = {"streams": "2", "intra_op_threads": "1"}  # catalog.Tuning's defaults
 
 
+def _entry(manifest: dict, precision: str) -> dict:
+    """What the export recorded of a precision (its files and its gate); {} where nothing."""
+    variants = manifest.get("variants", {})
+    if precision == ORT_INT8:
+        return variants.get("int8") or {}
+    return variants.get("openvino", {}).get("precisions", {}).get(precision) or {}
+
+
 def graph_of(folder: Path, manifest: dict, precision: str) -> Path:
     """The graph a precision is served from."""
     from toneserve.export.families import get
 
     if precision in ("fp32", "bf16"):
         return folder / str(get(manifest["model"]).graph)
+    entry = _entry(manifest, precision)
     if precision == ORT_INT8:
-        entry = manifest.get("variants", {}).get("int8")
         if not entry:
             raise SystemExit(f"{folder}: no int8 variant; run `toneserve export --variants int8`")
         (name,) = entry["files"]
         return folder / name
-    entry = manifest.get("variants", {}).get("openvino", {}).get("precisions", {}).get(precision)
-    if not entry or "file" not in entry:
+    if "file" not in entry:
         raise SystemExit(f"{folder}: no openvino {precision} graph; run `toneserve export --variants openvino`")
     return folder / entry["file"]
 
@@ -137,10 +144,7 @@ def measure(family: str, folder: Path, precision: str, batch: int, repeat: int, 
     manifest = json.loads((folder / "manifest.json").read_text())
     graph = graph_of(folder, manifest, precision)
     feeds = _batches(workload(family, folder, items), batch, items)
-    if precision == ORT_INT8:
-        gate = manifest.get("variants", {}).get("int8", {})
-    else:
-        gate = manifest.get("variants", {}).get("openvino", {}).get("precisions", {}).get(precision, {})
+    gate = _entry(manifest, precision)
     before = resident()
     started = time.perf_counter()
     one_pass = _onnxruntime(graph, feeds) if precision == ORT_INT8 else _openvino(graph, precision, feeds)
